@@ -1,1 +1,210 @@
-fn main() {}
+//! The `portcullis` command: parses the command line and hands over to the library.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use portcullis::config::snapshot::ModelPolicy;
+use portcullis::config::{Defaults, Index, compile};
+use portcullis::discovery::DiscoveryConfig;
+use portcullis::server::{ServeOptions, serve};
+use portcullis::source::files;
+use portcullis::telemetry::{LogFormat, init_logging};
+
+/// Portcullis: a Kubernetes-native security gateway in front of LLM providers.
+#[derive(Parser)]
+#[command(name = "portcullis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Print the CustomResourceDefinitions as YAML (or write one file per CRD into a folder).
+    Crds {
+        /// Write `<name>.yaml` files into this folder instead of printing.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Validate manifests offline: print the routing table, or every problem (exit 1).
+    Check {
+        /// Files or folders of YAML manifests.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Files or folders of YAML manifests (LlmProvider, LlmProxy, Secret), watched and
+    /// hot-reloaded. Without any, the embedded default configuration is served.
+    #[arg(long = "config", value_name = "PATH")]
+    config: Vec<PathBuf>,
+    /// Watch the Kubernetes API server instead of files.
+    #[arg(long, conflicts_with = "config")]
+    kubernetes: bool,
+    /// Limit what is watched in Kubernetes to these namespaces (default: all).
+    #[arg(long = "namespace", value_name = "NS", requires = "kubernetes")]
+    namespaces: Vec<String>,
+    /// Data-plane address.
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Admin address: /metrics, /healthz, /readyz.
+    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    admin_listen: SocketAddr,
+    /// PEM bundle trusted besides the system roots, for upstreams and identity endpoints.
+    #[arg(long, env = "PORTCULLIS_EXTRA_CA_CERTS", value_name = "FILE")]
+    extra_ca_certs: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "PORTCULLIS_MAX_BODY_BYTES", default_value_t = portcullis::proxy::DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+    /// How long in-flight requests and streams may run after SIGTERM.
+    #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// Interval between model-list refreshes.
+    #[arg(long, env = "PORTCULLIS_MODEL_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
+    model_refresh: Duration,
+    /// Log format.
+    #[arg(long, env = "PORTCULLIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => run_serve(args),
+        Command::Crds { dir: None } => match portcullis::crd::crds_yaml() {
+            Ok(yaml) => write_out(&yaml),
+            Err(e) => fail(&format!("cannot render the CRDs: {e}")),
+        },
+        Command::Crds { dir: Some(dir) } => write_crds(&dir),
+        Command::Check { paths } => check(&paths),
+    }
+}
+
+fn write_crds(dir: &std::path::Path) -> ExitCode {
+    let files = match portcullis::crd::crd_files() {
+        Ok(files) => files,
+        Err(e) => return fail(&format!("cannot render the CRDs: {e}")),
+    };
+    for (name, yaml) in files {
+        let path = dir.join(name);
+        if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, yaml)) {
+            return fail(&format!("cannot write {}: {e}", path.display()));
+        }
+        let _ = writeln!(std::io::stderr(), "wrote {}", path.display());
+    }
+    ExitCode::SUCCESS
+}
+
+fn write_out(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "error: {message}");
+    ExitCode::FAILURE
+}
+
+fn run_serve(args: ServeArgs) -> ExitCode {
+    init_logging(args.log_format);
+    if args.kubernetes {
+        return fail(
+            "--kubernetes is not available in this build yet; run with --config PATH (the same manifests, from files)",
+        );
+    }
+    let _ = args.namespaces;
+    let options = ServeOptions {
+        config: args.config,
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        extra_ca_certs: args.extra_ca_certs,
+        max_body_bytes: args.max_body_bytes,
+        shutdown_grace: args.shutdown_grace,
+        discovery: DiscoveryConfig {
+            refresh: args.model_refresh,
+            ..DiscoveryConfig::default()
+        },
+        file_poll: Duration::from_millis(500),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(serve(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            fail(&format!("{e:#}"))
+        }
+    }
+}
+
+fn check(paths: &[PathBuf]) -> ExitCode {
+    let loaded = match files::load(paths) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            let mut err = std::io::stderr().lock();
+            for e in &errors {
+                let _ = writeln!(err, "error: {e}");
+            }
+            let _ = writeln!(err, "{} problem(s)", errors.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    let compiled = compile(&Index::from_objects(loaded.objects), &Defaults::from_env());
+    let mut out = String::new();
+    for (key, table) in &compiled.proxies {
+        out.push_str(&format!(
+            "LlmProxy {key}: router /v1/model-router/{}/chat/completions\n",
+            key.proxy_id()
+        ));
+        for route in &table.routes {
+            let u = &route.upstream;
+            let models = match &u.models {
+                ModelPolicy::Any => "discovered".to_owned(),
+                ModelPolicy::Static(list) => format!("static [{}]", list.join(", ")),
+                ModelPolicy::Allow { patterns, .. } => {
+                    format!("discovered, allow [{}]", patterns.join(", "))
+                }
+            };
+            out.push_str(&format!(
+                "  {prefix:<16} {provider:<28} {ty:<18} {url}  native /v1/{prefix}/{id}/  models: {models}\n",
+                prefix = route.prefix,
+                provider = format!("LlmProvider {}", u.provider),
+                ty = u.provider_type.as_str(),
+                url = u.base_url,
+                id = key.proxy_id(),
+            ));
+        }
+    }
+    let code = if compiled.problems.is_empty() {
+        out.push_str(&format!(
+            "ok: {} proxy(ies), no problems\n",
+            compiled.proxies.len()
+        ));
+        ExitCode::SUCCESS
+    } else {
+        let mut err = std::io::stderr().lock();
+        for p in &compiled.problems {
+            let _ = writeln!(err, "problem: {p}");
+        }
+        let _ = writeln!(err, "{} problem(s)", compiled.problems.len());
+        ExitCode::FAILURE
+    };
+    let _ = write_out(&out);
+    code
+}

@@ -1,0 +1,580 @@
+//! `compile()`: a pure function from the [`Index`] to routing tables plus problems.
+//!
+//! Every validation rule lives here, and each problem names the resource, the field, a
+//! CamelCase reason (the one a status condition carries) and what to do about it.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use globset::{Glob, GlobSetBuilder};
+use http::{HeaderName, HeaderValue};
+use serde::Serialize;
+use url::Url;
+
+use super::snapshot::ModelPolicy;
+use super::{Index, ObjectKey, ProxyTable, Route, Upstream};
+use crate::crd::{LlmProvider, LlmProxy, ProviderAuth, ProviderType};
+use crate::credentials::Credential;
+use crate::providers::{self, AuthForm};
+
+/// Upstream timeout when `spec.timeout` is not set.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Process-wide defaults that compilation depends on (read once from the environment by the
+/// caller, so `compile` stays pure).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Defaults {
+    /// Base-URL overrides by type (`PORTCULLIS_OLLAMA_BASE_URL`, `PORTCULLIS_VLLM_BASE_URL`).
+    pub base_urls: BTreeMap<ProviderType, String>,
+}
+
+impl Defaults {
+    /// Read the overrides from the process environment.
+    pub fn from_env() -> Self {
+        let base_urls = ProviderType::ALL
+            .into_iter()
+            .filter_map(|t| {
+                let var = providers::info(t).base_url_env?;
+                let value = std::env::var(var).ok().filter(|v| !v.trim().is_empty())?;
+                Some((t, value.trim().to_owned()))
+            })
+            .collect();
+        Self { base_urls }
+    }
+}
+
+/// One thing wrong with the configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// `LlmProvider` or `LlmProxy`.
+    pub kind: &'static str,
+    /// The object.
+    pub object: ObjectKey,
+    /// The field, as a path (`spec.auth.apiKey.secretRef`).
+    pub field: String,
+    /// CamelCase reason, as a status condition carries it.
+    pub reason: &'static str,
+    /// What is wrong and what to do about it.
+    pub message: String,
+}
+
+impl Serialize for ObjectKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}: {} ({})",
+            self.kind, self.object, self.field, self.message, self.reason
+        )
+    }
+}
+
+/// The result of compiling an index.
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    /// Proxies that compiled cleanly.
+    pub proxies: BTreeMap<ObjectKey, Arc<ProxyTable>>,
+    /// Proxies that have problems (they keep their last good version, if any).
+    pub failed: BTreeSet<ObjectKey>,
+    /// Every problem, providers' and proxies'.
+    pub problems: Vec<Problem>,
+}
+
+impl Compiled {
+    /// Problems of one object.
+    pub fn problems_of<'a>(
+        &'a self,
+        kind: &'a str,
+        key: &'a ObjectKey,
+    ) -> impl Iterator<Item = &'a Problem> + 'a {
+        self.problems
+            .iter()
+            .filter(move |p| p.kind == kind && &p.object == key)
+    }
+}
+
+/// Compile every proxy and provider of the index.
+pub fn compile(index: &Index, defaults: &Defaults) -> Compiled {
+    let mut out = Compiled::default();
+    let mut upstreams: BTreeMap<&ObjectKey, Result<Arc<Upstream>, ()>> = BTreeMap::new();
+    for (key, provider) in index.providers() {
+        let result = compile_provider(key, provider, index, defaults);
+        upstreams.insert(
+            key,
+            match result {
+                Ok(u) => Ok(Arc::new(u)),
+                Err(problems) => {
+                    out.problems.extend(problems);
+                    Err(())
+                }
+            },
+        );
+    }
+    for (key, proxy) in index.proxies() {
+        match compile_proxy(key, proxy, &upstreams) {
+            Ok(table) => {
+                out.proxies.insert(key.clone(), Arc::new(table));
+            }
+            Err(problems) => {
+                out.problems.extend(problems);
+                out.failed.insert(key.clone());
+            }
+        }
+    }
+    out
+}
+
+struct Problems {
+    kind: &'static str,
+    key: ObjectKey,
+    list: Vec<Problem>,
+}
+
+impl Problems {
+    fn new(kind: &'static str, key: &ObjectKey) -> Self {
+        Self {
+            kind,
+            key: key.clone(),
+            list: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, field: impl Into<String>, reason: &'static str, message: impl Into<String>) {
+        self.list.push(Problem {
+            kind: self.kind,
+            object: self.key.clone(),
+            field: field.into(),
+            reason,
+            message: message.into(),
+        });
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, Vec<Problem>> {
+        if self.list.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.list)
+        }
+    }
+}
+
+fn auth_forms(auth: &ProviderAuth) -> Vec<AuthForm> {
+    let mut forms = Vec::new();
+    if auth.api_key.is_some() {
+        forms.push(AuthForm::ApiKey);
+    }
+    if auth.workload_identity.is_some() {
+        forms.push(AuthForm::WorkloadIdentity);
+    }
+    if auth.service_account_key.is_some() {
+        forms.push(AuthForm::ServiceAccountKey);
+    }
+    if auth.none.is_some() {
+        forms.push(AuthForm::None);
+    }
+    forms
+}
+
+fn compile_provider(
+    key: &ObjectKey,
+    provider: &LlmProvider,
+    index: &Index,
+    defaults: &Defaults,
+) -> Result<Upstream, Vec<Problem>> {
+    let spec = &provider.spec;
+    let t = spec.provider_type;
+    let info = providers::info(t);
+    let mut p = Problems::new("LlmProvider", key);
+
+    if !info.implemented {
+        p.add(
+            "spec.type",
+            "UnsupportedType",
+            format!(
+                "provider type `{t}` is not yet supported by this version of the gateway; \
+                 use an OpenAI-compatible type or upgrade"
+            ),
+        );
+        return Err(p.list);
+    }
+
+    // Type-specific blocks belong to their type only.
+    for (present, block, owner) in [
+        (spec.bedrock.is_some(), "bedrock", ProviderType::Bedrock),
+        (spec.vertexai.is_some(), "vertexai", ProviderType::Vertexai),
+        (spec.azure.is_some(), "azure", ProviderType::Azure),
+        (
+            spec.openrouter.is_some(),
+            "openrouter",
+            ProviderType::Openrouter,
+        ),
+    ] {
+        if present && t != owner {
+            p.add(
+                format!("spec.{block}"),
+                "InvalidSpec",
+                format!("spec.{block} is only allowed with type: {owner}, not {t}"),
+            );
+        }
+    }
+
+    // Base URL.
+    let base_url = spec
+        .base_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .or_else(|| defaults.base_urls.get(&t).cloned())
+        .or_else(|| info.default_base_url.map(str::to_owned));
+    let base_url = match base_url {
+        None => {
+            let hint = info
+                .base_url_env
+                .map(|v| format!(" (or set {v})"))
+                .unwrap_or_default();
+            p.add(
+                "spec.baseUrl",
+                "InvalidBaseUrl",
+                format!("type `{t}` has no default base URL: set spec.baseUrl{hint}"),
+            );
+            None
+        }
+        Some(raw) => match parse_base_url(&raw) {
+            Ok(url) => Some(url),
+            Err(why) => {
+                p.add("spec.baseUrl", "InvalidBaseUrl", format!("`{raw}` {why}"));
+                None
+            }
+        },
+    };
+
+    // Auth.
+    let auth = spec.auth.clone().unwrap_or_default();
+    let forms = auth_forms(&auth);
+    let form = match forms.as_slice() {
+        [] => AuthForm::None,
+        [one] => *one,
+        _ => {
+            p.add(
+                "spec.auth",
+                "InvalidAuth",
+                "auth takes exactly one of apiKey, workloadIdentity, serviceAccountKey, none",
+            );
+            AuthForm::None
+        }
+    };
+    let mut credential = Credential::None;
+    if forms.len() <= 1 && !info.auth_forms.contains(&form) {
+        let allowed: Vec<_> = info.auth_forms.iter().map(|f| f.field()).collect();
+        let field = if forms.is_empty() {
+            "spec.auth".to_owned()
+        } else {
+            format!("spec.auth.{}", form.field())
+        };
+        p.add(
+            field,
+            "UnsupportedAuth",
+            format!(
+                "type `{t}` needs auth.{}; it accepts: {}",
+                allowed.first().copied().unwrap_or("none"),
+                allowed.join(", ")
+            ),
+        );
+    } else if let (AuthForm::ApiKey, Some(source)) = (form, &auth.api_key) {
+        let field = "spec.auth.apiKey.secretRef";
+        let secret_key = ObjectKey::new(&key.namespace, &source.secret_ref.name);
+        let data_key = source.secret_ref.key.as_deref().unwrap_or("apiKey");
+        match index.secret(&secret_key) {
+            None => p.add(
+                field,
+                "SecretNotFound",
+                format!("Secret {secret_key} not found; create it with the key `{data_key}`"),
+            ),
+            Some(data) => match data.0.get(data_key) {
+                None => p.add(
+                    field,
+                    "SecretKeyNotFound",
+                    format!("Secret {secret_key} has no key `{data_key}`"),
+                ),
+                Some(bytes) => match std::str::from_utf8(bytes).map(str::trim) {
+                    Ok("") => p.add(
+                        field,
+                        "InvalidSecret",
+                        format!("key `{data_key}` of Secret {secret_key} is empty"),
+                    ),
+                    Ok(value) => match Credential::bearer(value) {
+                        Ok(c) => credential = c,
+                        Err(e) => p.add(
+                            field,
+                            "InvalidSecret",
+                            format!("key `{data_key}` of Secret {secret_key}: {e}"),
+                        ),
+                    },
+                    Err(_) => p.add(
+                        field,
+                        "InvalidSecret",
+                        format!("key `{data_key}` of Secret {secret_key} is not UTF-8 text"),
+                    ),
+                },
+            },
+        }
+    }
+
+    // Models.
+    let models = match &spec.models {
+        None => ModelPolicy::Any,
+        Some(m) => match (&m.r#static, &m.allow) {
+            (Some(_), Some(_)) => {
+                p.add(
+                    "spec.models",
+                    "InvalidSpec",
+                    "set either models.static or models.allow, not both",
+                );
+                ModelPolicy::Any
+            }
+            (Some(list), None) => {
+                let list: Vec<String> = list
+                    .iter()
+                    .map(|m| m.trim().to_owned())
+                    .filter(|m| !m.is_empty())
+                    .collect();
+                if list.is_empty() {
+                    p.add(
+                        "spec.models.static",
+                        "InvalidSpec",
+                        "models.static is empty: list at least one model, or remove it to discover models",
+                    );
+                }
+                ModelPolicy::Static(list.into())
+            }
+            (None, Some(patterns)) => {
+                let mut builder = GlobSetBuilder::new();
+                for (i, pattern) in patterns.iter().enumerate() {
+                    match Glob::new(pattern) {
+                        Ok(g) => {
+                            builder.add(g);
+                        }
+                        Err(e) => p.add(
+                            format!("spec.models.allow[{i}]"),
+                            "InvalidSpec",
+                            format!("`{pattern}` is not a valid glob: {}", e.kind()),
+                        ),
+                    }
+                }
+                match builder.build() {
+                    Ok(set) => ModelPolicy::Allow {
+                        patterns: patterns.clone().into(),
+                        set,
+                    },
+                    Err(_) => ModelPolicy::Any,
+                }
+            }
+            (None, None) => ModelPolicy::Any,
+        },
+    };
+
+    // Timeout.
+    let timeout = match spec.timeout.as_deref() {
+        None => DEFAULT_TIMEOUT,
+        Some(raw) => match humantime::parse_duration(raw.trim()) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                p.add(
+                    "spec.timeout",
+                    "InvalidSpec",
+                    format!("`{raw}` is not a positive duration such as `600s` or `10m`"),
+                );
+                DEFAULT_TIMEOUT
+            }
+        },
+    };
+
+    // Attribution headers (OpenRouter).
+    let mut extra_headers = Vec::new();
+    if let Some(or) = &spec.openrouter {
+        for (name, value, field) in [
+            ("http-referer", &or.site_url, "spec.openrouter.siteUrl"),
+            ("x-title", &or.app_name, "spec.openrouter.appName"),
+        ] {
+            if let Some(value) = value {
+                match HeaderValue::from_str(value) {
+                    Ok(v) => extra_headers.push((HeaderName::from_static(name), v)),
+                    Err(_) => p.add(
+                        field,
+                        "InvalidSpec",
+                        "must be printable text without newlines",
+                    ),
+                }
+            }
+        }
+    }
+
+    let Some(base_url) = base_url else {
+        return Err(p.list);
+    };
+    let mut hasher = DefaultHasher::new();
+    (key, t.as_str(), base_url.as_str()).hash(&mut hasher);
+    if let Credential::Header { name, value } = &credential {
+        (name.as_str(), value.as_bytes()).hash(&mut hasher);
+    }
+    let catalog_key = hasher.finish();
+    p.finish(Upstream {
+        provider: key.clone(),
+        provider_type: t,
+        info,
+        base_url,
+        credential,
+        extra_headers,
+        models,
+        timeout,
+        catalog_key,
+    })
+}
+
+/// A base URL must be absolute http(s), with a host and without credentials, query or fragment.
+fn parse_base_url(raw: &str) -> Result<Url, &'static str> {
+    let url = Url::parse(raw)
+        .map_err(|_| "is not an absolute URL (expected e.g. https://api.example.com/v1)")?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must use http or https");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("has no host");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not carry credentials: put the key in a Secret and reference it from spec.auth",
+        );
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment");
+    }
+    Ok(url)
+}
+
+/// A prefix: lowercase letters, digits and `-`, not starting or ending with `-`.
+pub fn valid_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.len() <= 63
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !prefix.starts_with('-')
+        && !prefix.ends_with('-')
+}
+
+fn compile_proxy(
+    key: &ObjectKey,
+    proxy: &LlmProxy,
+    upstreams: &BTreeMap<&ObjectKey, Result<Arc<Upstream>, ()>>,
+) -> Result<ProxyTable, Vec<Problem>> {
+    let mut p = Problems::new("LlmProxy", key);
+    if key.namespace.contains('.') {
+        p.add(
+            "metadata.namespace",
+            "InvalidSpec",
+            "namespace must not contain a dot (proxy IDs are `{namespace}.{name}`)",
+        );
+    }
+    if proxy.spec.providers.is_empty() {
+        p.add(
+            "spec.providers",
+            "EmptyProxy",
+            "a proxy needs at least one provider in spec.providers",
+        );
+    }
+    let mut routes = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, entry) in proxy.spec.providers.iter().enumerate() {
+        let field = format!("spec.providers[{i}]");
+        let provider_key = ObjectKey::new(&key.namespace, &entry.provider_ref.name);
+        let upstream = match upstreams.get(&provider_key) {
+            None => {
+                p.add(
+                    format!("{field}.providerRef"),
+                    "ProviderNotFound",
+                    format!("LlmProvider {provider_key} not found"),
+                );
+                None
+            }
+            Some(Err(())) => {
+                p.add(
+                    format!("{field}.providerRef"),
+                    "ProviderInvalid",
+                    format!("LlmProvider {provider_key} has problems (see its own messages)"),
+                );
+                None
+            }
+            Some(Ok(u)) => Some(u.clone()),
+        };
+        let prefix = match (&entry.prefix, &upstream) {
+            (Some(prefix), _) => Some(prefix.clone()),
+            (None, Some(u)) => Some(u.provider_type.as_str().to_owned()),
+            (None, None) => None,
+        };
+        if let Some(prefix) = &prefix {
+            if !valid_prefix(prefix) {
+                p.add(
+                    format!("{field}.prefix"),
+                    "InvalidPrefix",
+                    format!("prefix `{prefix}` must be lowercase letters, digits and `-`"),
+                );
+            } else if prefix == "model-router" {
+                p.add(
+                    format!("{field}.prefix"),
+                    "InvalidPrefix",
+                    "prefix `model-router` is reserved for the Model Router route",
+                );
+            } else if !seen.insert(prefix.clone()) {
+                p.add(
+                    format!("{field}.prefix"),
+                    "DuplicatePrefix",
+                    format!(
+                        "prefix `{prefix}` is used twice in this proxy; give one entry an explicit `prefix`"
+                    ),
+                );
+            }
+        }
+        if let (Some(prefix), Some(upstream)) = (prefix, upstream) {
+            routes.push(Route { prefix, upstream });
+        }
+    }
+    let default_model = match proxy.spec.default_model.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(raw) => match raw.split_once(':') {
+            Some((prefix, model)) if !model.is_empty() && seen.contains(prefix) => {
+                Some((prefix.to_owned(), model.to_owned()))
+            }
+            _ => {
+                p.add(
+                    "spec.defaultModel",
+                    "InvalidDefaultModel",
+                    format!(
+                        "`{raw}` must be `prefix:model` with a prefix of this proxy ({})",
+                        seen.iter()
+                            .cloned()
+                            .collect::<BTreeSet<_>>()
+                            .into_iter()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                None
+            }
+        },
+    };
+    p.finish(ProxyTable {
+        key: key.clone(),
+        generation: proxy.metadata.generation,
+        routes,
+        default_model,
+    })
+}

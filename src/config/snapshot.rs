@@ -1,0 +1,167 @@
+//! The immutable routing table the data plane serves: proxies → prefixes → upstreams.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use globset::GlobSet;
+use http::{HeaderName, HeaderValue};
+use url::Url;
+
+use super::ObjectKey;
+use crate::crd::ProviderType;
+use crate::credentials::Credential;
+use crate::providers::ProviderInfo;
+
+/// Which models a provider serves.
+#[derive(Clone, Debug)]
+pub enum ModelPolicy {
+    /// Every model the upstream lists or accepts.
+    Any,
+    /// Exactly these models (`models.static`); no discovery.
+    Static(Arc<[String]>),
+    /// Discovered models matching these globs (`models.allow`).
+    Allow {
+        /// The patterns as written, for messages.
+        patterns: Arc<[String]>,
+        /// The compiled patterns.
+        set: GlobSet,
+    },
+}
+
+impl ModelPolicy {
+    /// Whether a request may name this model.
+    pub fn permits(&self, model: &str) -> bool {
+        match self {
+            ModelPolicy::Any => true,
+            ModelPolicy::Static(models) => models.iter().any(|m| m == model),
+            ModelPolicy::Allow { set, .. } => set.is_match(model),
+        }
+    }
+
+    /// Whether models come from the upstream's list API.
+    pub fn discovers(&self) -> bool {
+        !matches!(self, ModelPolicy::Static(_))
+    }
+}
+
+/// One provider, compiled: everything a request needs to reach it.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// The `LlmProvider` it came from.
+    pub provider: ObjectKey,
+    /// Provider type.
+    pub provider_type: ProviderType,
+    /// Static facts of the type.
+    pub info: ProviderInfo,
+    /// Base URL, without a trailing slash.
+    pub base_url: Url,
+    /// Credential injected into every request.
+    pub credential: Credential,
+    /// Headers added to every request (attribution and the like).
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Which models it serves.
+    pub models: ModelPolicy,
+    /// Connect / first-byte / idle timeout.
+    pub timeout: Duration,
+    /// Identity of the discovery cache: equal for two compilations of an unchanged provider,
+    /// so a reload keeps its discovered models.
+    pub catalog_key: u64,
+}
+
+impl Upstream {
+    /// `{base_url}/{path}` (path without a leading slash).
+    pub fn url(&self, path: &str) -> String {
+        let base = self.base_url.as_str().trim_end_matches('/');
+        format!("{base}/{path}")
+    }
+}
+
+/// One prefix of a proxy.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Model-ID prefix and native-route segment.
+    pub prefix: String,
+    /// Where it goes.
+    pub upstream: Arc<Upstream>,
+}
+
+/// One proxy, compiled.
+#[derive(Clone, Debug)]
+pub struct ProxyTable {
+    /// The `LlmProxy` it came from.
+    pub key: ObjectKey,
+    /// `metadata.generation` compiled (for `Programmed`).
+    pub generation: Option<i64>,
+    /// Routes in the order the spec lists them.
+    pub routes: Vec<Route>,
+    /// `defaultModel`, split into prefix and model.
+    pub default_model: Option<(String, String)>,
+}
+
+impl ProxyTable {
+    /// The route for a prefix.
+    pub fn route(&self, prefix: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.prefix == prefix)
+    }
+
+    /// The prefixes, comma-separated, for error messages.
+    pub fn prefixes(&self) -> String {
+        self.routes
+            .iter()
+            .map(|r| r.prefix.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The whole routing table at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Proxies by key.
+    pub proxies: BTreeMap<ObjectKey, Arc<ProxyTable>>,
+    /// Bare proxy names → keys with that name (a bare name resolves only when unique).
+    by_name: HashMap<String, Vec<ObjectKey>>,
+    /// Increases with every swap.
+    pub version: u64,
+}
+
+impl Snapshot {
+    /// A snapshot of these proxies.
+    pub fn new(proxies: BTreeMap<ObjectKey, Arc<ProxyTable>>, version: u64) -> Self {
+        let mut by_name: HashMap<String, Vec<ObjectKey>> = HashMap::new();
+        for key in proxies.keys() {
+            by_name
+                .entry(key.name.clone())
+                .or_default()
+                .push(key.clone());
+        }
+        Self {
+            proxies,
+            by_name,
+            version,
+        }
+    }
+
+    /// Resolve a proxy ID from a URL: `{namespace}.{name}`, or a bare `{name}` that is unique.
+    pub fn proxy(&self, id: &str) -> Option<&Arc<ProxyTable>> {
+        if let Some((namespace, name)) = id.split_once('.')
+            && let Some(table) = self.proxies.get(&ObjectKey::new(namespace, name))
+        {
+            return Some(table);
+        }
+        match self.by_name.get(id).map(Vec::as_slice) {
+            Some([only]) => self.proxies.get(only),
+            _ => None,
+        }
+    }
+
+    /// Distinct upstreams of every proxy, by catalog key.
+    pub fn upstreams(&self) -> BTreeMap<u64, Arc<Upstream>> {
+        self.proxies
+            .values()
+            .flat_map(|p| p.routes.iter())
+            .map(|r| (r.upstream.catalog_key, r.upstream.clone()))
+            .collect()
+    }
+}

@@ -1,0 +1,409 @@
+//! The two custom resources users write: [`LlmProvider`] (one upstream account and how to
+//! authenticate to it) and [`LlmProxy`] (one endpoint that clients call, and which providers
+//! it reaches).
+//!
+//! These types are the single source of the CRD schemas: `portcullis crds` serialises
+//! [`crds()`] and the files under `crds/` are checked against it by a test. Validation the
+//! schema can express (enums, "exactly one of" via CEL) lives here; everything else is a
+//! problem reported by [`crate::config::compile`].
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of every Portcullis resource.
+pub const GROUP: &str = "portcullis.dev";
+/// API version of every Portcullis resource.
+pub const VERSION: &str = "v1alpha1";
+
+/// One upstream LLM account or endpoint and how the gateway authenticates to it.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "portcullis.dev",
+    version = "v1alpha1",
+    kind = "LlmProvider",
+    plural = "llmproviders",
+    shortname = "llmp",
+    namespaced,
+    status = "LlmProviderStatus",
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"CredentialsReady\")].status"}"#,
+    printcolumn = r#"{"name":"Models","type":"integer","jsonPath":".status.models"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.status==\"False\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.bedrock) || self.type == 'bedrock'", "message": "spec.bedrock is only allowed with type: bedrock"},
+    {"rule": "!has(self.vertexai) || self.type == 'vertexai'", "message": "spec.vertexai is only allowed with type: vertexai"},
+    {"rule": "!has(self.azure) || self.type == 'azure'", "message": "spec.azure is only allowed with type: azure"},
+    {"rule": "!has(self.openrouter) || self.type == 'openrouter'", "message": "spec.openrouter is only allowed with type: openrouter"}
+]))]
+#[serde(rename_all = "camelCase")]
+pub struct LlmProviderSpec {
+    /// Provider type: selects the native protocol, the default base URL and the auth forms
+    /// allowed. Also the default model-ID prefix (`openai:gpt-5.4`).
+    #[serde(rename = "type")]
+    pub provider_type: ProviderType,
+
+    /// Base URL of the upstream API. Optional for types with a public default
+    /// (e.g. `https://api.openai.com/v1`); required for `vllm`, `openai-compatible` and `azure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+
+    /// How the gateway authenticates to the upstream. Exactly one form. Omitted means `none`,
+    /// which only local types (`ollama`, `vllm`, `openai-compatible`) accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ProviderAuth>,
+
+    /// Which models this provider serves: a fixed list, or a glob filter over the models
+    /// discovered from the upstream's list API. Omitted means every discovered model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<ModelsSpec>,
+
+    /// Upstream timeout, as a duration (`600s`, `10m`). Applies to connecting and to the wait
+    /// for response headers, then to each gap between body chunks: a stream keeps going as
+    /// long as bytes flow. Default `600s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+
+    /// AWS Bedrock settings (type `bedrock` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bedrock: Option<BedrockSpec>,
+
+    /// Vertex AI settings (type `vertexai` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertexai: Option<VertexAiSpec>,
+
+    /// Azure OpenAI / AI Foundry settings (type `azure` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureSpec>,
+
+    /// OpenRouter attribution settings (type `openrouter` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openrouter: Option<OpenRouterSpec>,
+}
+
+/// The provider types Portcullis knows. Lowercase names, as users write them in model IDs.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderType {
+    /// OpenAI.
+    Openai,
+    /// Anthropic Messages API (also Claude on Azure AI Foundry).
+    Anthropic,
+    /// Gemini on Google AI Studio.
+    Gemini,
+    /// Gemini on Google Cloud Vertex AI.
+    Vertexai,
+    /// Azure OpenAI / Azure AI Foundry.
+    Azure,
+    /// AWS Bedrock (Converse / ConverseStream).
+    Bedrock,
+    /// Cohere v2 Chat.
+    Cohere,
+    /// Groq (OpenAI-compatible).
+    Groq,
+    /// xAI (OpenAI-compatible).
+    Xai,
+    /// OpenRouter (OpenAI-compatible).
+    Openrouter,
+    /// Cerebras (OpenAI-compatible).
+    Cerebras,
+    /// DeepSeek (OpenAI-compatible).
+    Deepseek,
+    /// Mistral (OpenAI-compatible).
+    Mistral,
+    /// MiniMax (OpenAI-compatible).
+    Minimax,
+    /// Perplexity (OpenAI-compatible; no tool calling).
+    Perplexity,
+    /// Zhipu AI (OpenAI-compatible).
+    Zhipuai,
+    /// vLLM server (OpenAI-compatible; base URL required).
+    Vllm,
+    /// Ollama (OpenAI-compatible).
+    Ollama,
+    /// Any other OpenAI-compatible server (base URL required).
+    OpenaiCompatible,
+}
+
+impl ProviderType {
+    /// Every type, in declaration order.
+    pub const ALL: [ProviderType; 19] = [
+        Self::Openai,
+        Self::Anthropic,
+        Self::Gemini,
+        Self::Vertexai,
+        Self::Azure,
+        Self::Bedrock,
+        Self::Cohere,
+        Self::Groq,
+        Self::Xai,
+        Self::Openrouter,
+        Self::Cerebras,
+        Self::Deepseek,
+        Self::Mistral,
+        Self::Minimax,
+        Self::Perplexity,
+        Self::Zhipuai,
+        Self::Vllm,
+        Self::Ollama,
+        Self::OpenaiCompatible,
+    ];
+
+    /// The name users write (`openai-compatible`), also the default model-ID prefix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::Vertexai => "vertexai",
+            Self::Azure => "azure",
+            Self::Bedrock => "bedrock",
+            Self::Cohere => "cohere",
+            Self::Groq => "groq",
+            Self::Xai => "xai",
+            Self::Openrouter => "openrouter",
+            Self::Cerebras => "cerebras",
+            Self::Deepseek => "deepseek",
+            Self::Mistral => "mistral",
+            Self::Minimax => "minimax",
+            Self::Perplexity => "perplexity",
+            Self::Zhipuai => "zhipuai",
+            Self::Vllm => "vllm",
+            Self::Ollama => "ollama",
+            Self::OpenaiCompatible => "openai-compatible",
+        }
+    }
+}
+
+impl std::fmt::Display for ProviderType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How to authenticate to the upstream: exactly one of the forms.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "[has(self.apiKey), has(self.workloadIdentity), has(self.serviceAccountKey), has(self.none)].filter(x, x).size() == 1",
+     "message": "auth takes exactly one of apiKey, workloadIdentity, serviceAccountKey, none"}
+]))]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderAuth {
+    /// A static API key read from a Secret in the provider's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<SecretKeySource>,
+
+    /// Keyless cloud identity of the gateway's pod: the AWS credential chain (IRSA, EKS Pod
+    /// Identity, instance role), GCP (GKE Workload Identity, ADC) or Azure (workload identity
+    /// federation, managed identity), chosen by the provider type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<Empty>,
+
+    /// A GCP service-account JSON key read from a Secret (Vertex AI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_key: Option<SecretKeySource>,
+
+    /// No authentication, e.g. a local Ollama or vLLM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub none: Option<Empty>,
+}
+
+/// An empty object, used as a marker (`workloadIdentity: {}`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct Empty {}
+
+/// A value held in a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySource {
+    /// The Secret in the same namespace, and the key within it.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A reference to one key of a Secret in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the namespace of the referring resource.
+    pub name: String,
+    /// Key within the Secret's data. Defaults to `apiKey` (for `serviceAccountKey`: `key.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Which models a provider serves.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelsSpec {
+    /// Serve exactly these model IDs, with no discovery from the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#static: Option<Vec<String>>,
+    /// Glob patterns (`gpt-5*`) over the discovered models: only matching models are listed
+    /// and reachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+}
+
+/// AWS Bedrock settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BedrockSpec {
+    /// AWS region of the Bedrock runtime endpoint, e.g. `us-east-1`.
+    pub region: String,
+    /// Model providers to serve (`anthropic`, `amazon`, `meta`, `deepseek`, ...): the segment
+    /// after the inference profile's region prefix. Omitted means all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_providers: Option<Vec<String>>,
+    /// Inference-profile region prefixes to serve (`us`, `eu`, `ap`, `global`). Omitted means all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_inference_regions: Option<Vec<String>>,
+    /// Bedrock control-plane URL used for discovery (for VPC endpoints). Defaults to
+    /// `https://bedrock.{region}.amazonaws.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_plane_url: Option<String>,
+}
+
+/// Vertex AI settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VertexAiSpec {
+    /// Google Cloud project ID.
+    pub project: String,
+    /// Vertex AI location, e.g. `us-central1` or `global`.
+    pub location: String,
+}
+
+/// Azure OpenAI / AI Foundry settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureSpec {
+    /// `api-version` query parameter for deployment-style URLs, e.g. `2024-10-21`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Entra ID scope override. By default chosen from the URL style.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// OpenRouter app attribution, sent as the `HTTP-Referer` and `X-Title` headers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenRouterSpec {
+    /// Your site URL, sent as `HTTP-Referer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_url: Option<String>,
+    /// Your app's name, sent as `X-Title`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_name: Option<String>,
+}
+
+/// Observed state of an [`LlmProvider`].
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LlmProviderStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted`, `ResolvedRefs`, `CredentialsReady`, `ModelsDiscovered`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Number of models currently served after discovery and filters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<i64>,
+}
+
+/// One endpoint that clients call, and the providers it may reach.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "portcullis.dev",
+    version = "v1alpha1",
+    kind = "LlmProxy",
+    plural = "llmproxies",
+    shortname = "llmx",
+    namespaced,
+    status = "LlmProxyStatus",
+    printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.status==\"False\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LlmProxySpec {
+    /// The providers this proxy reaches, each under a model-ID prefix that is unique within
+    /// the proxy.
+    #[schemars(length(min = 1))]
+    pub providers: Vec<ProxyProvider>,
+    /// Model used when a request names a model without a known prefix that no single provider
+    /// lists, written `prefix:model` (e.g. `openai:gpt-5-mini`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_model: Option<String>,
+}
+
+/// One provider reachable through a proxy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyProvider {
+    /// The `LlmProvider` in the proxy's namespace.
+    pub provider_ref: LocalObjectRef,
+    /// Model-ID prefix (`prefix:model`) and native-route segment (`/v1/{prefix}/{proxy}/`).
+    /// Defaults to the provider's type. Lowercase letters, digits and `-`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
+    pub prefix: Option<String>,
+}
+
+/// A reference to an object in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct LocalObjectRef {
+    /// Name of the object.
+    pub name: String,
+}
+
+/// Observed state of an [`LlmProxy`].
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LlmProxyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted`, `ResolvedRefs`, `Programmed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The Model Router URL in-cluster clients use as their OpenAI base URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// The CustomResourceDefinitions of every Portcullis kind.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![LlmProvider::crd(), LlmProxy::crd()]
+}
+
+/// The CRDs as YAML: one file per CRD, keyed by file name (`llmproviders.portcullis.dev.yaml`).
+pub fn crd_files() -> Result<BTreeMap<String, String>, serde_yaml::Error> {
+    crds()
+        .into_iter()
+        .map(|crd| {
+            let name = format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default());
+            serde_yaml::to_string(&crd).map(|yaml| (name, yaml))
+        })
+        .collect()
+}
+
+/// The CRDs as one multi-document YAML stream, as `portcullis crds` prints it.
+pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+    Ok(crd_files()?
+        .into_values()
+        .map(|yaml| format!("---\n{yaml}"))
+        .collect())
+}

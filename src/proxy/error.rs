@@ -1,0 +1,231 @@
+//! The one error type of the request path and its one mapping to HTTP: OpenAI's error shape
+//! `{"error": {"message", "type", "param", "code"}}` with the matching status.
+//!
+//! Messages say what the caller can do, and never contain a credential.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use serde_json::json;
+
+/// Something the gateway itself refuses or fails at.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not valid JSON.
+    #[error("the request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// A required field is missing or has the wrong type.
+    #[error("{message}")]
+    InvalidField {
+        /// The field.
+        param: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The path is not one the gateway serves, or tries to leave the provider's base path.
+    #[error("{0}")]
+    InvalidPath(String),
+    /// The provider cannot do what the request asks (tools on Perplexity, say).
+    #[error("{0}")]
+    Unsupported(String),
+    /// No such route.
+    #[error(
+        "no route for {method} {path}; the gateway serves /v1/model-router/{{proxy}}/chat/completions, /v1/model-router/{{proxy}}/models and /v1/{{prefix}}/{{proxy}}/..."
+    )]
+    RouteNotFound {
+        /// Method.
+        method: String,
+        /// Path (without query).
+        path: String,
+    },
+    /// No such proxy.
+    #[error(
+        "proxy `{id}` not found; use `{{namespace}}.{{name}}` of an LlmProxy (a bare name works when it is unique)"
+    )]
+    ProxyNotFound {
+        /// The ID in the URL.
+        id: String,
+    },
+    /// The model's prefix is not one of the proxy's.
+    #[error(
+        "unknown provider prefix `{prefix}` in model `{model}`; this proxy serves: {available}"
+    )]
+    UnknownPrefix {
+        /// The prefix asked for.
+        prefix: String,
+        /// The whole model ID.
+        model: String,
+        /// Valid prefixes.
+        available: String,
+    },
+    /// The model cannot be resolved to a provider.
+    #[error(
+        "model `{model}` not found: name it `prefix:model` with one of this proxy's prefixes ({available})"
+    )]
+    ModelNotFound {
+        /// The model ID.
+        model: String,
+        /// Valid prefixes.
+        available: String,
+    },
+    /// The provider does not serve this model (static list or allow filter).
+    #[error(
+        "model `{model}` is not served by `{prefix}`; GET /models lists the models this proxy serves"
+    )]
+    ModelNotServed {
+        /// Prefix.
+        prefix: String,
+        /// Model (without prefix).
+        model: String,
+    },
+    /// Body over the configured limit.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// Reading the client's body failed.
+    #[error("could not read the request body: {0}")]
+    ClientBody(String),
+    /// The upstream could not be reached.
+    #[error("provider `{prefix}` is unreachable: {detail}")]
+    UpstreamUnreachable {
+        /// Prefix.
+        prefix: String,
+        /// Cause (no credentials; URLs carry none).
+        detail: String,
+    },
+    /// The upstream did not answer in time.
+    #[error("provider `{prefix}` did not answer within {secs}s (spec.timeout)")]
+    UpstreamTimeout {
+        /// Prefix.
+        prefix: String,
+        /// Timeout in seconds.
+        secs: u64,
+    },
+    /// The upstream answered with something the gateway cannot use.
+    #[error("provider `{prefix}` sent an invalid response: {detail}")]
+    UpstreamInvalid {
+        /// Prefix.
+        prefix: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl ApiError {
+    /// The HTTP status of each variant.
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson(_)
+            | ApiError::InvalidField { .. }
+            | ApiError::InvalidPath(_)
+            | ApiError::Unsupported(_)
+            | ApiError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::RouteNotFound { .. }
+            | ApiError::ProxyNotFound { .. }
+            | ApiError::UnknownPrefix { .. }
+            | ApiError::ModelNotFound { .. }
+            | ApiError::ModelNotServed { .. } => StatusCode::NOT_FOUND,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamInvalid { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    fn error_type(&self) -> &'static str {
+        match self.status_code().as_u16() {
+            400 | 404 | 413 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    /// OpenAI's `error.code`.
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::InvalidField { .. } => "invalid_value",
+            ApiError::InvalidPath(_) => "invalid_path",
+            ApiError::Unsupported(_) => "unsupported_parameter",
+            ApiError::ClientBody(_) => "invalid_body",
+            ApiError::RouteNotFound { .. } => "route_not_found",
+            ApiError::ProxyNotFound { .. } => "proxy_not_found",
+            ApiError::UnknownPrefix { .. }
+            | ApiError::ModelNotFound { .. }
+            | ApiError::ModelNotServed { .. } => "model_not_found",
+            ApiError::BodyTooLarge { .. } => "request_too_large",
+            ApiError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ApiError::UpstreamTimeout { .. } => "upstream_timeout",
+            ApiError::UpstreamInvalid { .. } => "upstream_invalid_response",
+        }
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidField { param, .. } => Some(param),
+            ApiError::UnknownPrefix { .. }
+            | ApiError::ModelNotFound { .. }
+            | ApiError::ModelNotServed { .. } => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.to_string(),
+            "type": self.error_type(),
+            "param": self.param(),
+            "code": self.code(),
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status_code(), self.body().to_string()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_prefix_lists_the_valid_ones() {
+        let e = ApiError::UnknownPrefix {
+            prefix: "nosuch".into(),
+            model: "nosuch:model".into(),
+            available: "openai, groq".into(),
+        };
+        assert_eq!(e.status_code(), StatusCode::NOT_FOUND);
+        let body = e.body();
+        assert_eq!(body["error"]["code"], "model_not_found");
+        assert_eq!(body["error"]["param"], "model");
+        let msg = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("openai, groq"), "{msg}");
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(ApiError::BodyTooLarge { limit: 1 }.status_code(), 413);
+        let t = ApiError::UpstreamTimeout {
+            prefix: "x".into(),
+            secs: 1,
+        };
+        assert_eq!(t.status_code(), 504);
+        let u = ApiError::UpstreamUnreachable {
+            prefix: "x".into(),
+            detail: "refused".into(),
+        };
+        assert_eq!(u.status_code(), 502);
+        assert_eq!(ApiError::InvalidJson("x".into()).status_code(), 400);
+    }
+}

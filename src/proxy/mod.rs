@@ -1,0 +1,197 @@
+//! The data plane: one axum service that dispatches every request by its raw path.
+//!
+//! ```text
+//! /v1/model-router/{proxy}/chat/completions  ─> model_router::chat  (resolve model → upstream)
+//! /v1/model-router/{proxy}/models            ─> model_router::models
+//! /v1/{prefix}/{proxy}/{rest…}               ─> native::forward     (bytes pass through)
+//! ```
+//!
+//! Each request loads the current snapshot once. An [`Exchange`] record travels with the
+//! response body and, when the body ends, writes the access-log line and the metrics.
+
+pub mod error;
+pub mod headers;
+pub mod model_router;
+pub mod native;
+pub mod sse;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use http::{HeaderValue, Method};
+
+use crate::config::Store;
+use crate::discovery::Discovery;
+use crate::telemetry::{Metrics, RequestLabels, RouteLabels};
+pub use error::ApiError;
+
+/// Default request-body limit: 32 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Everything a handler needs, shared by all requests.
+pub struct AppState {
+    /// The live routing table.
+    pub store: Arc<Store>,
+    /// The upstream HTTP client (one connection pool).
+    pub client: reqwest::Client,
+    /// Model catalogs.
+    pub discovery: Arc<Discovery>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// The data-plane service.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+/// One request as the access log and the metrics see it.
+pub struct Exchange {
+    metrics: Arc<Metrics>,
+    /// Request ID (client's `x-request-id`, or generated).
+    pub request_id: String,
+    method: Method,
+    path: String,
+    /// `router` or `native`.
+    pub route: &'static str,
+    /// Proxy ID.
+    pub proxy: String,
+    /// Provider prefix.
+    pub provider: String,
+    /// Model as asked.
+    pub model: String,
+    status: u16,
+    started: Instant,
+    /// Time to the upstream's response headers.
+    pub ttfb: Option<Duration>,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let took = self.started.elapsed();
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                proxy: self.proxy.clone(),
+                provider: self.provider.clone(),
+                model: self.model.clone(),
+                route: self.route,
+                status: self.status,
+            })
+            .inc();
+        let labels = RouteLabels {
+            proxy: self.proxy.clone(),
+            provider: self.provider.clone(),
+            route: self.route,
+        };
+        self.metrics
+            .request_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        if let Some(ttfb) = self.ttfb {
+            self.metrics
+                .upstream_ttfb
+                .get_or_create(&labels)
+                .observe(ttfb.as_secs_f64());
+        }
+        tracing::info!(
+            target: "portcullis::access",
+            request_id = %self.request_id,
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            route = self.route,
+            proxy = %self.proxy,
+            provider = %self.provider,
+            model = %self.model,
+            duration_ms = took.as_millis() as u64,
+            ttfb_ms = self.ttfb.map(|t| t.as_millis() as u64),
+            "request"
+        );
+    }
+}
+
+fn request_id(request: &Request) -> String {
+    request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
+async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let mut exchange = Exchange {
+        metrics: state.metrics.clone(),
+        request_id: request_id(&request),
+        method: request.method().clone(),
+        path: path.clone(),
+        route: "none",
+        proxy: String::new(),
+        provider: String::new(),
+        model: String::new(),
+        status: 0,
+        started: Instant::now(),
+        ttfb: None,
+    };
+    let result = route(&state, &path, request, &mut exchange).await;
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    exchange.status = response.status().as_u16();
+    if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
+        response.headers_mut().insert("x-request-id", id);
+    }
+    // The record ends with the body: for a stream, when its last byte is sent (or the
+    // client goes away).
+    let (parts, body) = response.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _ = &exchange;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
+}
+
+async fn route(
+    state: &Arc<AppState>,
+    path: &str,
+    request: Request,
+    exchange: &mut Exchange,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::RouteNotFound {
+        method: request.method().to_string(),
+        path: path.to_owned(),
+    };
+    let Some(tail) = path.strip_prefix("/v1/") else {
+        return Err(not_found());
+    };
+    let mut parts = tail.splitn(3, '/');
+    let (Some(prefix), Some(proxy)) = (parts.next(), parts.next()) else {
+        return Err(not_found());
+    };
+    let rest = parts.next().unwrap_or("");
+    if prefix.is_empty() || proxy.is_empty() {
+        return Err(not_found());
+    }
+    if prefix == "model-router" {
+        exchange.route = "router";
+        match (request.method(), rest) {
+            (&Method::POST, "chat/completions") => {
+                model_router::chat(state, proxy, request, exchange).await
+            }
+            (&Method::GET, "models") => model_router::models(state, proxy, exchange).await,
+            _ => Err(not_found()),
+        }
+    } else {
+        exchange.route = "native";
+        native::forward(state, prefix, proxy, rest, request, exchange).await
+    }
+}

@@ -1,0 +1,109 @@
+//! Sending a request to an upstream and streaming its answer back, with the provider's
+//! timeout applied to connecting, to the response headers, and to every gap between body
+//! chunks (so a long stream lives as long as bytes flow).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::{HeaderMap, Method};
+
+use super::error::ApiError;
+use crate::config::Upstream;
+
+/// A response whose headers have arrived.
+pub struct Answer {
+    /// The response.
+    pub response: reqwest::Response,
+    /// Time to the response headers.
+    pub ttfb: Duration,
+}
+
+/// Send one request upstream. `headers` must already be clean (see `headers::to_upstream`);
+/// the provider's credential and extra headers are added here.
+pub async fn send(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+    prefix: &str,
+    method: Method,
+    url: &str,
+    mut headers: HeaderMap,
+    body: reqwest::Body,
+) -> Result<Answer, ApiError> {
+    for (name, value) in &upstream.extra_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    upstream.credential.apply(&mut headers);
+    let request = client
+        .request(method, url)
+        .headers(headers)
+        .body(body)
+        .send();
+    let started = Instant::now();
+    match tokio::time::timeout(upstream.timeout, request).await {
+        Err(_) => Err(timeout(prefix, upstream.timeout)),
+        Ok(Err(e)) => Err(classify(prefix, upstream.timeout, &e)),
+        Ok(Ok(response)) => Ok(Answer {
+            response,
+            ttfb: started.elapsed(),
+        }),
+    }
+}
+
+fn timeout(prefix: &str, after: Duration) -> ApiError {
+    ApiError::UpstreamTimeout {
+        prefix: prefix.to_owned(),
+        secs: after.as_secs().max(1),
+    }
+}
+
+/// Map a transport error to the gateway's error, without the URL's query (none is allowed
+/// in base URLs, and native queries never carry gateway credentials) or any header.
+pub fn classify(prefix: &str, after: Duration, e: &reqwest::Error) -> ApiError {
+    if e.is_timeout() {
+        return timeout(prefix, after);
+    }
+    let mut detail = if e.is_connect() {
+        "connection failed".to_owned()
+    } else if e.is_body() {
+        "the request body could not be sent".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ApiError::UpstreamUnreachable {
+        prefix: prefix.to_owned(),
+        detail,
+    }
+}
+
+/// The response body as a stream of chunks, ending with an error when the upstream goes
+/// quiet for longer than `idle`.
+pub fn body_stream(
+    response: reqwest::Response,
+    idle: Duration,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::unfold(
+        Some(response.bytes_stream().boxed()),
+        move |state| async move {
+            let mut stream = state?;
+            match tokio::time::timeout(idle, stream.next()).await {
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "upstream went quiet for longer than its timeout",
+                    )),
+                    None,
+                )),
+                Ok(None) => None,
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(stream))),
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+            }
+        },
+    )
+}

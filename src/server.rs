@@ -1,0 +1,336 @@
+//! `portcullis serve`: wires the configuration source, the store, discovery, the data plane
+//! and the admin endpoints together, and drains gracefully on SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use http::{StatusCode, header};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Defaults, Index, Object, Store, compile, defaults};
+use crate::discovery::{Discovery, DiscoveryConfig};
+use crate::proxy::{self, AppState};
+use crate::source::files;
+use crate::telemetry::Metrics;
+
+/// Everything `serve` is told on the command line.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Manifest files and folders; empty means the embedded default.
+    pub config: Vec<PathBuf>,
+    /// Data-plane address.
+    pub listen: SocketAddr,
+    /// Admin address (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_listen: SocketAddr,
+    /// PEM bundle trusted besides the system roots.
+    pub extra_ca_certs: Option<PathBuf>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may run after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Model discovery intervals.
+    pub discovery: DiscoveryConfig,
+    /// How often files are re-read besides inotify events.
+    pub file_poll: Duration,
+}
+
+/// The upstream HTTP client: one pool, `TCP_NODELAY`, no redirects followed (a 3xx goes back
+/// to the client as it is), extra CA certificates trusted when given.
+pub fn http_client(extra_ca_certs: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .connect_timeout(Duration::from_secs(30));
+    if let Some(path) = extra_ca_certs {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading extra CA certificates from {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} is not a PEM bundle of certificates", path.display()))?;
+        anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().context("building the HTTP client")
+}
+
+/// Compile objects, swap them in, and log what is served and what is wrong.
+pub fn apply_objects(
+    store: &Store,
+    metrics: &Metrics,
+    defaults: &Defaults,
+    objects: Vec<Object>,
+    source: &'static str,
+    seen_at: Instant,
+) {
+    let compiled = compile(&Index::from_objects(objects), defaults);
+    for problem in &compiled.problems {
+        tracing::warn!(
+            kind = problem.kind,
+            object = %problem.object,
+            field = %problem.field,
+            reason = problem.reason,
+            "configuration problem: {}",
+            problem.message
+        );
+    }
+    let report = store.apply(&compiled);
+    for id in &report.kept {
+        tracing::warn!(proxy = %id, "proxy has problems; its last good version keeps serving");
+    }
+    for id in &report.unserved {
+        tracing::warn!(proxy = %id, "proxy has problems and is not served");
+    }
+    let snapshot = store.load();
+    for table in snapshot.proxies.values() {
+        for route in &table.routes {
+            tracing::info!(
+                proxy = %table.key.proxy_id(),
+                prefix = %route.prefix,
+                provider = %route.upstream.provider,
+                r#type = %route.upstream.provider_type,
+                upstream = %route.upstream.base_url,
+                router = %format!("/v1/model-router/{}/chat/completions", table.key.proxy_id()),
+                native = %format!("/v1/{}/{}/", route.prefix, table.key.proxy_id()),
+                "serving route"
+            );
+        }
+    }
+    let result = if compiled.problems.is_empty() {
+        "applied"
+    } else {
+        "partial"
+    };
+    metrics.reload(source, result, seen_at.elapsed());
+    tracing::info!(
+        version = report.version,
+        proxies = snapshot.proxies.len(),
+        problems = compiled.problems.len(),
+        "configuration applied"
+    );
+}
+
+/// Re-read the files whenever the watcher or the poll says they may have changed.
+async fn follow_files(
+    paths: Vec<PathBuf>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    defaults: Defaults,
+    mut rx: mpsc::Receiver<()>,
+    mut last: u64,
+) {
+    while rx.recv().await.is_some() {
+        let seen_at = Instant::now();
+        // Let a burst of events (an editor's save, a ConfigMap swap) settle.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        while rx.try_recv().is_ok() {}
+        let read = paths.clone();
+        let Ok(loaded) = tokio::task::spawn_blocking(move || files::load(&read)).await else {
+            continue;
+        };
+        match loaded {
+            Ok(loaded) if loaded.fingerprint == last => {}
+            Ok(loaded) => {
+                last = loaded.fingerprint;
+                tracing::info!(files = loaded.files.len(), "configuration files changed");
+                apply_objects(
+                    &store,
+                    &metrics,
+                    &defaults,
+                    loaded.objects,
+                    "files",
+                    seen_at,
+                );
+            }
+            Err(errors) => {
+                let fingerprint = files::fingerprint(&paths);
+                if fingerprint != last {
+                    last = fingerprint;
+                    for e in &errors {
+                        tracing::error!(
+                            "configuration rejected, the running one keeps serving: {e}"
+                        );
+                    }
+                    metrics.reload("files", "rejected", seen_at.elapsed());
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+struct Admin {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    draining: watch::Receiver<bool>,
+}
+
+fn admin_router(admin: Arc<Admin>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(a): State<Arc<Admin>>| async move {
+                if *a.draining.borrow() {
+                    (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                } else if a.store.is_ready() {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no configuration applied yet\n",
+                    )
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(a): State<Arc<Admin>>| async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    a.metrics.encode(),
+                )
+                    .into_response()
+            }),
+        )
+        .with_state(admin)
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what}"))
+}
+
+/// Run the gateway until SIGTERM / Ctrl-C, then drain.
+pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    let client = http_client(options.extra_ca_certs.as_deref())?;
+    let metrics = Arc::new(Metrics::default());
+    let store = Arc::new(Store::default());
+    let discovery = Discovery::new(client.clone(), options.discovery);
+    discovery.clone().follow(store.subscribe());
+    let defaults = Defaults::from_env();
+
+    // Configuration: files (watched) or the embedded default.
+    let _watcher = if options.config.is_empty() {
+        let objects = defaults::objects(|k| std::env::var(k).ok());
+        tracing::info!("no --config given: serving the embedded default proxy `default`");
+        apply_objects(
+            &store,
+            &metrics,
+            &defaults,
+            objects,
+            "embedded",
+            Instant::now(),
+        );
+        None
+    } else {
+        let started = Instant::now();
+        let loaded = files::load(&options.config).map_err(|errors| {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("the configuration cannot be read:\n  {}", list.join("\n  "))
+        })?;
+        let fingerprint = loaded.fingerprint;
+        apply_objects(
+            &store,
+            &metrics,
+            &defaults,
+            loaded.objects,
+            "files",
+            started,
+        );
+        let (tx, rx) = mpsc::channel(16);
+        let watcher = files::watch(&options.config, tx, options.file_poll)
+            .context("watching the configuration files")?;
+        tokio::spawn(follow_files(
+            options.config.clone(),
+            store.clone(),
+            metrics.clone(),
+            defaults.clone(),
+            rx,
+            fingerprint,
+        ));
+        Some(watcher)
+    };
+
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        client,
+        discovery,
+        metrics: metrics.clone(),
+        max_body_bytes: options.max_body_bytes,
+    });
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let admin = Arc::new(Admin {
+        store,
+        metrics,
+        draining: drain_rx.clone(),
+    });
+
+    let listener = bind(options.listen, "data plane").await?.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let admin_listener = bind(options.admin_listen, "admin endpoints").await?;
+    tracing::info!(listen = %options.listen, admin = %options.admin_listen, "portcullis is listening");
+
+    let until_drain = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|d| *d).await;
+    };
+    let data = axum::serve(listener, proxy::router(state))
+        .with_graceful_shutdown(until_drain(drain_rx.clone()));
+    let admin_server = axum::serve(admin_listener, admin_router(admin))
+        .with_graceful_shutdown(until_drain(drain_rx.clone()));
+    let mut data = tokio::spawn(data.into_future());
+    let admin_task = tokio::spawn(admin_server.into_future());
+
+    tokio::select! {
+        () = shutdown_signal() => {}
+        result = &mut data => {
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e).context("data plane server failed"),
+                Err(e) => Err(e).context("data plane server panicked"),
+            };
+        }
+    }
+    tracing::info!(grace = ?options.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
+    let _ = drain_tx.send(true);
+    match tokio::time::timeout(options.shutdown_grace, data).await {
+        Ok(_) => tracing::info!("drained"),
+        Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
+    }
+    admin_task.abort();
+    Ok(())
+}

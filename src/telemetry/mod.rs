@@ -1,0 +1,156 @@
+//! Metrics (Prometheus text via `prometheus-client`) and structured logs (`tracing`).
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a finished request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Proxy ID (`ns.name`), empty when none matched.
+    pub proxy: String,
+    /// Provider prefix, empty when none matched.
+    pub provider: String,
+    /// Model as the client named it (router) or empty (native).
+    pub model: String,
+    /// `router` or `native`.
+    pub route: &'static str,
+    /// HTTP status returned.
+    pub status: u16,
+}
+
+/// Labels of timings.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Proxy ID.
+    pub proxy: String,
+    /// Provider prefix.
+    pub provider: String,
+    /// `router` or `native`.
+    pub route: &'static str,
+}
+
+/// Labels of configuration reloads.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `files`, `kubernetes` or `embedded`.
+    pub source: &'static str,
+    /// `applied` (clean), `partial` (some objects kept their last good version) or `rejected`.
+    pub result: &'static str,
+}
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `portcullis_requests_total`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// `portcullis_request_duration_seconds` (until the last byte of the response).
+    pub request_duration: Family<RouteLabels, Histogram>,
+    /// `portcullis_upstream_ttfb_seconds` (until the upstream's response headers).
+    pub upstream_ttfb: Family<RouteLabels, Histogram>,
+    /// `portcullis_config_reloads_total`.
+    pub reloads: Family<ReloadLabels, Counter>,
+    /// `portcullis_config_apply_seconds`: from a change being seen to the swap that serves it.
+    pub config_apply: Histogram,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 18)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by proxy, provider, model, route and status",
+            requests.clone(),
+        );
+        let request_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the last byte of the response",
+            request_duration.clone(),
+        );
+        let upstream_ttfb = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
+        registry.register(
+            "upstream_ttfb_seconds",
+            "Time from sending upstream to the upstream's response headers",
+            upstream_ttfb.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by source and result",
+            reloads.clone(),
+        );
+        let config_apply = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "config_apply_seconds",
+            "Time from a configuration change being seen to the data plane serving it",
+            config_apply.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_ttfb,
+            reloads,
+            config_apply,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Count a reload.
+    pub fn reload(&self, source: &'static str, result: &'static str, took: Duration) {
+        self.reloads
+            .get_or_create(&ReloadLabels { source, result })
+            .inc();
+        if result != "rejected" {
+            self.config_apply.observe(took.as_secs_f64());
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Install the global `tracing` subscriber (stderr; `RUST_LOG` filters, default `info`).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
