@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The one test command (README "Quick start"; .ci/run calls it too).
+#
+# Lints, builds, runs the Rust unit and integration tests, then the Python suites that
+# drive the real binary with the providers' official SDKs and render the Helm chart.
+# Python packages go into a local virtualenv (.venv), created on first use.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo build (the binary the Python suites drive)"
+cargo build --locked
+
+step "cargo test"
+cargo test --locked
+
+step "Python virtualenv (.venv) with tests/requirements.txt"
+if [ ! -x .venv/bin/python ]; then
+  if ! python3 -m venv .venv; then
+    echo "python3 -m venv failed: on Debian install it with 'apt-get install -y python3-venv'" >&2
+    exit 1
+  fi
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+
+step "pytest (SDK end-to-end suites and the Helm chart)"
+export PORTCULLIS_BIN="$PWD/target/debug/portcullis"
+.venv/bin/python -m pytest tests/sdk tests/chart -q -p no:cacheprovider
