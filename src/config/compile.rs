@@ -250,7 +250,12 @@ fn compile_provider(
         Some(raw) => match parse_base_url(&raw) {
             Ok(url) => Some(url),
             Err(why) => {
-                p.add("spec.baseUrl", "InvalidBaseUrl", format!("`{raw}` {why}"));
+                // A URL with credentials in it is not echoed: the message ends up in logs and status.
+                let shown = Url::parse(&raw)
+                    .ok()
+                    .filter(|u| !u.username().is_empty() || u.password().is_some())
+                    .map_or(raw.as_str(), |_| "the base URL");
+                p.add("spec.baseUrl", "InvalidBaseUrl", format!("`{shown}` {why}"));
                 None
             }
         },
@@ -577,4 +582,315 @@ fn compile_proxy(
         routes,
         default_model,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Store;
+    use crate::source::files::parse;
+
+    const SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: key, namespace: ai}\nstringData: {apiKey: sk-1}\n---\n";
+
+    fn provider(name: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: LlmProvider\nmetadata: {{name: {name}, namespace: ai}}\nspec: {spec}\n---\n"
+        )
+    }
+
+    fn proxy(name: &str, providers: &str) -> String {
+        format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: LlmProxy\nmetadata: {{name: {name}, namespace: ai}}\nspec: {{providers: {providers}}}\n---\n"
+        )
+    }
+
+    fn run(yaml: &str) -> Compiled {
+        let objects = match parse(yaml) {
+            Ok(o) => o,
+            Err(e) => panic!("{e:?}"),
+        };
+        compile(&Index::from_objects(objects), &Defaults::default())
+    }
+
+    fn reasons(c: &Compiled) -> Vec<(&str, &str)> {
+        c.problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.reason))
+            .collect()
+    }
+
+    const OPENAI: &str = "{type: openai, auth: {apiKey: {secretRef: {name: key}}}}";
+
+    #[test]
+    fn a_clean_configuration_compiles() {
+        let c = run(&format!(
+            "{SECRET}{}{}",
+            provider("openai", OPENAI),
+            proxy("team-a", "[{providerRef: {name: openai}}]")
+        ));
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        let table = &c.proxies[&ObjectKey::new("ai", "team-a")];
+        let route = &table.routes[0];
+        assert_eq!(route.prefix, "openai");
+        assert_eq!(
+            route.upstream.base_url.as_str(),
+            "https://api.openai.com/v1"
+        );
+        assert_eq!(
+            route.upstream.url("chat/completions"),
+            "https://api.openai.com/v1/chat/completions"
+        );
+        assert_eq!(route.upstream.timeout, DEFAULT_TIMEOUT);
+    }
+
+    #[test]
+    fn missing_secret_and_key_are_named() {
+        let c = run(&provider(
+            "a",
+            "{type: openai, auth: {apiKey: {secretRef: {name: nope}}}}",
+        ));
+        assert_eq!(
+            reasons(&c),
+            [("spec.auth.apiKey.secretRef", "SecretNotFound")]
+        );
+        assert!(c.problems[0].message.contains("ai/nope"));
+        let c = run(&format!(
+            "{SECRET}{}",
+            provider(
+                "a",
+                "{type: openai, auth: {apiKey: {secretRef: {name: key, key: other}}}}"
+            )
+        ));
+        assert_eq!(
+            reasons(&c),
+            [("spec.auth.apiKey.secretRef", "SecretKeyNotFound")]
+        );
+    }
+
+    #[test]
+    fn base_urls_are_required_and_checked() {
+        let c = run(&provider("a", "{type: vllm}"));
+        assert_eq!(reasons(&c), [("spec.baseUrl", "InvalidBaseUrl")]);
+        assert!(c.problems[0].message.contains("PORTCULLIS_VLLM_BASE_URL"));
+        for bad in [
+            "not a url",
+            "ftp://x/v1",
+            "http://user:pw@x/v1",
+            "http://x/v1?key=1",
+        ] {
+            let c = run(&provider(
+                "a",
+                &format!("{{type: vllm, baseUrl: \"{bad}\"}}"),
+            ));
+            assert_eq!(reasons(&c), [("spec.baseUrl", "InvalidBaseUrl")], "{bad}");
+            assert!(
+                !c.problems[0].message.contains("pw@") || bad.contains("pw"),
+                ""
+            );
+        }
+        let mut defaults = Defaults::default();
+        defaults
+            .base_urls
+            .insert(ProviderType::Vllm, "http://vllm:8000/v1".to_owned());
+        let objects = parse(&provider("a", "{type: vllm}")).unwrap_or_default();
+        let c = compile(&Index::from_objects(objects), &defaults);
+        assert!(c.problems.is_empty());
+    }
+
+    #[test]
+    fn auth_forms_the_type_does_not_take_are_refused() {
+        let c = run(&provider("a", "{type: openai}"));
+        assert_eq!(reasons(&c), [("spec.auth", "UnsupportedAuth")]);
+        let c = run(&provider("a", "{type: groq, auth: {workloadIdentity: {}}}"));
+        assert_eq!(
+            reasons(&c),
+            [("spec.auth.workloadIdentity", "UnsupportedAuth")]
+        );
+        let c = run(&format!(
+            "{SECRET}{}",
+            provider(
+                "a",
+                "{type: ollama, auth: {none: {}, apiKey: {secretRef: {name: key}}}}"
+            )
+        ));
+        assert_eq!(reasons(&c), [("spec.auth", "InvalidAuth")]);
+        let c = run(&provider("a", "{type: ollama}"));
+        assert!(c.problems.is_empty(), "ollama needs no auth");
+    }
+
+    #[test]
+    fn later_types_are_not_yet_supported_never_silently_ignored() {
+        for t in [
+            "anthropic",
+            "gemini",
+            "vertexai",
+            "azure",
+            "bedrock",
+            "cohere",
+        ] {
+            let c = run(&provider("a", &format!("{{type: {t}}}")));
+            assert_eq!(reasons(&c), [("spec.type", "UnsupportedType")], "{t}");
+        }
+    }
+
+    #[test]
+    fn proxy_problems() {
+        let ok = provider("o", "{type: ollama}");
+        let c = run(&format!("{ok}{}", proxy("p", "[]")));
+        assert_eq!(reasons(&c), [("spec.providers", "EmptyProxy")]);
+        assert!(c.failed.contains(&ObjectKey::new("ai", "p")));
+        let c = run(&format!(
+            "{ok}{}",
+            proxy("p", "[{providerRef: {name: missing}}]")
+        ));
+        assert_eq!(
+            reasons(&c),
+            [("spec.providers[0].providerRef", "ProviderNotFound")]
+        );
+        let c = run(&format!(
+            "{ok}{}",
+            proxy("p", "[{providerRef: {name: o}}, {providerRef: {name: o}}]")
+        ));
+        assert_eq!(
+            reasons(&c),
+            [("spec.providers[1].prefix", "DuplicatePrefix")]
+        );
+        let c = run(&format!(
+            "{ok}{}",
+            proxy(
+                "p",
+                "[{providerRef: {name: o}}, {providerRef: {name: o}, prefix: local}]"
+            )
+        ));
+        assert!(c.problems.is_empty());
+        let c = run(&format!(
+            "{ok}{}",
+            proxy("p", "[{providerRef: {name: o}, prefix: Bad_Prefix}]")
+        ));
+        assert_eq!(reasons(&c), [("spec.providers[0].prefix", "InvalidPrefix")]);
+        let c = run(&format!(
+            "{}{}",
+            provider("v", "{type: vllm}"),
+            proxy("p", "[{providerRef: {name: v}}]")
+        ));
+        assert_eq!(
+            reasons(&c),
+            [
+                ("spec.baseUrl", "InvalidBaseUrl"),
+                ("spec.providers[0].providerRef", "ProviderInvalid")
+            ]
+        );
+    }
+
+    #[test]
+    fn default_model_must_use_a_prefix_of_the_proxy() {
+        let ok = provider("o", "{type: ollama}");
+        let yaml = format!("{ok}{}", proxy("p", "[{providerRef: {name: o}}]"));
+        let with = |dm: &str| {
+            run(&yaml.replace(
+                "spec: {providers:",
+                &format!("spec: {{defaultModel: \"{dm}\", providers:"),
+            ))
+        };
+        assert!(with("ollama:llama3").problems.is_empty());
+        assert_eq!(
+            reasons(&with("openai:gpt")),
+            [("spec.defaultModel", "InvalidDefaultModel")]
+        );
+        assert_eq!(
+            reasons(&with("llama3")),
+            [("spec.defaultModel", "InvalidDefaultModel")]
+        );
+    }
+
+    #[test]
+    fn models_and_timeout() {
+        let c = run(&provider("o", "{type: ollama, models: {static: []}}"));
+        assert_eq!(reasons(&c), [("spec.models.static", "InvalidSpec")]);
+        let c = run(&provider(
+            "o",
+            "{type: ollama, models: {allow: [\"gpt-[\"]}}",
+        ));
+        assert_eq!(reasons(&c), [("spec.models.allow[0]", "InvalidSpec")]);
+        let c = run(&provider("o", "{type: ollama, timeout: soon}"));
+        assert_eq!(reasons(&c), [("spec.timeout", "InvalidSpec")]);
+        let c = run(&format!(
+            "{}{}",
+            provider(
+                "o",
+                "{type: ollama, timeout: 90s, models: {allow: [\"llama*\"]}}"
+            ),
+            proxy("p", "[{providerRef: {name: o}}]")
+        ));
+        let u = &c.proxies[&ObjectKey::new("ai", "p")].routes[0].upstream;
+        assert_eq!(u.timeout, Duration::from_secs(90));
+        assert!(u.models.permits("llama3.2") && !u.models.permits("qwen"));
+    }
+
+    #[test]
+    fn a_broken_proxy_keeps_its_last_good_version_and_others_move_on() {
+        let store = Store::default();
+        let good = format!(
+            "{}{}{}",
+            provider("o", "{type: ollama, models: {static: [a]}}"),
+            proxy("p", "[{providerRef: {name: o}}]"),
+            proxy("q", "[{providerRef: {name: o}}]")
+        );
+        let report = store.apply(&run(&good));
+        assert!(report.kept.is_empty());
+        assert_eq!(store.load().proxies.len(), 2);
+
+        // p breaks (missing provider); q changes prefix; p keeps serving its old table.
+        let edit = format!(
+            "{}{}{}",
+            provider("o", "{type: ollama, models: {static: [a]}}"),
+            proxy("p", "[{providerRef: {name: gone}}]"),
+            proxy("q", "[{providerRef: {name: o}, prefix: local}]")
+        );
+        let report = store.apply(&run(&edit));
+        assert_eq!(report.kept, ["ai.p"]);
+        let snap = store.load();
+        assert_eq!(
+            snap.proxy("ai.p").map(|t| t.routes[0].prefix.as_str()),
+            Some("ollama")
+        );
+        assert_eq!(
+            snap.proxy("q").map(|t| t.routes[0].prefix.as_str()),
+            Some("local")
+        );
+
+        // Deleting a proxy removes it.
+        let report = store.apply(&run(&provider("o", "{type: ollama}")));
+        assert!(report.kept.is_empty());
+        assert!(store.load().proxies.is_empty());
+        assert!(store.is_ready());
+    }
+
+    #[test]
+    fn bare_names_resolve_only_when_unique() {
+        let yaml = format!(
+            "{}{}{}",
+            provider("o", "{type: ollama}"),
+            proxy("p", "[{providerRef: {name: o}}]"),
+            "apiVersion: portcullis.dev/v1alpha1\nkind: LlmProvider\nmetadata: {name: o, namespace: other}\nspec: {type: ollama}\n---\napiVersion: portcullis.dev/v1alpha1\nkind: LlmProxy\nmetadata: {name: p, namespace: other}\nspec: {providers: [{providerRef: {name: o}}]}\n"
+        );
+        let store = Store::default();
+        store.apply(&run(&yaml));
+        let snap = store.load();
+        assert!(snap.proxy("ai.p").is_some());
+        assert!(snap.proxy("other.p").is_some());
+        assert!(snap.proxy("p").is_none(), "ambiguous bare name");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_problems() {
+        let yaml = "apiVersion: v1\nkind: Secret\nmetadata: {name: key, namespace: ai}\nstringData: {apiKey: \"sk-LEAK\\nx\"}\n---\n".to_owned()
+            + &provider("a", OPENAI);
+        let c = run(&yaml);
+        assert_eq!(
+            reasons(&c),
+            [("spec.auth.apiKey.secretRef", "InvalidSecret")]
+        );
+        assert!(!format!("{:?}", c.problems).contains("sk-LEAK"));
+    }
 }
