@@ -50,6 +50,15 @@ impl AuthForm {
     }
 }
 
+/// How a static API key is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyHeader {
+    /// `Authorization: Bearer {key}`.
+    Bearer,
+    /// `{name}: {key}` (`x-api-key`, `x-goog-api-key`, `api-key`).
+    Named(&'static str),
+}
+
 /// The static facts of one provider type.
 #[derive(Clone, Copy, Debug)]
 pub struct ProviderInfo {
@@ -61,6 +70,8 @@ pub struct ProviderInfo {
     pub base_url_env: Option<&'static str>,
     /// Auth forms accepted.
     pub auth_forms: &'static [AuthForm],
+    /// How its API key is sent.
+    pub key_header: KeyHeader,
     /// Environment variable holding an API key, for the embedded default configuration.
     pub key_env: Option<&'static str>,
     /// Whether the provider supports tool calling through chat completions.
@@ -81,6 +92,7 @@ const fn openai_compatible(
         default_base_url,
         base_url_env: None,
         auth_forms: KEY,
+        key_header: KeyHeader::Bearer,
         key_env,
         supports_tools: true,
         implemented: true,
@@ -137,24 +149,27 @@ pub fn info(provider_type: ProviderType) -> ProviderInfo {
             default_base_url: Some("https://api.anthropic.com"),
             base_url_env: None,
             auth_forms: &[AuthForm::ApiKey, AuthForm::WorkloadIdentity],
+            key_header: KeyHeader::Named("x-api-key"),
             key_env: Some("ANTHROPIC_API_KEY"),
             supports_tools: true,
-            implemented: false,
+            implemented: true,
         },
         T::Gemini => ProviderInfo {
             protocol: Protocol::Gemini,
             default_base_url: Some("https://generativelanguage.googleapis.com"),
             base_url_env: None,
             auth_forms: KEY,
+            key_header: KeyHeader::Named("x-goog-api-key"),
             key_env: Some("GEMINI_API_KEY"),
             supports_tools: true,
-            implemented: false,
+            implemented: true,
         },
         T::Vertexai => ProviderInfo {
             protocol: Protocol::VertexAi,
             default_base_url: None,
             base_url_env: None,
             auth_forms: &[AuthForm::WorkloadIdentity, AuthForm::ServiceAccountKey],
+            key_header: KeyHeader::Bearer,
             key_env: None,
             supports_tools: true,
             implemented: false,
@@ -164,6 +179,7 @@ pub fn info(provider_type: ProviderType) -> ProviderInfo {
             default_base_url: None,
             base_url_env: None,
             auth_forms: &[AuthForm::ApiKey, AuthForm::WorkloadIdentity],
+            key_header: KeyHeader::Named("api-key"),
             key_env: None,
             supports_tools: true,
             implemented: false,
@@ -173,6 +189,7 @@ pub fn info(provider_type: ProviderType) -> ProviderInfo {
             default_base_url: None,
             base_url_env: None,
             auth_forms: &[AuthForm::WorkloadIdentity, AuthForm::ApiKey],
+            key_header: KeyHeader::Bearer,
             key_env: None,
             supports_tools: true,
             implemented: false,
@@ -182,9 +199,10 @@ pub fn info(provider_type: ProviderType) -> ProviderInfo {
             default_base_url: Some("https://api.cohere.com"),
             base_url_env: None,
             auth_forms: KEY,
+            key_header: KeyHeader::Bearer,
             key_env: Some("COHERE_API_KEY"),
             supports_tools: true,
-            implemented: false,
+            implemented: true,
         },
     }
 }
