@@ -1,0 +1,3 @@
+//! Portcullis: a Kubernetes-native LLM gateway.
+
+pub mod translate;
