@@ -70,7 +70,7 @@ fn strict_schema(schema: &Value) -> Value {
 /// Translate an OpenAI request into an Anthropic Messages request body.
 pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, TranslateError> {
     super::check_single_choice(req)?;
-    let names = super::tool_names(req);
+    let mut calls = super::ToolCallIndex::default();
     let mut system: Vec<String> = Vec::new();
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
     let mut dropped = 0;
@@ -93,6 +93,7 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
                 push_turn(&mut turns, "user", blocks);
             }
             Role::Assistant => {
+                calls.record(message);
                 let mut blocks = text_blocks(message.content.as_ref());
                 for call in message.tool_calls.iter().flatten() {
                     let input = super::parse_arguments(index, &call.id, &call.function.arguments)?;
@@ -106,14 +107,14 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
                 push_turn(&mut turns, "assistant", blocks);
             }
             Role::Tool => {
-                let id = tool_result_id(index, message.tool_call_id.as_deref(), &names)?;
+                let (id, _) = calls.resolve(index, message)?;
                 let mut block = json!({"type": "tool_result", "tool_use_id": id});
                 if !text.is_empty() {
                     block["content"] = Value::String(text);
                 }
                 push_turn(&mut turns, "user", vec![block]);
             }
-            Role::Function => return Err(function_role_error(index)),
+            Role::Function => return Err(super::function_role_error(index)),
         }
     }
 
@@ -209,33 +210,6 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
         body: Value::Object(body),
         dropped_parts: dropped,
     })
-}
-
-fn function_role_error(index: usize) -> TranslateError {
-    TranslateError::InvalidMessage {
-        index,
-        reason: "the deprecated \"function\" role is not translated; send tool results as \"tool\" messages with a tool_call_id".to_owned(),
-    }
-}
-
-fn tool_result_id<'a>(
-    index: usize,
-    id: Option<&'a str>,
-    names: &HashMap<&str, &str>,
-) -> Result<&'a str, TranslateError> {
-    let Some(id) = id else {
-        return Err(TranslateError::InvalidMessage {
-            index,
-            reason: "a tool message needs `tool_call_id`".to_owned(),
-        });
-    };
-    if !names.contains_key(id) {
-        return Err(TranslateError::UnknownToolCallId {
-            index,
-            id: id.to_owned(),
-        });
-    }
-    Ok(id)
 }
 
 /// Non-empty text blocks of a message (Anthropic rejects empty text blocks).

@@ -328,13 +328,48 @@ fn check_single_choice(req: &openai::ChatRequest) -> Result<(), TranslateError> 
     }
 }
 
-/// Tool call id → function name, over every assistant message of a request.
-fn tool_names(req: &openai::ChatRequest) -> std::collections::HashMap<&str, &str> {
-    req.messages
-        .iter()
-        .flat_map(|m| m.tool_calls.iter().flatten())
-        .map(|c| (c.id.as_str(), c.function.name.as_str()))
-        .collect()
+/// Tool call id → function name, filled in message order, so a tool result
+/// resolves to the nearest earlier assistant tool call with its id.
+#[derive(Debug, Default)]
+struct ToolCallIndex<'a> {
+    names: std::collections::HashMap<&'a str, &'a str>,
+}
+
+impl<'a> ToolCallIndex<'a> {
+    fn record(&mut self, message: &'a openai::Message) {
+        for call in message.tool_calls.iter().flatten() {
+            self.names
+                .insert(call.id.as_str(), call.function.name.as_str());
+        }
+    }
+
+    /// The `tool_call_id` of a tool message and the function it answers.
+    fn resolve(
+        &self,
+        index: usize,
+        message: &'a openai::Message,
+    ) -> Result<(&'a str, &'a str), TranslateError> {
+        let Some(id) = message.tool_call_id.as_deref() else {
+            return Err(TranslateError::InvalidMessage {
+                index,
+                reason: "a tool message needs `tool_call_id`".to_owned(),
+            });
+        };
+        match self.names.get(id) {
+            Some(name) => Ok((id, name)),
+            None => Err(TranslateError::UnknownToolCallId {
+                index,
+                id: id.to_owned(),
+            }),
+        }
+    }
+}
+
+fn function_role_error(index: usize) -> TranslateError {
+    TranslateError::InvalidMessage {
+        index,
+        reason: "the deprecated \"function\" role is not translated; send tool results as \"tool\" messages with a tool_call_id".to_owned(),
+    }
 }
 
 /// Visit every (sub)schema object of a JSON Schema, parents first. Only
