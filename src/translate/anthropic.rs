@@ -470,6 +470,9 @@ impl StreamTranslator {
         if self.done {
             return out;
         }
+        if event.data.trim() == "[DONE]" {
+            return out; // an OpenAI-style terminator some upstreams add
+        }
         let parsed: Event = match serde_json::from_str(&event.data) {
             Ok(e) => e,
             Err(e) => {

@@ -646,6 +646,9 @@ impl StreamTranslator {
         if self.done {
             return out;
         }
+        if event.data.trim() == "[DONE]" {
+            return out; // an OpenAI-style terminator some upstreams add
+        }
         let parsed = match parse_event(&event.data) {
             Ok(p) => p,
             Err(e) => {
