@@ -1,6 +1,8 @@
 //! OpenAI Chat Completions ⇄ Anthropic Messages (`POST /v1/messages`).
 //!
-//! Request: system and developer messages become the top-level `system`;
+//! Request: system and developer messages (wherever they appear) become the
+//! top-level `system`, joined by blank lines; `name` has no equivalent and is
+//! not sent;
 //! assistant tool calls become `tool_use` blocks; `tool` messages become
 //! `tool_result` blocks in the next user turn (consecutive results and a
 //! following user message share that one turn, results first, as the API

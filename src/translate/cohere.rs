@@ -3,7 +3,7 @@
 //! Cohere v2 is close to OpenAI: roles `system`, `user`, `assistant` and
 //! `tool` (with `tool_call_id`), tools in the same `{"type": "function"}`
 //! shape, tool-call arguments as JSON strings. Differences handled here:
-//! `developer` becomes `system`; `top_p` is `p`; `stop` is `stop_sequences`;
+//! `developer` becomes `system`; `name` is not sent; `top_p` is `p`; `stop` is `stop_sequences`;
 //! `tool_choice` only has `REQUIRED` and `NONE` (auto is the default), so a
 //! named function becomes `REQUIRED` with `tools` narrowed to that function;
 //! `parallel_tool_calls` has no equivalent; any strict tool turns on

@@ -2,7 +2,8 @@
 //! `streamGenerateContent?alt=sse`, shared by AI Studio and Vertex AI (the
 //! caller builds the URL, which carries the model).
 //!
-//! Request: system and developer messages become `systemInstruction`;
+//! Request: system and developer messages become `systemInstruction`
+//! (`name` has no equivalent and is not sent);
 //! `assistant` becomes role `model`; tool calls become `functionCall` parts
 //! and `tool` messages `functionResponse` parts in a `user` turn, named after
 //! the call they answer (found through `tool_call_id`); consecutive turns of
