@@ -1,4 +1,18 @@
 //! Portcullis: a Kubernetes-native security gateway between AI applications and LLM providers.
+//!
+//! ```text
+//!  manifests (files | Kubernetes API)
+//!        │  source::*
+//!        ▼
+//!  config::Index ──compile()──▶ config::Snapshot ──ArcSwap──▶ proxy (axum data plane)
+//!                                      │                          │  native pass-through
+//!                                      ▼                          │  Model Router ──translate::*──▶ native formats
+//!                               discovery (model lists)           ▼
+//!                                                           providers' APIs (credentials injected)
+//! ```
+//!
+//! `translate` and `providers` hold no kube or axum types, so they could become a crate of
+//! their own.
 pub mod config;
 pub mod crd;
 pub mod credentials;
@@ -8,3 +22,4 @@ pub mod proxy;
 pub mod server;
 pub mod source;
 pub mod telemetry;
+pub mod translate;
