@@ -277,8 +277,10 @@ fn compile_provider(
         }
     };
     let mut credential = Credential::None;
-    if matches!(form, AuthForm::WorkloadIdentity | AuthForm::ServiceAccountKey)
-        && info.auth_forms.contains(&form)
+    if matches!(
+        form,
+        AuthForm::WorkloadIdentity | AuthForm::ServiceAccountKey
+    ) && info.auth_forms.contains(&form)
     {
         p.add(
             format!("spec.auth.{}", form.field()),

@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
 
+use crate::providers::Protocol;
+
 /// Something the gateway itself refuses or fails at.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -102,6 +104,9 @@ pub enum ApiError {
         /// Timeout in seconds.
         secs: u64,
     },
+    /// The request cannot be expressed in the provider's format, or its answer in OpenAI's.
+    #[error("{0}")]
+    Translation(#[from] crate::translate::TranslateError),
     /// The upstream answered with something the gateway cannot use.
     #[error("provider `{prefix}` sent an invalid response: {detail}")]
     UpstreamInvalid {
@@ -131,6 +136,9 @@ impl ApiError {
                 StatusCode::BAD_GATEWAY
             }
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Translation(e) => {
+                StatusCode::from_u16(e.status_code()).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         }
     }
 
@@ -159,6 +167,7 @@ impl ApiError {
             ApiError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ApiError::UpstreamTimeout { .. } => "upstream_timeout",
             ApiError::UpstreamInvalid { .. } => "upstream_invalid_response",
+            ApiError::Translation(_) => "translation_error",
         }
     }
 
@@ -172,14 +181,67 @@ impl ApiError {
         }
     }
 
-    /// The JSON body.
+    /// The JSON body, in OpenAI's shape.
     pub fn body(&self) -> serde_json::Value {
+        if let ApiError::Translation(e) = self {
+            return serde_json::to_value(e.to_error_body()).unwrap_or_default();
+        }
         json!({"error": {
             "message": self.to_string(),
             "type": self.error_type(),
             "param": self.param(),
             "code": self.code(),
         }})
+    }
+}
+
+impl ApiError {
+    /// The body in the error shape of a provider's own API, for native routes: the provider's
+    /// SDK then raises its usual exception.
+    pub fn body_for(&self, protocol: Protocol) -> serde_json::Value {
+        let status = self.status_code();
+        let message = self.to_string();
+        match protocol {
+            Protocol::OpenAi | Protocol::Azure => self.body(),
+            Protocol::Anthropic => {
+                let kind = match status.as_u16() {
+                    400 => "invalid_request_error",
+                    401 => "authentication_error",
+                    403 => "permission_error",
+                    404 => "not_found_error",
+                    413 => "request_too_large",
+                    429 => "rate_limit_error",
+                    504 => "timeout_error",
+                    _ => "api_error",
+                };
+                json!({"type": "error", "error": {"type": kind, "message": message}})
+            }
+            Protocol::Gemini | Protocol::VertexAi => {
+                let grpc = match status.as_u16() {
+                    400 | 413 => "INVALID_ARGUMENT",
+                    401 => "UNAUTHENTICATED",
+                    403 => "PERMISSION_DENIED",
+                    404 => "NOT_FOUND",
+                    429 => "RESOURCE_EXHAUSTED",
+                    502 => "UNAVAILABLE",
+                    504 => "DEADLINE_EXCEEDED",
+                    _ => "INTERNAL",
+                };
+                json!({"error": {"code": status.as_u16(), "message": message, "status": grpc}})
+            }
+            Protocol::Cohere | Protocol::Bedrock => json!({"message": message}),
+        }
+    }
+
+    /// A response in a provider's own error shape.
+    pub fn into_response_for(self, protocol: Protocol) -> Response {
+        let body = self.body_for(protocol).to_string();
+        let mut response = (self.status_code(), body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
     }
 }
 
@@ -211,6 +273,25 @@ mod tests {
         assert_eq!(body["error"]["param"], "model");
         let msg = body["error"]["message"].as_str().unwrap_or_default();
         assert!(msg.contains("openai, groq"), "{msg}");
+    }
+
+    #[test]
+    fn native_shapes() {
+        let e = ApiError::UpstreamTimeout {
+            prefix: "a".into(),
+            secs: 3,
+        };
+        let a = e.body_for(Protocol::Anthropic);
+        assert_eq!(a["type"], "error");
+        assert_eq!(a["error"]["type"], "timeout_error");
+        let g = e.body_for(Protocol::Gemini);
+        assert_eq!(g["error"]["code"], 504);
+        assert_eq!(g["error"]["status"], "DEADLINE_EXCEEDED");
+        assert!(e.body_for(Protocol::Cohere)["message"].is_string());
+        assert_eq!(
+            e.body_for(Protocol::OpenAi)["error"]["code"],
+            "upstream_timeout"
+        );
     }
 
     #[test]

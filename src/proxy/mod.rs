@@ -14,6 +14,7 @@ pub mod headers;
 pub mod model_router;
 pub mod native;
 pub mod sse;
+pub mod translated;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -192,6 +193,6 @@ async fn route(
         }
     } else {
         exchange.route = "native";
-        native::forward(state, prefix, proxy, rest, request, exchange).await
+        Ok(native::forward(state, prefix, proxy, rest, request, exchange).await)
     }
 }

@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
 use super::sse::ModelRewriter;
+use super::translated::{self, Dialect};
 use super::upstream::{self, Answer};
 use super::{AppState, Exchange};
 use crate::config::snapshot::ModelPolicy;
@@ -189,6 +190,18 @@ pub async fn chat(
             "provider `{}` ({}) does not support tool calling; remove `tools` or choose another model",
             route.prefix, upstream.provider_type
         )));
+    }
+    if let Some(dialect) = Dialect::of(upstream.info.protocol) {
+        return translated::chat(
+            state,
+            dialect,
+            route,
+            &resolved.model,
+            &asked,
+            body,
+            exchange,
+        )
+        .await;
     }
     let streaming = body.get("stream").and_then(Value::as_bool) == Some(true);
     body.insert("model".to_owned(), Value::String(resolved.model));

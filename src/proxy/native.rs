@@ -18,6 +18,8 @@ use percent_encoding::percent_decode_str;
 use super::error::ApiError;
 use super::upstream::{self, Answer};
 use super::{AppState, Exchange};
+use crate::crd::ProviderType;
+use crate::providers::{self, Protocol};
 
 /// Refuse a `rest` path that could leave the base path or change the host: empty segments
 /// (`//`, a leading `/`), `.` and `..` (also percent-encoded), encoded slashes and
@@ -52,7 +54,58 @@ pub fn check_rest(rest: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Forward one request.
+/// Gemini and Vertex paths name a model in the segment after `models/`: only a model ID
+/// (letters, digits, `.`, `_`, `-`), optionally followed by `:method`, may stand there, so a
+/// client cannot smuggle a query, a fragment or another resource into the upstream path.
+pub fn check_gemini_path(rest: &str) -> Result<(), ApiError> {
+    let mut segments = rest.split('/');
+    while let Some(segment) = segments.next() {
+        if segment != "models" {
+            continue;
+        }
+        let Some(target) = segments.next() else {
+            return Ok(());
+        };
+        let (model, method) = match target.split_once(':') {
+            Some((model, method)) => (model, Some(method)),
+            None => (target, None),
+        };
+        let model_ok = !model.is_empty()
+            && model
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let method_ok =
+            method.is_none_or(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()));
+        if !model_ok || !method_ok {
+            return Err(ApiError::InvalidPath(format!(
+                "`{target}` is not a model ID (letters, digits, `.`, `_`, `-`) with an optional `:method`"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Drop `key=` parameters from a query: a Gemini client may send its own key there, and it
+/// must never reach the upstream (the provider's key goes in `x-goog-api-key`).
+pub fn strip_key_param(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some("key"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The protocol whose error shape a native route answers in before its route is known: the
+/// protocol of the provider type named like the prefix (`/v1/anthropic/...`), else OpenAI's.
+fn protocol_hint(prefix: &str) -> Protocol {
+    ProviderType::ALL
+        .into_iter()
+        .find(|t| t.as_str() == prefix)
+        .map_or(Protocol::OpenAi, |t| providers::info(t).protocol)
+}
+
+/// Forward one request; errors the gateway raises are answered in the provider's own shape,
+/// so its SDK raises its usual exception.
 pub async fn forward(
     state: &Arc<AppState>,
     prefix: &str,
@@ -60,6 +113,32 @@ pub async fn forward(
     rest: &str,
     request: Request,
     exchange: &mut Exchange,
+) -> Response {
+    let mut protocol = protocol_hint(prefix);
+    match forward_inner(
+        state,
+        prefix,
+        proxy_id,
+        rest,
+        request,
+        exchange,
+        &mut protocol,
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(e) => e.into_response_for(protocol),
+    }
+}
+
+async fn forward_inner(
+    state: &Arc<AppState>,
+    prefix: &str,
+    proxy_id: &str,
+    rest: &str,
+    request: Request,
+    exchange: &mut Exchange,
+    protocol: &mut Protocol,
 ) -> Result<Response, ApiError> {
     check_rest(rest)?;
     let snapshot = state.store.load();
@@ -76,6 +155,11 @@ pub async fn forward(
     })?;
     exchange.provider = route.prefix.clone();
     let upstream = &route.upstream;
+    *protocol = upstream.info.protocol;
+    let protocol = *protocol;
+    if matches!(protocol, Protocol::Gemini | Protocol::VertexAi) {
+        check_gemini_path(rest)?;
+    }
 
     let limit = state.max_body_bytes;
     let declared = request
@@ -89,11 +173,23 @@ pub async fn forward(
 
     let mut url = upstream.url(rest);
     if let Some(query) = request.uri().query() {
-        url.push('?');
-        url.push_str(query);
+        let query = match protocol {
+            Protocol::Gemini | Protocol::VertexAi => strip_key_param(query),
+            _ => query.to_owned(),
+        };
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(&query);
+        }
     }
     let method = request.method().clone();
     let mut headers = super::headers::to_upstream(request.headers());
+    if protocol == Protocol::Anthropic && !headers.contains_key("anthropic-version") {
+        headers.insert(
+            "anthropic-version",
+            HeaderValue::from_static(super::translated::ANTHROPIC_VERSION),
+        );
+    }
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         headers.insert("x-request-id", id);
     }
@@ -141,6 +237,37 @@ pub async fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemini_model_segments_hold_only_model_ids() {
+        for ok in [
+            "v1beta/models/gemini-2.5-flash:generateContent",
+            "v1/models/gemini-2.5-pro:streamGenerateContent",
+            "v1beta/models",
+            "v1beta/models/gemini-2.0-flash-001",
+            "v1beta/files",
+        ] {
+            assert!(check_gemini_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "v1beta/models/gemini%3Fx:generateContent",
+            "v1beta/models/:generateContent",
+            "v1beta/models/gemini:gen%2Fx",
+            "v1beta/models/a b:generateContent",
+        ] {
+            assert!(check_gemini_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn client_keys_are_dropped_from_queries() {
+        assert_eq!(strip_key_param("alt=sse&key=AIza-client"), "alt=sse");
+        assert_eq!(strip_key_param("key=x"), "");
+        assert_eq!(
+            strip_key_param("keyword=1&pageSize=5"),
+            "keyword=1&pageSize=5"
+        );
+    }
 
     #[test]
     fn ordinary_paths_pass() {

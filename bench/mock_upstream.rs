@@ -1,0 +1,238 @@
+//! Benchmark mock upstream: a minimal OpenAI-compatible server on 127.0.0.1.
+//!
+//! ```text
+//! cargo run --release --example bench-mock-upstream -- PORT [--chunks N] [--chunk-delay-ms MS]
+//! ```
+//!
+//! - `POST /v1/chat/completions`: a small fixed `chat.completion` JSON, or, when the body has
+//!   `"stream": true`, an SSE stream of N `chat.completion.chunk` events (default 20) followed
+//!   by `data: [DONE]`.
+//! - `GET /v1/models`: one model, `bench-model`.
+//!
+//! Responses are rendered once at startup so the mock spends as little CPU as possible per
+//! request: it is the baseline the gateway's overhead is measured against. Part of the
+//! benchmark harness in `bench/` (see `bench/README.md`); never run by the test suite.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use futures_util::StreamExt;
+use http::{HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+
+const MODEL: &str = "bench-model";
+const CREATED: u64 = 1_700_000_000;
+
+struct Canned {
+    completion: Bytes,
+    models: Bytes,
+    /// One SSE event per chunk, the last one being `data: [DONE]`.
+    events: Vec<Bytes>,
+    chunk_delay: Duration,
+}
+
+struct Args {
+    port: u16,
+    chunks: usize,
+    chunk_delay_ms: u64,
+}
+
+fn usage() -> String {
+    "usage: bench-mock-upstream PORT [--chunks N] [--chunk-delay-ms MS]".to_owned()
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let mut port = None;
+    let mut chunks = 20usize;
+    let mut chunk_delay_ms = 0u64;
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| format!("{name} needs a value\n{}", usage()))
+        };
+        match arg.as_str() {
+            "--chunks" => {
+                chunks = value("--chunks")?
+                    .parse()
+                    .map_err(|e| format!("--chunks: {e}"))?;
+            }
+            "--chunk-delay-ms" => {
+                chunk_delay_ms = value("--chunk-delay-ms")?
+                    .parse()
+                    .map_err(|e| format!("--chunk-delay-ms: {e}"))?;
+            }
+            "-h" | "--help" => return Err(usage()),
+            other if port.is_none() && !other.starts_with('-') => {
+                port = Some(other.parse().map_err(|e| format!("PORT {other:?}: {e}"))?);
+            }
+            other => return Err(format!("unexpected argument {other:?}\n{}", usage())),
+        }
+    }
+    let port = port.ok_or_else(usage)?;
+    if chunks == 0 {
+        return Err("--chunks must be at least 1".to_owned());
+    }
+    Ok(Args {
+        port,
+        chunks,
+        chunk_delay_ms,
+    })
+}
+
+fn canned(args: &Args) -> Canned {
+    let completion = json!({
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": MODEL,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello! This is a benchmark reply."},
+            "logprobs": null,
+            "finish_reason": "stop"
+        }],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 8, "total_tokens": 17}
+    });
+    let models = json!({
+        "object": "list",
+        "data": [{"id": MODEL, "object": "model", "created": CREATED, "owned_by": "bench"}]
+    });
+    let mut events = Vec::with_capacity(args.chunks + 1);
+    for i in 0..args.chunks {
+        let last = i + 1 == args.chunks;
+        let delta = if i == 0 {
+            json!({"role": "assistant", "content": ""})
+        } else {
+            json!({"content": format!("tok{i} ")})
+        };
+        let mut chunk = json!({
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": MODEL,
+            "choices": [{
+                "index": 0,
+                "delta": if last { json!({}) } else { delta },
+                "logprobs": null,
+                "finish_reason": if last { json!("stop") } else { Value::Null }
+            }]
+        });
+        if last {
+            chunk["usage"] = json!({
+                "prompt_tokens": 9,
+                "completion_tokens": args.chunks,
+                "total_tokens": 9 + args.chunks
+            });
+        }
+        events.push(Bytes::from(format!("data: {chunk}\n\n")));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    Canned {
+        completion: Bytes::from(completion.to_string()),
+        models: Bytes::from(models.to_string()),
+        events,
+        chunk_delay: Duration::from_millis(args.chunk_delay_ms),
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Body) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": "invalid_request_error",
+                                "param": null, "code": null}});
+    respond(status, "application/json", Body::from(body.to_string()))
+}
+
+async fn chat(State(canned): State<Arc<Canned>>, body: Bytes) -> Response {
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")),
+    };
+    if request.get("stream").and_then(Value::as_bool) != Some(true) {
+        return respond(
+            StatusCode::OK,
+            "application/json",
+            Body::from(canned.completion.clone()),
+        );
+    }
+    let events = canned.events.clone();
+    let delay = canned.chunk_delay;
+    let body = if delay.is_zero() {
+        Body::from_stream(futures_util::stream::iter(
+            events.into_iter().map(Ok::<_, std::io::Error>),
+        ))
+    } else {
+        Body::from_stream(
+            futures_util::stream::iter(events).then(move |event| async move {
+                tokio::time::sleep(delay).await;
+                Ok::<_, std::io::Error>(event)
+            }),
+        )
+    };
+    let mut response = respond(StatusCode::OK, "text/event-stream", body);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+async fn models(State(canned): State<Arc<Canned>>) -> Response {
+    respond(
+        StatusCode::OK,
+        "application/json",
+        Body::from(canned.models.clone()),
+    )
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let state = Arc::new(canned(&args));
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(models))
+        .with_state(state);
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("bench-mock-upstream: cannot bind {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = listener.local_addr().map_or(addr, |a| a);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    eprintln!(
+        "bench-mock-upstream: listening on http://{local}/v1 ({} chunks per stream, {} ms apart)",
+        args.chunks, args.chunk_delay_ms
+    );
+    if let Err(e) = axum::serve(listener, app).await {
+        eprintln!("bench-mock-upstream: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,315 @@
+//! Model Router requests to providers that do not speak OpenAI (Anthropic, Gemini, Cohere):
+//! the request is translated, sent to the provider's native endpoint, and the answer is
+//! translated back — a stream event by event, as the upstream sends it.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use super::upstream::{self, Answer};
+use super::{AppState, Exchange};
+use crate::config::Route;
+use crate::providers::Protocol;
+use crate::translate::openai::{ChatRequest, ChatResponse, ErrorBody};
+use crate::translate::sse::{DONE, SseEvent, SseParser};
+use crate::translate::{StreamOut, TranslateError, Translated, anthropic, cohere, gemini};
+
+/// `anthropic-version` sent when the client sent none.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// A native format the Model Router translates to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// Anthropic Messages.
+    Anthropic,
+    /// Gemini `generateContent` (AI Studio).
+    Gemini,
+    /// Cohere v2 Chat.
+    Cohere,
+}
+
+impl Dialect {
+    /// The dialect of a protocol, if it is translated.
+    pub fn of(protocol: Protocol) -> Option<Self> {
+        match protocol {
+            Protocol::Anthropic => Some(Self::Anthropic),
+            Protocol::Gemini => Some(Self::Gemini),
+            Protocol::Cohere => Some(Self::Cohere),
+            Protocol::OpenAi | Protocol::Azure | Protocol::VertexAi | Protocol::Bedrock => None,
+        }
+    }
+
+    fn request(self, req: &ChatRequest, model: &str) -> Result<Translated, TranslateError> {
+        match self {
+            Self::Anthropic => anthropic::request(req, model),
+            Self::Gemini => gemini::request(req, model),
+            Self::Cohere => cohere::request(req, model),
+        }
+    }
+
+    /// The native endpoint, relative to the provider's base URL.
+    fn path(self, model: &str, stream: bool) -> String {
+        match (self, stream) {
+            (Self::Anthropic, _) => "v1/messages".to_owned(),
+            (Self::Gemini, false) => format!("v1beta/models/{model}:generateContent"),
+            (Self::Gemini, true) => format!("v1beta/models/{model}:streamGenerateContent?alt=sse"),
+            (Self::Cohere, _) => "v2/chat".to_owned(),
+        }
+    }
+
+    fn response(self, body: &[u8], client_model: &str) -> Result<ChatResponse, TranslateError> {
+        match self {
+            Self::Anthropic => anthropic::response(body, client_model),
+            Self::Gemini => gemini::response(body, client_model),
+            Self::Cohere => cohere::response(body, client_model),
+        }
+    }
+
+    fn error(self, status: u16, body: &[u8]) -> (u16, ErrorBody) {
+        match self {
+            Self::Anthropic => anthropic::error(status, body),
+            Self::Gemini => gemini::error(status, body),
+            Self::Cohere => cohere::error(status, body),
+        }
+    }
+
+    fn stream(self, client_model: &str, include_usage: bool, created: u64) -> Translator {
+        match self {
+            Self::Anthropic => {
+                let mut t = anthropic::StreamTranslator::new(client_model, include_usage);
+                t.set_created(created);
+                Translator::Anthropic(t)
+            }
+            Self::Gemini => {
+                let mut t = gemini::StreamTranslator::new(client_model, include_usage);
+                t.set_created(created);
+                Translator::Gemini(t)
+            }
+            Self::Cohere => {
+                let mut t = cohere::StreamTranslator::new(client_model, include_usage);
+                t.set_created(created);
+                Translator::Cohere(t)
+            }
+        }
+    }
+}
+
+enum Translator {
+    Anthropic(anthropic::StreamTranslator),
+    Gemini(gemini::StreamTranslator),
+    Cohere(cohere::StreamTranslator),
+}
+
+impl Translator {
+    fn push(&mut self, event: &SseEvent) -> Vec<StreamOut> {
+        match self {
+            Self::Anthropic(t) => t.push(event),
+            Self::Gemini(t) => t.push(event),
+            Self::Cohere(t) => t.push(event),
+        }
+    }
+
+    fn finish(&mut self) -> Vec<StreamOut> {
+        match self {
+            Self::Anthropic(t) => t.finish(),
+            Self::Gemini(t) => t.finish(),
+            Self::Cohere(t) => t.finish(),
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>, dropped: usize) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    add_dropped(response.headers_mut(), dropped);
+    response
+}
+
+fn add_dropped(headers: &mut HeaderMap, dropped: usize) {
+    if dropped > 0 {
+        headers.insert("x-portcullis-dropped-parts", HeaderValue::from(dropped));
+    }
+}
+
+/// Send a Model Router request to a translated provider.
+pub async fn chat(
+    state: &AppState,
+    dialect: Dialect,
+    route: &Route,
+    model: &str,
+    asked: &str,
+    body: Map<String, Value>,
+    exchange: &mut Exchange,
+) -> Result<Response, ApiError> {
+    let upstream = &route.upstream;
+    let request: ChatRequest = serde_json::from_value(Value::Object(body))
+        .map_err(|e| ApiError::InvalidJson(format!("not a chat completions request: {e}")))?;
+    let streaming = request.is_stream();
+    let translated = dialect.request(&request, model)?;
+    let payload =
+        serde_json::to_vec(&translated.body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    if dialect == Dialect::Anthropic {
+        headers.insert(
+            "anthropic-version",
+            HeaderValue::from_static(ANTHROPIC_VERSION),
+        );
+    }
+    if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
+        headers.insert("x-request-id", id);
+    }
+    let Answer { response, ttfb } = upstream::send(
+        &state.client,
+        upstream,
+        &route.prefix,
+        Method::POST,
+        &upstream.url(&dialect.path(model, streaming)),
+        headers,
+        payload.into(),
+    )
+    .await?;
+    exchange.ttfb = Some(ttfb);
+    let status = response.status();
+
+    if !status.is_success() {
+        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| upstream::classify(&route.prefix, upstream.timeout, &e))?;
+        let (code, body) = dialect.error(status.as_u16(), &bytes);
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut out = json_response(code, serde_json::to_vec(&body).unwrap_or_default(), 0);
+        if let Some(value) = retry_after {
+            out.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return Ok(out);
+    }
+
+    if !streaming {
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| upstream::classify(&route.prefix, upstream.timeout, &e))?;
+        let mut answer = dialect.response(&bytes, asked)?;
+        answer.created = now();
+        let body = serde_json::to_vec(&answer).map_err(|e| ApiError::UpstreamInvalid {
+            prefix: route.prefix.clone(),
+            detail: e.to_string(),
+        })?;
+        return Ok(json_response(
+            StatusCode::OK,
+            body,
+            translated.dropped_parts,
+        ));
+    }
+
+    let include_usage = request.include_usage();
+    let state = StreamState {
+        body: upstream::body_stream(response, upstream.timeout).boxed(),
+        parser: SseParser::default(),
+        translator: dialect.stream(asked, include_usage, now()),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            let out = match st.body.next().await {
+                Some(Ok(bytes)) => {
+                    let events = st.parser.push(&bytes);
+                    st.emit(events, false)
+                }
+                Some(Err(e)) => {
+                    st.done = true;
+                    stream_error(&format!("the upstream stream broke off: {e}"))
+                }
+                None => {
+                    let events = st.parser.finish();
+                    st.emit(events, true)
+                }
+            };
+            if !out.is_empty() {
+                return Some((Ok::<_, std::io::Error>(Bytes::from(out)), st));
+            }
+        }
+    });
+    let mut out = Response::new(Body::from_stream(stream));
+    let headers = out.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    add_dropped(headers, translated.dropped_parts);
+    Ok(out)
+}
+
+struct StreamState {
+    body: BoxStream<'static, Result<Bytes, std::io::Error>>,
+    parser: SseParser,
+    translator: Translator,
+    done: bool,
+}
+
+impl StreamState {
+    /// Translate parsed events into SSE bytes; at the end, flush and write `[DONE]`. An error
+    /// item ends the stream without `[DONE]` (the `openai` SDK raises it).
+    fn emit(&mut self, events: Vec<SseEvent>, last: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut items: Vec<StreamOut> = events
+            .iter()
+            .flat_map(|event| self.translator.push(event))
+            .collect();
+        if last {
+            items.extend(self.translator.finish());
+        }
+        for item in items {
+            out.extend_from_slice(&item.to_sse());
+            if matches!(item, StreamOut::Error(_)) {
+                self.done = true;
+                return out;
+            }
+        }
+        if last {
+            out.extend_from_slice(DONE);
+            self.done = true;
+        }
+        out
+    }
+}
+
+fn stream_error(message: &str) -> Vec<u8> {
+    let body = serde_json::json!({"error": {
+        "message": message, "type": "api_error", "param": null, "code": "upstream_stream_error"
+    }});
+    format!("data: {body}\n\n").into_bytes()
+}

@@ -1,0 +1,357 @@
+"""A fake OpenAI upstream for end-to-end tests (Python standard library only).
+
+It speaks the documented OpenAI wire format on ``/v1``:
+
+* ``POST /v1/chat/completions`` - a ``chat.completion`` object with ``usage``,
+  or, with ``"stream": true``, a ``text/event-stream`` of ``chat.completion.chunk``
+  objects ending in ``data: [DONE]`` (``stream_options.include_usage`` adds the
+  final usage chunk whose ``choices`` is empty).
+* ``GET /v1/models`` - a ``list`` of ``model`` objects.
+* ``POST /v1/embeddings`` - a ``list`` of ``embedding`` objects (float or base64).
+
+Every request is recorded (method, path, query, headers, body) so that tests can
+assert on what the gateway really sent. A test can script the next response
+(status, body, headers, delay), slow a stream down, or hold a stream after its
+first content chunk until the test says so (``stream_gate``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    target: str  # the raw request target as received
+    path: str
+    query: dict[str, list[str]]
+    headers: list[tuple[str, str]]
+    body: bytes
+    time: float
+
+    def header(self, name: str) -> Optional[str]:
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def header_names(self) -> set[str]:
+        return {k.lower() for k, _ in self.headers}
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+@dataclass
+class ScriptedResponse:
+    status: int = 200
+    body: Any = None  # dict/list -> JSON, str/bytes -> raw
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    match: Optional[Callable[[RecordedRequest], bool]] = None
+
+
+DEFAULT_MODELS = ["gpt-test", "gpt-test-mini", "text-embedding-3-small", "other-model"]
+
+
+class FakeOpenAI:
+    """A threaded OpenAI-compatible HTTP/1.1 server on 127.0.0.1 (port 0)."""
+
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self.models: list[str] = list(DEFAULT_MODELS)
+        # Streaming behaviour.
+        self.stream_pieces: Optional[list[str]] = None  # default: derived from the reply
+        self.chunk_delay: float = 0.0  # pause between SSE events
+        self.stream_gate: Optional[threading.Event] = None  # hold after 1st content chunk
+        self.gate_timeout: float = 5.0
+        self.gate_timed_out: bool = False
+        self.gate_waited: bool = False
+        self.stream_completed: int = 0  # streams whose [DONE] was written successfully
+        self._script: list[ScriptedResponse] = []
+        self._lock = threading.Lock()
+        self._server: Optional[ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+
+    # ----------------------------------------------------------------- control
+    def start(self) -> "FakeOpenAI":
+        fake = self
+
+        class Handler(_Handler):
+            owner = fake
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        server.block_on_close = False
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.stream_gate is not None:
+            self.stream_gate.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        """The provider ``baseUrl`` to configure (includes ``/v1``)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def script(self, status: int = 200, body: Any = None, headers: Optional[dict[str, str]] = None,
+               delay: float = 0.0, match: Optional[Callable[[RecordedRequest], bool]] = None) -> None:
+        """Queue a response for the next request (matching ``match``, if given)."""
+        with self._lock:
+            self._script.append(ScriptedResponse(status, body, dict(headers or {}), delay, match))
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self._script.clear()
+
+    def requests_to(self, path: str, method: Optional[str] = None) -> list[RecordedRequest]:
+        with self._lock:
+            return [r for r in self.requests if r.path == path and (method is None or r.method == method)]
+
+    def all_requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self.requests)
+
+    # ----------------------------------------------------------------- internals
+    def _record(self, req: RecordedRequest) -> Optional[ScriptedResponse]:
+        with self._lock:
+            self.requests.append(req)
+            for i, s in enumerate(self._script):
+                if s.match is None or s.match(req):
+                    return self._script.pop(i)
+        return None
+
+    @staticmethod
+    def reply_for(body: Any) -> str:
+        """The assistant text the fake answers with: echoes the last user message."""
+        last = ""
+        for m in (body or {}).get("messages", []) or []:
+            if isinstance(m, dict) and m.get("role") == "user":
+                c = m.get("content")
+                if isinstance(c, list):
+                    c = " ".join(p.get("text", "") for p in c if isinstance(p, dict))
+                last = str(c)
+        return f"echo: {last}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    owner: FakeOpenAI  # set by subclass
+    server_version = "FakeOpenAI/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    # Every method goes through the same handler.
+    def do_GET(self) -> None:
+        self._handle()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET
+
+    # ---------------------------------------------------------------- request
+    def _read_body(self) -> bytes:
+        te = (self.headers.get("Transfer-Encoding") or "").lower()
+        if "chunked" in te:
+            out = bytearray()
+            while True:
+                line = self.rfile.readline()
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    # trailers until blank line
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline()  # CRLF after chunk
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _handle(self) -> None:
+        body = self._read_body()
+        parts = urlsplit(self.path)
+        req = RecordedRequest(
+            method=self.command,
+            target=self.path,
+            path=parts.path,
+            query=parse_qs(parts.query, keep_blank_values=True),
+            headers=list(self.headers.items()),
+            body=body,
+            time=time.monotonic(),
+        )
+        scripted = self.owner._record(req)
+        try:
+            if scripted is not None:
+                if scripted.delay:
+                    time.sleep(scripted.delay)
+                self._send_json(scripted.status, scripted.body, scripted.headers)
+                return
+            self._route(req)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _route(self, req: RecordedRequest) -> None:
+        if req.path == "/v1/chat/completions" and req.method == "POST":
+            try:
+                payload = json.loads(req.body)
+            except ValueError:
+                self._error(400, "We could not parse the JSON body of your request.", "invalid_request_error")
+                return
+            if payload.get("stream"):
+                self._stream_chat(payload)
+            else:
+                self._chat(payload)
+        elif req.path == "/v1/models" and req.method == "GET":
+            now = int(time.time())
+            self._send_json(200, {
+                "object": "list",
+                "data": [{"id": m, "object": "model", "created": now, "owned_by": "fake"} for m in self.owner.models],
+            })
+        elif req.path == "/v1/embeddings" and req.method == "POST":
+            self._embeddings(json.loads(req.body))
+        else:
+            self._error(404, f"Unknown request URL: {req.method} {req.path}.", "invalid_request_error",
+                        code="unknown_url")
+
+    # ---------------------------------------------------------------- responses
+    def _send_json(self, status: int, body: Any, headers: Optional[dict[str, str]] = None) -> None:
+        if isinstance(body, (dict, list)):
+            data = json.dumps(body).encode()
+            ctype = "application/json"
+        elif isinstance(body, str):
+            data = body.encode()
+            ctype = "text/plain"
+        elif body is None:
+            data = b""
+            ctype = "application/json"
+        else:
+            data = bytes(body)
+            ctype = "application/octet-stream"
+        self.send_response(status)
+        hdrs = {"Content-Type": ctype, **(headers or {})}
+        for k, v in hdrs.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+        self.wfile.flush()
+
+    def _error(self, status: int, message: str, type_: str, code: Optional[str] = None) -> None:
+        self._send_json(status, {"error": {"message": message, "type": type_, "param": None, "code": code}})
+
+    def _chat(self, payload: dict) -> None:
+        reply = FakeOpenAI.reply_for(payload)
+        self._send_json(200, {
+            "id": "chatcmpl-fake0001",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": payload.get("model"),
+            "system_fingerprint": "fp_fake",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": reply, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14},
+        }, {"x-request-id": "req_fake_0001", "openai-processing-ms": "5"})
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _sse(self, obj: Any) -> None:
+        data = obj if isinstance(obj, str) else json.dumps(obj)
+        self._write_chunk(f"data: {data}\n\n".encode())
+
+    def _stream_chat(self, payload: dict) -> None:
+        owner = self.owner
+        reply = FakeOpenAI.reply_for(payload)
+        pieces = owner.stream_pieces or [reply[: len(reply) // 3], reply[len(reply) // 3: 2 * len(reply) // 3],
+                                         reply[2 * len(reply) // 3:]]
+        include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+        created = int(time.time())
+        model = payload.get("model")
+
+        def chunk(delta: dict, finish: Optional[str] = None) -> dict:
+            c = {
+                "id": "chatcmpl-fake0002", "object": "chat.completion.chunk", "created": created,
+                "model": model, "system_fingerprint": "fp_fake",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+            if include_usage:
+                c["usage"] = None
+            return c
+
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("x-request-id", "req_fake_0002")
+        self.end_headers()
+        self.wfile.flush()
+
+        self._sse(chunk({"role": "assistant", "content": "", "refusal": None}))
+        for i, piece in enumerate(pieces):
+            if i > 0:
+                if i == 1 and owner.stream_gate is not None:
+                    owner.gate_waited = True
+                    if not owner.stream_gate.wait(owner.gate_timeout):
+                        owner.gate_timed_out = True
+                if owner.chunk_delay:
+                    time.sleep(owner.chunk_delay)
+            self._sse(chunk({"content": piece}))
+        if owner.chunk_delay:
+            time.sleep(owner.chunk_delay)
+        self._sse(chunk({}, "stop"))
+        if include_usage:
+            self._sse({
+                "id": "chatcmpl-fake0002", "object": "chat.completion.chunk", "created": created,
+                "model": model, "system_fingerprint": "fp_fake", "choices": [],
+                "usage": {"prompt_tokens": 11, "completion_tokens": len(pieces), "total_tokens": 11 + len(pieces)},
+            })
+        self._sse("[DONE]")
+        self._write_chunk(b"")  # terminating zero-length chunk
+        with owner._lock:
+            owner.stream_completed += 1
+
+    def _embeddings(self, payload: dict) -> None:
+        inputs = payload.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        data = []
+        for i, text in enumerate(inputs or []):
+            vec = [float(len(str(text))), 0.5, -0.25, float(i)]
+            if payload.get("encoding_format") == "base64":
+                emb: Any = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+            else:
+                emb = vec
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        self._send_json(200, {
+            "object": "list", "data": data, "model": payload.get("model"),
+            "usage": {"prompt_tokens": 4, "total_tokens": 4},
+        })
