@@ -202,9 +202,20 @@ pub async fn fetch_models(
     for (name, value) in &upstream.extra_headers {
         headers.insert(name.clone(), value.clone());
     }
-    upstream.credential.apply(&mut headers);
+    let url = upstream.url("models");
+    let out = crate::credentials::Outgoing {
+        method: &http::Method::GET,
+        url: &url,
+        headers: &mut headers,
+        body: Some(b""),
+    };
+    upstream
+        .credential
+        .apply(out)
+        .await
+        .map_err(|e| e.to_string())?;
     let request = client
-        .get(upstream.url("models"))
+        .get(&url)
         .headers(headers)
         .timeout(upstream.timeout.min(Duration::from_secs(30)))
         .send();

@@ -16,7 +16,7 @@ use http::{StatusCode, header};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Defaults, Index, Object, Store, compile, defaults};
+use crate::config::{ApplyMode, Defaults, Index, Object, Store, compile, defaults};
 use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::proxy::{self, AppState};
 use crate::source::files;
@@ -70,6 +70,7 @@ pub fn apply_objects(
     defaults: &Defaults,
     objects: Vec<Object>,
     source: &'static str,
+    mode: ApplyMode,
     seen_at: Instant,
 ) {
     let compiled = compile(&Index::from_objects(objects), defaults);
@@ -83,7 +84,15 @@ pub fn apply_objects(
             problem.message
         );
     }
-    let report = store.apply(&compiled);
+    let report = store.apply_with(&compiled, mode);
+    if report.rejected {
+        tracing::warn!(
+            problems = compiled.problems.len(),
+            "configuration rejected, the running one keeps serving; fix the problems above"
+        );
+        metrics.reload(source, "rejected", seen_at.elapsed());
+        return;
+    }
     for id in &report.kept {
         tracing::warn!(proxy = %id, "proxy has problems; its last good version keeps serving");
     }
@@ -148,6 +157,7 @@ async fn follow_files(
                     &defaults,
                     loaded.objects,
                     "files",
+                    ApplyMode::Whole,
                     seen_at,
                 );
             }
@@ -253,6 +263,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             &defaults,
             objects,
             "embedded",
+            ApplyMode::Whole,
             Instant::now(),
         );
         None
@@ -269,6 +280,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             &defaults,
             loaded.objects,
             "files",
+            ApplyMode::Whole,
             started,
         );
         let (tx, rx) = mpsc::channel(16);

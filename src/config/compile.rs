@@ -611,6 +611,7 @@ fn compile_proxy(
 mod tests {
     use super::*;
     use crate::config::Store;
+    use crate::config::store::ApplyMode;
     use crate::source::files::parse;
 
     const SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: key, namespace: ai}\nstringData: {apiKey: sk-1}\n---\n";
@@ -873,6 +874,16 @@ mod tests {
         assert_eq!(
             snap.proxy("q").map(|t| t.routes[0].prefix.as_str()),
             Some("local")
+        );
+
+        // In whole mode the same edit is refused entirely: q keeps its old prefix too.
+        let whole = Store::default();
+        whole.apply_with(&run(&good), ApplyMode::Whole);
+        let report = whole.apply_with(&run(&edit), ApplyMode::Whole);
+        assert!(report.rejected);
+        assert_eq!(
+            whole.load().proxy("q").map(|t| t.routes[0].prefix.as_str()),
+            Some("ollama")
         );
 
         // Deleting a proxy removes it.

@@ -24,7 +24,7 @@ use std::fmt;
 pub use compile::{Compiled, Defaults, Problem, compile};
 pub use index::{Index, Object, SecretData};
 pub use snapshot::{ProxyTable, Route, Snapshot, Upstream};
-pub use store::Store;
+pub use store::{ApplyMode, Store};
 
 /// Namespace and name of a namespaced object.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

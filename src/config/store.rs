@@ -19,6 +19,20 @@ pub struct ApplyReport {
     pub kept: Vec<String>,
     /// Proxies that failed to compile and have no good version (not served).
     pub unserved: Vec<String>,
+    /// The whole compilation was refused and the previous snapshot keeps serving.
+    pub rejected: bool,
+}
+
+/// How a compilation with problems is merged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Object by object (Kubernetes): clean proxies move on, failed ones keep their last good
+    /// version, so one team's mistake never blocks another team's change.
+    PerProxy,
+    /// All or nothing (files): one edit of the files is one change, and an edit with any
+    /// problem is refused whole once something is serving. The first load still serves
+    /// whatever compiled cleanly.
+    Whole,
 }
 
 /// The live snapshot.
@@ -60,8 +74,18 @@ impl Store {
     /// old version, failed ones keep their last good version, proxies no longer configured
     /// disappear.
     pub fn apply(&self, compiled: &Compiled) -> ApplyReport {
+        self.apply_with(compiled, ApplyMode::PerProxy)
+    }
+
+    /// [`Store::apply`] with an explicit [`ApplyMode`].
+    pub fn apply_with(&self, compiled: &Compiled, mode: ApplyMode) -> ApplyReport {
         let previous = self.load();
         let mut report = ApplyReport::default();
+        if mode == ApplyMode::Whole && !compiled.problems.is_empty() && self.is_ready() {
+            report.version = previous.version;
+            report.rejected = true;
+            return report;
+        }
         let mut proxies = compiled.proxies.clone();
         for key in &compiled.failed {
             match previous.proxies.get(key) {

@@ -1,10 +1,14 @@
 //! Upstream credentials: one abstraction, [`Credential::apply`], with one variant per kind.
 //!
 //! Values are built once when the configuration compiles (header values marked sensitive,
-//! so `http`'s Debug never prints them); per request, applying a credential is a clone.
+//! so `http`'s Debug never prints them); per request, applying a static key is a clone.
+//! Kinds that mint tokens or sign requests (AWS SigV4, GCP OAuth, Entra ID) add a variant
+//! holding an `Arc` of their cached state; `apply` is async for them, and [`Credential::check`]
+//! obtains a credential for real (for the `CredentialsReady` condition).
 
 use std::fmt;
 
+use http::Method;
 use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
 /// How the gateway proves itself to an upstream.
@@ -19,6 +23,35 @@ pub enum Credential {
         /// Full header value, marked sensitive.
         value: HeaderValue,
     },
+}
+
+/// One request about to go upstream, as a credential sees it. SigV4 signs all of it; bearer
+/// and static keys only add a header.
+pub struct Outgoing<'a> {
+    /// HTTP method.
+    pub method: &'a Method,
+    /// Full URL, query included.
+    pub url: &'a str,
+    /// Headers; the credential adds its own.
+    pub headers: &'a mut HeaderMap,
+    /// The body when it is known in full (signers that hash the payload need it).
+    pub body: Option<&'a [u8]>,
+}
+
+/// A credential could not be obtained or applied. Messages never hold a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The identity provider (STS, the metadata server, Entra ID, …) did not give a credential.
+    #[error("could not obtain {kind} credentials: {detail}")]
+    Unavailable {
+        /// What kind (`AWS`, `GCP`, `Entra ID`).
+        kind: &'static str,
+        /// What went wrong, and what to check.
+        detail: String,
+    },
+    /// The request could not be signed.
+    #[error("could not sign the request: {0}")]
+    Signing(String),
 }
 
 /// A static key could not be turned into a header value.
@@ -41,13 +74,30 @@ impl Credential {
         Ok(Self::Header { name, value })
     }
 
-    /// Put the credential on an outgoing request's headers.
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    /// Put the credential on an outgoing request.
+    pub async fn apply(&self, out: Outgoing<'_>) -> Result<(), CredentialError> {
         match self {
-            Credential::None => {}
+            Credential::None => Ok(()),
             Credential::Header { name, value } => {
-                headers.insert(name.clone(), value.clone());
+                out.headers.insert(name.clone(), value.clone());
+                Ok(())
             }
+        }
+    }
+
+    /// Obtain a credential for real (mint a token, ask STS), for status and `check --online`.
+    /// A static key is only present here; whether the upstream accepts it shows in discovery.
+    pub async fn check(&self) -> Result<(), CredentialError> {
+        match self {
+            Credential::None | Credential::Header { .. } => Ok(()),
+        }
+    }
+
+    /// Whether the credential can be applied without knowing the body (static keys and
+    /// bearer tokens); SigV4 hashes the body, so the native route buffers it for such kinds.
+    pub fn needs_body(&self) -> bool {
+        match self {
+            Credential::None | Credential::Header { .. } => false,
         }
     }
 }
@@ -73,11 +123,17 @@ mod tests {
         assert!(shown.contains("authorization"));
     }
 
-    #[test]
-    fn apply_sets_the_header() {
+    #[tokio::test]
+    async fn apply_sets_the_header() {
         let mut h = HeaderMap::new();
         if let Ok(c) = Credential::bearer(" sk-1\n") {
-            c.apply(&mut h);
+            let out = Outgoing {
+                method: &Method::POST,
+                url: "http://127.0.0.1/v1/chat/completions",
+                headers: &mut h,
+                body: None,
+            };
+            assert!(c.apply(out).await.is_ok());
         }
         assert_eq!(
             h.get(AUTHORIZATION).map(|v| v.as_bytes()),

@@ -107,6 +107,14 @@ pub enum ApiError {
     /// The request cannot be expressed in the provider's format, or its answer in OpenAI's.
     #[error("{0}")]
     Translation(#[from] crate::translate::TranslateError),
+    /// The gateway could not obtain or apply its own credential for the provider.
+    #[error("provider `{prefix}`: {detail}")]
+    Credential {
+        /// Prefix of the provider.
+        prefix: String,
+        /// What went wrong (never the credential itself).
+        detail: String,
+    },
     /// The upstream answered with something the gateway cannot use.
     #[error("provider `{prefix}` sent an invalid response: {detail}")]
     UpstreamInvalid {
@@ -132,9 +140,9 @@ impl ApiError {
             | ApiError::ModelNotFound { .. }
             | ApiError::ModelNotServed { .. } => StatusCode::NOT_FOUND,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamInvalid { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ApiError::UpstreamUnreachable { .. }
+            | ApiError::UpstreamInvalid { .. }
+            | ApiError::Credential { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Translation(e) => {
                 StatusCode::from_u16(e.status_code()).unwrap_or(StatusCode::BAD_REQUEST)
@@ -167,6 +175,7 @@ impl ApiError {
             ApiError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ApiError::UpstreamTimeout { .. } => "upstream_timeout",
             ApiError::UpstreamInvalid { .. } => "upstream_invalid_response",
+            ApiError::Credential { .. } => "upstream_credential_unavailable",
             ApiError::Translation(_) => "translation_error",
         }
     }

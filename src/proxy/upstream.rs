@@ -33,7 +33,20 @@ pub async fn send(
     for (name, value) in &upstream.extra_headers {
         headers.insert(name.clone(), value.clone());
     }
-    upstream.credential.apply(&mut headers);
+    let out = crate::credentials::Outgoing {
+        method: &method,
+        url,
+        headers: &mut headers,
+        body: body.as_bytes(),
+    };
+    upstream
+        .credential
+        .apply(out)
+        .await
+        .map_err(|e| ApiError::Credential {
+            prefix: prefix.to_owned(),
+            detail: e.to_string(),
+        })?;
     let request = client
         .request(method, url)
         .headers(headers)
