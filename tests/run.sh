@@ -24,8 +24,15 @@ cargo test --locked
 step "Python virtualenv (.venv) with tests/requirements.txt"
 if [ ! -x .venv/bin/python ]; then
   if ! python3 -m venv .venv; then
-    echo "python3 -m venv failed: on Debian install it with 'apt-get install -y python3-venv'" >&2
-    exit 1
+    rm -rf .venv
+    # Debian's python3 ships venv separately; install it when we may.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq python3-venv
+    fi
+    python3 -m venv .venv || {
+      echo "python3 -m venv failed: install it with 'apt-get install -y python3-venv'" >&2
+      exit 1
+    }
   fi
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
