@@ -116,12 +116,32 @@ def test_deployment_runs_serve_kubernetes_with_both_ports(default_render):
         "--listen", "0.0.0.0:8080",
         "--admin-listen", "0.0.0.0:9090",
         "--shutdown-grace", "30s",
+        "--sse-keepalive", "10s",
     ]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "admin": 9090}
     assert default_render.one("Deployment")["spec"]["replicas"] == 2
-    env = {e["name"]: e for e in c["env"]}
+
+
+def test_controller_environment(default_render):
+    """What the controller reads: its pod (Lease holder identity, Lease namespace) and
+    the Service name it writes into LlmProxy status.url."""
+    env = {e["name"]: e for e in container(default_render)["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["PORTCULLIS_SERVICE_NAME"] == {"name": "PORTCULLIS_SERVICE_NAME", "value": "portcullis"}
+    assert env["PORTCULLIS_SERVICE_NAME"]["value"] == default_render.one("Service")["metadata"]["name"]
+    r = render(name="gw", namespace="llm")
+    env = {e["name"]: e for e in container(r)["env"]}
+    assert env["PORTCULLIS_SERVICE_NAME"]["value"] == r.one("Service")["metadata"]["name"] == "gw-portcullis"
+    # Service links would put PORTCULLIS_SERVICE_HOST, PORTCULLIS_PORT... into our env prefix.
+    assert pod_spec(default_render)["enableServiceLinks"] is False
+
+
+@pytest.mark.parametrize("value", ["0", "500ms", "30s", "2m"])
+def test_sse_keepalive_is_passed_to_the_gateway(value):
+    args = container(render({"sseKeepAlive": value}))["args"]
+    i = args.index("--sse-keepalive")
+    assert args[i + 1] == value
 
 
 def test_probes_hit_health_endpoints_on_admin_port(default_render):
@@ -437,6 +457,9 @@ def test_values_document_cloud_lb_idle_timeouts():
         ({"watchNamespaces": "team-a"}, "/watchNamespaces"),
         ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
         ({"shutdownGraceSeconds": "30s"}, "/shutdownGraceSeconds"),
+        ({"sseKeepAlive": 10}, "/sseKeepAlive"),
+        ({"sseKeepAlive": "10"}, "/sseKeepAlive"),
+        ({"sseKeepAlive": "ten seconds"}, "/sseKeepAlive"),
         ({"serviceMonitor": {"interval": "30"}}, "/serviceMonitor/interval"),
         ({"networkPolicy": {"clientNamespaceLabels": {"team": 1}}}, "/networkPolicy/clientNamespaceLabels/team"),
     ],
