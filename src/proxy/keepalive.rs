@@ -210,7 +210,10 @@ mod tests {
     fn applies_to_successful_event_streams_only() {
         let sse = |ct: &str| {
             let mut h = HeaderMap::new();
-            h.insert(header::CONTENT_TYPE, ct.parse().unwrap_or_else(|_| unreachable!()));
+            h.insert(
+                header::CONTENT_TYPE,
+                ct.parse().unwrap_or_else(|_| unreachable!()),
+            );
             h
         };
         let none = http::Extensions::new();
