@@ -173,6 +173,23 @@ def test_termination_grace_outlasts_stream_grace():
 def test_termination_grace_not_above_stream_grace_is_refused():
     with pytest.raises(helm.HelmRenderError, match="must be larger than shutdownGraceSeconds"):
         render({"shutdownGraceSeconds": 60, "terminationGracePeriodSeconds": 60})
+    with pytest.raises(helm.HelmRenderError, match=r"preStopSleepSeconds \(70\)"):
+        render({"shutdownGraceSeconds": 60, "preStopSleepSeconds": 10, "terminationGracePeriodSeconds": 65})
+
+
+def test_no_pre_stop_hook_by_default(default_render):
+    assert "lifecycle" not in container(default_render)
+
+
+def test_pre_stop_sleep_delays_sigterm_and_extends_the_grace():
+    r = render({"preStopSleepSeconds": 5, "shutdownGraceSeconds": 60})
+    c = container(r)
+    # The image has no shell: the preStop `sleep` action, not `exec: sleep`.
+    assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert pod_spec(r)["terminationGracePeriodSeconds"] == 5 + 60 + 15
+    # The sleep action exists from Kubernetes 1.30 on.
+    for obj in r.objects:
+        chartlib.validate_k8s(obj, chartlib.K8S_VERSIONS[-1])
 
 
 def test_security_context_is_locked_down(default_render):
@@ -458,6 +475,8 @@ def test_values_document_cloud_lb_idle_timeouts():
         ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
         ({"shutdownGraceSeconds": "30s"}, "/shutdownGraceSeconds"),
         ({"sseKeepAlive": 10}, "/sseKeepAlive"),
+        ({"preStopSleepSeconds": -1}, "/preStopSleepSeconds"),
+        ({"preStopSleepSeconds": "5s"}, "/preStopSleepSeconds"),
         ({"sseKeepAlive": "10"}, "/sseKeepAlive"),
         ({"sseKeepAlive": "ten seconds"}, "/sseKeepAlive"),
         ({"serviceMonitor": {"interval": "30"}}, "/serviceMonitor/interval"),
