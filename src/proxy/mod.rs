@@ -6,9 +6,10 @@
 //! /v1/{prefix}/{proxy}/{rest…}               ─> native::forward     (bytes pass through)
 //! ```
 //!
-//! A successful `text/event-stream` body gets SSE keep-alive comments while it is idle
-//! ([`keepalive`]). Each request loads the current snapshot once. An [`Exchange`] record travels with the
-//! response body and, when the body ends, writes the access-log line and the metrics.
+//! Each request loads the current snapshot once. An [`Exchange`] record travels with the
+//! response body and, when the body ends, writes the access-log line and the metrics. A
+//! successful `text/event-stream` body gets SSE keep-alive comments while it is idle
+//! ([`keepalive`]).
 
 pub mod error;
 pub mod headers;
