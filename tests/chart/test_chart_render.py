@@ -130,9 +130,14 @@ def test_controller_environment(default_render):
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["PORTCULLIS_SERVICE_NAME"] == {"name": "PORTCULLIS_SERVICE_NAME", "value": "portcullis"}
     assert env["PORTCULLIS_SERVICE_NAME"]["value"] == default_render.one("Service")["metadata"]["name"]
-    r = render(name="gw", namespace="llm")
+    assert env["PORTCULLIS_SERVICE_PORT"] == {"name": "PORTCULLIS_SERVICE_PORT", "value": "8080"}
+    assert env["PORTCULLIS_LEASE_NAME"] == {"name": "PORTCULLIS_LEASE_NAME", "value": "portcullis-status"}
+    r = render({"service": {"port": 80}}, name="gw", namespace="llm")
     env = {e["name"]: e for e in container(r)["env"]}
     assert env["PORTCULLIS_SERVICE_NAME"]["value"] == r.one("Service")["metadata"]["name"] == "gw-portcullis"
+    http = next(p for p in r.one("Service")["spec"]["ports"] if p["name"] == "http")
+    assert env["PORTCULLIS_SERVICE_PORT"]["value"] == str(http["port"]) == "80"
+    assert env["PORTCULLIS_LEASE_NAME"]["value"] == "gw-portcullis-status"
     # Service links would put PORTCULLIS_SERVICE_HOST, PORTCULLIS_PORT... into our env prefix.
     assert pod_spec(default_render)["enableServiceLinks"] is False
 
