@@ -67,6 +67,10 @@ struct ServeArgs {
     /// How long in-flight requests and streams may run after SIGTERM.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// Send an SSE comment (`: keep-alive`) on a stream idle this long, between events only,
+    /// so load balancers and client watchdogs do not cut it; `0` disables.
+    #[arg(long, env = "PORTCULLIS_SSE_KEEPALIVE", default_value = "10s", value_parser = humantime::parse_duration)]
+    sse_keepalive: Duration,
     /// Interval between model-list refreshes.
     #[arg(long, env = "PORTCULLIS_MODEL_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
     model_refresh: Duration,
@@ -136,6 +140,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
             ..DiscoveryConfig::default()
         },
         file_poll: Duration::from_millis(500),
+        sse_keepalive: args.sse_keepalive,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

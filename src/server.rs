@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub discovery: DiscoveryConfig,
     /// How often files are re-read besides inotify events.
     pub file_poll: Duration,
+    /// Interval of SSE keep-alive comments on idle streams; zero disables them.
+    pub sse_keepalive: Duration,
 }
 
 /// The upstream HTTP client: one pool, `TCP_NODELAY`, no redirects followed (a 3xx goes back
@@ -303,6 +305,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         discovery,
         metrics: metrics.clone(),
         max_body_bytes: options.max_body_bytes,
+        sse_keepalive: Some(options.sse_keepalive).filter(|d| !d.is_zero()),
     });
     let (drain_tx, drain_rx) = watch::channel(false);
     let admin = Arc::new(Admin {

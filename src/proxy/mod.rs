@@ -7,10 +7,13 @@
 //! ```
 //!
 //! Each request loads the current snapshot once. An [`Exchange`] record travels with the
-//! response body and, when the body ends, writes the access-log line and the metrics.
+//! response body and, when the body ends, writes the access-log line and the metrics. A
+//! successful `text/event-stream` body gets SSE keep-alive comments while it is idle
+//! ([`keepalive`]).
 
 pub mod error;
 pub mod headers;
+pub mod keepalive;
 pub mod model_router;
 pub mod native;
 pub mod sse;
@@ -47,6 +50,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Interval of SSE keep-alive comments on idle streams (`None`: off).
+    pub sse_keepalive: Option<Duration>,
 }
 
 /// The data-plane service.
@@ -154,7 +159,14 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     // The record ends with the body: for a stream, when its last byte is sent (or the
     // client goes away).
     let (parts, body) = response.into_parts();
-    let body = body.into_data_stream().map(move |chunk| {
+    let body = body.into_data_stream();
+    let body = match state.sse_keepalive {
+        Some(every) if keepalive::applies(parts.status, &parts.headers, &parts.extensions) => {
+            keepalive::KeepAlive::new(body, every).boxed()
+        }
+        _ => body.boxed(),
+    };
+    let body = body.map(move |chunk| {
         let _ = &exchange;
         chunk
     });

@@ -231,6 +231,9 @@ async fn forward_inner(
     let mut out = Response::new(Body::from_stream(body));
     *out.status_mut() = status;
     *out.headers_mut() = headers;
+    if !super::keepalive::comments_safe(protocol) {
+        out.extensions_mut().insert(super::keepalive::NoKeepAlive);
+    }
     Ok(out)
 }
 

@@ -79,3 +79,14 @@ def test_install_yaml_validates_against_kubernetes(version):
     if crd_positions:
         first_other = min(i for i, k in enumerate(kinds) if k not in ("Namespace", "ServiceAccount", "CustomResourceDefinition"))
         assert max(crd_positions) < first_other
+
+
+def test_chart_app_version_is_the_crate_version():
+    """The image tag defaults to appVersion: it must name the release the crate builds."""
+    import tomllib
+
+    crate = tomllib.loads((chartlib.REPO / "Cargo.toml").read_text())["package"]["version"]
+    chart = yaml.safe_load((chartlib.CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == crate, f"Chart.yaml appVersion {chart['appVersion']} != Cargo.toml version {crate}"
+    dockerfile = (chartlib.REPO / "Dockerfile").read_text()
+    assert f"ARG VERSION={crate}" in dockerfile, "the Dockerfile's OCI version label default"

@@ -116,12 +116,37 @@ def test_deployment_runs_serve_kubernetes_with_both_ports(default_render):
         "--listen", "0.0.0.0:8080",
         "--admin-listen", "0.0.0.0:9090",
         "--shutdown-grace", "30s",
+        "--sse-keepalive", "10s",
     ]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "admin": 9090}
     assert default_render.one("Deployment")["spec"]["replicas"] == 2
-    env = {e["name"]: e for e in c["env"]}
+
+
+def test_controller_environment(default_render):
+    """What the controller reads: its pod (Lease holder identity, Lease namespace) and
+    the Service name it writes into LlmProxy status.url."""
+    env = {e["name"]: e for e in container(default_render)["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["PORTCULLIS_SERVICE_NAME"] == {"name": "PORTCULLIS_SERVICE_NAME", "value": "portcullis"}
+    assert env["PORTCULLIS_SERVICE_NAME"]["value"] == default_render.one("Service")["metadata"]["name"]
+    assert env["PORTCULLIS_SERVICE_PORT"] == {"name": "PORTCULLIS_SERVICE_PORT", "value": "8080"}
+    assert env["PORTCULLIS_LEASE_NAME"] == {"name": "PORTCULLIS_LEASE_NAME", "value": "portcullis-status"}
+    r = render({"service": {"port": 80}}, name="gw", namespace="llm")
+    env = {e["name"]: e for e in container(r)["env"]}
+    assert env["PORTCULLIS_SERVICE_NAME"]["value"] == r.one("Service")["metadata"]["name"] == "gw-portcullis"
+    http = next(p for p in r.one("Service")["spec"]["ports"] if p["name"] == "http")
+    assert env["PORTCULLIS_SERVICE_PORT"]["value"] == str(http["port"]) == "80"
+    assert env["PORTCULLIS_LEASE_NAME"]["value"] == "gw-portcullis-status"
+    # Service links would put PORTCULLIS_SERVICE_HOST, PORTCULLIS_PORT... into our env prefix.
+    assert pod_spec(default_render)["enableServiceLinks"] is False
+
+
+@pytest.mark.parametrize("value", ["0", "500ms", "30s", "2m"])
+def test_sse_keepalive_is_passed_to_the_gateway(value):
+    args = container(render({"sseKeepAlive": value}))["args"]
+    i = args.index("--sse-keepalive")
+    assert args[i + 1] == value
 
 
 def test_probes_hit_health_endpoints_on_admin_port(default_render):
@@ -153,6 +178,23 @@ def test_termination_grace_outlasts_stream_grace():
 def test_termination_grace_not_above_stream_grace_is_refused():
     with pytest.raises(helm.HelmRenderError, match="must be larger than shutdownGraceSeconds"):
         render({"shutdownGraceSeconds": 60, "terminationGracePeriodSeconds": 60})
+    with pytest.raises(helm.HelmRenderError, match=r"preStopSleepSeconds \(70\)"):
+        render({"shutdownGraceSeconds": 60, "preStopSleepSeconds": 10, "terminationGracePeriodSeconds": 65})
+
+
+def test_no_pre_stop_hook_by_default(default_render):
+    assert "lifecycle" not in container(default_render)
+
+
+def test_pre_stop_sleep_delays_sigterm_and_extends_the_grace():
+    r = render({"preStopSleepSeconds": 5, "shutdownGraceSeconds": 60})
+    c = container(r)
+    # The image has no shell: the preStop `sleep` action, not `exec: sleep`.
+    assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert pod_spec(r)["terminationGracePeriodSeconds"] == 5 + 60 + 15
+    # The sleep action exists from Kubernetes 1.30 on.
+    for obj in r.objects:
+        chartlib.validate_k8s(obj, chartlib.K8S_VERSIONS[-1])
 
 
 def test_security_context_is_locked_down(default_render):
@@ -437,6 +479,11 @@ def test_values_document_cloud_lb_idle_timeouts():
         ({"watchNamespaces": "team-a"}, "/watchNamespaces"),
         ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
         ({"shutdownGraceSeconds": "30s"}, "/shutdownGraceSeconds"),
+        ({"sseKeepAlive": 10}, "/sseKeepAlive"),
+        ({"preStopSleepSeconds": -1}, "/preStopSleepSeconds"),
+        ({"preStopSleepSeconds": "5s"}, "/preStopSleepSeconds"),
+        ({"sseKeepAlive": "10"}, "/sseKeepAlive"),
+        ({"sseKeepAlive": "ten seconds"}, "/sseKeepAlive"),
         ({"serviceMonitor": {"interval": "30"}}, "/serviceMonitor/interval"),
         ({"networkPolicy": {"clientNamespaceLabels": {"team": 1}}}, "/networkPolicy/clientNamespaceLabels/team"),
     ],

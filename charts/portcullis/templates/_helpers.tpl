@@ -86,17 +86,17 @@ ServiceAccount annotations: the free-form ones plus the keyless identity ones.
 {{- end }}
 
 {{/*
-terminationGracePeriodSeconds: longer than the gateway's own drain
-(`--shutdown-grace`), so the kubelet's SIGKILL never cuts a draining stream.
+terminationGracePeriodSeconds: longer than the preStop pause plus the gateway's own
+drain (`--shutdown-grace`), so the kubelet's SIGKILL never cuts a draining stream.
 */}}
 {{- define "portcullis.terminationGracePeriodSeconds" -}}
-{{- $grace := int .Values.shutdownGraceSeconds }}
+{{- $grace := add (int .Values.shutdownGraceSeconds) (int .Values.preStopSleepSeconds) }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
 {{- add $grace 15 }}
 {{- else }}
 {{- $t := int .Values.terminationGracePeriodSeconds }}
 {{- if le $t $grace }}
-{{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than shutdownGraceSeconds (%d): the kubelet would kill streams the gateway is still draining" $t $grace) }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than shutdownGraceSeconds + preStopSleepSeconds (%d): the kubelet would kill streams the gateway is still draining" $t $grace) }}
 {{- end }}
 {{- $t }}
 {{- end }}
