@@ -1,0 +1,249 @@
+//! The compile rules of the cloud provider types (part of the pure `compile()`): Vertex AI
+//! project/location and default base URL, Azure URL styles and Entra scopes, Claude on
+//! Foundry, and the keyless credentials they use.
+//!
+//! Nothing here does I/O: a credential is only described (source, scope); tokens are minted
+//! on first use by `crate::credentials`.
+
+use std::sync::Arc;
+
+use url::Url;
+
+use super::compile::Problems;
+use super::snapshot::Cloud;
+use super::{Index, ObjectKey};
+use crate::crd::{LlmProviderSpec, ProviderAuth, ProviderType};
+use crate::credentials::Credential;
+use crate::credentials::azure::{AI_FOUNDRY_SCOPE, COGNITIVE_SERVICES_SCOPE, EntraToken};
+use crate::credentials::gcp::{GcpSource, GcpToken, parse_service_account_key};
+use crate::providers::AuthForm;
+
+/// `api-version` for Azure deployment URLs when `spec.azure.apiVersion` is not set.
+pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
+
+/// Whether an Azure base URL is a Foundry v1 URL (path ends in `/openai/v1`).
+pub fn is_azure_v1(base: &Url) -> bool {
+    base.path().trim_end_matches('/').ends_with("/openai/v1")
+}
+
+/// Whether an Anthropic base URL is a Claude-on-Foundry URL (path ends in `/anthropic`, as
+/// `https://{resource}.services.ai.azure.com/anthropic` does).
+pub fn is_foundry_anthropic(base: &Url) -> bool {
+    base.path().trim_end_matches('/').ends_with("/anthropic")
+}
+
+/// Vertex AI's regional endpoint for `spec.vertexai.location` (the `global` location has no
+/// region prefix).
+pub fn default_base_url(spec: &LlmProviderSpec) -> Option<String> {
+    if spec.provider_type != ProviderType::Vertexai {
+        return None;
+    }
+    let location = spec.vertexai.as_ref()?.location.trim();
+    if !valid_gcp_name(location) {
+        return None;
+    }
+    Some(if location == "global" {
+        "https://aiplatform.googleapis.com".to_owned()
+    } else {
+        format!("https://{location}-aiplatform.googleapis.com")
+    })
+}
+
+/// Lowercase letters, digits and `-` (GCP project IDs and locations).
+fn valid_gcp_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The cloud addressing of a provider; problems for missing or malformed settings.
+pub(super) fn settings(p: &mut Problems, spec: &LlmProviderSpec, base: &Url) -> Cloud {
+    match spec.provider_type {
+        ProviderType::Vertexai => match &spec.vertexai {
+            None => {
+                p.add(
+                    "spec.vertexai",
+                    "InvalidSpec",
+                    "type vertexai needs spec.vertexai.project and spec.vertexai.location",
+                );
+                Cloud::None
+            }
+            Some(v) => {
+                let (project, location) = (v.project.trim(), v.location.trim());
+                let mut ok = true;
+                for (value, field, what) in [
+                    (project, "spec.vertexai.project", "a project ID such as `my-project`"),
+                    (
+                        location,
+                        "spec.vertexai.location",
+                        "a location such as `us-central1` or `global`",
+                    ),
+                ] {
+                    if !valid_gcp_name(value) {
+                        ok = false;
+                        p.add(
+                            field,
+                            "InvalidSpec",
+                            format!("`{value}` is not {what} (lowercase letters, digits, `-`)"),
+                        );
+                    }
+                }
+                if ok {
+                    Cloud::Vertex {
+                        project: project.to_owned(),
+                        location: location.to_owned(),
+                    }
+                } else {
+                    Cloud::None
+                }
+            }
+        },
+        ProviderType::Azure => {
+            let azure = spec.azure.clone().unwrap_or_default();
+            let api_version = azure
+                .api_version
+                .as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .unwrap_or(DEFAULT_AZURE_API_VERSION)
+                .to_owned();
+            if !api_version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+            {
+                p.add(
+                    "spec.azure.apiVersion",
+                    "InvalidSpec",
+                    format!("`{api_version}` is not an api-version such as `2024-10-21`"),
+                );
+            }
+            Cloud::Azure {
+                v1: is_azure_v1(base),
+                api_version,
+            }
+        }
+        _ => Cloud::None,
+    }
+}
+
+/// The keyless credential of a Vertex AI, Azure or Claude-on-Foundry provider.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn credential(
+    p: &mut Problems,
+    key: &ObjectKey,
+    index: &Index,
+    t: ProviderType,
+    form: AuthForm,
+    auth: &ProviderAuth,
+    spec: &LlmProviderSpec,
+    base: Option<&Url>,
+) -> Credential {
+    match (t, form) {
+        (ProviderType::Vertexai, AuthForm::WorkloadIdentity) => {
+            Credential::Gcp(Arc::new(GcpToken::new(GcpSource::Adc)))
+        }
+        (ProviderType::Vertexai, AuthForm::ServiceAccountKey) => {
+            let Some(source) = &auth.service_account_key else {
+                return Credential::None;
+            };
+            let field = "spec.auth.serviceAccountKey.secretRef";
+            let secret_key = ObjectKey::new(&key.namespace, &source.secret_ref.name);
+            let data_key = source.secret_ref.key.as_deref().unwrap_or("key.json");
+            let Some(data) = index.secret(&secret_key) else {
+                p.add(
+                    field,
+                    "SecretNotFound",
+                    format!(
+                        "Secret {secret_key} not found; create it with the key `{data_key}` holding the JSON key file"
+                    ),
+                );
+                return Credential::None;
+            };
+            let Some(bytes) = data.0.get(data_key) else {
+                p.add(
+                    field,
+                    "SecretKeyNotFound",
+                    format!("Secret {secret_key} has no key `{data_key}`"),
+                );
+                return Credential::None;
+            };
+            match parse_service_account_key(bytes) {
+                Ok(json) => Credential::Gcp(Arc::new(GcpToken::new(
+                    GcpSource::ServiceAccountKey(json),
+                ))),
+                Err(e) => {
+                    p.add(
+                        field,
+                        "InvalidSecret",
+                        format!("key `{data_key}` of Secret {secret_key} {e}"),
+                    );
+                    Credential::None
+                }
+            }
+        }
+        (ProviderType::Azure, AuthForm::WorkloadIdentity) => {
+            let scope = spec
+                .azure
+                .as_ref()
+                .and_then(|a| a.scope.as_deref())
+                .map(str::trim)
+                .filter(|s| !s.is_empty());
+            let scope = match (scope, base) {
+                (Some(scope), _) => scope.to_owned(),
+                (None, Some(base)) if is_azure_v1(base) => AI_FOUNDRY_SCOPE.to_owned(),
+                (None, _) => COGNITIVE_SERVICES_SCOPE.to_owned(),
+            };
+            if scope.chars().any(char::is_whitespace) {
+                p.add(
+                    "spec.azure.scope",
+                    "InvalidSpec",
+                    "a scope is one URI such as `https://cognitiveservices.azure.com/.default`",
+                );
+            }
+            Credential::Entra(Arc::new(EntraToken::new(scope)))
+        }
+        (ProviderType::Anthropic, AuthForm::WorkloadIdentity) => match base {
+            Some(base) if is_foundry_anthropic(base) => {
+                Credential::Entra(Arc::new(EntraToken::new(AI_FOUNDRY_SCOPE)))
+            }
+            Some(_) => {
+                p.add(
+                    "spec.auth.workloadIdentity",
+                    "UnsupportedAuth",
+                    "type anthropic takes workloadIdentity only for Claude on Azure AI Foundry: set \
+                     spec.baseUrl to the resource's `/anthropic` URL \
+                     (https://{resource}.services.ai.azure.com/anthropic), or use auth.apiKey",
+                );
+                Credential::None
+            }
+            None => Credential::None,
+        },
+        _ => {
+            p.add(
+                format!("spec.auth.{}", form.field()),
+                "UnsupportedAuth",
+                format!("type `{t}` does not take auth.{}", form.field()),
+            );
+            Credential::None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_styles() {
+        let u = |s: &str| Url::parse(s).unwrap_or_else(|e| panic!("{e}"));
+        assert!(is_azure_v1(&u("https://r.openai.azure.com/openai/v1")));
+        assert!(is_azure_v1(&u("https://r.services.ai.azure.com/openai/v1/")));
+        assert!(!is_azure_v1(&u("https://r.openai.azure.com")));
+        assert!(is_foundry_anthropic(&u(
+            "https://r.services.ai.azure.com/anthropic"
+        )));
+        assert!(!is_foundry_anthropic(&u("https://api.anthropic.com")));
+    }
+}
