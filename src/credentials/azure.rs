@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use azure_core::credentials::TokenCredential;
 use azure_core::http::headers::{HeaderName as AzHeaderName, HeaderValue as AzHeaderValue};
 use azure_core::http::{
-    AsyncRawResponse, Body, ClientOptions, HttpClient, Request as AzRequest, Transport,
+    AsyncRawResponse, Body, ClientOptions, ExponentialRetryOptions, HttpClient,
+    Request as AzRequest, RetryOptions, Transport,
 };
 use azure_identity::{
     ClientAssertionCredentialOptions, ManagedIdentityCredential, ManagedIdentityCredentialOptions,
@@ -157,8 +158,17 @@ impl EntraToken {
     async fn credential(&self) -> Result<&Arc<dyn TokenCredential>, CredentialError> {
         self.credential
             .get_or_try_init(|| async {
+                // A few quick retries: a request waits for its token, and a TLS or DNS
+                // failure does not heal in the library's default minute of backoff.
+                let retry = RetryOptions::exponential(ExponentialRetryOptions {
+                    initial_delay: azure_core::time::Duration::milliseconds(200),
+                    max_retries: 2,
+                    max_total_elapsed: azure_core::time::Duration::seconds(10),
+                    max_delay: azure_core::time::Duration::seconds(2),
+                });
                 let client_options = ClientOptions {
                     transport: Some(Transport::new(Arc::new(IdentityHttp(http_client())))),
+                    retry,
                     ..ClientOptions::default()
                 };
                 let built: azure_core::Result<Arc<dyn TokenCredential>> =
@@ -210,9 +220,10 @@ impl EntraToken {
             .map_err(|e| {
                 unavailable(format!(
                     "no token for scope {} ({}); check the federated credential of the managed \
-                     identity or app registration",
+                     identity or app registration, and for a private authority host its CA \
+                     (--extra-ca-certs)",
                     self.scope,
-                    one_line(&e.to_string())
+                    one_line(&chain(&e))
                 ))
             })?;
         let now_utc = azure_core::time::OffsetDateTime::now_utc();
@@ -241,6 +252,21 @@ impl EntraToken {
     }
 }
 
+/// An error and its causes, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Keep library error texts to one short line.
 fn one_line(text: &str) -> String {
     text.lines()
@@ -249,7 +275,7 @@ fn one_line(text: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
         .chars()
-        .take(400)
+        .take(600)
         .collect()
 }
 

@@ -218,7 +218,7 @@ class FakeMetadataServer(FakeServer):
 
 
 # --------------------------------------------------------------------- TLS for Entra
-class TestCA:
+class CertAuthority:
     """A throwaway CA and a server certificate for 127.0.0.1 / localhost."""
 
     def __init__(self, directory: Path) -> None:
@@ -266,7 +266,7 @@ class TestCA:
 class FakeEntra(FakeServer):
     """Entra ID token endpoint for workload identity federation (client assertion grant)."""
 
-    def __init__(self, book: TokenBook, ca: TestCA, tenant: str, client_id: str,
+    def __init__(self, book: TokenBook, ca: CertAuthority, tenant: str, client_id: str,
                  federated_token: str, lifetime: int = 3600) -> None:
         super().__init__(tls=ca.server_context())
         self.book = book
