@@ -53,8 +53,7 @@ pub fn default_base_url(spec: &LlmProviderSpec) -> Option<String> {
 fn valid_gcp_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
@@ -74,7 +73,11 @@ pub(super) fn settings(p: &mut Problems, spec: &LlmProviderSpec, base: &Url) -> 
                 let (project, location) = (v.project.trim(), v.location.trim());
                 let mut ok = true;
                 for (value, field, what) in [
-                    (project, "spec.vertexai.project", "a project ID such as `my-project`"),
+                    (
+                        project,
+                        "spec.vertexai.project",
+                        "a project ID such as `my-project`",
+                    ),
                     (
                         location,
                         "spec.vertexai.location",
@@ -170,9 +173,9 @@ pub(super) fn credential(
                 return Credential::None;
             };
             match parse_service_account_key(bytes) {
-                Ok(json) => Credential::Gcp(Arc::new(GcpToken::new(
-                    GcpSource::ServiceAccountKey(json),
-                ))),
+                Ok(json) => {
+                    Credential::Gcp(Arc::new(GcpToken::new(GcpSource::ServiceAccountKey(json))))
+                }
                 Err(e) => {
                     p.add(
                         field,
@@ -234,12 +237,155 @@ pub(super) fn credential(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Compiled, Defaults, compile};
+    use crate::source::files::parse;
+
+    fn run(spec: &str, extra: &str) -> Compiled {
+        let yaml = format!(
+            "{extra}apiVersion: portcullis.dev/v1alpha1\nkind: LlmProvider\nmetadata: {{name: p, namespace: ai}}\nspec: {spec}\n---\napiVersion: portcullis.dev/v1alpha1\nkind: LlmProxy\nmetadata: {{name: x, namespace: ai}}\nspec: {{providers: [{{providerRef: {{name: p}}}}]}}\n"
+        );
+        let objects = parse(&yaml).unwrap_or_else(|e| panic!("{e:?}"));
+        compile(&Index::from_objects(objects), &Defaults::default())
+    }
+
+    fn upstream(c: &Compiled) -> Arc<crate::config::Upstream> {
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        c.proxies[&ObjectKey::new("ai", "x")].routes[0]
+            .upstream
+            .clone()
+    }
+
+    fn reasons(c: &Compiled) -> Vec<(&str, &str)> {
+        c.problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.reason))
+            .collect()
+    }
+
+    #[test]
+    fn vertex_needs_project_and_location_and_derives_its_url() {
+        let u = upstream(&run(
+            "{type: vertexai, vertexai: {project: proj, location: europe-west4}, auth: {workloadIdentity: {}}}",
+            "",
+        ));
+        assert_eq!(
+            u.base_url.as_str(),
+            "https://europe-west4-aiplatform.googleapis.com/"
+        );
+        assert_eq!(
+            u.vertex_path("gemini-2.5-pro", true),
+            "v1/projects/proj/locations/europe-west4/publishers/google/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+        );
+        assert!(matches!(u.credential, Credential::Gcp(_)));
+        let c = run(
+            "{type: vertexai, baseUrl: \"http://127.0.0.1:1\", auth: {workloadIdentity: {}}}",
+            "",
+        );
+        assert_eq!(reasons(&c)[0], ("spec.vertexai", "InvalidSpec"));
+        let c = run(
+            "{type: vertexai, baseUrl: \"http://127.0.0.1:1\", vertexai: {project: \"a/b\", location: x}, auth: {workloadIdentity: {}}}",
+            "",
+        );
+        assert_eq!(reasons(&c)[0], ("spec.vertexai.project", "InvalidSpec"));
+        let c = run(
+            "{type: vertexai, vertexai: {project: p, location: global}, auth: {apiKey: {secretRef: {name: k}}}}",
+            "",
+        );
+        assert_eq!(reasons(&c)[0], ("spec.auth.apiKey", "UnsupportedAuth"));
+    }
+
+    #[test]
+    fn service_account_keys_come_from_secrets() {
+        let c = run(
+            "{type: vertexai, vertexai: {project: p, location: global}, auth: {serviceAccountKey: {secretRef: {name: sa}}}}",
+            "",
+        );
+        assert_eq!(
+            reasons(&c)[0],
+            ("spec.auth.serviceAccountKey.secretRef", "SecretNotFound")
+        );
+        let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: sa, namespace: ai}\nstringData:\n  key.json: '{\"type\": \"service_account\", \"client_email\": \"a@b\", \"private_key\": \"k\"}'\n---\n";
+        let u = upstream(&run(
+            "{type: vertexai, vertexai: {project: p, location: global}, auth: {serviceAccountKey: {secretRef: {name: sa}}}}",
+            secret,
+        ));
+        assert_eq!(u.base_url.as_str(), "https://aiplatform.googleapis.com/");
+        assert!(matches!(u.credential, Credential::Gcp(_)));
+    }
+
+    #[test]
+    fn azure_scopes_and_urls_follow_the_url_style() {
+        let u = upstream(&run(
+            "{type: azure, baseUrl: \"https://r.openai.azure.com\", auth: {workloadIdentity: {}}}",
+            "",
+        ));
+        match &u.credential {
+            Credential::Entra(t) => assert_eq!(t.scope(), COGNITIVE_SERVICES_SCOPE),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            u.chat_url("gpt-4o").as_deref(),
+            Some(
+                "https://r.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+            )
+        );
+        assert_eq!(u.chat_url("../x"), None);
+        assert_eq!(
+            u.models_url(),
+            "https://r.openai.azure.com/openai/deployments?api-version=2022-12-01"
+        );
+        let u = upstream(&run(
+            "{type: azure, baseUrl: \"https://r.services.ai.azure.com/openai/v1\", auth: {workloadIdentity: {}}}",
+            "",
+        ));
+        match &u.credential {
+            Credential::Entra(t) => assert_eq!(t.scope(), AI_FOUNDRY_SCOPE),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            u.chat_url("gpt-4o").as_deref(),
+            Some("https://r.services.ai.azure.com/openai/v1/chat/completions")
+        );
+        let u = upstream(&run(
+            "{type: azure, baseUrl: \"https://r.openai.azure.com\", azure: {apiVersion: 2025-01-01-preview, scope: \"api://custom/.default\"}, auth: {workloadIdentity: {}}}",
+            "",
+        ));
+        match &u.credential {
+            Credential::Entra(t) => assert_eq!(t.scope(), "api://custom/.default"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            u.chat_url("d")
+                .is_some_and(|x| x.ends_with("api-version=2025-01-01-preview"))
+        );
+        let c = run("{type: azure, auth: {workloadIdentity: {}}}", "");
+        assert_eq!(reasons(&c)[0], ("spec.baseUrl", "InvalidBaseUrl"));
+    }
+
+    #[test]
+    fn claude_on_foundry_is_recognised_by_its_url() {
+        let u = upstream(&run(
+            "{type: anthropic, baseUrl: \"https://r.services.ai.azure.com/anthropic\", auth: {workloadIdentity: {}}}",
+            "",
+        ));
+        match &u.credential {
+            Credential::Entra(t) => assert_eq!(t.scope(), AI_FOUNDRY_SCOPE),
+            other => panic!("{other:?}"),
+        }
+        let c = run("{type: anthropic, auth: {workloadIdentity: {}}}", "");
+        assert_eq!(
+            reasons(&c)[0],
+            ("spec.auth.workloadIdentity", "UnsupportedAuth")
+        );
+    }
 
     #[test]
     fn url_styles() {
         let u = |s: &str| Url::parse(s).unwrap_or_else(|e| panic!("{e}"));
         assert!(is_azure_v1(&u("https://r.openai.azure.com/openai/v1")));
-        assert!(is_azure_v1(&u("https://r.services.ai.azure.com/openai/v1/")));
+        assert!(is_azure_v1(&u(
+            "https://r.services.ai.azure.com/openai/v1/"
+        )));
         assert!(!is_azure_v1(&u("https://r.openai.azure.com")));
         assert!(is_foundry_anthropic(&u(
             "https://r.services.ai.azure.com/anthropic"

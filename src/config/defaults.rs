@@ -194,10 +194,9 @@ mod tests {
             _ => None,
         };
         let mut defaults = Defaults::default();
-        defaults.base_urls.insert(
-            ProviderType::Azure,
-            "https://r.openai.azure.com".to_owned(),
-        );
+        defaults
+            .base_urls
+            .insert(ProviderType::Azure, "https://r.openai.azure.com".to_owned());
         let compiled = compile(&Index::from_objects(objects(env)), &defaults);
         assert!(compiled.problems.is_empty(), "{:?}", compiled.problems);
         let table = &compiled.proxies[&ObjectKey::new("default", "default")];
@@ -208,8 +207,16 @@ mod tests {
             "https://aiplatform.googleapis.com/"
         );
         let only_project = |k: &str| (k == "PORTCULLIS_VERTEX_PROJECT").then(|| "p".to_owned());
-        let compiled = compile(&Index::from_objects(objects(only_project)), &Defaults::default());
-        assert_eq!(compiled.proxies[&ObjectKey::new("default", "default")].routes.len(), 1);
+        let compiled = compile(
+            &Index::from_objects(objects(only_project)),
+            &Defaults::default(),
+        );
+        assert_eq!(
+            compiled.proxies[&ObjectKey::new("default", "default")]
+                .routes
+                .len(),
+            1
+        );
     }
 
     #[test]

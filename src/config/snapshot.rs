@@ -156,7 +156,9 @@ impl Upstream {
         } else {
             "generateContent"
         };
-        format!("v1/projects/{project}/locations/{location}/publishers/google/models/{model}:{method}")
+        format!(
+            "v1/projects/{project}/locations/{location}/publishers/google/models/{model}:{method}"
+        )
     }
 }
 

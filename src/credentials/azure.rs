@@ -174,9 +174,7 @@ impl EntraToken {
                 let built: azure_core::Result<Arc<dyn TokenCredential>> =
                     if env("AZURE_FEDERATED_TOKEN_FILE").is_some() {
                         WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
-                            credential_options: ClientAssertionCredentialOptions {
-                                client_options,
-                            },
+                            credential_options: ClientAssertionCredentialOptions { client_options },
                             ..WorkloadIdentityCredentialOptions::default()
                         }))
                         .map(|c| c as Arc<dyn TokenCredential>)
@@ -184,7 +182,6 @@ impl EntraToken {
                         ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
                             user_assigned_id: env("AZURE_CLIENT_ID").map(UserAssignedId::ClientId),
                             client_options,
-                            ..ManagedIdentityCredentialOptions::default()
                         }))
                         .map(|c| c as Arc<dyn TokenCredential>)
                     };
@@ -286,6 +283,9 @@ mod tests {
     #[test]
     fn debug_names_only_the_scope() {
         let t = EntraToken::new(AI_FOUNDRY_SCOPE);
-        assert_eq!(format!("{t:?}"), "EntraToken(scope https://ai.azure.com/.default)");
+        assert_eq!(
+            format!("{t:?}"),
+            "EntraToken(scope https://ai.azure.com/.default)"
+        );
     }
 }

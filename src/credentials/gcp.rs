@@ -91,7 +91,10 @@ impl GcpToken {
     }
 
     fn unavailable(detail: String) -> CredentialError {
-        CredentialError::Unavailable { kind: "GCP", detail }
+        CredentialError::Unavailable {
+            kind: "GCP",
+            detail,
+        }
     }
 
     async fn credentials(&self) -> Result<&AccessTokenCredentials, CredentialError> {
@@ -129,8 +132,10 @@ impl GcpToken {
                 scrub(&e.to_string())
             ))
         })?;
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.token))
-            .map_err(|_| Self::unavailable("the token endpoint returned an unusable token".into()))?;
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {}", token.token)).map_err(|_| {
+                Self::unavailable("the token endpoint returned an unusable token".into())
+            })?;
         value.set_sensitive(true);
         Ok(value)
     }
@@ -164,7 +169,10 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.contains("service_account") && !e.contains("PRIVATE"), "{e}");
+        assert!(
+            e.contains("service_account") && !e.contains("PRIVATE"),
+            "{e}"
+        );
         assert!(
             parse_service_account_key(
                 br#"{"type":"service_account","client_email":"a@b","private_key":"k"}"#
@@ -175,7 +183,9 @@ mod tests {
 
     #[test]
     fn debug_names_only_the_source() {
-        let t = GcpToken::new(GcpSource::ServiceAccountKey(serde_json::json!({"private_key": "PRIVATE"})));
+        let t = GcpToken::new(GcpSource::ServiceAccountKey(
+            serde_json::json!({"private_key": "PRIVATE"}),
+        ));
         let shown = format!("{t:?}");
         assert!(!shown.contains("PRIVATE"), "{shown}");
     }

@@ -285,9 +285,12 @@ mod tests {
 
     #[test]
     fn vertex_paths_stay_in_their_project() {
-        let ok = "v1beta1/projects/p1/locations/us-central1/publishers/google/models/g:generateContent";
+        let ok =
+            "v1beta1/projects/p1/locations/us-central1/publishers/google/models/g:generateContent";
         assert!(check_vertex_scope(ok, "p1", "us-central1").is_ok());
-        assert!(check_vertex_scope("v1beta1/publishers/google/models", "p1", "us-central1").is_ok());
+        assert!(
+            check_vertex_scope("v1beta1/publishers/google/models", "p1", "us-central1").is_ok()
+        );
         assert!(check_vertex_scope(ok, "p2", "us-central1").is_err());
         assert!(check_vertex_scope(ok, "p1", "europe-west4").is_err());
         assert!(check_vertex_scope("v1/projects/p1", "p2", "x").is_err());

@@ -171,7 +171,9 @@ pub async fn chat(
     if dialect == Dialect::Vertex && !crate::config::snapshot::is_model_segment(model) {
         return Err(ApiError::InvalidField {
             param: "model",
-            message: format!("`{model}` is not a Vertex AI model ID (letters, digits, `.`, `_`, `-`)"),
+            message: format!(
+                "`{model}` is not a Vertex AI model ID (letters, digits, `.`, `_`, `-`)"
+            ),
         });
     }
     let translated = dialect.request(&request, model)?;
