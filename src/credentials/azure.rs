@@ -38,6 +38,9 @@ pub const COGNITIVE_SERVICES_SCOPE: &str = "https://cognitiveservices.azure.com/
 /// Scope for AI Foundry v1 URLs (`…/openai/v1`) and Claude on Foundry.
 pub const AI_FOUNDRY_SCOPE: &str = "https://ai.azure.com/.default";
 
+/// How long a request waits for a token to be minted.
+const MINT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Longest margin before expiry at which a token is refreshed.
 const MAX_MARGIN: Duration = Duration::from_secs(300);
 
@@ -211,18 +214,26 @@ impl EntraToken {
             return Ok(c.value.clone());
         }
         let credential = self.credential().await?;
-        let token = credential
-            .get_token(&[self.scope.as_str()], None)
-            .await
-            .map_err(|e| {
-                unavailable(format!(
-                    "no token for scope {} ({}); check the federated credential of the managed \
+        let token = tokio::time::timeout(
+            MINT_TIMEOUT,
+            credential.get_token(&[self.scope.as_str()], None),
+        )
+        .await
+        .map_err(|_| {
+            unavailable(format!(
+                "the identity endpoint did not answer within {}s",
+                MINT_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| {
+            unavailable(format!(
+                "no token for scope {} ({}); check the federated credential of the managed \
                      identity or app registration, and for a private authority host its CA \
                      (--extra-ca-certs)",
-                    self.scope,
-                    one_line(&chain(&e))
-                ))
-            })?;
+                self.scope,
+                one_line(&chain(&e))
+            ))
+        })?;
         let now_utc = azure_core::time::OffsetDateTime::now_utc();
         let left = (token.expires_on - now_utc).whole_milliseconds().max(0);
         let lifetime = Duration::from_millis(u64::try_from(left).unwrap_or(0));

@@ -25,6 +25,9 @@ use super::CredentialError;
 /// The OAuth scope Vertex AI needs.
 pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 
+/// How long a request waits for a token.
+const MINT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where the token comes from.
 #[derive(Clone, PartialEq, Eq)]
 pub enum GcpSource {
@@ -126,12 +129,21 @@ impl GcpToken {
     /// A current access token (from the library's cache, minted when needed).
     async fn token(&self) -> Result<HeaderValue, CredentialError> {
         let credentials = self.credentials().await?;
-        let token = credentials.access_token().await.map_err(|e| {
-            Self::unavailable(format!(
-                "no access token ({}); check that the pod's service account may use Vertex AI",
-                scrub(&e.to_string())
-            ))
-        })?;
+        let token = tokio::time::timeout(MINT_TIMEOUT, credentials.access_token())
+            .await
+            .map_err(|_| {
+                Self::unavailable(format!(
+                    "no access token within {}s; check that the metadata server or token \
+                     endpoint is reachable",
+                    MINT_TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| {
+                Self::unavailable(format!(
+                    "no access token ({}); check that the pod's service account may use Vertex AI",
+                    scrub(&e.to_string())
+                ))
+            })?;
         let mut value =
             HeaderValue::from_str(&format!("Bearer {}", token.token)).map_err(|_| {
                 Self::unavailable("the token endpoint returned an unusable token".into())

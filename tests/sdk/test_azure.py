@@ -269,3 +269,23 @@ def test_claude_workload_identity_needs_a_foundry_url(tmp_path):
                       proxy_doc("team-a", ["claude"])))
     out = run_check(f)
     assert out.returncode == 1 and "/anthropic" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_claude_on_foundry_with_an_api_key(start_gateway, book):
+    foundry = FakeFoundryAnthropic(book, api_key=PROVIDER_KEY).start()
+    try:
+        config = docs(secret_doc("foundry-key", PROVIDER_KEY),
+                      azure_provider(foundry.url + "/anthropic", type_="anthropic", name="claude",
+                                     auth="{apiKey: {secretRef: {name: foundry-key}}}",
+                                     extra="  models: {static: [claude-sonnet-4-6]}\n"),
+                      proxy_doc("team-a", ["claude"]))
+        gw = start_gateway(config)
+        client = anthropic.Anthropic(base_url=f"{gw.url}/v1/anthropic/ai.team-a", api_key=CLIENT_KEY,
+                                     max_retries=0, timeout=15)
+        m = client.messages.create(model="claude-sonnet-4-6", max_tokens=64,
+                                   messages=[{"role": "user", "content": "hi"}])
+        assert m.content[0].text == "Hello from Claude on Foundry."
+        req = foundry.recorded(lambda r: r.path == "/anthropic/v1/messages")[-1]
+        assert req.headers["x-api-key"] == PROVIDER_KEY and "authorization" not in req.headers
+    finally:
+        foundry.stop()

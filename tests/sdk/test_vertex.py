@@ -20,7 +20,7 @@ from google import genai
 from google.genai import types
 
 from cloud_support import cloud_gateway  # noqa: F401 - fixture
-from fakes.cloud import FakeMetadataServer, FakeVertex, ServiceAccountKey, TokenBook
+from fakes.cloud import FakeGoogleSts, FakeMetadataServer, FakeVertex, ServiceAccountKey, TokenBook
 from harness import CLIENT_KEY, docs, proxy_doc
 
 PROJECT, LOCATION = "test-proj", "us-central1"
@@ -217,3 +217,33 @@ def test_short_lived_tokens_are_refreshed_once_under_concurrency(cloud_gateway, 
         assert len(tokens) == 2, "requests after expiry must use the refreshed token"
     finally:
         mds.stop()
+
+
+def test_workload_identity_federation_through_an_external_account_file(cloud_gateway, book, vertex, tmp_path):
+    """ADC with an `external_account` file (GKE-less federation, e.g. from AKS or EKS): the
+    gateway exchanges the federated token at the STS and uses the access token it returns."""
+    audience = ("//iam.googleapis.com/projects/123456/locations/global/workloadIdentityPools/"
+                "aks-pool/providers/aks")
+    federated = "eyJhbGciOiJSUzI1NiJ9.k8s-sa-token-FEDERATED-SECRET.c2ln"
+    sts = FakeGoogleSts(book, audience, federated).start()
+    try:
+        (tmp_path / "sa-token").write_text(federated)
+        adc = tmp_path / "external-account.json"
+        adc.write_text(json.dumps({
+            "type": "external_account", "audience": audience,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "token_url": f"{sts.url}/v1/token",
+            "credential_source": {"file": str(tmp_path / "sa-token")}}))
+        config = docs(vertex_provider(vertex.url, models="  models: {static: [gemini-2.5-flash]}\n"),
+                      proxy_doc("team-a", ["vertex"]))
+        gw = cloud_gateway(config, {"GOOGLE_APPLICATION_CREDENTIALS": str(adc)},
+                           secret_values=lambda: book.minted() + [federated])
+        client = openai.OpenAI(base_url=gw.router_base(), api_key=CLIENT_KEY, max_retries=0, timeout=15)
+        r = client.chat.completions.create(model="vertexai:gemini-2.5-flash",
+                                           messages=[{"role": "user", "content": "Say hello"}])
+        assert r.choices[0].message.content == "Hello from Vertex."
+        assert_gateway_token(vertex, book)
+        assert all(t.startswith("ya29.sts") for t in book.minted())
+        assert len(sts.recorded()) == 1
+    finally:
+        sts.stop()

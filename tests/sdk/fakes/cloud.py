@@ -217,6 +217,36 @@ class FakeMetadataServer(FakeServer):
         return 404, {"Content-Type": "text/plain"}, b"not found\n"
 
 
+class FakeGoogleSts(FakeServer):
+    """Google Security Token Service (`POST /v1/token`, RFC 8693 token exchange) for workload
+    identity federation: the subject token must be the federated token the test wrote."""
+
+    def __init__(self, book: TokenBook, audience: str, subject_token: str, lifetime: int = 3600) -> None:
+        super().__init__()
+        self.book, self.audience, self.subject_token, self.lifetime = book, audience, subject_token, lifetime
+
+    def handle(self, req: Recorded) -> Reply:
+        if req.method != "POST" or req.path != "/v1/token":
+            return json_reply(404, {"error": "not_found"})
+        form = {k: v[0] for k, v in parse_qs(req.body.decode()).items()}
+        checks = {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "requested_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "audience": self.audience,
+            "subject_token": self.subject_token,
+        }
+        for k, want in checks.items():
+            if form.get(k) != want:
+                return json_reply(400, {"error": "invalid_request", "error_description": f"bad {k}"})
+        scope = form.get("scope", "")
+        if GCP_SCOPE not in scope.split():
+            return json_reply(400, {"error": "invalid_scope", "error_description": scope})
+        token = self.book.mint(scope, self.lifetime, "ya29.sts")
+        return json_reply(200, {"access_token": token, "issued_token_type": checks["requested_token_type"],
+                                "token_type": "Bearer", "expires_in": self.lifetime})
+
+
 # --------------------------------------------------------------------- TLS for Entra
 class CertAuthority:
     """A throwaway CA and a server certificate for 127.0.0.1 / localhost."""
