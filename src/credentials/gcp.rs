@@ -118,8 +118,9 @@ impl GcpToken {
                 };
                 built.map_err(|e| {
                     Self::unavailable(format!(
-                        "the credential could not be set up ({e}); check GOOGLE_APPLICATION_CREDENTIALS, \
-                         the metadata server (GCE_METADATA_HOST) or the service-account key"
+                        "the credential could not be set up ({}); check GOOGLE_APPLICATION_CREDENTIALS, \
+                         the metadata server (GCE_METADATA_HOST) or the service-account key",
+                        super::azure::one_line(&super::azure::chain(&e))
                     ))
                 })
             })
@@ -140,8 +141,10 @@ impl GcpToken {
             })?
             .map_err(|e| {
                 Self::unavailable(format!(
-                    "no access token ({}); check that the pod's service account may use Vertex AI",
-                    scrub(&e.to_string())
+                    "no access token ({}); check the metadata server (GKE Workload Identity, \
+                     GCE_METADATA_HOST) or GOOGLE_APPLICATION_CREDENTIALS, and that the identity \
+                     may use Vertex AI",
+                    super::azure::one_line(&super::azure::chain(&e))
                 ))
             })?;
         let mut value =
@@ -162,12 +165,6 @@ impl GcpToken {
     pub async fn check(&self) -> Result<(), CredentialError> {
         self.token().await.map(drop)
     }
-}
-
-/// Error texts from the library may quote a response body; keep them short and one line.
-fn scrub(text: &str) -> String {
-    let line = text.lines().next().unwrap_or("");
-    line.chars().take(300).collect()
 }
 
 #[cfg(test)]

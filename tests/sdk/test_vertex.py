@@ -247,3 +247,20 @@ def test_workload_identity_federation_through_an_external_account_file(cloud_gat
         assert len(sts.recorded()) == 1
     finally:
         sts.stop()
+
+
+def test_an_unreachable_metadata_server_is_a_clear_502_in_each_clients_shape(cloud_gateway, vertex):
+    from harness import closed_port
+    config = docs(vertex_provider(vertex.url, models="  models: {static: [gemini-2.5-flash]}\n"),
+                  proxy_doc("team-a", ["vertex"]))
+    gw = cloud_gateway(config, {"GCE_METADATA_HOST": f"127.0.0.1:{closed_port()}"})
+    router = openai.OpenAI(base_url=gw.router_base(), api_key=CLIENT_KEY, max_retries=0, timeout=15)
+    with pytest.raises(openai.APIStatusError) as e:
+        router.chat.completions.create(model="vertexai:gemini-2.5-flash", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.status_code == 502 and "GCP" in str(e.value) and "computeMetadata" in str(e.value)
+    client = genai_client(gw)
+    with pytest.raises(genai.errors.ServerError) as ge:
+        client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    assert ge.value.code == 502 and "GCP" in str(ge.value)
+    assert vertex.model_requests() == []
+    assert "credentials not ready" in gw.log_text()
