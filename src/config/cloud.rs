@@ -2,10 +2,9 @@
 //! project/location and default base URL, Azure URL styles and Entra scopes, Claude on
 //! Foundry, and the keyless credentials they use.
 //!
-//! Nothing here does I/O: a credential is only described (source, scope); tokens are minted
-//! on first use by `crate::credentials`.
-
-use std::sync::Arc;
+//! Nothing here does I/O: a credential is only described (source, scope) and shares the token
+//! cache of an unchanged credential of the running configuration; tokens are minted on first
+//! use by `crate::credentials`.
 
 use url::Url;
 
@@ -145,7 +144,7 @@ pub(super) fn credential(
 ) -> Credential {
     match (t, form) {
         (ProviderType::Vertexai, AuthForm::WorkloadIdentity) => {
-            Credential::Gcp(Arc::new(GcpToken::new(GcpSource::Adc)))
+            Credential::Gcp(GcpToken::shared(GcpSource::Adc))
         }
         (ProviderType::Vertexai, AuthForm::ServiceAccountKey) => {
             let Some(source) = &auth.service_account_key else {
@@ -173,9 +172,7 @@ pub(super) fn credential(
                 return Credential::None;
             };
             match parse_service_account_key(bytes) {
-                Ok(json) => {
-                    Credential::Gcp(Arc::new(GcpToken::new(GcpSource::ServiceAccountKey(json))))
-                }
+                Ok(json) => Credential::Gcp(GcpToken::shared(GcpSource::ServiceAccountKey(json))),
                 Err(e) => {
                     p.add(
                         field,
@@ -205,11 +202,11 @@ pub(super) fn credential(
                     "a scope is one URI such as `https://cognitiveservices.azure.com/.default`",
                 );
             }
-            Credential::Entra(Arc::new(EntraToken::new(scope)))
+            Credential::Entra(EntraToken::shared(scope))
         }
         (ProviderType::Anthropic, AuthForm::WorkloadIdentity) => match base {
             Some(base) if is_foundry_anthropic(base) => {
-                Credential::Entra(Arc::new(EntraToken::new(AI_FOUNDRY_SCOPE)))
+                Credential::Entra(EntraToken::shared(AI_FOUNDRY_SCOPE))
             }
             Some(_) => {
                 p.add(
@@ -248,7 +245,7 @@ mod tests {
         compile(&Index::from_objects(objects), &Defaults::default())
     }
 
-    fn upstream(c: &Compiled) -> Arc<crate::config::Upstream> {
+    fn upstream(c: &Compiled) -> std::sync::Arc<crate::config::Upstream> {
         assert!(c.problems.is_empty(), "{:?}", c.problems);
         c.proxies[&ObjectKey::new("ai", "x")].routes[0]
             .upstream

@@ -289,3 +289,21 @@ def test_claude_on_foundry_with_an_api_key(start_gateway, book):
         assert req.headers["x-api-key"] == PROVIDER_KEY and "authorization" not in req.headers
     finally:
         foundry.stop()
+
+
+def test_a_reload_keeps_the_cached_token(cloud_gateway, tmp_path, entra, ca, book, azure, config_dir):
+    base = docs(azure_provider(azure.url, extra="  models: {static: [gpt-4o-prod]}\n"), proxy_doc("team-a", ["azure"]))
+    gw = start_keyless(cloud_gateway, tmp_path, entra, ca, book, base)
+    client = openai.OpenAI(base_url=gw.router_base(), api_key=CLIENT_KEY, max_retries=0, timeout=15)
+    client.chat.completions.create(model="azure:gpt-4o-prod", messages=[{"role": "user", "content": "hi"}])
+    assert len(entra.token_requests()) == 1
+    # An edit that changes the provider (its timeout) but not its identity or scope.
+    (config_dir / "portcullis.yaml").write_text(base.replace("  models:", "  timeout: 90s\n  models:"))
+    deadline = time.monotonic() + 10
+    while "configuration files changed" not in gw.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "configuration files changed" in gw.log_text(), "the edit was not picked up"
+    time.sleep(0.3)
+    client.chat.completions.create(model="azure:gpt-4o-prod", messages=[{"role": "user", "content": "hi"}])
+    assert len(entra.token_requests()) == 1, "a reload re-minted an unchanged credential"
+    assert len({r.bearer for r in azure.chat_requests()}) == 1
