@@ -414,6 +414,9 @@ class FakeVertex(FakeServer):
         model, _, method = ("/" + rest)[len(prefix):].partition(":")
         body = req.json or {}
         contents = body.get("contents") or []
+        if not contents or any(c.get("role") not in ("user", "model") or not c.get("parts") for c in contents):
+            return json_reply(400, {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                              "message": "contents[].role must be user or model, with parts"}})
         answered = any("functionResponse" in p for c in contents for p in c.get("parts", []))
         wants_tool = bool(body.get("tools")) and not answered
         if wants_tool:
