@@ -202,7 +202,7 @@ pub async fn fetch_models(
     for (name, value) in &upstream.extra_headers {
         headers.insert(name.clone(), value.clone());
     }
-    let url = upstream.url("models");
+    let url = upstream.models_url();
     let out = crate::credentials::Outgoing {
         method: &http::Method::GET,
         url: &url,
@@ -225,18 +225,21 @@ pub async fn fetch_models(
         } else {
             format!(
                 "could not reach {}: connection failed",
-                upstream.url("models")
+                upstream.models_url()
             )
         }
     })?;
     let status = response.status();
     if !status.is_success() {
-        return Err(format!("GET {} answered {status}", upstream.url("models")));
+        return Err(format!("GET {} answered {status}", upstream.models_url()));
     }
     let body = response
         .bytes()
         .await
         .map_err(|_| "the models list was cut off".to_owned())?;
+    if matches!(upstream.cloud, crate::config::Cloud::Vertex { .. }) {
+        return vertex_models(&body);
+    }
     let list: ModelList = serde_json::from_slice(&body)
         .map_err(|e| format!("the models list is not an OpenAI model list: {e}"))?;
     Ok(list
@@ -246,6 +249,37 @@ pub async fn fetch_models(
             id: m.id,
             created: m.created,
             owned_by: m.owned_by,
+        })
+        .collect())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PublisherModels {
+    #[serde(default)]
+    publisher_models: Vec<PublisherModel>,
+}
+
+#[derive(Deserialize)]
+struct PublisherModel {
+    name: String,
+}
+
+/// Vertex AI `publishers.models.list`: `{"publisherModels": [{"name":
+/// "publishers/google/models/gemini-2.5-pro"}]}` (first page).
+fn vertex_models(body: &[u8]) -> Result<Vec<ModelEntry>, String> {
+    let list: PublisherModels = serde_json::from_slice(body)
+        .map_err(|e| format!("the models list is not a Vertex AI publisher model list: {e}"))?;
+    Ok(list
+        .publisher_models
+        .into_iter()
+        .filter_map(|m| {
+            let id = m.name.rsplit('/').next()?.to_owned();
+            crate::config::snapshot::is_model_segment(&id).then_some(ModelEntry {
+                id,
+                created: None,
+                owned_by: Some("google".to_owned()),
+            })
         })
         .collect())
 }

@@ -116,6 +116,7 @@ pub fn apply_objects(
             );
         }
     }
+    check_credentials(&snapshot);
     let result = if compiled.problems.is_empty() {
         "applied"
     } else {
@@ -128,6 +129,37 @@ pub fn apply_objects(
         problems = compiled.problems.len(),
         "configuration applied"
     );
+}
+
+/// Obtain every minted credential once (a token from the metadata server, Entra ID, …) and
+/// log whether it worked: the file-mode view of the `CredentialsReady` condition.
+fn check_credentials(snapshot: &crate::config::Snapshot) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    for upstream in snapshot.upstreams().into_values() {
+        if matches!(
+            upstream.credential,
+            crate::credentials::Credential::None | crate::credentials::Credential::Header { .. }
+        ) {
+            continue;
+        }
+        runtime.spawn(async move {
+            match upstream.credential.check().await {
+                Ok(()) => tracing::info!(
+                    provider = %upstream.provider,
+                    credential = ?upstream.credential,
+                    "credentials ready"
+                ),
+                Err(e) => tracing::warn!(
+                    provider = %upstream.provider,
+                    credential = ?upstream.credential,
+                    reason = "TokenExchangeFailed",
+                    "credentials not ready: {e}"
+                ),
+            }
+        });
+    }
 }
 
 /// Re-read the files whenever the watcher or the poll says they may have changed.
@@ -249,6 +281,7 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 /// Run the gateway until SIGTERM / Ctrl-C, then drain.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let client = http_client(options.extra_ca_certs.as_deref())?;
+    crate::credentials::azure::install_http_client(client.clone());
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(Store::default());
     let discovery = Discovery::new(client.clone(), options.discovery);

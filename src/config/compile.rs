@@ -13,6 +13,7 @@ use http::{HeaderName, HeaderValue};
 use serde::Serialize;
 use url::Url;
 
+use super::cloud;
 use super::snapshot::ModelPolicy;
 use super::{Index, ObjectKey, ProxyTable, Route, Upstream};
 use crate::crd::{LlmProvider, LlmProxy, ProviderAuth, ProviderType};
@@ -131,7 +132,7 @@ pub fn compile(index: &Index, defaults: &Defaults) -> Compiled {
     out
 }
 
-struct Problems {
+pub(super) struct Problems {
     kind: &'static str,
     key: ObjectKey,
     list: Vec<Problem>,
@@ -146,7 +147,12 @@ impl Problems {
         }
     }
 
-    fn add(&mut self, field: impl Into<String>, reason: &'static str, message: impl Into<String>) {
+    pub(super) fn add(
+        &mut self,
+        field: impl Into<String>,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) {
         self.list.push(Problem {
             kind: self.kind,
             object: self.key.clone(),
@@ -233,7 +239,8 @@ fn compile_provider(
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .or_else(|| defaults.base_urls.get(&t).cloned())
-        .or_else(|| info.default_base_url.map(str::to_owned));
+        .or_else(|| info.default_base_url.map(str::to_owned))
+        .or_else(|| cloud::default_base_url(spec));
     let base_url = match base_url {
         None => {
             let hint = info
@@ -277,11 +284,18 @@ fn compile_provider(
         }
     };
     let mut credential = Credential::None;
-    if matches!(
+    let cloud_auth = matches!(
         form,
         AuthForm::WorkloadIdentity | AuthForm::ServiceAccountKey
-    ) && info.auth_forms.contains(&form)
+    ) && info.auth_forms.contains(&form);
+    if cloud_auth
+        && matches!(
+            t,
+            ProviderType::Vertexai | ProviderType::Azure | ProviderType::Anthropic
+        )
     {
+        credential = cloud::credential(&mut p, key, index, t, form, &auth, spec, base_url.as_ref());
+    } else if cloud_auth {
         p.add(
             format!("spec.auth.{}", form.field()),
             "UnsupportedAuth",
@@ -443,6 +457,8 @@ fn compile_provider(
     if let Credential::Header { name, value } = &credential {
         (name.as_str(), value.as_bytes()).hash(&mut hasher);
     }
+    format!("{credential:?}").hash(&mut hasher);
+    let cloud = cloud::settings(&mut p, spec, &base_url);
     let catalog_key = hasher.finish();
     p.finish(Upstream {
         provider: key.clone(),
@@ -454,6 +470,7 @@ fn compile_provider(
         models,
         timeout,
         catalog_key,
+        cloud,
     })
 }
 
@@ -744,10 +761,8 @@ mod tests {
 
     #[test]
     fn later_types_are_not_yet_supported_never_silently_ignored() {
-        for t in ["vertexai", "azure", "bedrock"] {
-            let c = run(&provider("a", &format!("{{type: {t}}}")));
-            assert_eq!(reasons(&c), [("spec.type", "UnsupportedType")], "{t}");
-        }
+        let c = run(&provider("a", "{type: bedrock}"));
+        assert_eq!(reasons(&c), [("spec.type", "UnsupportedType")]);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The embedded default configuration: what `portcullis serve` runs with no `--config` and no
 //! cluster. A proxy `default` (namespace `default`) with the local Ollama provider, plus one
-//! provider per `*_API_KEY` variable found in the environment.
+//! provider per `*_API_KEY` variable found in the environment, plus Vertex AI when
+//! `PORTCULLIS_VERTEX_PROJECT` and `PORTCULLIS_VERTEX_LOCATION` are set and Azure OpenAI when
+//! `PORTCULLIS_AZURE_OPENAI_BASE_URL` is (keyless, or `AZURE_OPENAI_API_KEY`).
 //!
 //! It is built as ordinary objects and goes through the same `compile()` as any manifest.
 
@@ -11,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use super::{Object, ObjectKey, SecretData};
 use crate::crd::{
     Empty, LlmProvider, LlmProviderSpec, LlmProxy, LlmProxySpec, LocalObjectRef, ProviderAuth,
-    ProviderType, ProxyProvider, SecretKeyRef, SecretKeySource,
+    ProviderType, ProxyProvider, SecretKeyRef, SecretKeySource, VertexAiSpec,
 };
 use crate::providers;
 
@@ -89,6 +91,51 @@ pub fn objects(env: impl Fn(&str) -> Option<String>) -> Vec<Object> {
         objects.push(Object::Provider(Box::new(p)));
         entries.push(name);
     }
+    // Cloud providers only when asked: ambient cloud identity is never picked up by itself.
+    if let (Some(project), Some(location)) = (
+        env("PORTCULLIS_VERTEX_PROJECT").filter(|v| !v.trim().is_empty()),
+        env("PORTCULLIS_VERTEX_LOCATION").filter(|v| !v.trim().is_empty()),
+    ) {
+        let mut p = provider(
+            ProviderType::Vertexai,
+            ProviderAuth {
+                workload_identity: Some(Empty {}),
+                ..ProviderAuth::default()
+            },
+        );
+        p.spec.vertexai = Some(VertexAiSpec {
+            project: project.trim().to_owned(),
+            location: location.trim().to_owned(),
+        });
+        p.metadata = meta("vertexai");
+        objects.push(Object::Provider(Box::new(p)));
+        entries.push("vertexai");
+    }
+    if env("PORTCULLIS_AZURE_OPENAI_BASE_URL").is_some_and(|v| !v.trim().is_empty()) {
+        // The base URL itself comes from the same variable through `Defaults`.
+        let auth = match env("AZURE_OPENAI_API_KEY").filter(|v| !v.trim().is_empty()) {
+            Some(key) => {
+                keys.insert("azure".to_owned(), key.into_bytes());
+                ProviderAuth {
+                    api_key: Some(SecretKeySource {
+                        secret_ref: SecretKeyRef {
+                            name: "portcullis-env-keys".to_owned(),
+                            key: Some("azure".to_owned()),
+                        },
+                    }),
+                    ..ProviderAuth::default()
+                }
+            }
+            None => ProviderAuth {
+                workload_identity: Some(Empty {}),
+                ..ProviderAuth::default()
+            },
+        };
+        let mut p = provider(ProviderType::Azure, auth);
+        p.metadata = meta("azure");
+        objects.push(Object::Provider(Box::new(p)));
+        entries.push("azure");
+    }
     objects.push(Object::Secret(
         ObjectKey::new(NAMESPACE, "portcullis-env-keys"),
         SecretData(keys),
@@ -135,6 +182,40 @@ mod tests {
         assert_eq!(
             table.routes[0].upstream.base_url.as_str(),
             "http://localhost:11434/v1"
+        );
+    }
+
+    #[test]
+    fn cloud_providers_only_when_asked() {
+        let env = |k: &str| match k {
+            "PORTCULLIS_VERTEX_PROJECT" => Some("proj".to_owned()),
+            "PORTCULLIS_VERTEX_LOCATION" => Some("global".to_owned()),
+            "PORTCULLIS_AZURE_OPENAI_BASE_URL" => Some("https://r.openai.azure.com".to_owned()),
+            _ => None,
+        };
+        let mut defaults = Defaults::default();
+        defaults
+            .base_urls
+            .insert(ProviderType::Azure, "https://r.openai.azure.com".to_owned());
+        let compiled = compile(&Index::from_objects(objects(env)), &defaults);
+        assert!(compiled.problems.is_empty(), "{:?}", compiled.problems);
+        let table = &compiled.proxies[&ObjectKey::new("default", "default")];
+        let prefixes: Vec<_> = table.routes.iter().map(|r| r.prefix.as_str()).collect();
+        assert_eq!(prefixes, ["ollama", "vertexai", "azure"]);
+        assert_eq!(
+            table.routes[1].upstream.base_url.as_str(),
+            "https://aiplatform.googleapis.com/"
+        );
+        let only_project = |k: &str| (k == "PORTCULLIS_VERTEX_PROJECT").then(|| "p".to_owned());
+        let compiled = compile(
+            &Index::from_objects(objects(only_project)),
+            &Defaults::default(),
+        );
+        assert_eq!(
+            compiled.proxies[&ObjectKey::new("default", "default")]
+                .routes
+                .len(),
+            1
         );
     }
 

@@ -13,6 +13,7 @@
 //! A proxy whose compilation has problems keeps serving its last good version; everything
 //! else takes effect at once. Handlers load the current [`Snapshot`] once per request.
 
+pub mod cloud;
 pub mod compile;
 pub mod defaults;
 pub mod index;
@@ -23,7 +24,7 @@ use std::fmt;
 
 pub use compile::{Compiled, Defaults, Problem, compile};
 pub use index::{Index, Object, SecretData};
-pub use snapshot::{ProxyTable, Route, Snapshot, Upstream};
+pub use snapshot::{Cloud, ProxyTable, Route, Snapshot, Upstream};
 pub use store::{ApplyMode, Store};
 
 /// Namespace and name of a namespaced object.

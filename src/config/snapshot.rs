@@ -67,6 +67,46 @@ pub struct Upstream {
     /// Identity of the discovery cache: equal for two compilations of an unchanged provider,
     /// so a reload keeps its discovered models.
     pub catalog_key: u64,
+    /// Cloud-specific addressing (Vertex AI project and location, Azure URL style).
+    pub cloud: Cloud,
+}
+
+/// Addressing that only some provider types have.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Cloud {
+    /// Nothing beyond the base URL.
+    #[default]
+    None,
+    /// Vertex AI: Gemini paths live under the project and location.
+    Vertex {
+        /// Google Cloud project ID.
+        project: String,
+        /// Vertex AI location (`us-central1`, `global`).
+        location: String,
+    },
+    /// Azure OpenAI / AI Foundry.
+    Azure {
+        /// Foundry v1 URL (`…/openai/v1`: OpenAI paths under the base URL); otherwise a
+        /// resource URL with deployment paths and an `api-version`.
+        v1: bool,
+        /// `api-version` for deployment paths.
+        api_version: String,
+    },
+}
+
+/// `api-version` of the Azure OpenAI deployments list (the data-plane list API that still
+/// answers it; newer versions dropped the list).
+pub const AZURE_DEPLOYMENTS_API_VERSION: &str = "2022-12-01";
+
+/// Whether a model / deployment ID is safe as one URL path segment.
+pub fn is_model_segment(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 256
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id != "."
+        && id != ".."
 }
 
 impl Upstream {
@@ -74,6 +114,51 @@ impl Upstream {
     pub fn url(&self, path: &str) -> String {
         let base = self.base_url.as_str().trim_end_matches('/');
         format!("{base}/{path}")
+    }
+
+    /// Where an OpenAI-format chat request for `model` goes: `{base}/chat/completions`, or for
+    /// an Azure resource URL the deployment's path with its `api-version`. `None` when the
+    /// model cannot be a deployment name.
+    pub fn chat_url(&self, model: &str) -> Option<String> {
+        match &self.cloud {
+            Cloud::Azure {
+                v1: false,
+                api_version,
+            } => is_model_segment(model).then(|| {
+                self.url(&format!(
+                    "openai/deployments/{model}/chat/completions?api-version={api_version}"
+                ))
+            }),
+            _ => Some(self.url("chat/completions")),
+        }
+    }
+
+    /// The OpenAI-shaped model list (`{"data": [{"id": …}]}`): `{base}/models`, or for an
+    /// Azure resource URL its deployments.
+    pub fn models_url(&self) -> String {
+        match &self.cloud {
+            Cloud::Azure { v1: false, .. } => self.url(&format!(
+                "openai/deployments?api-version={AZURE_DEPLOYMENTS_API_VERSION}"
+            )),
+            Cloud::Vertex { .. } => self.url("v1beta1/publishers/google/models?pageSize=1000"),
+            _ => self.url("models"),
+        }
+    }
+
+    /// The Vertex AI path of a Gemini model's `generateContent` / `streamGenerateContent`.
+    pub fn vertex_path(&self, model: &str, stream: bool) -> String {
+        let (project, location) = match &self.cloud {
+            Cloud::Vertex { project, location } => (project.as_str(), location.as_str()),
+            _ => ("-", "-"),
+        };
+        let method = if stream {
+            "streamGenerateContent?alt=sse"
+        } else {
+            "generateContent"
+        };
+        format!(
+            "v1/projects/{project}/locations/{location}/publishers/google/models/{model}:{method}"
+        )
     }
 }
 

@@ -6,7 +6,11 @@
 //! holding an `Arc` of their cached state; `apply` is async for them, and [`Credential::check`]
 //! obtains a credential for real (for the `CredentialsReady` condition).
 
+pub mod azure;
+pub mod gcp;
+
 use std::fmt;
+use std::sync::Arc;
 
 use http::Method;
 use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
@@ -23,6 +27,10 @@ pub enum Credential {
         /// Full header value, marked sensitive.
         value: HeaderValue,
     },
+    /// A Google OAuth access token (Vertex AI), cached by `google-cloud-auth`.
+    Gcp(Arc<gcp::GcpToken>),
+    /// A Microsoft Entra ID token (Azure OpenAI, AI Foundry, Claude on Foundry), cached here.
+    Entra(Arc<azure::EntraToken>),
 }
 
 /// One request about to go upstream, as a credential sees it. SigV4 signs all of it; bearer
@@ -82,6 +90,8 @@ impl Credential {
                 out.headers.insert(name.clone(), value.clone());
                 Ok(())
             }
+            Credential::Gcp(token) => token.apply(out.headers).await,
+            Credential::Entra(token) => token.apply(out.headers).await,
         }
     }
 
@@ -90,6 +100,8 @@ impl Credential {
     pub async fn check(&self) -> Result<(), CredentialError> {
         match self {
             Credential::None | Credential::Header { .. } => Ok(()),
+            Credential::Gcp(token) => token.check().await,
+            Credential::Entra(token) => token.check().await,
         }
     }
 
@@ -97,7 +109,10 @@ impl Credential {
     /// bearer tokens); SigV4 hashes the body, so the native route buffers it for such kinds.
     pub fn needs_body(&self) -> bool {
         match self {
-            Credential::None | Credential::Header { .. } => false,
+            Credential::None
+            | Credential::Header { .. }
+            | Credential::Gcp(_)
+            | Credential::Entra(_) => false,
         }
     }
 }
@@ -107,6 +122,8 @@ impl fmt::Debug for Credential {
         match self {
             Credential::None => f.write_str("None"),
             Credential::Header { name, .. } => write!(f, "Header({name}: <redacted>)"),
+            Credential::Gcp(token) => write!(f, "{token:?}"),
+            Credential::Entra(token) => write!(f, "{token:?}"),
         }
     }
 }

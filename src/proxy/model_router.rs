@@ -204,6 +204,15 @@ pub async fn chat(
         .await;
     }
     let streaming = body.get("stream").and_then(Value::as_bool) == Some(true);
+    let url = upstream
+        .chat_url(&resolved.model)
+        .ok_or_else(|| ApiError::InvalidField {
+            param: "model",
+            message: format!(
+                "`{}` is not a deployment name (letters, digits, `.`, `_`, `-`)",
+                resolved.model
+            ),
+        })?;
     body.insert("model".to_owned(), Value::String(resolved.model));
     let payload = serde_json::to_vec(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
 
@@ -232,7 +241,7 @@ pub async fn chat(
         upstream,
         &route.prefix,
         Method::POST,
-        &upstream.url("chat/completions"),
+        &url,
         headers,
         payload.into(),
     )

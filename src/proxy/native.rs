@@ -85,6 +85,27 @@ pub fn check_gemini_path(rest: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A Vertex AI path that names a project and location (`v1/projects/{p}/locations/{l}/…`)
+/// must name the provider's own: the gateway's Google identity is not lent to other projects.
+pub fn check_vertex_scope(rest: &str, project: &str, location: &str) -> Result<(), ApiError> {
+    let segments: Vec<&str> = rest.split('/').collect();
+    let Some(i) = segments.iter().position(|s| *s == "projects") else {
+        return Ok(());
+    };
+    let named_project = segments.get(i + 1).copied().unwrap_or("");
+    let named_location = match segments.get(i + 2) {
+        Some(&"locations") => segments.get(i + 3).copied().unwrap_or(""),
+        _ => location,
+    };
+    if named_project != project || named_location != location {
+        return Err(ApiError::InvalidPath(format!(
+            "this route serves Vertex AI project `{project}` in `{location}` only, not \
+             `{named_project}` in `{named_location}`; set the client's project and location to match"
+        )));
+    }
+    Ok(())
+}
+
 /// Drop `key=` parameters from a query: a Gemini client may send its own key there, and it
 /// must never reach the upstream (the provider's key goes in `x-goog-api-key`).
 pub fn strip_key_param(query: &str) -> String {
@@ -159,6 +180,9 @@ async fn forward_inner(
     let protocol = *protocol;
     if matches!(protocol, Protocol::Gemini | Protocol::VertexAi) {
         check_gemini_path(rest)?;
+    }
+    if let crate::config::Cloud::Vertex { project, location } = &upstream.cloud {
+        check_vertex_scope(rest, project, location)?;
     }
 
     let limit = state.max_body_bytes;
@@ -260,6 +284,19 @@ mod tests {
         ] {
             assert!(check_gemini_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn vertex_paths_stay_in_their_project() {
+        let ok =
+            "v1beta1/projects/p1/locations/us-central1/publishers/google/models/g:generateContent";
+        assert!(check_vertex_scope(ok, "p1", "us-central1").is_ok());
+        assert!(
+            check_vertex_scope("v1beta1/publishers/google/models", "p1", "us-central1").is_ok()
+        );
+        assert!(check_vertex_scope(ok, "p2", "us-central1").is_err());
+        assert!(check_vertex_scope(ok, "p1", "europe-west4").is_err());
+        assert!(check_vertex_scope("v1/projects/p1", "p2", "x").is_err());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Model Router requests to providers that do not speak OpenAI (Anthropic, Gemini, Cohere):
+//! Model Router requests to providers that do not speak OpenAI (Anthropic, Gemini, Vertex AI,
+//! Cohere):
 //! the request is translated, sent to the provider's native endpoint, and the answer is
 //! translated back — a stream event by event, as the upstream sends it.
 
@@ -15,7 +16,7 @@ use serde_json::{Map, Value};
 use super::error::ApiError;
 use super::upstream::{self, Answer};
 use super::{AppState, Exchange};
-use crate::config::Route;
+use crate::config::{Route, Upstream};
 use crate::providers::Protocol;
 use crate::translate::openai::{ChatRequest, ChatResponse, ErrorBody};
 use crate::translate::sse::{DONE, SseEvent, SseParser};
@@ -31,6 +32,8 @@ pub enum Dialect {
     Anthropic,
     /// Gemini `generateContent` (AI Studio).
     Gemini,
+    /// Gemini on Vertex AI: the Gemini translation, Vertex paths.
+    Vertex,
     /// Cohere v2 Chat.
     Cohere,
 }
@@ -42,21 +45,23 @@ impl Dialect {
             Protocol::Anthropic => Some(Self::Anthropic),
             Protocol::Gemini => Some(Self::Gemini),
             Protocol::Cohere => Some(Self::Cohere),
-            Protocol::OpenAi | Protocol::Azure | Protocol::VertexAi | Protocol::Bedrock => None,
+            Protocol::VertexAi => Some(Self::Vertex),
+            Protocol::OpenAi | Protocol::Azure | Protocol::Bedrock => None,
         }
     }
 
     fn request(self, req: &ChatRequest, model: &str) -> Result<Translated, TranslateError> {
         match self {
             Self::Anthropic => anthropic::request(req, model),
-            Self::Gemini => gemini::request(req, model),
+            Self::Gemini | Self::Vertex => gemini::request(req, model),
             Self::Cohere => cohere::request(req, model),
         }
     }
 
     /// The native endpoint, relative to the provider's base URL.
-    fn path(self, model: &str, stream: bool) -> String {
+    fn path(self, upstream: &Upstream, model: &str, stream: bool) -> String {
         match (self, stream) {
+            (Self::Vertex, _) => upstream.vertex_path(model, stream),
             (Self::Anthropic, _) => "v1/messages".to_owned(),
             (Self::Gemini, false) => format!("v1beta/models/{model}:generateContent"),
             (Self::Gemini, true) => format!("v1beta/models/{model}:streamGenerateContent?alt=sse"),
@@ -67,7 +72,7 @@ impl Dialect {
     fn response(self, body: &[u8], client_model: &str) -> Result<ChatResponse, TranslateError> {
         match self {
             Self::Anthropic => anthropic::response(body, client_model),
-            Self::Gemini => gemini::response(body, client_model),
+            Self::Gemini | Self::Vertex => gemini::response(body, client_model),
             Self::Cohere => cohere::response(body, client_model),
         }
     }
@@ -75,7 +80,7 @@ impl Dialect {
     fn error(self, status: u16, body: &[u8]) -> (u16, ErrorBody) {
         match self {
             Self::Anthropic => anthropic::error(status, body),
-            Self::Gemini => gemini::error(status, body),
+            Self::Gemini | Self::Vertex => gemini::error(status, body),
             Self::Cohere => cohere::error(status, body),
         }
     }
@@ -87,7 +92,7 @@ impl Dialect {
                 t.set_created(created);
                 Translator::Anthropic(t)
             }
-            Self::Gemini => {
+            Self::Gemini | Self::Vertex => {
                 let mut t = gemini::StreamTranslator::new(client_model, include_usage);
                 t.set_created(created);
                 Translator::Gemini(t)
@@ -163,6 +168,14 @@ pub async fn chat(
     let request: ChatRequest = serde_json::from_value(Value::Object(body))
         .map_err(|e| ApiError::InvalidJson(format!("not a chat completions request: {e}")))?;
     let streaming = request.is_stream();
+    if dialect == Dialect::Vertex && !crate::config::snapshot::is_model_segment(model) {
+        return Err(ApiError::InvalidField {
+            param: "model",
+            message: format!(
+                "`{model}` is not a Vertex AI model ID (letters, digits, `.`, `_`, `-`)"
+            ),
+        });
+    }
     let translated = dialect.request(&request, model)?;
     let payload =
         serde_json::to_vec(&translated.body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
@@ -190,7 +203,7 @@ pub async fn chat(
         upstream,
         &route.prefix,
         Method::POST,
-        &upstream.url(&dialect.path(model, streaming)),
+        &upstream.url(&dialect.path(upstream, model, streaming)),
         headers,
         payload.into(),
     )
