@@ -37,6 +37,13 @@ enum Command {
         /// Files or folders of YAML manifests.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Also obtain every provider's credential for real (mint a token, ask STS) and
+        /// report whether it worked.
+        #[arg(long)]
+        online: bool,
+        /// PEM bundle trusted besides the system roots (with `--online`).
+        #[arg(long, env = "PORTCULLIS_EXTRA_CA_CERTS", value_name = "FILE")]
+        extra_ca_certs: Option<PathBuf>,
     },
 }
 
@@ -88,7 +95,11 @@ fn main() -> ExitCode {
             Err(e) => fail(&format!("cannot render the CRDs: {e}")),
         },
         Command::Crds { dir: Some(dir) } => write_crds(&dir),
-        Command::Check { paths } => check(&paths),
+        Command::Check {
+            paths,
+            online,
+            extra_ca_certs,
+        } => check(&paths, online.then_some(extra_ca_certs)),
     }
 }
 
@@ -158,7 +169,8 @@ fn run_serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn check(paths: &[PathBuf]) -> ExitCode {
+/// `online`: `Some(extra CA bundle)` to also obtain each provider's credential.
+fn check(paths: &[PathBuf], online: Option<Option<PathBuf>>) -> ExitCode {
     let loaded = match files::load(paths) {
         Ok(loaded) => loaded,
         Err(errors) => {
@@ -196,7 +208,38 @@ fn check(paths: &[PathBuf]) -> ExitCode {
             ));
         }
     }
-    let code = if compiled.problems.is_empty() {
+    let mut credentials_failed = 0;
+    if let Some(extra_ca_certs) = online {
+        let results = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(portcullis::server::check_credentials_online(
+                    &compiled,
+                    extra_ca_certs.as_deref(),
+                ))
+            });
+        match results {
+            Ok(results) => {
+                for (provider, result) in results {
+                    match result {
+                        Ok(()) => {
+                            out.push_str(&format!("credentials ready: LlmProvider {provider}\n"))
+                        }
+                        Err(e) => {
+                            credentials_failed += 1;
+                            out.push_str(&format!(
+                                "credentials NOT ready: LlmProvider {provider}: {e}\n"
+                            ));
+                        }
+                    }
+                }
+            }
+            Err(e) => return fail(&format!("{e:#}")),
+        }
+    }
+    let code = if compiled.problems.is_empty() && credentials_failed == 0 {
         out.push_str(&format!(
             "ok: {} proxy(ies), no problems\n",
             compiled.proxies.len()
@@ -208,6 +251,9 @@ fn check(paths: &[PathBuf]) -> ExitCode {
             let _ = writeln!(err, "problem: {p}");
         }
         let _ = writeln!(err, "{} problem(s)", compiled.problems.len());
+        if credentials_failed > 0 {
+            let _ = writeln!(err, "{credentials_failed} provider(s) without credentials");
+        }
         ExitCode::FAILURE
     };
     let _ = write_out(&out);

@@ -65,6 +65,38 @@ pub fn http_client(extra_ca_certs: Option<&Path>) -> anyhow::Result<reqwest::Cli
     builder.build().context("building the HTTP client")
 }
 
+/// `portcullis check --online`: obtain the credential of every provider a compiled proxy
+/// routes to, for real (mint a token, ask STS), each within 30 seconds. A static key is only
+/// present here; whether the upstream accepts it shows in model discovery.
+pub async fn check_credentials_online(
+    compiled: &crate::config::Compiled,
+    extra_ca_certs: Option<&Path>,
+) -> anyhow::Result<Vec<(crate::config::ObjectKey, Result<(), String>)>> {
+    let client = http_client(extra_ca_certs)?;
+    crate::credentials::azure::install_http_client(client);
+    let mut upstreams = std::collections::BTreeMap::new();
+    for table in compiled.proxies.values() {
+        for route in &table.routes {
+            upstreams
+                .entry(route.upstream.provider.clone())
+                .or_insert_with(|| route.upstream.clone());
+        }
+    }
+    let checks =
+        upstreams.into_iter().map(|(key, upstream)| async move {
+            let result =
+                match tokio::time::timeout(Duration::from_secs(30), upstream.credential.check())
+                    .await
+                {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no credential within 30 seconds".to_owned()),
+                };
+            (key, result)
+        });
+    Ok(futures_util::future::join_all(checks).await)
+}
+
 /// Compile objects, swap them in, and log what is served and what is wrong.
 pub fn apply_objects(
     store: &Store,

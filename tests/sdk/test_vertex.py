@@ -264,3 +264,42 @@ def test_an_unreachable_metadata_server_is_a_clear_502_in_each_clients_shape(clo
     assert ge.value.code == 502 and "GCP" in str(ge.value)
     assert vertex.model_requests() == []
     assert "credentials not ready" in gw.log_text()
+
+
+def test_check_online_obtains_the_token_for_real(mds, book, tmp_path):
+    """`portcullis check --online` mints through the metadata server and says so; with the
+    metadata server gone it exits 1 and names the provider, never printing a token."""
+    import os
+    import subprocess
+
+    from harness import portcullis_bin
+    f = tmp_path / "vertex.yaml"
+    f.write_text(docs(vertex_provider("http://127.0.0.1:9", models="  models: {static: [gemini-2.5-flash]}\n"),
+                      proxy_doc("team-a", ["vertex"])))
+    home = tmp_path / "home"
+    home.mkdir()
+
+    def check(metadata_host: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items()
+               if not k.endswith("_API_KEY") and not k.startswith(("GOOGLE_", "GCE_", "AZURE_"))}
+        env.update(GCE_METADATA_HOST=metadata_host, HOME=str(home))
+        return subprocess.run([str(portcullis_bin()), "check", "--online", str(f)],
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    out = check(mds.host)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "credentials ready: LlmProvider ai/vertex" in out.stdout, out.stdout
+    assert len(mds.token_requests()) >= 1, "check --online did not ask the metadata server"
+    for token in book.minted():
+        assert token not in out.stdout + out.stderr
+
+    # Offline check does not touch the metadata server.
+    before = len(mds.token_requests())
+    from harness import run_check
+    assert run_check(f).returncode == 0
+    assert len(mds.token_requests()) == before
+
+    mds.stop()
+    out = check(mds.host)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "credentials NOT ready: LlmProvider ai/vertex" in out.stdout, out.stdout
