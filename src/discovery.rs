@@ -1,6 +1,13 @@
-//! Model discovery: one background task per distinct upstream that lists its models
-//! (OpenAI-style `GET {baseUrl}/models`), refreshed on an interval. A failed refresh keeps
-//! the last good list and records the error.
+//! Model discovery: one background task per distinct upstream that lists its models with
+//! its type's own list API, refreshed on an interval. A failed refresh keeps the last good
+//! list and records the error.
+//!
+//! [`fetch_models`] dispatches on the upstream's protocol to one function per protocol:
+//! OpenAI-style `GET {baseUrl}/models`; Anthropic `GET /v1/models` (paged with `has_more` /
+//! `last_id` → `after_id`); Gemini `models.list` (`GET /v1beta/models`, paged with
+//! `pageToken`, only models that support `generateContent`, `models/` prefix stripped);
+//! Cohere `GET /v1/models?endpoint=chat` (paged with `next_page_token`). Each page request
+//! goes through [`get_json`], which adds the provider's headers and credential.
 //!
 //! Catalogs are keyed by [`Upstream::catalog_key`], so a reload that leaves a provider
 //! unchanged keeps its catalog; [`Discovery::sync`] starts tasks for new upstreams and drops
@@ -13,7 +20,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use url::Url;
+
 use crate::config::{Snapshot, Upstream};
+use crate::providers::Protocol;
 
 /// One model an upstream lists.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,33 +189,48 @@ async fn refresh_loop(
     }
 }
 
-#[derive(Deserialize)]
-struct ModelList {
-    data: Vec<ModelObject>,
-}
+/// Most pages one discovery reads (a guard against an upstream that pages forever).
+const MAX_PAGES: usize = 50;
 
-#[derive(Deserialize)]
-struct ModelObject {
-    id: String,
-    #[serde(default)]
-    created: Option<i64>,
-    #[serde(default)]
-    owned_by: Option<String>,
-}
-
-/// One OpenAI-style `GET {baseUrl}/models`.
+/// One model list from the upstream, with the list API of its protocol.
 pub async fn fetch_models(
     client: &reqwest::Client,
     upstream: &Upstream,
 ) -> Result<Vec<ModelEntry>, String> {
+    match upstream.info.protocol {
+        Protocol::Anthropic => anthropic_models(client, upstream).await,
+        Protocol::Gemini => gemini_models(client, upstream).await,
+        Protocol::Cohere => cohere_models(client, upstream).await,
+        Protocol::OpenAi | Protocol::Azure | Protocol::VertexAi | Protocol::Bedrock => {
+            openai_models(client, upstream).await
+        }
+    }
+}
+
+/// `GET {baseUrl}/{path}?{query}` with the upstream's extra headers, `extra` and its credential; the body as
+/// JSON of type `T`. `what` names the list API in error messages. The URL comes from
+/// configuration plus fixed paths and page tokens (never from a client), and error messages
+/// name only the path, never the query.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+    path: &str,
+    query: &[(&str, &str)],
+    extra: &[(&'static str, &'static str)],
+    what: &str,
+) -> Result<T, String> {
+    let url = list_url(upstream, path, query)?;
     let mut headers = http::HeaderMap::new();
     for (name, value) in &upstream.extra_headers {
         headers.insert(name.clone(), value.clone());
     }
-    let url = upstream.url("models");
+    for (name, value) in extra {
+        headers.insert(*name, http::HeaderValue::from_static(value));
+    }
+    let shown = upstream.url(path);
     let out = crate::credentials::Outgoing {
         method: &http::Method::GET,
-        url: &url,
+        url: url.as_str(),
         headers: &mut headers,
         body: Some(b""),
     };
@@ -215,30 +240,62 @@ pub async fn fetch_models(
         .await
         .map_err(|e| e.to_string())?;
     let request = client
-        .get(&url)
+        .get(url.as_str())
         .headers(headers)
         .timeout(upstream.timeout.min(Duration::from_secs(30)))
         .send();
     let response = request.await.map_err(|e| {
         if e.is_timeout() {
-            "the models list timed out".to_owned()
+            format!("the {what} timed out")
         } else {
-            format!(
-                "could not reach {}: connection failed",
-                upstream.url("models")
-            )
+            format!("could not reach {shown}: connection failed")
         }
     })?;
     let status = response.status();
     if !status.is_success() {
-        return Err(format!("GET {} answered {status}", upstream.url("models")));
+        return Err(format!("GET {shown} answered {status}"));
     }
     let body = response
         .bytes()
         .await
-        .map_err(|_| "the models list was cut off".to_owned())?;
-    let list: ModelList = serde_json::from_slice(&body)
-        .map_err(|e| format!("the models list is not an OpenAI model list: {e}"))?;
+        .map_err(|_| format!("the {what} was cut off"))?;
+    serde_json::from_slice(&body).map_err(|e| format!("the {what} could not be read: {e}"))
+}
+
+/// `{baseUrl}/{path}` with query parameters.
+fn list_url(upstream: &Upstream, path: &str, query: &[(&str, &str)]) -> Result<Url, String> {
+    let mut url =
+        Url::parse(&upstream.url(path)).map_err(|e| format!("the models URL is not valid: {e}"))?;
+    if !query.is_empty() {
+        let mut pairs = url.query_pairs_mut();
+        for (k, v) in query {
+            pairs.append_pair(k, v);
+        }
+    }
+    Ok(url)
+}
+
+#[derive(Deserialize)]
+struct OpenAiModelList {
+    data: Vec<OpenAiModel>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiModel {
+    id: String,
+    #[serde(default)]
+    created: Option<i64>,
+    #[serde(default)]
+    owned_by: Option<String>,
+}
+
+/// OpenAI-style `GET {baseUrl}/models`.
+async fn openai_models(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+) -> Result<Vec<ModelEntry>, String> {
+    let list: OpenAiModelList =
+        get_json(client, upstream, "models", &[], &[], "OpenAI model list").await?;
     Ok(list
         .data
         .into_iter()
@@ -248,4 +305,182 @@ pub async fn fetch_models(
             owned_by: m.owned_by,
         })
         .collect())
+}
+
+#[derive(Deserialize)]
+struct AnthropicModelPage {
+    data: Vec<AnthropicModel>,
+    #[serde(default)]
+    has_more: bool,
+    #[serde(default)]
+    last_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicModel {
+    id: String,
+}
+
+/// Anthropic `GET /v1/models?limit=1000`, following `has_more` with `after_id={last_id}`.
+async fn anthropic_models(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+) -> Result<Vec<ModelEntry>, String> {
+    let version = [(
+        "anthropic-version",
+        crate::proxy::translated::ANTHROPIC_VERSION,
+    )];
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut query = vec![("limit", "1000")];
+        if let Some(after) = &after {
+            query.push(("after_id", after.as_str()));
+        }
+        let page: AnthropicModelPage = get_json(
+            client,
+            upstream,
+            "v1/models",
+            &query,
+            &version,
+            "Anthropic model list",
+        )
+        .await?;
+        out.extend(page.data.into_iter().map(|m| ModelEntry {
+            id: m.id,
+            created: None,
+            owned_by: None,
+        }));
+        match page.last_id {
+            Some(last) if page.has_more && after.as_deref() != Some(last.as_str()) => {
+                after = Some(last);
+            }
+            _ => return Ok(out),
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiModelPage {
+    #[serde(default)]
+    models: Vec<GeminiModel>,
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiModel {
+    name: String,
+    #[serde(default)]
+    supported_generation_methods: Vec<String>,
+}
+
+/// Gemini `models.list` (`GET /v1beta/models?pageSize=1000`, following `nextPageToken`):
+/// only models that support `generateContent`, IDs without the `models/` prefix.
+async fn gemini_models(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+) -> Result<Vec<ModelEntry>, String> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut query = vec![("pageSize", "1000")];
+        if let Some(token) = &token {
+            query.push(("pageToken", token.as_str()));
+        }
+        let page: GeminiModelPage = get_json(
+            client,
+            upstream,
+            "v1beta/models",
+            &query,
+            &[],
+            "Gemini model list",
+        )
+        .await?;
+        out.extend(
+            page.models
+                .into_iter()
+                .filter(|m| {
+                    m.supported_generation_methods
+                        .iter()
+                        .any(|g| g == "generateContent")
+                })
+                .map(|m| ModelEntry {
+                    id: m.name.strip_prefix("models/").unwrap_or(&m.name).to_owned(),
+                    created: None,
+                    owned_by: None,
+                }),
+        );
+        match page.next_page_token {
+            Some(next) if !next.is_empty() && token.as_deref() != Some(next.as_str()) => {
+                token = Some(next);
+            }
+            _ => return Ok(out),
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct CohereModelPage {
+    #[serde(default)]
+    models: Vec<CohereModel>,
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CohereModel {
+    name: String,
+    #[serde(default)]
+    endpoints: Option<Vec<String>>,
+}
+
+/// Cohere `GET /v1/models?endpoint=chat&page_size=1000`, following `next_page_token`; a
+/// model that lists its endpoints must list `chat`.
+async fn cohere_models(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+) -> Result<Vec<ModelEntry>, String> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut query = vec![("endpoint", "chat"), ("page_size", "1000")];
+        if let Some(token) = &token {
+            query.push(("page_token", token.as_str()));
+        }
+        let page: CohereModelPage = get_json(
+            client,
+            upstream,
+            "v1/models",
+            &query,
+            &[],
+            "Cohere model list",
+        )
+        .await?;
+        out.extend(
+            page.models
+                .into_iter()
+                .filter(|m| {
+                    m.endpoints
+                        .as_ref()
+                        .is_none_or(|e| e.iter().any(|e| e == "chat"))
+                })
+                .map(|m| ModelEntry {
+                    id: m.name,
+                    created: None,
+                    owned_by: None,
+                }),
+        );
+        match page.next_page_token {
+            Some(next) if !next.is_empty() && token.as_deref() != Some(next.as_str()) => {
+                token = Some(next);
+            }
+            _ => return Ok(out),
+        }
+    }
+    Ok(out)
 }
