@@ -312,13 +312,13 @@ def test_router_lists_discovered_models_of_each_provider(fakes3, start_gateway):
     models = gw.router_client().models.list()
     ids = sorted(m.id for m in models.data)
     assert ids == sorted([
-        "anthropic:claude-sonnet-4-5", "anthropic:claude-haiku-4-5", "anthropic:claude-opus-4-1",
-        "anthropic:claude-3-5-haiku-20241022", "anthropic:claude-sonnet-4-0",
+        "anthropic:claude-sonnet-4-6", "anthropic:claude-haiku-4-5", "anthropic:claude-opus-4-7",
+        "anthropic:claude-opus-4-6", "anthropic:claude-sonnet-5",
         "gemini:gemini-2.5-flash", "gemini:gemini-2.5-pro", "gemini:gemini-2.0-flash-lite",
         "cohere:command-a-03-2025", "cohere:command-r-plus-08-2024", "cohere:command-r7b-12-2024",
     ]), ids
     a = fakes3["anthropic"].requests_to("/v1/models", "GET")
-    assert [r.query.get("after_id") for r in a[:3]] == [None, ["claude-haiku-4-5"], ["claude-3-5-haiku-20241022"]]
+    assert [r.query.get("after_id") for r in a[:3]] == [None, ["claude-haiku-4-5"], ["claude-opus-4-6"]]
     for r in a:
         assert_provider_auth("anthropic", r)
         assert r.header("anthropic-version")

@@ -16,7 +16,7 @@ from fakes.cohere_upstream import FakeCohere
 from fakes.gemini_upstream import FakeGemini
 from harness import CLIENT_KEY, PROVIDER_KEY, Gateway, docs, provider_doc, proxy_doc, secret_doc
 
-MODELS = {"anthropic": "claude-sonnet-4-5", "gemini": "gemini-2.5-flash", "cohere": "command-a-03-2025"}
+MODELS = {"anthropic": "claude-sonnet-4-6", "gemini": "gemini-2.5-flash", "cohere": "command-a-03-2025"}
 PROVIDERS = tuple(MODELS)
 
 

@@ -28,8 +28,7 @@ from typing import Any
 
 from fakes.base import FakeUpstream, Handler, RecordedRequest, split3
 
-DEFAULT_MODELS = ["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1", "claude-3-5-haiku-20241022",
-                  "claude-sonnet-4-0"]
+DEFAULT_MODELS = ["claude-sonnet-4-6", "claude-haiku-4-5", "claude-opus-4-7", "claude-opus-4-6", "claude-sonnet-5"]
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use",
                 "stop_sequence": "stop_sequence", "safety": "refusal"}
