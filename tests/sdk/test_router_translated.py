@@ -7,6 +7,7 @@ what the real API rejects, so a translation the provider would refuse fails here
 from __future__ import annotations
 
 import json
+import threading
 
 import openai
 import pytest
@@ -335,3 +336,110 @@ def test_router_lists_discovered_models_of_each_provider(fakes3, start_gateway):
     resp = gw.router_client().chat.completions.create(model="gemini:gemini-2.5-pro", messages=QUESTION)
     assert resp.choices[0].message.content == "echo: Weather in Paris and Rome?"
     assert fakes3["gemini"].requests_to("/v1beta/models/gemini-2.5-pro:generateContent", "POST")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_translated_stream_is_not_buffered(provider, fakes3, gw3):
+    """The upstream holds its stream after the first piece until the client has it."""
+    fake = fakes3[provider]
+    fake.stream_gate = threading.Event()
+    fake.queue(Reply(text="first piece, then the rest of it"))
+    client = gw3.router_client(timeout=10)
+    stream = client.chat.completions.create(model=f"{provider}:{MODELS[provider]}", messages=QUESTION,
+                                            stream=True)
+    text = ""
+    for chunk in stream:
+        for c in chunk.choices:
+            text += c.delta.content or ""
+        if text and not fake.stream_gate.is_set():
+            fake.stream_gate.set()  # the client has the first piece while the upstream still holds
+    assert text == "first piece, then the rest of it"
+    assert not fake.gate_timed_out, "the gateway held back the first piece until the upstream stream ended"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_cached_usage(provider, stream, fakes3, gw3):
+    fakes3[provider].queue(Reply(text="ok", input_tokens=100, output_tokens=10, cached_tokens=40))
+    client = gw3.router_client()
+    kw = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+    r = client.chat.completions.create(model=f"{provider}:{MODELS[provider]}", messages=QUESTION, **kw)
+    usage = collect_stream(r)["usage"] if stream else r.usage
+    # OpenAI's prompt_tokens include cached tokens. Anthropic reports cache reads apart from
+    # input_tokens; Gemini's promptTokenCount and Cohere's tokens.input_tokens include them.
+    prompt = 140 if provider == "anthropic" else 100
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (prompt, 10, prompt + 10)
+    assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens == 40
+
+
+FINISHES = {
+    "anthropic": [("stop_sequence", "stop"), ("safety", "content_filter"), ("length", "length")],
+    "gemini": [("stop_sequence", "stop"), ("safety", "content_filter"), ("length", "length")],
+    "cohere": [("stop_sequence", "stop"), ("length", "length")],
+}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_finish_reason_mapping(provider, fakes3, gw3):
+    client = gw3.router_client()
+    model = f"{provider}:{MODELS[provider]}"
+    for native, expected in FINISHES[provider]:
+        fakes3[provider].queue(Reply(text="some text", finish=native), Reply(text="some text", finish=native))
+        r = client.chat.completions.create(model=model, messages=QUESTION, stop=["END"])
+        assert r.choices[0].finish_reason == expected, (native, r.choices[0].finish_reason)
+        got = collect_stream(client.chat.completions.create(model=model, messages=QUESTION, stream=True))
+        assert got["finish"] == [expected], (native, got["finish"])
+    body = generation_requests(provider, fakes3[provider])[0].json
+    if provider == "gemini":
+        assert body["generationConfig"]["stopSequences"] == ["END"]
+    else:
+        assert body["stop_sequences"] == ["END"]
+
+
+TOOL_B = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_tool_choice_is_translated(provider, fakes3, gw3):
+    client = gw3.router_client()
+    model = f"{provider}:{MODELS[provider]}"
+    choices = ["auto", "required", {"type": "function", "function": {"name": "get_time"}}, "none"]
+    for choice in choices:
+        client.chat.completions.create(model=model, messages=QUESTION, tools=[WEATHER_TOOL, TOOL_B],
+                                       tool_choice=choice)
+    bodies = [r.json for r in generation_requests(provider, fakes3[provider])]
+    assert len(bodies) == 4
+    if provider == "anthropic":
+        assert [b.get("tool_choice") for b in bodies] == [
+            {"type": "auto"}, {"type": "any"}, {"type": "tool", "name": "get_time"}, {"type": "none"}], bodies
+        client.chat.completions.create(model=model, messages=QUESTION, tools=[WEATHER_TOOL],
+                                       parallel_tool_calls=False)
+        last = generation_requests(provider, fakes3[provider])[-1].json
+        assert last["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+    elif provider == "gemini":
+        modes = [((b.get("toolConfig") or {}).get("functionCallingConfig") or {}) for b in bodies]
+        assert modes[0].get("mode", "AUTO") == "AUTO"
+        assert modes[1]["mode"] == "ANY"
+        assert modes[2]["mode"] == "ANY" and modes[2]["allowedFunctionNames"] == ["get_time"]
+        assert modes[3]["mode"] == "NONE"
+    else:
+        assert [b.get("tool_choice") for b in bodies] == [None, "REQUIRED", "REQUIRED", "NONE"]
+        assert [t["function"]["name"] for t in bodies[2]["tools"]] == ["get_time"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_developer_messages_names_and_consecutive_turns(provider, fakes3, gw3):
+    """A developer message, `name`, and two user turns in a row reach each provider in a shape it accepts."""
+    client = gw3.router_client()
+    messages = [
+        {"role": "developer", "content": "Answer in French."},
+        {"role": "user", "content": "Hello", "name": "alice"},
+        {"role": "assistant", "content": "Bonjour"},
+        {"role": "user", "content": "How are you?"},
+        {"role": "user", "content": [{"type": "text", "text": "And the weather?"}]},
+    ]
+    r = client.chat.completions.create(model=f"{provider}:{MODELS[provider]}", messages=messages)
+    assert r.choices[0].message.content.startswith("echo: ")
+    assert "And the weather?" in r.choices[0].message.content
+    body = generation_requests(provider, fakes3[provider])[0].json
+    assert "Answer in French." in json.dumps(body)

@@ -245,6 +245,8 @@ class FakeAnthropic(FakeUpstream):
             for k, piece in enumerate(split3(text)):
                 event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                               "delta": {"type": "text_delta", "text": piece}})
+                if k == 0:
+                    h.hold()
                 if reply.stream_error and k == 0:
                     event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
                     h.end_stream()

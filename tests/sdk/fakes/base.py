@@ -75,6 +75,11 @@ class FakeUpstream:
         self.replies: deque[Reply] = deque()
         self.chunk_delay: float = 0.0
         self.page_cap: int = 1000  # most items a list page holds, whatever the client asks for
+        # Hold a stream after its first text piece until the test sets the gate (a gateway
+        # that buffers the stream whole never shows the client that piece, and times out).
+        self.stream_gate: Optional[threading.Event] = None
+        self.gate_timeout: float = 5.0
+        self.gate_timed_out: bool = False
         self.stream_completed: int = 0
         self._script: list[ScriptedResponse] = []
         self._lock = threading.Lock()
@@ -95,6 +100,8 @@ class FakeUpstream:
         return self
 
     def stop(self) -> None:
+        if self.stream_gate is not None:
+            self.stream_gate.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -227,6 +234,12 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(self.fake.chunk_delay)
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
+
+    def hold(self) -> None:
+        """Wait at the stream gate, if one is set (called after the first text piece)."""
+        gate = self.fake.stream_gate
+        if gate is not None and not gate.wait(self.fake.gate_timeout):
+            self.fake.gate_timed_out = True
 
     def end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")

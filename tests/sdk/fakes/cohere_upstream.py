@@ -174,6 +174,8 @@ class FakeCohere(FakeUpstream):
                    "delta": {"message": {"content": {"type": "text", "text": ""}}}})
             for k, piece in enumerate(split3(text)):
                 event({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": piece}}}})
+                if k == 0:
+                    h.hold()
                 if reply.stream_error and k == 0:
                     event({"type": "message-end", "delta": {
                         "error": "internal server error, this has been reported to our developers",
