@@ -241,6 +241,20 @@ def test_image_parts_are_dropped_and_counted(provider, fakes3, gw3):
     body = generation_requests(provider, fakes3[provider])[0].body.decode()
     assert "iVBORw0KGgo" not in body and "image" not in body.lower(), body
 
+    # Audio and files are dropped too, and a stream says so in its headers.
+    messages = [{"role": "user", "content": [
+        {"type": "text", "text": "listen"},
+        {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZF", "format": "wav"}},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"}},
+        {"type": "image_url", "image_url": {"url": image}},
+    ]}]
+    raw = client.chat.completions.with_raw_response.create(model=f"{provider}:{MODELS[provider]}",
+                                                           messages=messages, stream=True)
+    assert raw.headers.get("x-portcullis-dropped-parts") == "3"
+    assert collect_stream(raw.parse())["text"] == "echo: listen"
+    body = generation_requests(provider, fakes3[provider])[1].body.decode()
+    assert "UklGRiQ" not in body and "JVBERi0x" not in body and "iVBORw0KGgo" not in body, body
+
     # Nothing dropped: no header.
     plain = client.chat.completions.with_raw_response.create(model=f"{provider}:{MODELS[provider]}",
                                                              messages=QUESTION)
