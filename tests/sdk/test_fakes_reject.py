@@ -98,3 +98,21 @@ def test_cohere_rules(cohere_fake):
     assert status == 200 and body["finish_reason"] == "COMPLETE"
     status, body = post(f.port, "/v2/chat", {"model": "m", "messages": []}, {})
     assert status == 401
+
+
+def test_gemini_refuses_unknown_fields_and_schema_keywords(gemini_fake):
+    f = gemini_fake
+    user = [{"role": "user", "parts": [{"text": "q"}]}]
+    decl = {"name": "f", "parameters": {"type": "object", "additionalProperties": False,
+                                        "properties": {"a": {"type": "string"}}}}
+    status, body = post(f.port, "/v1beta/models/gemini-2.5-flash:generateContent",
+                        {"contents": user, "tools": [{"functionDeclarations": [decl]}]}, {"x-goog-api-key": "k"})
+    assert status == 400 and 'Unknown name "additionalProperties"' in body["error"]["message"]
+    status, body = post(f.port, "/v1beta/models/gemini-2.5-flash:generateContent",
+                        {"contents": user, "messages": []}, {"x-goog-api-key": "k"})
+    assert status == 400 and 'Unknown name "messages"' in body["error"]["message"]
+    decl["parameters"].pop("additionalProperties")
+    status, body = post(f.port, "/v1beta/models/gemini-2.5-flash:generateContent",
+                        {"contents": user, "tools": [{"function_declarations": [decl]}],
+                         "generation_config": {"max_output_tokens": 5}}, {"x-goog-api-key": "k"})
+    assert status == 200, body

@@ -18,8 +18,10 @@ Errors are ``{"error": {"code", "message", "status"}}``. The key is read from
 ``x-goog-api-key`` or ``?key=`` (403 ``PERMISSION_DENIED`` without one). It rejects what the
 real API rejects: a role other than ``user`` / ``model`` ("Please use a valid role: user,
 model."), a ``functionResponse`` turn that does not come right after a ``functionCall`` turn or
-whose part count differs, and a ``functionCall`` turn that does not follow a user turn or a
-function response turn.
+whose part count differs, a ``functionCall`` turn that does not follow a user turn or a
+function response turn, and unknown field names anywhere in the request (Google's proto JSON
+parser refuses them), notably JSON Schema keywords that Gemini's OpenAPI-subset ``Schema``
+lacks (``$ref``, ``additionalProperties``, ``oneOf``, ``const``, ...).
 """
 
 from __future__ import annotations
@@ -53,6 +55,81 @@ class Invalid(Exception):
 
 def error_body(code: int, message: str) -> dict:
     return {"error": {"code": code, "message": message, "status": STATUS.get(code, "UNKNOWN")}}
+
+
+# Fields of the request messages (proto JSON: camelCase or snake_case; unknown names are refused).
+REQUEST_FIELDS = {"model", "contents", "tools", "toolConfig", "safetySettings", "systemInstruction",
+                  "generationConfig", "cachedContent"}
+CONTENT_FIELDS = {"role", "parts"}
+PART_FIELDS = {"text", "inlineData", "functionCall", "functionResponse", "fileData", "executableCode",
+               "codeExecutionResult", "thought", "thoughtSignature", "videoMetadata", "partMetadata"}
+GENERATION_CONFIG_FIELDS = {"stopSequences", "responseMimeType", "responseSchema", "responseJsonSchema",
+                            "responseModalities", "candidateCount", "maxOutputTokens", "temperature", "topP", "topK",
+                            "seed", "presencePenalty", "frequencyPenalty", "responseLogprobs", "logprobs",
+                            "enableEnhancedCivicAnswers", "speechConfig", "thinkingConfig", "mediaResolution",
+                            "imageConfig"}
+TOOL_FIELDS = {"functionDeclarations", "googleSearch", "googleSearchRetrieval", "codeExecution", "urlContext",
+               "computerUse", "fileSearch", "googleMaps"}
+FUNCTION_DECLARATION_FIELDS = {"name", "description", "parameters", "parametersJsonSchema", "response",
+                               "responseJsonSchema", "behavior"}
+# Gemini's `Schema`: a subset of OpenAPI 3.0 (no $ref, $defs, additionalProperties, oneOf, const, ...).
+SCHEMA_FIELDS = {"type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems", "properties",
+                 "required", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example",
+                 "anyOf", "propertyOrdering", "default", "items", "minimum", "maximum"}
+SCHEMA_TYPES = {"TYPE_UNSPECIFIED", "STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL"}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest)
+
+
+def check_fields(obj: Any, allowed: set[str], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise Invalid(f"Invalid JSON payload received. Expected an object at '{where}'.")
+    for key in obj:
+        if _camel(key) not in allowed:
+            raise Invalid(f'Invalid JSON payload received. Unknown name "{key}" at \'{where}\': Cannot find field.')
+
+
+def check_schema(schema: Any, where: str) -> None:
+    check_fields(schema, SCHEMA_FIELDS, where)
+    t = schema.get("type")
+    if t is not None and (not isinstance(t, str) or t.upper() not in SCHEMA_TYPES):
+        raise Invalid(f"Invalid JSON payload received. Invalid value at '{where}.type' ({json.dumps(t)})")
+    for name, sub in (schema.get("properties") or {}).items():
+        check_schema(sub, f"{where}.properties[{json.dumps(name)}].value")
+    if "items" in schema:
+        check_schema(schema["items"], f"{where}.items")
+    for k, sub in enumerate(schema.get("anyOf") or []):
+        check_schema(sub, f"{where}.any_of[{k}]")
+
+
+def check_request(body: dict) -> None:
+    """Unknown field names are refused anywhere, as by Google's proto JSON parser."""
+    check_fields(body, REQUEST_FIELDS, "")
+    system = body.get("systemInstruction", body.get("system_instruction"))
+    if system is not None:
+        check_fields(system, CONTENT_FIELDS, "system_instruction")
+        for j, p in enumerate(system.get("parts") or []):
+            check_fields(p, PART_FIELDS, f"system_instruction.parts[{j}]")
+    for i, c in enumerate(body.get("contents") or []):
+        check_fields(c, CONTENT_FIELDS, f"contents[{i}]")
+        for j, p in enumerate(c.get("parts") or []):
+            check_fields(p, PART_FIELDS, f"contents[{i}].parts[{j}]")
+    config = body.get("generationConfig", body.get("generation_config"))
+    if config is not None:
+        check_fields(config, GENERATION_CONFIG_FIELDS, "generation_config")
+        schema = config.get("responseSchema", config.get("response_schema"))
+        if schema is not None:
+            check_schema(schema, "generation_config.response_schema")
+    for i, tool in enumerate(body.get("tools") or []):
+        check_fields(tool, TOOL_FIELDS, f"tools[{i}]")
+        for j, decl in enumerate(tool.get("functionDeclarations", tool.get("function_declarations")) or []):
+            where = f"tools[{i}].function_declarations[{j}]"
+            check_fields(decl, FUNCTION_DECLARATION_FIELDS, where)
+            if decl.get("parameters") is not None:
+                check_schema(decl["parameters"], f"{where}.parameters")
 
 
 def validate_contents(body: dict) -> list[dict]:
@@ -171,6 +248,7 @@ class FakeGemini(FakeUpstream):
         h.send_json(200, out)
 
     def _generate(self, h: Handler, req: RecordedRequest, model: str, body: dict, stream: bool) -> None:
+        check_request(body)
         contents = validate_contents(body)
         reply = self.next_reply()
         with self._lock:
