@@ -72,6 +72,7 @@ fn strict_schema(schema: &Value) -> Value {
 /// Translate an OpenAI request into an Anthropic Messages request body.
 pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, TranslateError> {
     super::check_single_choice(req)?;
+    super::check_last_user_turn(req, "Anthropic")?;
     let mut calls = super::ToolCallIndex::default();
     let mut system: Vec<String> = Vec::new();
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();

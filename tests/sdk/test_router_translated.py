@@ -255,6 +255,16 @@ def test_image_parts_are_dropped_and_counted(provider, fakes3, gw3):
     body = generation_requests(provider, fakes3[provider])[1].body.decode()
     assert "UklGRiQ" not in body and "JVBERi0x" not in body and "iVBORw0KGgo" not in body, body
 
+    # A last user turn of nothing but images would vanish and leave the assistant's message last
+    # (a prefill to Anthropic): refused with a clear 400, nothing sent upstream.
+    before = len(generation_requests(provider, fakes3[provider]))
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=f"{provider}:{MODELS[provider]}", messages=[
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Send a picture."},
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}]}])
+    assert "non-text" in info.value.message and "messages[2]" in info.value.message
+    assert len(generation_requests(provider, fakes3[provider])) == before
+
     # Nothing dropped: no header.
     plain = client.chat.completions.with_raw_response.create(model=f"{provider}:{MODELS[provider]}",
                                                              messages=QUESTION)

@@ -15,7 +15,8 @@ Wire format from Anthropic's API reference (docs.anthropic.com / platform.claude
 
 Errors are ``{"type": "error", "error": {"type", "message"}, "request_id"}``. It rejects what
 the real API rejects: no ``x-api-key`` (401), no ``anthropic-version`` (400), a missing
-``max_tokens``, a ``system`` role in ``messages``, a ``tool_result`` whose ``tool_use`` is not
+``max_tokens``, unknown top-level fields, empty text blocks and empty turns, a ``system`` role in
+``messages``, a ``tool_result`` whose ``tool_use`` is not
 in the immediately preceding assistant turn, and ``tool_use`` blocks not answered by
 ``tool_result`` blocks in the next turn. Consecutive turns of the same role are merged
 first, as the real API does.
@@ -52,8 +53,17 @@ def _blocks(content: Any) -> list[dict]:
     raise Invalid("messages: content: Input should be a valid string or list of content blocks")
 
 
+# Top-level fields of a Messages request; the API refuses others ("Extra inputs are not permitted").
+REQUEST_FIELDS = {"model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream", "temperature",
+                  "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier", "container", "mcp_servers",
+                  "context_management", "output_config", "output_format", "inference_geo"}
+
+
 def validate_messages(body: dict, need_max_tokens: bool) -> list[dict]:
     """The checks of the real API that a translation could get wrong; returns merged turns."""
+    for key in body:
+        if key not in REQUEST_FIELDS:
+            raise Invalid(f"{key}: Extra inputs are not permitted")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise Invalid("model: Field required")
     if need_max_tokens:
@@ -88,8 +98,13 @@ def validate_messages(body: dict, need_max_tokens: bool) -> list[dict]:
                 raise Invalid(f"messages.{i}.content.{j}: `tool_result` blocks can only be in `user` messages")
             if t == "text" and not isinstance(b.get("text"), str):
                 raise Invalid(f"messages.{i}.content.{j}.text: Field required")
+            if t == "text" and not b["text"]:
+                raise Invalid(f"messages.{i}.content.{j}: text content blocks must be non-empty")
             if t == "tool_use" and not isinstance(b.get("input"), dict):
                 raise Invalid(f"messages.{i}.content.{j}.tool_use.input: Input should be a valid dictionary")
+        if not blocks and i != len(messages) - 1:
+            raise Invalid(f"messages.{i}: all messages must have non-empty content except for the optional final "
+                          "assistant message")
         if merged and merged[-1]["role"] == role:
             merged[-1]["content"] = merged[-1]["content"] + blocks
         else:

@@ -150,6 +150,20 @@ def validate_contents(body: dict) -> list[dict]:
                 raise Invalid(f"* GenerateContentRequest.contents[{i}].parts[{j}].data: required oneof field "
                               "'data' must have one initialized field")
     for i, c in enumerate(contents):
+        for j, p in enumerate(c["parts"]):
+            call = p.get("functionCall", p.get("function_call"))
+            if call is not None and (not call.get("name") or not isinstance(call.get("args", {}), dict)):
+                raise Invalid(f"Invalid value at 'contents[{i}].parts[{j}].function_call.args' "
+                              "(type.googleapis.com/google.protobuf.Struct)")
+            resp = p.get("functionResponse", p.get("function_response"))
+            if resp is not None:
+                if not resp.get("name"):
+                    raise Invalid(f"* GenerateContentRequest.contents[{i}].parts[{j}].function_response.name: "
+                                  "Name cannot be empty.")
+                if not isinstance(resp.get("response"), dict):
+                    raise Invalid(f"Invalid value at 'contents[{i}].parts[{j}].function_response.response' "
+                                  "(type.googleapis.com/google.protobuf.Struct)")
+    for i, c in enumerate(contents):
         calls = [p for p in c["parts"] if "functionCall" in p or "function_call" in p]
         responses = [p for p in c["parts"] if "functionResponse" in p or "function_response" in p]
         prev = contents[i - 1] if i > 0 else None
