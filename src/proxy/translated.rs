@@ -163,6 +163,16 @@ pub async fn chat(
     let request: ChatRequest = serde_json::from_value(Value::Object(body))
         .map_err(|e| ApiError::InvalidJson(format!("not a chat completions request: {e}")))?;
     let streaming = request.is_stream();
+    if dialect == Dialect::Gemini && !super::native::is_model_id(model) {
+        // Gemini names the model in the URL path: nothing but a model ID may stand there.
+        return Err(ApiError::InvalidField {
+            param: "model",
+            message: format!(
+                "`{asked}` does not name a Gemini model: after `{}:` only letters, digits, `.`, `_` and `-` may follow",
+                route.prefix
+            ),
+        });
+    }
     let translated = dialect.request(&request, model)?;
     let payload =
         serde_json::to_vec(&translated.body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;

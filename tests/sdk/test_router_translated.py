@@ -515,3 +515,18 @@ def test_rich_json_schemas_are_accepted(provider, fakes3, gw3):
     else:
         assert bodies[0]["tools"][0]["function"]["parameters"]["properties"]["from"] == {"$ref": "#/$defs/city"}
         assert bodies[1]["response_format"]["type"] == "json_object"
+
+
+def test_gemini_model_ids_cannot_reach_other_upstream_paths(gemini_fake, start_gateway):
+    """Gemini names the model in the URL: a router model ID must not climb out of its segment,
+    add a query, or name another method, even when discovery lets any model through."""
+    gw = start_gateway(three_config({"gemini": gemini_fake}, static=False))
+    client = gw.router_client()
+    for model in ["gemini:../../v1beta/files/abc", "gemini:gemini-2.5-flash:countTokens",
+                  "gemini:gemini-2.5-flash?alt=json&x=", "gemini:a/b", "gemini:gemini-2.5-flash#x"]:
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=model, messages=QUESTION)
+        assert info.value.body["param"] == "model", info.value.body
+    assert [r for r in gemini_fake.all_requests() if r.method == "POST"] == []
+    ok = client.chat.completions.create(model="gemini:gemini-2.5-flash", messages=QUESTION)
+    assert ok.choices[0].message.content == "echo: Weather in Paris and Rome?"
