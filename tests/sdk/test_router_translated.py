@@ -530,3 +530,21 @@ def test_gemini_model_ids_cannot_reach_other_upstream_paths(gemini_fake, start_g
     assert [r for r in gemini_fake.all_requests() if r.method == "POST"] == []
     ok = client.chat.completions.create(model="gemini:gemini-2.5-flash", messages=QUESTION)
     assert ok.choices[0].message.content == "echo: Weather in Paris and Rome?"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_tool_results_followed_by_a_user_message(provider, fakes3, gw3):
+    """Results of parallel calls and a user message after them: Anthropic wants the results first
+    in one user turn, Gemini as many functionResponse parts as there were calls."""
+    fake = fakes3[provider]
+    fake.queue(Reply(tool_calls=[("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})]))
+    client = gw3.router_client()
+    model = f"{provider}:{MODELS[provider]}"
+    first = client.chat.completions.create(model=model, messages=QUESTION, tools=[WEATHER_TOOL])
+    calls = first.choices[0].message.tool_calls
+    assert len(calls) == 2
+    history = QUESTION + [first.choices[0].message.model_dump(exclude_none=True)] + [
+        {"role": "tool", "tool_call_id": c.id, "content": f"result {k}"} for k, c in enumerate(calls)] + [
+        {"role": "user", "content": "Also, which is warmer?"}]
+    second = client.chat.completions.create(model=model, messages=history, tools=[WEATHER_TOOL])
+    assert second.choices[0].message.content == "echo: Also, which is warmer?"
