@@ -330,6 +330,21 @@ def test_mid_stream_upstream_error_raises_in_the_openai_sdk(provider, fakes3, gw
     assert info.value.message, "the error must say what happened"
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_upstream_connection_lost_mid_stream_raises(provider, fakes3, gw3):
+    fakes3[provider].queue(Reply(text="Partial answer before the cut", stream_cut=True))
+    client = gw3.router_client()
+    stream = client.chat.completions.create(model=f"{provider}:{MODELS[provider]}", messages=QUESTION,
+                                            stream=True)
+    seen = ""
+    with pytest.raises(openai.APIError) as info:
+        for chunk in stream:
+            for c in chunk.choices:
+                seen += c.delta.content or ""
+    assert seen == "Partial answer before the cut"[: len("Partial answer before the cut") // 3]
+    assert info.value.message
+
+
 def test_router_lists_discovered_models_of_each_provider(fakes3, start_gateway):
     for fake in fakes3.values():
         fake.page_cap = 2  # force paging

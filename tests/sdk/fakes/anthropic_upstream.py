@@ -262,6 +262,9 @@ class FakeAnthropic(FakeUpstream):
                                               "delta": {"type": "text_delta", "text": piece}})
                 if k == 0:
                     h.hold()
+                if reply.stream_cut and k == 0:
+                    h.cut()
+                    return
                 if reply.stream_error and k == 0:
                     event("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
                     h.end_stream()

@@ -44,6 +44,7 @@ class Reply:
     output_tokens: int = 9
     cached_tokens: int = 0
     stream_error: bool = False
+    stream_cut: bool = False  # streams: send the first text piece, then drop the connection
 
     def finish_reason(self) -> str:
         if self.finish:
@@ -240,6 +241,16 @@ class Handler(BaseHTTPRequestHandler):
         gate = self.fake.stream_gate
         if gate is not None and not gate.wait(self.fake.gate_timeout):
             self.fake.gate_timed_out = True
+
+    def cut(self) -> None:
+        """Drop the connection in the middle of a chunked body (no terminating chunk)."""
+        self.wfile.flush()
+        self.close_connection = True
+        try:
+            import socket
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")

@@ -176,6 +176,9 @@ class FakeCohere(FakeUpstream):
                 event({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": piece}}}})
                 if k == 0:
                     h.hold()
+                if reply.stream_cut and k == 0:
+                    h.cut()
+                    return
                 if reply.stream_error and k == 0:
                     event({"type": "message-end", "delta": {
                         "error": "internal server error, this has been reported to our developers",

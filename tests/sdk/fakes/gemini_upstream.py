@@ -307,6 +307,9 @@ class FakeGemini(FakeUpstream):
             h.write_chunk(f"data: {json.dumps(c)}\r\n\r\n".encode())
             if k == 0:
                 h.hold()
+            if reply.stream_cut and k == 0:
+                h.cut()
+                return
             if reply.stream_error and k == 0:
                 h.write_chunk(("data: " + json.dumps(error_body(503, "The model is overloaded. Please try again "
                                                                      "later.")) + "\r\n\r\n").encode())
