@@ -253,6 +253,6 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
     def end_stream(self) -> None:
+        self.fake.stream_done()  # before the last chunk: the client cannot finish reading first
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
-        self.fake.stream_done()
