@@ -54,9 +54,12 @@ def _blocks(content: Any) -> list[dict]:
 
 
 # Top-level fields of a Messages request; the API refuses others ("Extra inputs are not permitted").
+# (The fields of `MessageCreateParams` in the pinned `anthropic` SDK, plus the sampling
+# parameters `temperature`, `top_p`, `top_k` that earlier API versions documented.)
 REQUEST_FIELDS = {"model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream", "temperature",
                   "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier", "container", "mcp_servers",
-                  "context_management", "output_config", "output_format", "inference_geo"}
+                  "context_management", "output_config", "inference_geo", "cache_control", "diagnostics", "speed",
+                  "user_profile_id", "workspace_id"}
 
 
 def validate_messages(body: dict, need_max_tokens: bool) -> list[dict]:
