@@ -11,7 +11,9 @@
 //! sent none. `seed` has no equivalent and is not sent; `response_format`
 //! `json_schema` becomes `output_config.format`, while `json_object` (JSON
 //! without a schema) has no equivalent and is left to the prompt, which
-//! OpenAI already requires to ask for JSON.
+//! OpenAI already requires to ask for JSON. Current Claude models refuse
+//! `temperature` together with `top_p` ("cannot both be specified for this
+//! model"), so when a client sends both, only `temperature` is sent.
 //!
 //! Response and stream: `text` blocks become content, `tool_use` blocks tool
 //! calls (ids kept), `thinking` blocks are not forwarded; `stop_reason` maps
@@ -188,7 +190,8 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
     if let Some(t) = req.temperature {
         body.insert("temperature".into(), json!(t.clamp(0.0, MAX_TEMPERATURE)));
     }
-    if let Some(p) = req.top_p {
+    // Current models refuse both at once; `temperature` wins.
+    if let Some(p) = req.top_p.filter(|_| req.temperature.is_none()) {
         body.insert("top_p".into(), json!(p));
     }
     if let Some(stop) = &req.stop {

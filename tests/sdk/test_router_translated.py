@@ -563,3 +563,21 @@ def test_tool_results_followed_by_a_user_message(provider, fakes3, gw3):
         {"role": "user", "content": "Also, which is warmer?"}]
     second = client.chat.completions.create(model=model, messages=history, tools=[WEATHER_TOOL])
     assert second.choices[0].message.content == "echo: Also, which is warmer?"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_sampling_parameters(provider, fakes3, gw3):
+    """OpenAI clients often send temperature and top_p together; current Claude models refuse
+    both at once (the fake does too), so Anthropic gets temperature only."""
+    client = gw3.router_client()
+    r = client.chat.completions.create(model=f"{provider}:{MODELS[provider]}", messages=QUESTION,
+                                       temperature=0.3, top_p=0.9, seed=7)
+    assert r.choices[0].finish_reason == "stop"
+    body = generation_requests(provider, fakes3[provider])[0].json
+    if provider == "anthropic":
+        assert body["temperature"] == 0.3 and "top_p" not in body and "seed" not in body
+    elif provider == "gemini":
+        cfg = body["generationConfig"]
+        assert (cfg["temperature"], cfg["topP"], cfg["seed"]) == (0.3, 0.9, 7)
+    else:
+        assert (body["temperature"], body["p"], body["seed"]) == (0.3, 0.9, 7)

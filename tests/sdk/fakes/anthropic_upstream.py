@@ -15,7 +15,7 @@ Wire format from Anthropic's API reference (docs.anthropic.com / platform.claude
 
 Errors are ``{"type": "error", "error": {"type", "message"}, "request_id"}``. It rejects what
 the real API rejects: no ``x-api-key`` (401), no ``anthropic-version`` (400), a missing
-``max_tokens``, unknown top-level fields, empty text blocks and empty turns, a ``system`` role in
+``max_tokens``, ``temperature`` together with ``top_p`` (current models), unknown top-level fields, empty text blocks and empty turns, a ``system`` role in
 ``messages``, a ``tool_result`` whose ``tool_use`` is not
 in the immediately preceding assistant turn, and ``tool_use`` blocks not answered by
 ``tool_result`` blocks in the next turn. Consecutive turns of the same role are merged
@@ -74,6 +74,8 @@ def validate_messages(body: dict, need_max_tokens: bool) -> list[dict]:
             raise Invalid("max_tokens: Field required")
         if not isinstance(body["max_tokens"], int) or body["max_tokens"] < 1:
             raise Invalid("max_tokens: Input should be a valid integer greater than or equal to 1")
+    if "temperature" in body and "top_p" in body:
+        raise Invalid("`temperature` and `top_p` cannot both be specified for this model. Please use only one.")
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise Invalid("messages: Field required")
