@@ -581,3 +581,24 @@ def test_sampling_parameters(provider, fakes3, gw3):
         assert (cfg["temperature"], cfg["topP"], cfg["seed"]) == (0.3, 0.9, 7)
     else:
         assert (body["temperature"], body["p"], body["seed"]) == (0.3, 0.9, 7)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_tool_call_ids_from_other_providers(provider, fakes3, gw3):
+    """History from another model may carry ids like `functions.get_weather:0`; Anthropic only
+    takes `^[a-zA-Z0-9_-]+$` (the fake too), so the gateway rewrites them, call and result alike."""
+    client = gw3.router_client()
+    history = QUESTION + [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "functions.get_weather:0", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "18C"},
+    ]
+    r = client.chat.completions.create(model=f"{provider}:{MODELS[provider]}", messages=history,
+                                       tools=[WEATHER_TOOL])
+    assert r.choices[0].finish_reason == "stop"
+    if provider == "anthropic":
+        body = generation_requests(provider, fakes3[provider])[0].json
+        use = body["messages"][-2]["content"][0]
+        result = body["messages"][-1]["content"][0]
+        assert use["id"] == result["tool_use_id"] and use["id"].startswith("functions_get_weather_0_")

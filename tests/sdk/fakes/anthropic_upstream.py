@@ -15,7 +15,7 @@ Wire format from Anthropic's API reference (docs.anthropic.com / platform.claude
 
 Errors are ``{"type": "error", "error": {"type", "message"}, "request_id"}``. It rejects what
 the real API rejects: no ``x-api-key`` (401), no ``anthropic-version`` (400), a missing
-``max_tokens``, ``temperature`` together with ``top_p`` (current models), unknown top-level fields, empty text blocks and empty turns, a ``system`` role in
+``max_tokens``, tool ids outside ``^[a-zA-Z0-9_-]+$``, ``temperature`` together with ``top_p`` (current models), unknown top-level fields, empty text blocks and empty turns, a ``system`` role in
 ``messages``, a ``tool_result`` whose ``tool_use`` is not
 in the immediately preceding assistant turn, and ``tool_use`` blocks not answered by
 ``tool_result`` blocks in the next turn. Consecutive turns of the same role are merged
@@ -25,6 +25,7 @@ first, as the real API does.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fakes.base import FakeUpstream, Handler, RecordedRequest, split3
@@ -105,6 +106,12 @@ def validate_messages(body: dict, need_max_tokens: bool) -> list[dict]:
                 raise Invalid(f"messages.{i}.content.{j}.text: Field required")
             if t == "text" and not b["text"]:
                 raise Invalid(f"messages.{i}.content.{j}: text content blocks must be non-empty")
+            if t == "tool_use" and not re.fullmatch(r"[a-zA-Z0-9_-]+", str(b.get("id", ""))):
+                raise Invalid(f"messages.{i}.content.{j}.tool_use.id: String should match pattern "
+                              "'^[a-zA-Z0-9_-]+$'")
+            if t == "tool_result" and not re.fullmatch(r"[a-zA-Z0-9_-]+", str(b.get("tool_use_id", ""))):
+                raise Invalid(f"messages.{i}.content.{j}.tool_result.tool_use_id: String should match pattern "
+                              "'^[a-zA-Z0-9_-]+$'")
             if t == "tool_use" and not isinstance(b.get("input"), dict):
                 raise Invalid(f"messages.{i}.content.{j}.tool_use.input: Input should be a valid dictionary")
         if not blocks and i != len(messages) - 1:
