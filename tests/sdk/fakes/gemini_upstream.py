@@ -16,7 +16,7 @@ Wire format from the Gemini API reference (ai.google.dev/api), under both ``/v1`
 
 Errors are ``{"error": {"code", "message", "status"}}``. The key is read from
 ``x-goog-api-key`` or ``?key=`` (403 ``PERMISSION_DENIED`` without one). It rejects what the
-real API rejects: a role other than ``user`` / ``model`` ("Please use a valid role: user,
+real API rejects: an empty text part, a role other than ``user`` / ``model`` ("Please use a valid role: user,
 model."), a ``functionResponse`` turn that does not come right after a ``functionCall`` turn or
 whose part count differs, a ``functionCall`` turn that does not follow a user turn or a
 function response turn, and unknown field names anywhere in the request (Google's proto JSON
@@ -149,6 +149,9 @@ def validate_contents(body: dict) -> list[dict]:
             if not isinstance(p, dict) or not (set(p) & known):
                 raise Invalid(f"* GenerateContentRequest.contents[{i}].parts[{j}].data: required oneof field "
                               "'data' must have one initialized field")
+            if "text" in p and p["text"] == "" and not p.get("thoughtSignature"):
+                raise Invalid("Unable to submit request because it has an empty text parameter. Add a value to "
+                              "the parameter and try again.")
     for i, c in enumerate(contents):
         for j, p in enumerate(c["parts"]):
             call = p.get("functionCall", p.get("function_call"))
