@@ -484,3 +484,161 @@ async fn cohere_models(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use axum::Router;
+    use axum::extract::{Query, State};
+    use axum::http::HeaderMap;
+    use axum::routing::get;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::config::ObjectKey;
+    use crate::config::snapshot::ModelPolicy;
+    use crate::crd::ProviderType;
+    use crate::credentials::Credential;
+
+    type Seen = Arc<tokio::sync::Mutex<Vec<(String, HashMap<String, String>, HeaderMap)>>>;
+
+    /// A list API on 127.0.0.1 that answers `pages[page]`, choosing the page with `pick`.
+    async fn serve(
+        path: &'static str,
+        pages: Vec<Value>,
+        pick: fn(&HashMap<String, String>) -> usize,
+    ) -> (String, Seen) {
+        let seen: Seen = Arc::default();
+        let pages = Arc::new(pages);
+        let state = (seen.clone(), pages, pick);
+        let app = Router::new()
+            .route(
+                path,
+                get(
+                    move |State((seen, pages, pick)): State<(
+                        Seen,
+                        Arc<Vec<Value>>,
+                        fn(&HashMap<String, String>) -> usize,
+                    )>,
+                          Query(q): Query<HashMap<String, String>>,
+                          headers: HeaderMap| async move {
+                        seen.lock()
+                            .await
+                            .push((path.to_owned(), q.clone(), headers));
+                        axum::Json(pages[pick(&q).min(pages.len() - 1)].clone())
+                    },
+                ),
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn upstream(t: ProviderType, base: &str) -> Upstream {
+        let info = crate::providers::info(t);
+        let credential = match info.key_header {
+            crate::providers::KeyHeader::Bearer => Credential::bearer("k-1").unwrap(),
+            crate::providers::KeyHeader::Named(n) => {
+                Credential::header(http::HeaderName::from_static(n), "k-1").unwrap()
+            }
+        };
+        Upstream {
+            provider: ObjectKey::new("ai", t.as_str()),
+            provider_type: t,
+            info,
+            base_url: Url::parse(base).unwrap(),
+            credential,
+            extra_headers: Vec::new(),
+            models: ModelPolicy::Any,
+            timeout: Duration::from_secs(5),
+            catalog_key: 1,
+        }
+    }
+
+    fn client() -> reqwest::Client {
+        crate::server::http_client(None).unwrap()
+    }
+
+    fn ids(models: &[ModelEntry]) -> Vec<&str> {
+        models.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn anthropic_pages_with_after_id_and_stops_on_a_repeated_cursor() {
+        let pages = vec![
+            json!({"data": [{"type": "model", "id": "claude-a"}, {"type": "model", "id": "claude-b"}], "has_more": true, "first_id": "claude-a", "last_id": "claude-b"}),
+            json!({"data": [{"type": "model", "id": "claude-c"}], "has_more": true, "first_id": "claude-c", "last_id": "claude-c"}),
+            json!({"data": [], "has_more": true, "first_id": null, "last_id": "claude-c"}),
+        ];
+        let pick = |q: &HashMap<String, String>| match q.get("after_id").map(String::as_str) {
+            None => 0,
+            Some("claude-b") => 1,
+            Some(_) => 2,
+        };
+        let (base, seen) = serve("/v1/models", pages, pick).await;
+        let up = upstream(ProviderType::Anthropic, &base);
+        let models = fetch_models(&client(), &up).await.unwrap();
+        assert_eq!(ids(&models), ["claude-a", "claude-b", "claude-c"]);
+        let seen = seen.lock().await;
+        assert_eq!(seen.len(), 3, "a cursor that does not move ends the paging");
+        assert_eq!(
+            seen[1].1.get("after_id").map(String::as_str),
+            Some("claude-b")
+        );
+        assert_eq!(seen[0].2.get("x-api-key").unwrap(), "k-1");
+        assert!(seen[0].2.get("anthropic-version").is_some());
+    }
+
+    #[tokio::test]
+    async fn gemini_keeps_generate_content_models_without_the_prefix() {
+        let pages = vec![
+            json!({"models": [
+                {"name": "models/gemini-2.5-flash", "supportedGenerationMethods": ["generateContent", "countTokens"]},
+                {"name": "models/text-embedding-004", "supportedGenerationMethods": ["embedContent"]}
+            ], "nextPageToken": "p2"}),
+            json!({"models": [{"name": "models/gemini-2.5-pro", "supportedGenerationMethods": ["generateContent"]}]}),
+        ];
+        let pick = |q: &HashMap<String, String>| usize::from(q.get("pageToken").is_some());
+        let (base, seen) = serve("/v1beta/models", pages, pick).await;
+        let up = upstream(ProviderType::Gemini, &base);
+        let models = fetch_models(&client(), &up).await.unwrap();
+        assert_eq!(ids(&models), ["gemini-2.5-flash", "gemini-2.5-pro"]);
+        let seen = seen.lock().await;
+        assert_eq!(seen[1].1.get("pageToken").map(String::as_str), Some("p2"));
+        assert_eq!(seen[0].2.get("x-goog-api-key").unwrap(), "k-1");
+        assert!(!seen[0].1.contains_key("key"));
+    }
+
+    #[tokio::test]
+    async fn cohere_asks_for_chat_models_and_follows_the_page_token() {
+        let pages = vec![
+            json!({"models": [
+                {"name": "command-a-03-2025", "endpoints": ["chat", "generate"]},
+                {"name": "embed-v4.0", "endpoints": ["embed"]}
+            ], "next_page_token": "t2"}),
+            json!({"models": [{"name": "command-r7b-12-2024", "endpoints": ["chat"]}], "next_page_token": ""}),
+        ];
+        let pick = |q: &HashMap<String, String>| usize::from(q.get("page_token").is_some());
+        let (base, seen) = serve("/v1/models", pages, pick).await;
+        let up = upstream(ProviderType::Cohere, &base);
+        let models = fetch_models(&client(), &up).await.unwrap();
+        assert_eq!(ids(&models), ["command-a-03-2025", "command-r7b-12-2024"]);
+        let seen = seen.lock().await;
+        assert_eq!(seen[0].1.get("endpoint").map(String::as_str), Some("chat"));
+        assert_eq!(seen[1].1.get("page_token").map(String::as_str), Some("t2"));
+        assert_eq!(seen[0].2.get("authorization").unwrap(), "Bearer k-1");
+    }
+
+    #[tokio::test]
+    async fn an_error_names_the_path_and_status_only() {
+        let up = upstream(ProviderType::Anthropic, "http://127.0.0.1:9");
+        let err = fetch_models(&client(), &up).await.unwrap_err();
+        assert!(err.contains("http://127.0.0.1:9/v1/models"), "{err}");
+        assert!(!err.contains("k-1") && !err.contains("after_id"), "{err}");
+    }
+}
