@@ -504,13 +504,11 @@ mod tests {
     use crate::credentials::Credential;
 
     type Seen = Arc<tokio::sync::Mutex<Vec<(String, HashMap<String, String>, HeaderMap)>>>;
+    type Pick = fn(&HashMap<String, String>) -> usize;
+    type ListState = (Seen, Arc<Vec<Value>>, Pick);
 
     /// A list API on 127.0.0.1 that answers `pages[page]`, choosing the page with `pick`.
-    async fn serve(
-        path: &'static str,
-        pages: Vec<Value>,
-        pick: fn(&HashMap<String, String>) -> usize,
-    ) -> (String, Seen) {
+    async fn serve(path: &'static str, pages: Vec<Value>, pick: Pick) -> (String, Seen) {
         let seen: Seen = Arc::default();
         let pages = Arc::new(pages);
         let state = (seen.clone(), pages, pick);
@@ -518,11 +516,7 @@ mod tests {
             .route(
                 path,
                 get(
-                    move |State((seen, pages, pick)): State<(
-                        Seen,
-                        Arc<Vec<Value>>,
-                        fn(&HashMap<String, String>) -> usize,
-                    )>,
+                    move |State((seen, pages, pick)): State<ListState>,
                           Query(q): Query<HashMap<String, String>>,
                           headers: HeaderMap| async move {
                         seen.lock()
