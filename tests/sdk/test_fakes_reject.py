@@ -116,3 +116,21 @@ def test_gemini_refuses_unknown_fields_and_schema_keywords(gemini_fake):
                         {"contents": user, "tools": [{"function_declarations": [decl]}],
                          "generation_config": {"max_output_tokens": 5}}, {"x-goog-api-key": "k"})
     assert status == 200, body
+
+
+def test_gemini_3_wants_thought_signatures_back(gemini_fake):
+    f = gemini_fake
+    user = {"role": "user", "parts": [{"text": "q"}]}
+    call = {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {}}}]}
+    resp = {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"r": 1}}}]}
+    path = "/v1beta/models/gemini-3-pro-preview:generateContent"
+    status, body = post(f.port, path, {"contents": [user, call, resp]}, {"x-goog-api-key": "k"})
+    assert status == 400 and "thought_signature" in body["error"]["message"]
+    call["parts"][0]["thoughtSignature"] = "skip_thought_signature_validator"
+    status, body = post(f.port, path, {"contents": [user, call, resp]}, {"x-goog-api-key": "k"})
+    assert status == 200, body
+    # Gemini 2.5 does not ask for them.
+    call["parts"][0].pop("thoughtSignature")
+    status, body = post(f.port, "/v1beta/models/gemini-2.5-flash:generateContent", {"contents": [user, call, resp]},
+                        {"x-goog-api-key": "k"})
+    assert status == 200, body

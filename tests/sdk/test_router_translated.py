@@ -16,6 +16,7 @@ from fakes.base import Reply
 from fakes.anthropic_upstream import anthropic_error
 from fakes.cohere_upstream import cohere_error
 from fakes.gemini_upstream import gemini_error
+from harness import PROVIDER_KEY, docs, provider_doc, proxy_doc, secret_doc
 from translated_fixtures import (MODELS, PROVIDERS, anthropic_fake, assert_provider_auth, cohere_fake,  # noqa: F401
                                  fakes3, gemini_fake, gw3, three_config)
 
@@ -355,6 +356,7 @@ def test_router_lists_discovered_models_of_each_provider(fakes3, start_gateway):
         "anthropic:claude-sonnet-4-6", "anthropic:claude-haiku-4-5", "anthropic:claude-opus-4-7",
         "anthropic:claude-opus-4-6", "anthropic:claude-sonnet-5",
         "gemini:gemini-2.5-flash", "gemini:gemini-2.5-pro", "gemini:gemini-2.0-flash-lite",
+        "gemini:gemini-3-pro-preview",
         "cohere:command-a-03-2025", "cohere:command-r-plus-08-2024", "cohere:command-r7b-12-2024",
     ]), ids
     a = fakes3["anthropic"].requests_to("/v1/models", "GET")
@@ -602,3 +604,48 @@ def test_tool_call_ids_from_other_providers(provider, fakes3, gw3):
         use = body["messages"][-2]["content"][0]
         result = body["messages"][-1]["content"][0]
         assert use["id"] == result["tool_use_id"] and use["id"].startswith("functions_get_weather_0_")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_3_thought_signatures_round_trip(stream, gemini_fake, start_gateway):
+    """Gemini 3 refuses a replayed function call without the thoughtSignature it issued; the
+    router hands it to the openai SDK in `extra_content` and sends it back from there."""
+    gw = start_gateway(docs(secret_doc("provider-key", PROVIDER_KEY),
+                            provider_doc("gemini", gemini_fake.base_url, secret="provider-key", type_="gemini",
+                                         static=["gemini-3-pro-preview"]),
+                            proxy_doc("team-a", ["gemini"])))
+    gemini_fake.queue(Reply(tool_calls=[("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome"})]),
+                      Reply(text="Both fine."))
+    client = gw.router_client()
+    kw = {"stream": True} if stream else {}
+    first = client.chat.completions.create(model="gemini:gemini-3-pro-preview", messages=QUESTION,
+                                           tools=[WEATHER_TOOL], **kw)
+    if stream:
+        calls: dict[int, dict] = {}
+        for chunk in first:
+            for c in chunk.choices:
+                for tc in c.delta.tool_calls or []:
+                    slot = calls.setdefault(tc.index, {"type": "function", "function": {"name": "", "arguments": ""}})
+                    if tc.id:
+                        slot["id"] = tc.id
+                    if tc.function and tc.function.name:
+                        slot["function"]["name"] = tc.function.name
+                    if tc.function and tc.function.arguments:
+                        slot["function"]["arguments"] += tc.function.arguments
+                    extra = (tc.model_extra or {}).get("extra_content")
+                    if extra:
+                        slot["extra_content"] = extra
+        assistant = {"role": "assistant", "content": None, "tool_calls": [calls[i] for i in sorted(calls)]}
+    else:
+        assistant = first.choices[0].message.model_dump(exclude_none=True)
+    issued = sorted(gemini_fake.signatures)
+    assert len(issued) == 1
+    assert assistant["tool_calls"][0]["extra_content"]["google"]["thought_signature"] == issued[0]
+    history = QUESTION + [assistant] + [
+        {"role": "tool", "tool_call_id": c["id"], "content": "fine"} for c in assistant["tool_calls"]]
+    second = client.chat.completions.create(model="gemini:gemini-3-pro-preview", messages=history,
+                                            tools=[WEATHER_TOOL])
+    assert second.choices[0].message.content == "Both fine."
+    sent = [r for r in gemini_fake.all_requests() if r.method == "POST"][-1].json
+    model_turn = sent["contents"][-2]
+    assert model_turn["parts"][0]["thoughtSignature"] == issued[0], "the issued signature must go back as is"

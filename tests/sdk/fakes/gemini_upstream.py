@@ -19,13 +19,15 @@ Errors are ``{"error": {"code", "message", "status"}}``. The key is read from
 real API rejects: an empty text part, a role other than ``user`` / ``model`` ("Please use a valid role: user,
 model."), a ``functionResponse`` turn that does not come right after a ``functionCall`` turn or
 whose part count differs, a ``functionCall`` turn that does not follow a user turn or a
-function response turn, and unknown field names anywhere in the request (Google's proto JSON
+function response turn, a Gemini 3 function call replayed without the ``thoughtSignature``
+it was issued with (the current turn's first call per step), and unknown field names anywhere in the request (Google's proto JSON
 parser refuses them), notably JSON Schema keywords that Gemini's OpenAPI-subset ``Schema``
 lacks (``$ref``, ``additionalProperties``, ``oneOf``, ``const``, ...).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any
@@ -37,6 +39,7 @@ DEFAULT_MODELS: list[tuple[str, list[str]]] = [
     ("gemini-2.5-pro", ["generateContent", "countTokens", "createCachedContent", "batchGenerateContent"]),
     ("text-embedding-004", ["embedContent"]),
     ("gemini-2.0-flash-lite", ["generateContent", "countTokens"]),
+    ("gemini-3-pro-preview", ["generateContent", "countTokens", "createCachedContent", "batchGenerateContent"]),
     ("imagen-4.0-generate-001", ["predict"]),
 ]
 
@@ -199,6 +202,29 @@ def last_user_text(contents: list[dict]) -> str:
     return ""
 
 
+SKIP_SIGNATURE = "skip_thought_signature_validator"  # documented for calls not made by Gemini
+
+
+def check_thought_signatures(contents: list[dict], issued: set[str]) -> None:
+    """Gemini 3: in the current turn (after the last user text), the first functionCall part of
+    each model step must carry the thoughtSignature it was issued with (or the documented skip
+    value)."""
+    start = 0
+    for i, c in enumerate(contents):
+        if c.get("role", "user") == "user" and any("text" in p for p in c["parts"]):
+            start = i
+    for i, c in enumerate(contents[start:], start):
+        calls = [p for p in c["parts"] if "functionCall" in p or "function_call" in p]
+        if c.get("role") == "model" and calls:
+            sig = calls[0].get("thoughtSignature", calls[0].get("thought_signature"))
+            if sig not in issued and sig != SKIP_SIGNATURE:
+                name = (calls[0].get("functionCall") or calls[0].get("function_call"))["name"]
+                raise Invalid(f"Function call is missing a thought_signature in functionCall parts. This is "
+                              f"required for tools to work correctly. Additional data, function call "
+                              f"`default_api:{name}`, position {i + 1}. Please refer to "
+                              "https://ai.google.dev/gemini-api/docs/thought-signatures for more details.")
+
+
 class FakeGemini(FakeUpstream):
     """The fake Gemini API; ``base_url`` is the API root (requests go to ``/v1beta/...``)."""
 
@@ -206,6 +232,7 @@ class FakeGemini(FakeUpstream):
         super().__init__()
         self.models: list[tuple[str, list[str]]] = list(DEFAULT_MODELS)
         self.counter = 0
+        self.signatures: set[str] = set()  # thought signatures issued (Gemini 3 models)
 
     def route(self, h: Handler, req: RecordedRequest) -> None:
         key = req.header("x-goog-api-key") or (req.query.get("key") or [None])[0]
@@ -267,6 +294,11 @@ class FakeGemini(FakeUpstream):
     def _generate(self, h: Handler, req: RecordedRequest, model: str, body: dict, stream: bool) -> None:
         check_request(body)
         contents = validate_contents(body)
+        thinking = model.startswith("gemini-3")
+        if thinking:
+            with self._lock:
+                issued = set(self.signatures)
+            check_thought_signatures(contents, issued)
         reply = self.next_reply()
         with self._lock:
             self.counter += 1
@@ -279,6 +311,11 @@ class FakeGemini(FakeUpstream):
         if reply.cached_tokens:
             usage["cachedContentTokenCount"] = reply.cached_tokens
         calls = [{"functionCall": {"name": name, "args": args}} for name, args in reply.tool_calls]
+        if thinking and calls:
+            sig = base64.b64encode(f"fake-thought-{n}".encode()).decode()
+            calls[0]["thoughtSignature"] = sig
+            with self._lock:
+                self.signatures.add(sig)
 
         def response(parts: list[dict], finish_reason: str | None, usage_md: dict) -> dict:
             cand: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
