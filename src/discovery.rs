@@ -1,6 +1,13 @@
-//! Model discovery: one background task per distinct upstream that lists its models
-//! (OpenAI-style `GET {baseUrl}/models`), refreshed on an interval. A failed refresh keeps
-//! the last good list and records the error.
+//! Model discovery: one background task per distinct upstream that lists its models with
+//! its type's own list API, refreshed on an interval. A failed refresh keeps the last good
+//! list and records the error.
+//!
+//! [`fetch_models`] dispatches on the upstream's protocol to one function per protocol:
+//! OpenAI-style `GET {baseUrl}/models`; Anthropic `GET /v1/models` (paged with `has_more` /
+//! `last_id` → `after_id`); Gemini `models.list` (`GET /v1beta/models`, paged with
+//! `pageToken`, only models that support `generateContent`, `models/` prefix stripped);
+//! Cohere `GET /v1/models?endpoint=chat` (paged with `next_page_token`). Each page request
+//! goes through [`get_json`], which adds the provider's headers and credential.
 //!
 //! Catalogs are keyed by [`Upstream::catalog_key`], so a reload that leaves a provider
 //! unchanged keeps its catalog; [`Discovery::sync`] starts tasks for new upstreams and drops
@@ -13,7 +20,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use url::Url;
+
 use crate::config::{Snapshot, Upstream};
+use crate::providers::Protocol;
 
 /// One model an upstream lists.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,33 +189,48 @@ async fn refresh_loop(
     }
 }
 
-#[derive(Deserialize)]
-struct ModelList {
-    data: Vec<ModelObject>,
-}
+/// Most pages one discovery reads (a guard against an upstream that pages forever).
+const MAX_PAGES: usize = 50;
 
-#[derive(Deserialize)]
-struct ModelObject {
-    id: String,
-    #[serde(default)]
-    created: Option<i64>,
-    #[serde(default)]
-    owned_by: Option<String>,
-}
-
-/// One OpenAI-style `GET {baseUrl}/models`.
+/// One model list from the upstream, with the list API of its protocol.
 pub async fn fetch_models(
     client: &reqwest::Client,
     upstream: &Upstream,
 ) -> Result<Vec<ModelEntry>, String> {
+    match upstream.info.protocol {
+        Protocol::Anthropic => anthropic_models(client, upstream).await,
+        Protocol::Gemini => gemini_models(client, upstream).await,
+        Protocol::Cohere => cohere_models(client, upstream).await,
+        Protocol::VertexAi => vertex_models(client, upstream).await,
+        Protocol::Azure => azure_models(client, upstream).await,
+        Protocol::OpenAi | Protocol::Bedrock => openai_models(client, upstream).await,
+    }
+}
+
+/// `GET {baseUrl}/{path}?{query}` with the upstream's extra headers, `extra` and its credential; the body as
+/// JSON of type `T`. `what` names the list API in error messages. The URL comes from
+/// configuration plus fixed paths and page tokens (never from a client), and error messages
+/// name only the path, never the query.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+    path: &str,
+    query: &[(&str, &str)],
+    extra: &[(&'static str, &'static str)],
+    what: &str,
+) -> Result<T, String> {
+    let url = list_url(upstream, path, query)?;
     let mut headers = http::HeaderMap::new();
     for (name, value) in &upstream.extra_headers {
         headers.insert(name.clone(), value.clone());
     }
-    let url = upstream.models_url();
+    for (name, value) in extra {
+        headers.insert(*name, http::HeaderValue::from_static(value));
+    }
+    let shown = upstream.url(path);
     let out = crate::credentials::Outgoing {
         method: &http::Method::GET,
-        url: &url,
+        url: url.as_str(),
         headers: &mut headers,
         body: Some(b""),
     };
@@ -215,33 +240,62 @@ pub async fn fetch_models(
         .await
         .map_err(|e| e.to_string())?;
     let request = client
-        .get(&url)
+        .get(url.as_str())
         .headers(headers)
         .timeout(upstream.timeout.min(Duration::from_secs(30)))
         .send();
     let response = request.await.map_err(|e| {
         if e.is_timeout() {
-            "the models list timed out".to_owned()
+            format!("the {what} timed out")
         } else {
-            format!(
-                "could not reach {}: connection failed",
-                upstream.models_url()
-            )
+            format!("could not reach {shown}: connection failed")
         }
     })?;
     let status = response.status();
     if !status.is_success() {
-        return Err(format!("GET {} answered {status}", upstream.models_url()));
+        return Err(format!("GET {shown} answered {status}"));
     }
     let body = response
         .bytes()
         .await
-        .map_err(|_| "the models list was cut off".to_owned())?;
-    if matches!(upstream.cloud, crate::config::Cloud::Vertex { .. }) {
-        return vertex_models(&body);
+        .map_err(|_| format!("the {what} was cut off"))?;
+    serde_json::from_slice(&body).map_err(|e| format!("the {what} could not be read: {e}"))
+}
+
+/// `{baseUrl}/{path}` with query parameters.
+fn list_url(upstream: &Upstream, path: &str, query: &[(&str, &str)]) -> Result<Url, String> {
+    let mut url =
+        Url::parse(&upstream.url(path)).map_err(|e| format!("the models URL is not valid: {e}"))?;
+    if !query.is_empty() {
+        let mut pairs = url.query_pairs_mut();
+        for (k, v) in query {
+            pairs.append_pair(k, v);
+        }
     }
-    let list: ModelList = serde_json::from_slice(&body)
-        .map_err(|e| format!("the models list is not an OpenAI model list: {e}"))?;
+    Ok(url)
+}
+
+#[derive(Deserialize)]
+struct OpenAiModelList {
+    data: Vec<OpenAiModel>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiModel {
+    id: String,
+    #[serde(default)]
+    created: Option<i64>,
+    #[serde(default)]
+    owned_by: Option<String>,
+}
+
+/// OpenAI-style `GET {baseUrl}/models`.
+async fn openai_models(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+) -> Result<Vec<ModelEntry>, String> {
+    let list: OpenAiModelList =
+        get_json(client, upstream, "models", &[], &[], "OpenAI model list").await?;
     Ok(list
         .data
         .into_iter()
@@ -266,10 +320,20 @@ struct PublisherModel {
 }
 
 /// Vertex AI `publishers.models.list`: `{"publisherModels": [{"name":
-/// "publishers/google/models/gemini-2.5-pro"}]}` (first page).
-fn vertex_models(body: &[u8]) -> Result<Vec<ModelEntry>, String> {
-    let list: PublisherModels = serde_json::from_slice(body)
-        .map_err(|e| format!("the models list is not a Vertex AI publisher model list: {e}"))?;
+/// "publishers/google/models/gemini-2.5-pro"}]}` (first page, up to 1000 models).
+async fn vertex_models(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+) -> Result<Vec<ModelEntry>, String> {
+    let list: PublisherModels = get_json(
+        client,
+        upstream,
+        "v1beta1/publishers/google/models",
+        &[("pageSize", "1000")],
+        &[],
+        "Vertex AI publisher model list",
+    )
+    .await?;
     Ok(list
         .publisher_models
         .into_iter()
@@ -282,4 +346,370 @@ fn vertex_models(body: &[u8]) -> Result<Vec<ModelEntry>, String> {
             })
         })
         .collect())
+}
+
+/// Azure OpenAI: the deployments of a resource URL (`GET openai/deployments`), or
+/// `GET {baseUrl}/models` for a Foundry v1 URL.
+async fn azure_models(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+) -> Result<Vec<ModelEntry>, String> {
+    if !matches!(
+        upstream.cloud,
+        crate::config::Cloud::Azure { v1: false, .. }
+    ) {
+        return openai_models(client, upstream).await;
+    }
+    let list: OpenAiModelList = get_json(
+        client,
+        upstream,
+        "openai/deployments",
+        &[(
+            "api-version",
+            crate::config::snapshot::AZURE_DEPLOYMENTS_API_VERSION,
+        )],
+        &[],
+        "Azure OpenAI deployments list",
+    )
+    .await?;
+    Ok(list
+        .data
+        .into_iter()
+        .map(|m| ModelEntry {
+            id: m.id,
+            created: m.created,
+            owned_by: m.owned_by,
+        })
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct AnthropicModelPage {
+    data: Vec<AnthropicModel>,
+    #[serde(default)]
+    has_more: bool,
+    #[serde(default)]
+    last_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicModel {
+    id: String,
+}
+
+/// Anthropic `GET /v1/models?limit=1000`, following `has_more` with `after_id={last_id}`.
+async fn anthropic_models(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+) -> Result<Vec<ModelEntry>, String> {
+    let version = [(
+        "anthropic-version",
+        crate::proxy::translated::ANTHROPIC_VERSION,
+    )];
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut query = vec![("limit", "1000")];
+        if let Some(after) = &after {
+            query.push(("after_id", after.as_str()));
+        }
+        let page: AnthropicModelPage = get_json(
+            client,
+            upstream,
+            "v1/models",
+            &query,
+            &version,
+            "Anthropic model list",
+        )
+        .await?;
+        out.extend(page.data.into_iter().map(|m| ModelEntry {
+            id: m.id,
+            created: None,
+            owned_by: None,
+        }));
+        match page.last_id {
+            Some(last) if page.has_more && after.as_deref() != Some(last.as_str()) => {
+                after = Some(last);
+            }
+            _ => return Ok(out),
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiModelPage {
+    #[serde(default)]
+    models: Vec<GeminiModel>,
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiModel {
+    name: String,
+    #[serde(default)]
+    supported_generation_methods: Vec<String>,
+}
+
+/// Gemini `models.list` (`GET /v1beta/models?pageSize=1000`, following `nextPageToken`):
+/// only models that support `generateContent`, IDs without the `models/` prefix.
+async fn gemini_models(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+) -> Result<Vec<ModelEntry>, String> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut query = vec![("pageSize", "1000")];
+        if let Some(token) = &token {
+            query.push(("pageToken", token.as_str()));
+        }
+        let page: GeminiModelPage = get_json(
+            client,
+            upstream,
+            "v1beta/models",
+            &query,
+            &[],
+            "Gemini model list",
+        )
+        .await?;
+        out.extend(
+            page.models
+                .into_iter()
+                .filter(|m| {
+                    m.supported_generation_methods
+                        .iter()
+                        .any(|g| g == "generateContent")
+                })
+                .map(|m| ModelEntry {
+                    id: m.name.strip_prefix("models/").unwrap_or(&m.name).to_owned(),
+                    created: None,
+                    owned_by: None,
+                }),
+        );
+        match page.next_page_token {
+            Some(next) if !next.is_empty() && token.as_deref() != Some(next.as_str()) => {
+                token = Some(next);
+            }
+            _ => return Ok(out),
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct CohereModelPage {
+    #[serde(default)]
+    models: Vec<CohereModel>,
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CohereModel {
+    name: String,
+    #[serde(default)]
+    endpoints: Option<Vec<String>>,
+}
+
+/// Cohere `GET /v1/models?endpoint=chat&page_size=1000`, following `next_page_token`; a
+/// model that lists its endpoints must list `chat`.
+async fn cohere_models(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+) -> Result<Vec<ModelEntry>, String> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut query = vec![("endpoint", "chat"), ("page_size", "1000")];
+        if let Some(token) = &token {
+            query.push(("page_token", token.as_str()));
+        }
+        let page: CohereModelPage = get_json(
+            client,
+            upstream,
+            "v1/models",
+            &query,
+            &[],
+            "Cohere model list",
+        )
+        .await?;
+        out.extend(
+            page.models
+                .into_iter()
+                .filter(|m| {
+                    m.endpoints
+                        .as_ref()
+                        .is_none_or(|e| e.iter().any(|e| e == "chat"))
+                })
+                .map(|m| ModelEntry {
+                    id: m.name,
+                    created: None,
+                    owned_by: None,
+                }),
+        );
+        match page.next_page_token {
+            Some(next) if !next.is_empty() && token.as_deref() != Some(next.as_str()) => {
+                token = Some(next);
+            }
+            _ => return Ok(out),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use axum::Router;
+    use axum::extract::{Query, State};
+    use axum::http::HeaderMap;
+    use axum::routing::get;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::config::ObjectKey;
+    use crate::config::snapshot::ModelPolicy;
+    use crate::crd::ProviderType;
+    use crate::credentials::Credential;
+
+    type Seen = Arc<tokio::sync::Mutex<Vec<(String, HashMap<String, String>, HeaderMap)>>>;
+    type Pick = fn(&HashMap<String, String>) -> usize;
+    type ListState = (Seen, Arc<Vec<Value>>, Pick);
+
+    /// A list API on 127.0.0.1 that answers `pages[page]`, choosing the page with `pick`.
+    async fn serve(path: &'static str, pages: Vec<Value>, pick: Pick) -> (String, Seen) {
+        let seen: Seen = Arc::default();
+        let pages = Arc::new(pages);
+        let state = (seen.clone(), pages, pick);
+        let app = Router::new()
+            .route(
+                path,
+                get(
+                    move |State((seen, pages, pick)): State<ListState>,
+                          Query(q): Query<HashMap<String, String>>,
+                          headers: HeaderMap| async move {
+                        seen.lock()
+                            .await
+                            .push((path.to_owned(), q.clone(), headers));
+                        axum::Json(pages[pick(&q).min(pages.len() - 1)].clone())
+                    },
+                ),
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn upstream(t: ProviderType, base: &str) -> Upstream {
+        let info = crate::providers::info(t);
+        let credential = match info.key_header {
+            crate::providers::KeyHeader::Bearer => Credential::bearer("k-1").unwrap(),
+            crate::providers::KeyHeader::Named(n) => {
+                Credential::header(http::HeaderName::from_static(n), "k-1").unwrap()
+            }
+        };
+        Upstream {
+            provider: ObjectKey::new("ai", t.as_str()),
+            provider_type: t,
+            info,
+            base_url: Url::parse(base).unwrap(),
+            credential,
+            extra_headers: Vec::new(),
+            models: ModelPolicy::Any,
+            timeout: Duration::from_secs(5),
+            catalog_key: 1,
+            cloud: crate::config::Cloud::None,
+        }
+    }
+
+    fn client() -> reqwest::Client {
+        crate::server::http_client(None).unwrap()
+    }
+
+    fn ids(models: &[ModelEntry]) -> Vec<&str> {
+        models.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn anthropic_pages_with_after_id_and_stops_on_a_repeated_cursor() {
+        let pages = vec![
+            json!({"data": [{"type": "model", "id": "claude-a"}, {"type": "model", "id": "claude-b"}], "has_more": true, "first_id": "claude-a", "last_id": "claude-b"}),
+            json!({"data": [{"type": "model", "id": "claude-c"}], "has_more": true, "first_id": "claude-c", "last_id": "claude-c"}),
+            json!({"data": [], "has_more": true, "first_id": null, "last_id": "claude-c"}),
+        ];
+        let pick = |q: &HashMap<String, String>| match q.get("after_id").map(String::as_str) {
+            None => 0,
+            Some("claude-b") => 1,
+            Some(_) => 2,
+        };
+        let (base, seen) = serve("/v1/models", pages, pick).await;
+        let up = upstream(ProviderType::Anthropic, &base);
+        let models = fetch_models(&client(), &up).await.unwrap();
+        assert_eq!(ids(&models), ["claude-a", "claude-b", "claude-c"]);
+        let seen = seen.lock().await;
+        assert_eq!(seen.len(), 3, "a cursor that does not move ends the paging");
+        assert_eq!(
+            seen[1].1.get("after_id").map(String::as_str),
+            Some("claude-b")
+        );
+        assert_eq!(seen[0].2.get("x-api-key").unwrap(), "k-1");
+        assert!(seen[0].2.get("anthropic-version").is_some());
+    }
+
+    #[tokio::test]
+    async fn gemini_keeps_generate_content_models_without_the_prefix() {
+        let pages = vec![
+            json!({"models": [
+                {"name": "models/gemini-2.5-flash", "supportedGenerationMethods": ["generateContent", "countTokens"]},
+                {"name": "models/text-embedding-004", "supportedGenerationMethods": ["embedContent"]}
+            ], "nextPageToken": "p2"}),
+            json!({"models": [{"name": "models/gemini-2.5-pro", "supportedGenerationMethods": ["generateContent"]}]}),
+        ];
+        let pick = |q: &HashMap<String, String>| usize::from(q.get("pageToken").is_some());
+        let (base, seen) = serve("/v1beta/models", pages, pick).await;
+        let up = upstream(ProviderType::Gemini, &base);
+        let models = fetch_models(&client(), &up).await.unwrap();
+        assert_eq!(ids(&models), ["gemini-2.5-flash", "gemini-2.5-pro"]);
+        let seen = seen.lock().await;
+        assert_eq!(seen[1].1.get("pageToken").map(String::as_str), Some("p2"));
+        assert_eq!(seen[0].2.get("x-goog-api-key").unwrap(), "k-1");
+        assert!(!seen[0].1.contains_key("key"));
+    }
+
+    #[tokio::test]
+    async fn cohere_asks_for_chat_models_and_follows_the_page_token() {
+        let pages = vec![
+            json!({"models": [
+                {"name": "command-a-03-2025", "endpoints": ["chat", "generate"]},
+                {"name": "embed-v4.0", "endpoints": ["embed"]}
+            ], "next_page_token": "t2"}),
+            json!({"models": [{"name": "command-r7b-12-2024", "endpoints": ["chat"]}], "next_page_token": ""}),
+        ];
+        let pick = |q: &HashMap<String, String>| usize::from(q.get("page_token").is_some());
+        let (base, seen) = serve("/v1/models", pages, pick).await;
+        let up = upstream(ProviderType::Cohere, &base);
+        let models = fetch_models(&client(), &up).await.unwrap();
+        assert_eq!(ids(&models), ["command-a-03-2025", "command-r7b-12-2024"]);
+        let seen = seen.lock().await;
+        assert_eq!(seen[0].1.get("endpoint").map(String::as_str), Some("chat"));
+        assert_eq!(seen[1].1.get("page_token").map(String::as_str), Some("t2"));
+        assert_eq!(seen[0].2.get("authorization").unwrap(), "Bearer k-1");
+    }
+
+    #[tokio::test]
+    async fn an_error_names_the_path_and_status_only() {
+        let up = upstream(ProviderType::Anthropic, "http://127.0.0.1:9");
+        let err = fetch_models(&client(), &up).await.unwrap_err();
+        assert!(err.contains("http://127.0.0.1:9/v1/models"), "{err}");
+        assert!(!err.contains("k-1") && !err.contains("after_id"), "{err}");
+    }
 }

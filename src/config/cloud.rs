@@ -327,10 +327,6 @@ mod tests {
             )
         );
         assert_eq!(u.chat_url("../x"), None);
-        assert_eq!(
-            u.models_url(),
-            "https://r.openai.azure.com/openai/deployments?api-version=2022-12-01"
-        );
         let u = upstream(&run(
             "{type: azure, baseUrl: \"https://r.services.ai.azure.com/openai/v1\", auth: {workloadIdentity: {}}}",
             "",

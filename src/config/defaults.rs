@@ -220,6 +220,51 @@ mod tests {
     }
 
     #[test]
+    fn anthropic_gemini_and_cohere_keys_become_providers() {
+        let env = |k: &str| match k {
+            "ANTHROPIC_API_KEY" => Some("sk-ant-1".to_owned()),
+            "GEMINI_API_KEY" => Some("AIza-1".to_owned()),
+            "COHERE_API_KEY" => Some("co-1".to_owned()),
+            _ => None,
+        };
+        let compiled = compile(&Index::from_objects(objects(env)), &Defaults::default());
+        assert!(compiled.problems.is_empty(), "{:?}", compiled.problems);
+        let table = &compiled.proxies[&ObjectKey::new("default", "default")];
+        let routes: Vec<_> = table
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.prefix.as_str(),
+                    r.upstream.base_url.as_str().trim_end_matches('/'),
+                    format!("{:?}", r.upstream.credential),
+                )
+            })
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                ("ollama", "http://localhost:11434/v1", "None".to_owned()),
+                (
+                    "anthropic",
+                    "https://api.anthropic.com",
+                    "Header(x-api-key: <redacted>)".to_owned()
+                ),
+                (
+                    "gemini",
+                    "https://generativelanguage.googleapis.com",
+                    "Header(x-goog-api-key: <redacted>)".to_owned()
+                ),
+                (
+                    "cohere",
+                    "https://api.cohere.com",
+                    "Header(authorization: <redacted>)".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn ollama_url_override() {
         let mut defaults = Defaults::default();
         defaults

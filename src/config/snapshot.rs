@@ -133,18 +133,6 @@ impl Upstream {
         }
     }
 
-    /// The OpenAI-shaped model list (`{"data": [{"id": …}]}`): `{base}/models`, or for an
-    /// Azure resource URL its deployments.
-    pub fn models_url(&self) -> String {
-        match &self.cloud {
-            Cloud::Azure { v1: false, .. } => self.url(&format!(
-                "openai/deployments?api-version={AZURE_DEPLOYMENTS_API_VERSION}"
-            )),
-            Cloud::Vertex { .. } => self.url("v1beta1/publishers/google/models?pageSize=1000"),
-            _ => self.url("models"),
-        }
-    }
-
     /// The Vertex AI path of a Gemini model's `generateContent` / `streamGenerateContent`.
     pub fn vertex_path(&self, model: &str, stream: bool) -> String {
         let (project, location) = match &self.cloud {

@@ -70,10 +70,7 @@ pub fn check_gemini_path(rest: &str) -> Result<(), ApiError> {
             Some((model, method)) => (model, Some(method)),
             None => (target, None),
         };
-        let model_ok = !model.is_empty()
-            && model
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let model_ok = is_model_id(model);
         let method_ok =
             method.is_none_or(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()));
         if !model_ok || !method_ok {
@@ -104,6 +101,13 @@ pub fn check_vertex_scope(rest: &str, project: &str, location: &str) -> Result<(
         )));
     }
     Ok(())
+}
+
+/// Whether `model` can stand as a model ID in an upstream path segment (Gemini and Vertex put
+/// the model in the URL): letters, digits, `.`, `_` and `-` only, so nothing can climb out of
+/// the segment, start a query or fragment, or name another method.
+pub fn is_model_id(model: &str) -> bool {
+    crate::config::snapshot::is_model_segment(model)
 }
 
 /// Drop `key=` parameters from a query: a Gemini client may send its own key there, and it
@@ -297,6 +301,25 @@ mod tests {
         assert!(check_vertex_scope(ok, "p2", "us-central1").is_err());
         assert!(check_vertex_scope(ok, "p1", "europe-west4").is_err());
         assert!(check_vertex_scope("v1/projects/p1", "p2", "x").is_err());
+    }
+
+    #[test]
+    fn model_ids_for_url_paths() {
+        for ok in ["gemini-2.5-flash", "gemini-2.0-flash-001", "learnlm_2.0"] {
+            assert!(is_model_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "../files/x",
+            "a/b",
+            "m:countTokens",
+            "m?key=x",
+            "m#f",
+            "m%2F",
+            "m n",
+        ] {
+            assert!(!is_model_id(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -168,11 +168,15 @@ pub async fn chat(
     let request: ChatRequest = serde_json::from_value(Value::Object(body))
         .map_err(|e| ApiError::InvalidJson(format!("not a chat completions request: {e}")))?;
     let streaming = request.is_stream();
-    if dialect == Dialect::Vertex && !crate::config::snapshot::is_model_segment(model) {
+    if matches!(dialect, Dialect::Gemini | Dialect::Vertex)
+        && !crate::config::snapshot::is_model_segment(model)
+    {
+        // Gemini and Vertex name the model in the URL path: nothing but a model ID may stand there.
         return Err(ApiError::InvalidField {
             param: "model",
             message: format!(
-                "`{model}` is not a Vertex AI model ID (letters, digits, `.`, `_`, `-`)"
+                "`{asked}` does not name a model: after `{}:` only letters, digits, `.`, `_` and `-` may follow",
+                route.prefix
             ),
         });
     }

@@ -3,7 +3,9 @@
 //! Request: system and developer messages (wherever they appear) become the
 //! top-level `system`, joined by blank lines; `name` has no equivalent and is
 //! not sent;
-//! assistant tool calls become `tool_use` blocks; `tool` messages become
+//! assistant tool calls become `tool_use` blocks (ids outside Anthropic's
+//! `^[a-zA-Z0-9_-]+$` rewritten the same way in both places, see [`tool_id`]);
+//! `tool` messages become
 //! `tool_result` blocks in the next user turn (consecutive results and a
 //! following user message share that one turn, results first, as the API
 //! requires); consecutive same-role turns are merged. `max_tokens` is
@@ -11,7 +13,9 @@
 //! sent none. `seed` has no equivalent and is not sent; `response_format`
 //! `json_schema` becomes `output_config.format`, while `json_object` (JSON
 //! without a schema) has no equivalent and is left to the prompt, which
-//! OpenAI already requires to ask for JSON.
+//! OpenAI already requires to ask for JSON. Current Claude models refuse
+//! `temperature` together with `top_p` ("cannot both be specified for this
+//! model"), so when a client sends both, only `temperature` is sent.
 //!
 //! Response and stream: `text` blocks become content, `tool_use` blocks tool
 //! calls (ids kept), `thinking` blocks are not forwarded; `stop_reason` maps
@@ -72,6 +76,7 @@ fn strict_schema(schema: &Value) -> Value {
 /// Translate an OpenAI request into an Anthropic Messages request body.
 pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, TranslateError> {
     super::check_single_choice(req)?;
+    super::check_last_user_turn(req, "Anthropic")?;
     let mut calls = super::ToolCallIndex::default();
     let mut system: Vec<String> = Vec::new();
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
@@ -101,7 +106,7 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
                     let input = super::parse_arguments(index, &call.id, &call.function.arguments)?;
                     blocks.push(json!({
                         "type": "tool_use",
-                        "id": call.id,
+                        "id": tool_id(&call.id),
                         "name": call.function.name,
                         "input": input,
                     }));
@@ -110,7 +115,7 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
             }
             Role::Tool => {
                 let (id, _) = calls.resolve(index, message)?;
-                let mut block = json!({"type": "tool_result", "tool_use_id": id});
+                let mut block = json!({"type": "tool_result", "tool_use_id": tool_id(id)});
                 if !text.is_empty() {
                     block["content"] = Value::String(text);
                 }
@@ -187,7 +192,8 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
     if let Some(t) = req.temperature {
         body.insert("temperature".into(), json!(t.clamp(0.0, MAX_TEMPERATURE)));
     }
-    if let Some(p) = req.top_p {
+    // Current models refuse both at once; `temperature` wins.
+    if let Some(p) = req.top_p.filter(|_| req.temperature.is_none()) {
         body.insert("top_p".into(), json!(p));
     }
     if let Some(stop) = &req.stop {
@@ -212,6 +218,20 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
         body: Value::Object(body),
         dropped_parts: dropped,
     })
+}
+
+/// A tool call id as Anthropic accepts it (`^[a-zA-Z0-9_-]+$`). Ids from other providers or
+/// frameworks may hold `:`, `.`, `|` and the like (`functions.get_weather:0`); those
+/// characters become `_` and a hash of the original id is appended, so the `tool_use` and its
+/// `tool_result` get the same new id and two different ids never collapse into one. Valid
+/// ids (Anthropic's own `toolu_…`, OpenAI's `call_…`) pass unchanged.
+fn tool_id(id: &str) -> String {
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !id.is_empty() && id.chars().all(valid) {
+        return id.to_owned();
+    }
+    let cleaned: String = id.chars().map(|c| if valid(c) { c } else { '_' }).collect();
+    format!("{cleaned}_{:08x}", super::fnv1a(id.as_bytes()) as u32)
 }
 
 /// Non-empty text blocks of a message (Anthropic rejects empty text blocks).

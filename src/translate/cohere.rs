@@ -30,6 +30,7 @@ use super::{Choice, StreamOut, TranslateError, Translated};
 /// Translate an OpenAI request into a Cohere v2 Chat request body.
 pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, TranslateError> {
     super::check_single_choice(req)?;
+    super::check_last_user_turn(req, "Cohere")?;
     let mut calls = super::ToolCallIndex::default();
     let mut messages: Vec<Value> = Vec::new();
     let mut dropped = 0;

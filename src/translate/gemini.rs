@@ -71,6 +71,7 @@ const MAX_REF_DEPTH: usize = 8;
 /// model is not part of the body; `_upstream_model` goes into the URL.
 pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, TranslateError> {
     super::check_single_choice(req)?;
+    super::check_last_user_turn(req, "Gemini")?;
     let mut calls = super::ToolCallIndex::default();
     let mut system: Vec<String> = Vec::new();
     let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();

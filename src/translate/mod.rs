@@ -328,6 +328,42 @@ fn check_single_choice(req: &openai::ChatRequest) -> Result<(), TranslateError> 
     }
 }
 
+/// The conversation must end on a user message that still has text once non-text parts are
+/// dropped (or on tool results, or on an assistant message the client means to continue).
+/// Without this check a final user turn of only images would vanish and the request would
+/// end on the previous assistant message, which Anthropic takes as a prefill to continue and
+/// the others answer as if the user had said nothing: refuse it instead, naming the message.
+fn check_last_user_turn(req: &openai::ChatRequest, provider: &str) -> Result<(), TranslateError> {
+    let last = req
+        .messages
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, m)| !matches!(m.role, openai::Role::System | openai::Role::Developer));
+    let Some((index, message)) = last else {
+        return Ok(());
+    };
+    if message.role != openai::Role::User {
+        return Ok(());
+    }
+    let (texts, dropped) = message
+        .content
+        .as_ref()
+        .map(openai::Content::texts)
+        .unwrap_or_default();
+    if texts.iter().any(|t| !t.is_empty()) {
+        return Ok(());
+    }
+    let why = if dropped > 0 {
+        format!(
+            "the last user message has only non-text parts ({dropped}), which are not sent to {provider} (text only); add a text part to it"
+        )
+    } else {
+        "the last user message is empty; send it with text".to_owned()
+    };
+    Err(TranslateError::InvalidMessage { index, reason: why })
+}
+
 /// Tool call id → function name, filled in message order, so a tool result
 /// resolves to the nearest earlier assistant tool call with its id.
 #[derive(Debug, Default)]

@@ -335,9 +335,11 @@ class _Handler(BaseHTTPRequestHandler):
                 "usage": {"prompt_tokens": 11, "completion_tokens": len(pieces), "total_tokens": 11 + len(pieces)},
             })
         self._sse("[DONE]")
-        self._write_chunk(b"")  # terminating zero-length chunk
+        # Count before the terminating chunk: the client cannot finish reading before it, so a
+        # test that checks the count right after its stream ends never races the fake.
         with owner._lock:
             owner.stream_completed += 1
+        self._write_chunk(b"")  # terminating zero-length chunk
 
     def _embeddings(self, payload: dict) -> None:
         inputs = payload.get("input")
