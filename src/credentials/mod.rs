@@ -6,7 +6,10 @@
 //! holding an `Arc` of their cached state; `apply` is async for them, and [`Credential::check`]
 //! obtains a credential for real (for the `CredentialsReady` condition).
 
+pub mod aws;
+
 use std::fmt;
+use std::sync::Arc;
 
 use http::Method;
 use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
@@ -23,6 +26,8 @@ pub enum Credential {
         /// Full header value, marked sensitive.
         value: HeaderValue,
     },
+    /// AWS SigV4 with credentials from the AWS default chain (Bedrock `workloadIdentity`).
+    AwsSigV4(Arc<aws::SigV4>),
 }
 
 /// One request about to go upstream, as a credential sees it. SigV4 signs all of it; bearer
@@ -82,6 +87,7 @@ impl Credential {
                 out.headers.insert(name.clone(), value.clone());
                 Ok(())
             }
+            Credential::AwsSigV4(signer) => signer.apply(out).await,
         }
     }
 
@@ -90,6 +96,7 @@ impl Credential {
     pub async fn check(&self) -> Result<(), CredentialError> {
         match self {
             Credential::None | Credential::Header { .. } => Ok(()),
+            Credential::AwsSigV4(signer) => signer.check().await,
         }
     }
 
@@ -98,6 +105,7 @@ impl Credential {
     pub fn needs_body(&self) -> bool {
         match self {
             Credential::None | Credential::Header { .. } => false,
+            Credential::AwsSigV4(_) => true,
         }
     }
 }
@@ -107,6 +115,7 @@ impl fmt::Debug for Credential {
         match self {
             Credential::None => f.write_str("None"),
             Credential::Header { name, .. } => write!(f, "Header({name}: <redacted>)"),
+            Credential::AwsSigV4(signer) => write!(f, "AwsSigV4(region {})", signer.region()),
         }
     }
 }
