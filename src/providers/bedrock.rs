@@ -53,6 +53,15 @@ pub fn control_plane_url(region: &str) -> String {
     format!("https://bedrock.{region}.amazonaws.com")
 }
 
+/// Whether a native path belongs to the control plane (`GET /inference-profiles`,
+/// `GET /foundation-models`) rather than the runtime.
+pub fn is_control_plane(rest: &str) -> bool {
+    matches!(
+        rest.split('/').next(),
+        Some("inference-profiles" | "foundation-models")
+    )
+}
+
 /// An AWS region name: lowercase letters, digits and dashes (`us-east-1`, `eu-central-2`).
 pub fn valid_region(region: &str) -> bool {
     !region.is_empty()

@@ -171,7 +171,15 @@ async fn forward_inner(
         return Err(ApiError::BodyTooLarge { limit });
     }
 
-    let mut url = upstream.url(rest);
+    let mut url = match &upstream.bedrock {
+        Some(b) if crate::providers::bedrock::is_control_plane(rest) => {
+            format!(
+                "{}/{rest}",
+                b.control_plane_url.as_str().trim_end_matches('/')
+            )
+        }
+        _ => upstream.url(rest),
+    };
     if let Some(query) = request.uri().query() {
         let query = match protocol {
             Protocol::Gemini | Protocol::VertexAi => strip_key_param(query),
@@ -194,19 +202,25 @@ async fn forward_inner(
         headers.insert("x-request-id", id);
     }
 
-    // Stream the body upstream, counting bytes against the limit.
+    // Stream the body upstream, counting bytes against the limit; a credential that signs
+    // the body (SigV4) needs it whole first (requests only: answers still stream).
     let over_limit = Arc::new(AtomicBool::new(false));
-    let flag = over_limit.clone();
-    let mut seen = 0usize;
-    let body = request.into_body().into_data_stream().map(move |chunk| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
-        seen += chunk.len();
-        if seen > limit {
-            flag.store(true, Ordering::Relaxed);
-            return Err(std::io::Error::other("request body over the limit"));
-        }
-        Ok(chunk)
-    });
+    let body = if upstream.credential.needs_body() {
+        reqwest::Body::from(super::model_router::read_body(request, limit).await?)
+    } else {
+        let flag = over_limit.clone();
+        let mut seen = 0usize;
+        let body = request.into_body().into_data_stream().map(move |chunk| {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            seen += chunk.len();
+            if seen > limit {
+                flag.store(true, Ordering::Relaxed);
+                return Err(std::io::Error::other("request body over the limit"));
+            }
+            Ok(chunk)
+        });
+        reqwest::Body::wrap_stream(body)
+    };
     let sent = upstream::send(
         &state.client,
         upstream,
@@ -214,7 +228,7 @@ async fn forward_inner(
         method,
         &url,
         headers,
-        reqwest::Body::wrap_stream(body),
+        body,
     )
     .await;
     let Answer { response, ttfb } = match sent {
