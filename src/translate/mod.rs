@@ -13,10 +13,14 @@
 //! upstream error ──<provider>::error──▶ (status, openai::ErrorBody)
 //! ```
 //!
-//! Each provider module (`anthropic`, `gemini`, `cohere`) has the same four
-//! entry points: `request`, `response`, `StreamTranslator` and `error`.
+//! Each provider module (`anthropic`, `gemini`, `cohere`, `bedrock`) has the
+//! same four entry points: `request`, `response`, `StreamTranslator` and
+//! `error`. Bedrock streams in AWS event-stream framing instead of SSE:
+//! `eventstream::Decoder` takes the place of `sse::SseParser` there, and its
+//! `StreamTranslator::push` takes a decoded `eventstream::Message`.
 //!
-//! Text-first: image, audio and file parts are dropped and counted in
+//! Text-first: image, audio and file parts are dropped (Bedrock keeps base64
+//! `data:` URL images) and counted in
 //! [`Translated::dropped_parts`], which the caller reports in the
 //! `x-portcullis-dropped-parts` header.
 //!
@@ -26,7 +30,9 @@
 //! [`anthropic::StreamTranslator::set_created`] and friends).
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod cohere;
+pub mod eventstream;
 pub mod gemini;
 pub mod openai;
 pub mod sse;
