@@ -258,6 +258,13 @@ pub async fn fetch_models(
 /// control plane that always returns a `nextToken` cannot keep discovery busy forever.
 const BEDROCK_MAX_PAGES: usize = 50;
 
+/// SigV4 canonical form: everything but unreserved characters percent-encoded.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct InferenceProfiles {
@@ -297,8 +304,7 @@ pub async fn fetch_bedrock_profiles(
         if let Some(t) = &token {
             url.push_str("&nextToken=");
             url.push_str(
-                &percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC)
-                    .to_string(),
+                &percent_encoding::utf8_percent_encode(t, UNRESERVED).to_string(),
             );
         }
         let mut headers = http::HeaderMap::new();
