@@ -441,3 +441,40 @@ def test_bedrock_api_key_is_sent_as_bearer(aws_env, store, control, start_gatewa
         assert CLIENT_AKID not in json.dumps(rec.headers)
     finally:
         fake.stop()
+
+
+def test_fake_bedrock_verifier_accepts_botocore_signatures_and_refuses_others(store, runtime):
+    """The verifier is not a rubber stamp: boto3 signing with minted credentials passes, boto3
+    with unknown keys, a tampered body, or expired credentials get 403."""
+    minted = store.mint(60)
+
+    def client(akid: str, secret: str, token: str):
+        return boto3.client("bedrock-runtime", region_name=REGION, endpoint_url=runtime.url,
+                            aws_access_key_id=akid, aws_secret_access_key=secret, aws_session_token=token,
+                            config=botocore.config.Config(retries={"total_max_attempts": 1}))
+
+    msg = [{"role": "user", "content": [{"text": "direct"}]}]
+    good = client(minted.access_key, minted.secret_key, minted.token)
+    assert good.converse(modelId=CLAUDE, messages=msg)["stopReason"] == "end_turn"
+    assert runtime.requests[-1].verdict == "ok"
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        client(minted.access_key, "wrong-secret", minted.token).converse(modelId=CLAUDE, messages=msg)
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert runtime.requests[-1].verdict == "SignatureDoesNotMatch"
+    with pytest.raises(botocore.exceptions.ClientError):
+        client(CLIENT_AKID, CLIENT_SECRET, CLIENT_TOKEN).converse(modelId=CLAUDE, messages=msg)
+    assert runtime.requests[-1].verdict == "unknown access key"
+
+    def tamper(request, **_):
+        request.body = request.body.replace(b"direct", b"DIRECT")
+
+    bad = client(minted.access_key, minted.secret_key, minted.token)
+    bad.meta.events.register("before-send.bedrock-runtime.Converse", tamper)
+    with pytest.raises(botocore.exceptions.ClientError):
+        bad.converse(modelId=CLAUDE, messages=msg)
+    # boto3 hashes the body into its signature (and sends no x-amz-content-sha256 over http).
+    assert runtime.requests[-1].verdict in {"SignatureDoesNotMatch", "x-amz-content-sha256 does not match the body"}
+    minted.expires = time.time() - 1
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        good.converse(modelId=CLAUDE, messages=msg)
+    assert err.value.response["Error"]["Code"] == "ExpiredTokenException"
