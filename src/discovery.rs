@@ -303,9 +303,7 @@ pub async fn fetch_bedrock_profiles(
         let mut url = format!("{base}?maxResults=1000");
         if let Some(t) = &token {
             url.push_str("&nextToken=");
-            url.push_str(
-                &percent_encoding::utf8_percent_encode(t, UNRESERVED).to_string(),
-            );
+            url.push_str(&percent_encoding::utf8_percent_encode(t, UNRESERVED).to_string());
         }
         let mut headers = http::HeaderMap::new();
         let out = crate::credentials::Outgoing {

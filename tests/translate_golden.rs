@@ -26,9 +26,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use portcullis::translate::eventstream::Decoder;
 use portcullis::translate::openai::{ChatRequest, ChatResponse, ErrorBody};
 use portcullis::translate::sse::SseParser;
-use portcullis::translate::eventstream::Decoder;
 use portcullis::translate::{
     StreamOut, TranslateError, Translated, anthropic, bedrock, cohere, gemini,
 };
@@ -313,7 +313,11 @@ fn translate_event_stream(input: &[u8], size: usize, include_usage: bool) -> Vec
                 Ok(frame) => outs.extend(t.push(&frame)),
                 Err(e) => {
                     failed = true;
-                    outs.push(StreamOut::Error(ErrorBody::new(e.to_string(), "server_error", None)));
+                    outs.push(StreamOut::Error(ErrorBody::new(
+                        e.to_string(),
+                        "server_error",
+                        None,
+                    )));
                 }
             }
         }

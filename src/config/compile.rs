@@ -290,9 +290,8 @@ fn compile_provider(
     let mut credential = Credential::None;
     if form == AuthForm::WorkloadIdentity && t == ProviderType::Bedrock && forms.len() == 1 {
         if let Some(b) = &bedrock {
-            credential = Credential::AwsSigV4(Arc::new(
-                crate::credentials::aws::SigV4::new(&b.region),
-            ));
+            credential =
+                Credential::AwsSigV4(Arc::new(crate::credentials::aws::SigV4::new(&b.region)));
         }
     } else if matches!(
         form,
@@ -885,7 +884,10 @@ mod tests {
 
     #[test]
     fn bedrock_needs_a_valid_region_and_control_plane_url() {
-        let c = run(&provider("b", "{type: bedrock, auth: {workloadIdentity: {}}}"));
+        let c = run(&provider(
+            "b",
+            "{type: bedrock, auth: {workloadIdentity: {}}}",
+        ));
         assert_eq!(reasons(&c), [("spec.bedrock", "InvalidSpec")]);
         let c = run(&provider(
             "b",
@@ -900,7 +902,10 @@ mod tests {
             reasons(&c),
             [("spec.bedrock.controlPlaneUrl", "InvalidBaseUrl")]
         );
-        let c = run(&provider("b", "{type: bedrock, bedrock: {region: us-east-1}}"));
+        let c = run(&provider(
+            "b",
+            "{type: bedrock, bedrock: {region: us-east-1}}",
+        ));
         assert_eq!(reasons(&c), [("spec.auth", "UnsupportedAuth")]);
     }
 

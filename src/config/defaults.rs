@@ -14,8 +14,8 @@ use super::{Object, ObjectKey, SecretData};
 pub const BEDROCK_REGION_ENV: &str = "PORTCULLIS_BEDROCK_REGION";
 
 use crate::crd::{
-    BedrockSpec, Empty, LlmProvider, LlmProviderSpec, LlmProxy, LlmProxySpec, LocalObjectRef, ProviderAuth,
-    ProviderType, ProxyProvider, SecretKeyRef, SecretKeySource,
+    BedrockSpec, Empty, LlmProvider, LlmProviderSpec, LlmProxy, LlmProxySpec, LocalObjectRef,
+    ProviderAuth, ProviderType, ProxyProvider, SecretKeyRef, SecretKeySource,
 };
 use crate::providers;
 

@@ -102,12 +102,20 @@ impl Chain {
     }
 
     async fn credentials(&self) -> Result<Credentials, CredentialError> {
-        if let Some(c) = self.cached.load_full().filter(|c| c.fresh(SystemTime::now())) {
+        if let Some(c) = self
+            .cached
+            .load_full()
+            .filter(|c| c.fresh(SystemTime::now()))
+        {
             return Ok(c.credentials.clone());
         }
         let _single_flight = self.refresh.lock().await;
         // Another request may have refreshed while this one waited.
-        if let Some(c) = self.cached.load_full().filter(|c| c.fresh(SystemTime::now())) {
+        if let Some(c) = self
+            .cached
+            .load_full()
+            .filter(|c| c.fresh(SystemTime::now()))
+        {
             return Ok(c.credentials.clone());
         }
         let Some(provider) = &self.provider else {
@@ -272,8 +280,8 @@ pub fn sign_request(
     let (headers, _params) = instructions.into_parts();
     let mut out = Vec::new();
     for header in headers {
-        let name = HeaderName::from_bytes(header.name().as_bytes())
-            .map_err(|e| signing_error(&e))?;
+        let name =
+            HeaderName::from_bytes(header.name().as_bytes()).map_err(|e| signing_error(&e))?;
         let mut value = HeaderValue::from_str(header.value()).map_err(|e| signing_error(&e))?;
         if header.sensitive() || name == AUTHORIZATION {
             value.set_sensitive(true);
@@ -289,7 +297,13 @@ mod tests {
     use super::*;
 
     fn creds(expiry: Option<SystemTime>) -> Credentials {
-        Credentials::new("AKIDEXAMPLE", "secret", Some("token".into()), expiry, "test")
+        Credentials::new(
+            "AKIDEXAMPLE",
+            "secret",
+            Some("token".into()),
+            expiry,
+            "test",
+        )
     }
 
     #[test]

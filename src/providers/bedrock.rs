@@ -98,12 +98,15 @@ impl Settings {
         let provider_ok = self
             .allowed_providers
             .as_ref()
-            .is_none_or(|allowed| allowed.iter().any(|a| *a == provider));
-        let region_ok = self.allowed_inference_regions.as_ref().is_none_or(|allowed| {
-            region
-                .as_deref()
-                .is_some_and(|r| allowed.iter().any(|a| region_matches(a, r)))
-        });
+            .is_none_or(|allowed| allowed.contains(&provider));
+        let region_ok = self
+            .allowed_inference_regions
+            .as_ref()
+            .is_none_or(|allowed| {
+                region
+                    .as_deref()
+                    .is_some_and(|r| allowed.iter().any(|a| region_matches(a, r)))
+            });
         provider_ok && region_ok
     }
 }
@@ -145,7 +148,10 @@ mod tests {
 
     #[test]
     fn filters() {
-        let s = settings(Some(&["anthropic", "amazon"]), Some(&["us", "ap", "global"]));
+        let s = settings(
+            Some(&["anthropic", "amazon"]),
+            Some(&["us", "ap", "global"]),
+        );
         assert!(s.admits("us.anthropic.claude-3-haiku-20240307-v1:0"));
         assert!(s.admits("apac.amazon.nova-lite-v1:0"));
         assert!(s.admits("global.anthropic.claude-sonnet-4-5-20250929-v1:0"));

@@ -18,12 +18,10 @@ use super::upstream::{self, Answer};
 use super::{AppState, Exchange};
 use crate::config::Route;
 use crate::providers::Protocol;
+use crate::translate::eventstream;
 use crate::translate::openai::{ChatRequest, ChatResponse, ErrorBody};
 use crate::translate::sse::{DONE, SseEvent, SseParser};
-use crate::translate::eventstream;
-use crate::translate::{
-    StreamOut, TranslateError, Translated, anthropic, bedrock, cohere, gemini,
-};
+use crate::translate::{StreamOut, TranslateError, Translated, anthropic, bedrock, cohere, gemini};
 
 /// `anthropic-version` sent when the client sent none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";

@@ -48,7 +48,11 @@ const IMAGE_FORMATS: [(&str, &str); 5] = [
 /// ID is percent-encoded as the AWS SDKs do (`:` → `%3A`).
 pub fn path(model: &str, stream: bool) -> String {
     let id = percent_encoding::utf8_percent_encode(model, MODEL_ID).to_string();
-    let op = if stream { "converse-stream" } else { "converse" };
+    let op = if stream {
+        "converse-stream"
+    } else {
+        "converse"
+    };
     format!("model/{id}/{op}")
 }
 
@@ -87,12 +91,8 @@ fn content_blocks(content: Option<&openai::Content>, images: bool) -> (Vec<Value
     let mut blocks = Vec::new();
     let mut dropped = 0;
     match content {
-        None => {}
-        Some(openai::Content::Text(t)) => {
-            if !t.is_empty() {
-                blocks.push(json!({"text": t}));
-            }
-        }
+        Some(openai::Content::Text(t)) if !t.is_empty() => blocks.push(json!({"text": t})),
+        None | Some(openai::Content::Text(_)) => {}
         Some(openai::Content::Parts(parts)) => {
             for part in parts {
                 match (part.kind.as_str(), &part.text, &part.refusal) {
@@ -200,7 +200,8 @@ pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, T
     if turns.is_empty() {
         return Err(TranslateError::InvalidMessage {
             index: 0,
-            reason: "no user or assistant message has content to send; Bedrock needs at least one".to_owned(),
+            reason: "no user or assistant message has content to send; Bedrock needs at least one"
+                .to_owned(),
         });
     }
 
@@ -544,9 +545,7 @@ impl StreamTranslator {
                     out.push(StreamOut::Chunk(self.chunks.text_chunk(&text)));
                 }
                 if let Some(input) = delta.tool_use.map(|t| t.input).filter(|i| !i.is_empty())
-                    && let Some(tool) = self
-                        .tool_index
-                        .get(&event.content_block_index.unwrap_or(0))
+                    && let Some(tool) = self.tool_index.get(&event.content_block_index.unwrap_or(0))
                 {
                     out.push(StreamOut::Chunk(self.chunks.tool_chunk(ToolCallDelta {
                         index: *tool,
@@ -713,8 +712,10 @@ mod tests {
     fn tool_choice_none_leaves_tools_out_unless_history_needs_them() {
         let tools = json!([{"type": "function", "function": {"name": "f"}}]);
         let t = request(
-            &req(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
-                "tools": tools, "tool_choice": "none"})),
+            &req(
+                json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                "tools": tools, "tool_choice": "none"}),
+            ),
             "m",
         )
         .unwrap();
@@ -734,7 +735,10 @@ mod tests {
 
     #[test]
     fn error_mapping() {
-        let (status, body) = error(429, br#"{"message":"Too many requests, please wait before trying again."}"#);
+        let (status, body) = error(
+            429,
+            br#"{"message":"Too many requests, please wait before trying again."}"#,
+        );
         assert_eq!(status, 429);
         assert_eq!(body.error.kind, "rate_limit_error");
         let (status, body) = error(503, b"<html>");

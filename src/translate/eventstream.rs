@@ -277,7 +277,10 @@ mod tests {
 
     #[test]
     fn decodes_in_any_split() {
-        let mut bytes = frame(&[(":event-type", "messageStart")], br#"{"role":"assistant"}"#);
+        let mut bytes = frame(
+            &[(":event-type", "messageStart")],
+            br#"{"role":"assistant"}"#,
+        );
         bytes.extend(frame(&[(":event-type", "messageStop")], b"{}"));
         for size in [1, 3, 13, bytes.len()] {
             let mut d = Decoder::default();
@@ -300,10 +303,7 @@ mod tests {
         let n = bytes.len();
         bytes[n - 6] ^= 1;
         let mut d = Decoder::default();
-        assert_eq!(
-            d.push(&bytes),
-            vec![Err(DecodeError::Checksum("message"))]
-        );
+        assert_eq!(d.push(&bytes), vec![Err(DecodeError::Checksum("message"))]);
         assert!(d.push(&bytes).is_empty(), "nothing after an error");
 
         let bytes = frame(&[(":event-type", "messageStart")], b"{}");
