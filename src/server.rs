@@ -59,6 +59,7 @@ pub fn http_client(extra_ca_certs: Option<&Path>) -> anyhow::Result<reqwest::Cli
             .with_context(|| format!("{} is not a PEM bundle of certificates", path.display()))?;
         anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
         builder = builder.tls_certs_merge(certs);
+        crate::credentials::aws::trust_extra_ca_certs(pem);
     }
     builder.build().context("building the HTTP client")
 }

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use aws_config::BehaviorVersion;
@@ -79,15 +79,44 @@ struct Chain {
     provider: Option<SharedCredentialsProvider>,
     cached: ArcSwapOption<Cached>,
     refresh: tokio::sync::Mutex<()>,
+    /// The last failure, so requests queued behind a failed refresh share its answer instead
+    /// of asking the chain again one after the other.
+    failed: ArcSwapOption<(Instant, String)>,
+}
+
+/// How long a failed refresh answers for the requests that waited on it.
+const FAILURE_HOLD: Duration = Duration::from_secs(1);
+
+/// PEM certificates trusted besides the system roots (`--extra-ca-certs`).
+static EXTRA_CA_CERTS: OnceLock<Vec<u8>> = OnceLock::new();
+
+/// Trust these PEM certificates, besides the system roots, for the AWS identity endpoints
+/// (STS, the container credentials endpoint). Call once, before the first request; the bundle
+/// must already be checked to be PEM certificates.
+pub fn trust_extra_ca_certs(pem: Vec<u8>) {
+    let _ = EXTRA_CA_CERTS.set(pem);
 }
 
 impl Chain {
     async fn new(region: &str) -> Self {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
+        // The HTTP client aws-config uses: hyper + rustls with ring, TCP_NODELAY, extra CAs.
+        use aws_smithy_http_client::tls;
+        let builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ));
+        let context = EXTRA_CA_CERTS.get().map(|pem| {
+            tls::TlsContext::builder()
+                .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem.clone()))
+                .build()
+        });
+        let http = match context {
+            None => builder.build_https(),
+            Some(Ok(context)) => builder.tls_context(context).build_https(),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "extra CA certificates not usable for AWS identity endpoints");
+                builder.build_https()
+            }
+        };
         let config = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_owned()))
             .http_client(http)
@@ -98,6 +127,7 @@ impl Chain {
             provider,
             cached: ArcSwapOption::empty(),
             refresh: tokio::sync::Mutex::new(()),
+            failed: ArcSwapOption::empty(),
         }
     }
 
@@ -109,6 +139,7 @@ impl Chain {
         {
             return Ok(c.credentials.clone());
         }
+        let waited_since = Instant::now();
         let _single_flight = self.refresh.lock().await;
         // Another request may have refreshed while this one waited.
         if let Some(c) = self
@@ -117,6 +148,16 @@ impl Chain {
             .filter(|c| c.fresh(SystemTime::now()))
         {
             return Ok(c.credentials.clone());
+        }
+        // Or failed to, just now: share that answer rather than ask again.
+        let recent = waited_since
+            .checked_sub(FAILURE_HOLD)
+            .unwrap_or(waited_since);
+        if let Some(failure) = self.failed.load_full().filter(|f| f.0 >= recent) {
+            return Err(CredentialError::Unavailable {
+                kind: "AWS",
+                detail: failure.1.clone(),
+            });
         }
         let Some(provider) = &self.provider else {
             return Err(CredentialError::Unavailable {
@@ -150,9 +191,12 @@ impl Chain {
                     tracing::warn!(error = %chain_error(&e), "AWS credential refresh failed; using the current credentials until they expire");
                     return Ok(c.credentials.clone());
                 }
+                let detail = chain_error(&e);
+                self.failed
+                    .store(Some(Arc::new((Instant::now(), detail.clone()))));
                 Err(CredentialError::Unavailable {
                     kind: "AWS",
-                    detail: chain_error(&e),
+                    detail,
                 })
             }
         }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -21,7 +22,7 @@ from botocore.eventstream import EventStreamBuffer
 
 from fakes.aws import (POD_IDENTITY_TOKEN, ROLE_ARN, WEB_IDENTITY_TOKEN, CredentialStore, FakeBedrock,
                        FakePodIdentity, FakeSTS, Reply, event, event_frame, exception)
-from harness import CLIENT_KEY, PROVIDER_KEY, docs, proxy_doc, secret_doc, yaml_list
+from harness import CLIENT_KEY, PROVIDER_KEY, Gateway, assert_no_secret, docs, proxy_doc, secret_doc, yaml_list
 
 REGION = "us-east-1"
 CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
@@ -478,3 +479,51 @@ def test_fake_bedrock_verifier_accepts_botocore_signatures_and_refuses_others(st
     with pytest.raises(botocore.exceptions.ClientError) as err:
         good.converse(modelId=CLAUDE, messages=msg)
     assert err.value.response["Error"]["Code"] == "ExpiredTokenException"
+
+
+def make_test_ca(d: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI)."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True, cwd=d)  # noqa: E731
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=Portcullis Test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                               "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "srv.pem", "-days", "1", "-extfile", "ext.cnf")
+    return d / "ca.pem", d / "srv.pem", d / "srv.key"
+
+
+def test_sts_over_tls_trusts_extra_ca_certs(aws_env, store, runtime, control, config_dir, tmp_path):
+    """STS behind a private CA (a corporate TLS proxy, a VPC endpoint): trusted through
+    --extra-ca-certs, refused without it."""
+    ca, cert, key = make_test_ca(tmp_path)
+    sts = FakeSTS(store).serve_tls(str(cert), str(key)).start()
+    gateways: list[Gateway] = []
+    try:
+        token = tmp_path / "eks-token"
+        token.write_text(WEB_IDENTITY_TOKEN)
+        aws_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+        aws_env.setenv("AWS_ROLE_ARN", ROLE_ARN)
+        aws_env.setenv("AWS_ENDPOINT_URL_STS", sts.url)
+        (config_dir / "portcullis.yaml").write_text(config(runtime, control))
+        untrusting = Gateway(config_dir, tmp_path / "gw-plain.log").start()
+        gateways.append(untrusting)
+        with pytest.raises(openai.APIStatusError) as err:
+            untrusting.router_client().chat.completions.create(
+                model=f"bedrock:{CLAUDE}", messages=[{"role": "user", "content": "x"}])
+        assert err.value.status_code == 502 and sts.calls == 0
+        trusting = Gateway(config_dir, tmp_path / "gw-ca.log", ["--extra-ca-certs", str(ca)]).start()
+        gateways.append(trusting)
+        r = trusting.router_client().chat.completions.create(
+            model=f"bedrock:{CLAUDE}", messages=[{"role": "user", "content": "over tls"}])
+        assert r.choices[0].message.content == f"[{CLAUDE}] you said: over tls"
+        assert sts.calls == 1
+        assert_gateway_signed(runtime)
+    finally:
+        for g in gateways:
+            g.stop()
+            assert_no_secret(g.log_text(), str(g.log_path))
+            assert_no_minted_secret(store, g.log_text())
+        sts.stop()

@@ -24,6 +24,7 @@ import hashlib
 import json
 import re
 import secrets
+import ssl
 import struct
 import threading
 import time
@@ -128,6 +129,7 @@ class _Server:
 
             do_GET = do_POST = do_PUT = do_DELETE = _any
 
+        self.tls = False
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -138,7 +140,16 @@ class _Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def serve_tls(self, certfile: str, keyfile: str):
+        """Serve HTTPS with this certificate (call before `start`)."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(certfile, keyfile)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.tls = True
+        return self
 
     def start(self):
         self.thread.start()
