@@ -264,6 +264,18 @@ pub async fn chat(
     }
 
     let include_usage = request.include_usage();
+    let mut translator = dialect.stream(asked, include_usage, now());
+    // Bedrock chunks carry no ID; its request ID (for support cases) is the closest thing.
+    if let (Translator::Bedrock(t), Some(id)) = (
+        &mut translator,
+        response
+            .headers()
+            .get("x-amzn-requestid")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')),
+    ) {
+        t.set_id(id);
+    }
     let state = StreamState {
         body: upstream::body_stream(response, upstream.timeout).boxed(),
         input: if dialect == Dialect::Bedrock {
@@ -271,7 +283,7 @@ pub async fn chat(
         } else {
             Input::Sse(SseParser::default())
         },
-        translator: dialect.stream(asked, include_usage, now()),
+        translator,
         done: false,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {

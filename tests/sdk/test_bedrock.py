@@ -243,6 +243,7 @@ def test_router_streams_a_translated_answer(irsa, runtime, control, start_gatewa
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == f"[{CLAUDE}] you said: first second"
     assert all(c.model == f"bedrock:{CLAUDE}" for c in chunks)
+    assert {c.id for c in chunks} == {f"chatcmpl-{runtime.last_request_id}"}
     finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finish == ["stop"]
     usage = chunks[-1].usage
@@ -527,3 +528,40 @@ def test_sts_over_tls_trusts_extra_ca_certs(aws_env, store, runtime, control, co
             assert_no_secret(g.log_text(), str(g.log_path))
             assert_no_minted_secret(store, g.log_text())
         sts.stop()
+
+
+def test_streams_are_not_buffered(irsa, runtime, control, start_gateway):
+    """Native and translated streams pass each frame on as it arrives."""
+    gw = start_gateway(config(runtime, control))
+    runtime.chunk_delay = 0.3  # ~12 frames: the whole answer takes over 3 s
+    runtime.replies.append(Reply(text="one two three four five six seven eight"))
+    t0 = time.monotonic()
+    out = runtime_client(gw).converse_stream(
+        modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    arrivals = [time.monotonic() - t0 for e in out["stream"] if "contentBlockDelta" in e]
+    total = time.monotonic() - t0
+    assert total > 3.0 and arrivals[0] < total - 2.0, (arrivals, total)
+
+    runtime.replies.append(Reply(text="one two three four five six seven eight"))
+    t0 = time.monotonic()
+    arrivals = []
+    for c in gw.router_client().chat.completions.create(
+            model=f"bedrock:{CLAUDE}", stream=True, messages=[{"role": "user", "content": "x"}]):
+        if c.choices and c.choices[0].delta.content:
+            arrivals.append(time.monotonic() - t0)
+    total = time.monotonic() - t0
+    assert len(arrivals) == 8 and total > 3.0 and arrivals[0] < total - 2.0, (arrivals, total)
+
+
+def test_native_body_over_the_limit_is_refused_before_signing(irsa, runtime, control, start_gateway, aws_env):
+    """SigV4 needs the whole body, so the native route reads it first, within the body limit."""
+    aws_env.setenv("PORTCULLIS_MAX_BODY_BYTES", "100000")
+    gw = start_gateway(config(runtime, control))
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        runtime_client(gw).converse(modelId=CLAUDE,
+                                    messages=[{"role": "user", "content": [{"text": "x" * 200_000}]}])
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+    assert err.value.response["Error"]["Code"] == "ValidationException"
+    assert not runtime.requests
+    r = runtime_client(gw).converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "small"}]}])
+    assert r["stopReason"] == "end_turn"

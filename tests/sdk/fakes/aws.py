@@ -327,6 +327,7 @@ class FakeBedrock(_Server):
         self.page_size = 3
         self.replies: list[Reply] = []
         self.chunk_delay = 0.0
+        self.last_request_id = ""
 
     # ---- SigV4 check, with botocore's signer
     def verify(self, rec: Recorded) -> str:
@@ -488,10 +489,11 @@ class FakeBedrock(_Server):
         else:
             frames.append(event("messageStop", {"stopReason": stop}))
             frames.append(event("metadata", {"usage": usage, "metrics": {"latencyMs": 123}}))
+        self.last_request_id = f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-{secrets.token_hex(6)}"
         h.send_response(200)
         h.send_header("content-type", "application/vnd.amazon.eventstream")
         h.send_header("transfer-encoding", "chunked")
-        h.send_header("x-amzn-RequestId", secrets.token_hex(8))
+        h.send_header("x-amzn-RequestId", self.last_request_id)
         h.end_headers()
         for f in frames:
             h.wfile.write(f"{len(f):x}\r\n".encode() + f + b"\r\n")
