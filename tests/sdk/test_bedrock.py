@@ -21,7 +21,7 @@ import pytest
 from botocore.eventstream import EventStreamBuffer
 
 from fakes.aws import (POD_IDENTITY_TOKEN, ROLE_ARN, WEB_IDENTITY_TOKEN, CredentialStore, FakeBedrock,
-                       FakePodIdentity, FakeSTS, Reply, event, event_frame, exception)
+                       FakeIMDS, FakePodIdentity, FakeSTS, Reply, event, event_frame, exception)
 from harness import CLIENT_KEY, PROVIDER_KEY, Gateway, assert_no_secret, docs, proxy_doc, secret_doc, yaml_list
 
 REGION = "us-east-1"
@@ -36,7 +36,8 @@ AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "A
            "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_SESSION_NAME", "AWS_ENDPOINT_URL",
            "AWS_ENDPOINT_URL_STS", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN",
-           "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+           "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+           "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE")
 
 
 # ------------------------------------------------------------------ fixtures
@@ -565,3 +566,34 @@ def test_native_body_over_the_limit_is_refused_before_signing(irsa, runtime, con
     assert not runtime.requests
     r = runtime_client(gw).converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "small"}]}])
     assert r["stopReason"] == "end_turn"
+
+
+def test_instance_role_from_imds(aws_env, store, runtime, control, start_gateway):
+    """The last link of the chain: an EC2 node role through IMDSv2 (a session token first)."""
+    imds = FakeIMDS(store).start()
+    try:
+        aws_env.delenv("AWS_EC2_METADATA_DISABLED")
+        aws_env.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+        gw = start_gateway(config(runtime, control))
+        r = gw.router_client().chat.completions.create(
+            model=f"bedrock:{CLAUDE}", messages=[{"role": "user", "content": "node role"}])
+        assert r.choices[0].message.content == f"[{CLAUDE}] you said: node role"
+        assert imds.credential_calls == 1
+        assert any(rec.method == "PUT" for rec in imds.requests), "IMDSv2 session token not used"
+        assert_gateway_signed(runtime)
+        assert_no_minted_secret(store, gw.log_text())
+    finally:
+        imds.stop()
+
+
+def test_static_keys_from_the_environment(aws_env, store, runtime, control, start_gateway):
+    m = store.mint(3600, prefix="AKIA")
+    aws_env.setenv("AWS_ACCESS_KEY_ID", m.access_key)
+    aws_env.setenv("AWS_SECRET_ACCESS_KEY", m.secret_key)
+    aws_env.setenv("AWS_SESSION_TOKEN", m.token)
+    gw = start_gateway(config(runtime, control))
+    r = runtime_client(gw).converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "env"}]}])
+    assert r["output"]["message"]["content"][0]["text"] == f"[{CLAUDE}] you said: env"
+    assert runtime.requests[0].access_key == m.access_key
+    assert_gateway_signed(runtime, 1)
+    assert_no_minted_secret(store, gw.log_text())

@@ -502,3 +502,43 @@ class FakeBedrock(_Server):
                 time.sleep(self.chunk_delay)
         h.wfile.write(b"0\r\n\r\n")
         h.wfile.flush()
+
+
+# ------------------------------------------------------------------ EC2 instance metadata (IMDSv2)
+class FakeIMDS(_Server):
+    """IMDSv2 as documented: `PUT /latest/api/token` (ttl header) → session token; then
+    `GET /latest/meta-data/iam/security-credentials/` → role name and
+    `GET …/security-credentials/{role}` → credentials JSON, each with the session token."""
+
+    ROLE = "portcullis-node-role"
+
+    def __init__(self, store: CredentialStore, lifetime: float = 3600.0) -> None:
+        super().__init__()
+        self.store = store
+        self.lifetime = lifetime
+        self.tokens: set[str] = set()
+        self.credential_calls = 0
+
+    def handle(self, h: BaseHTTPRequestHandler, rec: Recorded) -> None:
+        if rec.method == "PUT" and rec.path == "/latest/api/token":
+            if not rec.header("x-aws-ec2-metadata-token-ttl-seconds"):
+                return self.send(h, 400, b"missing ttl", "text/plain")
+            token = secrets.token_urlsafe(24)
+            with self.lock:
+                self.tokens.add(token)
+            return self.send(h, 200, token.encode(), "text/plain",
+                             {"x-aws-ec2-metadata-token-ttl-seconds": rec.header("x-aws-ec2-metadata-token-ttl-seconds") or ""})
+        if rec.header("x-aws-ec2-metadata-token") not in self.tokens:
+            return self.send(h, 401, b"", "text/plain")
+        base = "/latest/meta-data/iam/security-credentials/"
+        if rec.method == "GET" and rec.path == base:
+            return self.send(h, 200, self.ROLE.encode(), "text/plain")
+        if rec.method == "GET" and rec.path == base + self.ROLE:
+            with self.lock:
+                self.credential_calls += 1
+            m = self.store.mint(self.lifetime)
+            body = json.dumps({"Code": "Success", "LastUpdated": iso8601(time.time()), "Type": "AWS-HMAC",
+                               "AccessKeyId": m.access_key, "SecretAccessKey": m.secret_key, "Token": m.token,
+                               "Expiration": iso8601(m.expires)})
+            return self.send(h, 200, body.encode(), "text/plain")
+        self.send(h, 404, b"", "text/plain")
