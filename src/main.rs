@@ -37,6 +37,9 @@ enum Command {
         /// Files or folders of YAML manifests.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Also obtain keyless credentials for real (AWS STS, metadata servers, …).
+        #[arg(long)]
+        online: bool,
     },
 }
 
@@ -84,7 +87,7 @@ fn main() -> ExitCode {
             Err(e) => fail(&format!("cannot render the CRDs: {e}")),
         },
         Command::Crds { dir: Some(dir) } => write_crds(&dir),
-        Command::Check { paths } => check(&paths),
+        Command::Check { paths, online } => check(&paths, online),
     }
 }
 
@@ -153,7 +156,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn check(paths: &[PathBuf]) -> ExitCode {
+fn check(paths: &[PathBuf], online: bool) -> ExitCode {
     let loaded = match files::load(paths) {
         Ok(loaded) => loaded,
         Err(errors) => {
@@ -205,6 +208,43 @@ fn check(paths: &[PathBuf]) -> ExitCode {
         let _ = writeln!(err, "{} problem(s)", compiled.problems.len());
         ExitCode::FAILURE
     };
+    let code = if online && compiled.problems.is_empty() {
+        check_online(&compiled, &mut out)
+    } else {
+        code
+    };
     let _ = write_out(&out);
     code
+}
+
+/// `check --online`: obtain each keyless credential; a failure is a problem (exit 1).
+fn check_online(compiled: &portcullis::config::Compiled, out: &mut String) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let snapshot = portcullis::config::Snapshot::new(compiled.proxies.clone(), 0);
+    let results = runtime.block_on(portcullis::server::check_credentials(&snapshot));
+    let mut failed = 0;
+    for (provider, result) in &results {
+        match result {
+            Ok(()) => out.push_str(&format!("credentials LlmProvider {provider}: obtained\n")),
+            Err(e) => {
+                failed += 1;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "problem: LlmProvider {provider}: credentials: {e} (CredentialsNotReady)"
+                );
+            }
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        let _ = writeln!(std::io::stderr(), "{failed} problem(s)");
+        ExitCode::FAILURE
+    }
 }

@@ -115,6 +115,21 @@ pub fn apply_objects(
             );
         }
     }
+    // Keyless credentials are obtained for real in the background, so the log says at once
+    // whether the pod's identity works (Kubernetes status reports the same as CredentialsReady).
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let snapshot = snapshot.clone();
+        runtime.spawn(async move {
+            for (provider, result) in check_credentials(&snapshot).await {
+                match result {
+                    Ok(()) => tracing::info!(provider = %provider, "credentials ready"),
+                    Err(e) => {
+                        tracing::warn!(provider = %provider, error = %e, "credentials not ready")
+                    }
+                }
+            }
+        });
+    }
     let result = if compiled.problems.is_empty() {
         "applied"
     } else {
@@ -127,6 +142,24 @@ pub fn apply_objects(
         problems = compiled.problems.len(),
         "configuration applied"
     );
+}
+
+/// Obtain every minted credential of a snapshot for real (STS, metadata servers, …), once per
+/// provider; static keys are not contacted here (whether they work shows in discovery).
+pub async fn check_credentials(
+    snapshot: &crate::config::Snapshot,
+) -> Vec<(
+    crate::config::ObjectKey,
+    Result<(), crate::credentials::CredentialError>,
+)> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for upstream in snapshot.upstreams().into_values() {
+        if upstream.credential.mints() && seen.insert(upstream.provider.clone()) {
+            out.push((upstream.provider.clone(), upstream.credential.check().await));
+        }
+    }
+    out
 }
 
 /// Re-read the files whenever the watcher or the poll says they may have changed.

@@ -100,6 +100,15 @@ impl Credential {
         }
     }
 
+    /// Whether the credential is obtained from an identity provider at run time (so
+    /// [`Credential::check`] asks it), rather than configured.
+    pub fn mints(&self) -> bool {
+        match self {
+            Credential::None | Credential::Header { .. } => false,
+            Credential::AwsSigV4(_) => true,
+        }
+    }
+
     /// Whether the credential can be applied without knowing the body (static keys and
     /// bearer tokens); SigV4 hashes the body, so the native route buffers it for such kinds.
     pub fn needs_body(&self) -> bool {

@@ -22,7 +22,8 @@ from botocore.eventstream import EventStreamBuffer
 
 from fakes.aws import (POD_IDENTITY_TOKEN, ROLE_ARN, WEB_IDENTITY_TOKEN, CredentialStore, FakeBedrock,
                        FakeIMDS, FakePodIdentity, FakeSTS, Reply, event, event_frame, exception)
-from harness import CLIENT_KEY, PROVIDER_KEY, Gateway, assert_no_secret, docs, proxy_doc, secret_doc, yaml_list
+from harness import (CLIENT_KEY, PROVIDER_KEY, Gateway, assert_no_secret, docs, proxy_doc, run_check, secret_doc,
+                     yaml_list)
 
 REGION = "us-east-1"
 CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
@@ -597,3 +598,26 @@ def test_static_keys_from_the_environment(aws_env, store, runtime, control, star
     assert runtime.requests[0].access_key == m.access_key
     assert_gateway_signed(runtime, 1)
     assert_no_minted_secret(store, gw.log_text())
+
+
+def test_check_online_and_the_startup_log_obtain_credentials_for_real(irsa, runtime, control, start_gateway,
+                                                                      config_dir, store, aws_env):
+    (config_dir / "portcullis.yaml").write_text(config(runtime, control))
+    r = run_check(config_dir, "--online")
+    assert r.returncode == 0, r.stderr
+    assert "credentials LlmProvider ai/bedrock-us: obtained" in r.stdout
+    assert irsa.calls == 1
+    offline = run_check(config_dir)
+    assert offline.returncode == 0 and "credentials" not in offline.stdout and irsa.calls == 1
+
+    gw = start_gateway()
+    deadline = time.monotonic() + 5
+    while "credentials ready" not in gw.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "credentials ready" in gw.log_text() and "ai/bedrock-us" in gw.log_text()
+
+    aws_env.setenv("AWS_ROLE_ARN", "arn:aws:iam::111122223333:role/not-trusted")
+    bad = run_check(config_dir, "--online")
+    assert bad.returncode == 1
+    assert "CredentialsNotReady" in bad.stderr and "InvalidIdentityToken" in bad.stderr, bad.stderr
+    assert_no_minted_secret(store, bad.stdout, bad.stderr, gw.log_text())
