@@ -85,6 +85,26 @@ pub fn check_gemini_path(rest: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A Bedrock `model/{modelId}/…` path whose model ID is an ARN: the ID may hold encoded
+/// slashes (AWS SDKs encode the `/` of `…:inference-profile/{id}`), but none of its parts may
+/// be `.` or `..` or hold a backslash or control character, and the rest of the path must pass
+/// [`check_rest`] as it is.
+pub fn check_bedrock_model_path(rest: &str) -> bool {
+    let mut segments = rest.splitn(3, '/');
+    let (Some("model"), Some(id), tail) = (segments.next(), segments.next(), segments.next())
+    else {
+        return false;
+    };
+    let decoded = percent_decode_str(id).decode_utf8_lossy();
+    let id_ok = decoded.starts_with("arn:")
+        && !decoded.contains('\\')
+        && !decoded.chars().any(char::is_control)
+        && decoded
+            .split('/')
+            .all(|part| !matches!(part, "" | "." | ".."));
+    id_ok && tail.is_none_or(|t| check_rest(t).is_ok())
+}
+
 /// Drop `key=` parameters from a query: a Gemini client may send its own key there, and it
 /// must never reach the upstream (the provider's key goes in `x-goog-api-key`).
 pub fn strip_key_param(query: &str) -> String {
@@ -140,23 +160,34 @@ async fn forward_inner(
     exchange: &mut Exchange,
     protocol: &mut Protocol,
 ) -> Result<Response, ApiError> {
-    check_rest(rest)?;
+    // A path error comes first, except where the provider's own rules admit the path.
+    let path_checked = check_rest(rest);
     let snapshot = state.store.load();
-    let table = snapshot
-        .proxy(proxy_id)
-        .ok_or_else(|| ApiError::ProxyNotFound {
+    let Some(table) = snapshot.proxy(proxy_id) else {
+        path_checked?;
+        return Err(ApiError::ProxyNotFound {
             id: proxy_id.to_owned(),
-        })?;
+        });
+    };
     exchange.proxy = table.key.proxy_id();
-    let route = table.route(prefix).ok_or_else(|| ApiError::UnknownPrefix {
-        prefix: prefix.to_owned(),
-        model: format!("/v1/{prefix}/{proxy_id}/"),
-        available: table.prefixes(),
-    })?;
+    let Some(route) = table.route(prefix) else {
+        path_checked?;
+        return Err(ApiError::UnknownPrefix {
+            prefix: prefix.to_owned(),
+            model: format!("/v1/{prefix}/{proxy_id}/"),
+            available: table.prefixes(),
+        });
+    };
     exchange.provider = route.prefix.clone();
     let upstream = &route.upstream;
     *protocol = upstream.info.protocol;
     let protocol = *protocol;
+    if let Err(e) = path_checked {
+        // Bedrock model IDs may be ARNs, which AWS SDKs send with `/` encoded as `%2F`.
+        if !(protocol == Protocol::Bedrock && check_bedrock_model_path(rest)) {
+            return Err(e);
+        }
+    }
     if matches!(protocol, Protocol::Gemini | Protocol::VertexAi) {
         check_gemini_path(rest)?;
     }
@@ -270,6 +301,23 @@ mod tests {
             "v1beta/models/a b:generateContent",
         ] {
             assert!(check_gemini_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bedrock_arn_model_ids_may_hold_encoded_slashes_only_there() {
+        assert!(check_bedrock_model_path(
+            "model/arn%3Aaws%3Abedrock%3Aus-east-1%3A111122223333%3Aapplication-inference-profile%2Fabc123/converse"
+        ));
+        for bad in [
+            "model/arn%3Ax%2F..%2F..%2Fadmin/converse",
+            "model/arn%3Ax%2F%2Fy/converse",
+            "model/not-an-arn%2Fx/converse",
+            "model/arn%3Ax%2Fy/a%2Fb",
+            "model/arn%3Ax%5Cy/converse",
+            "models/arn%3Ax%2Fy/converse",
+        ] {
+            assert!(!check_bedrock_model_path(bad), "{bad}");
         }
     }
 

@@ -621,3 +621,18 @@ def test_check_online_and_the_startup_log_obtain_credentials_for_real(irsa, runt
     assert bad.returncode == 1
     assert "CredentialsNotReady" in bad.stderr and "InvalidIdentityToken" in bad.stderr, bad.stderr
     assert_no_minted_secret(store, bad.stdout, bad.stderr, gw.log_text())
+
+
+def test_application_inference_profile_arn_as_model_id(irsa, runtime, control, start_gateway):
+    """boto3 encodes the `/` of an ARN model ID as %2F; Bedrock paths admit it (only there),
+    and the signature covers the path exactly as sent."""
+    gw = start_gateway(config(runtime, control))
+    arn = "arn:aws:bedrock:us-east-1:111122223333:application-inference-profile/a1b2c3d4e5f6"
+    out = runtime_client(gw).converse_stream(modelId=arn, messages=[{"role": "user", "content": [{"text": "arn"}]}])
+    text = "".join(e["contentBlockDelta"]["delta"]["text"] for e in out["stream"] if "contentBlockDelta" in e)
+    assert text == f"[{arn}] you said: arn"
+    assert "%2F" in runtime.requests[0].target
+    assert_gateway_signed(runtime, 1)
+    r = gw.raw("POST", "/v1/bedrock/ai.team-a/model/arn%3Ax%2F..%2F..%2Fadmin/converse", body={"messages": []})
+    assert r.status == 400 and len(runtime.requests) == 1
+    assert r.headers.get("x-amzn-errortype") == "ValidationException"
