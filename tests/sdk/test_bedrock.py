@@ -373,9 +373,9 @@ def test_models_lists_exactly_the_active_profiles_passing_the_filters(irsa, runt
 
 # ------------------------------------------------------------------ credentials
 def test_credentials_refresh_across_expiry_with_one_sts_call_each(irsa, runtime, control, start_gateway, store):
-    """STS mints 4-second credentials (refreshed at half-life); the fake refuses expired ones.
-    Bursts of concurrent requests after each expiry cause exactly one STS call."""
-    irsa.lifetime = 4.0
+    """STS mints 6-second credentials (refreshed at half-life, 3 s); the fake refuses expired
+    ones. Bursts of concurrent requests after each expiry cause exactly one STS call."""
+    irsa.lifetime = 6.0
     irsa.delay = 0.3  # a slow STS widens the window in which concurrent requests could race
     gw = start_gateway(config(runtime, control))
     client = gw.router_client()
@@ -390,7 +390,8 @@ def test_credentials_refresh_across_expiry_with_one_sts_call_each(irsa, runtime,
             answers = list(pool.map(ask, range(8)))
             assert answers == [f"[{CLAUDE}] you said: n{i}" for i in range(8)]
             assert irsa.calls == round_ + 1, f"round {round_}: {irsa.calls} STS calls"
-            time.sleep(4.2)  # past the expiry of the credentials just used
+            if round_ < 2:
+                time.sleep(6.2)  # past the expiry of the credentials just used
     assert_gateway_signed(runtime, 24)
     keys = [r.access_key for r in runtime.requests]
     assert len(set(keys)) == 3, "each round signed with the credentials of its own STS call"
