@@ -6,8 +6,11 @@
 //! OpenAI-style `GET {baseUrl}/models`; Anthropic `GET /v1/models` (paged with `has_more` /
 //! `last_id` → `after_id`); Gemini `models.list` (`GET /v1beta/models`, paged with
 //! `pageToken`, only models that support `generateContent`, `models/` prefix stripped);
-//! Cohere `GET /v1/models?endpoint=chat` (paged with `next_page_token`). Each page request
-//! goes through [`get_json`], which adds the provider's headers and credential.
+//! Cohere `GET /v1/models?endpoint=chat` (paged with `next_page_token`); Vertex AI
+//! `publishers.models.list`; Azure deployments (resource URLs) or `/models` (v1 URLs); Bedrock
+//! `ListInferenceProfiles` on the control plane (paged with `nextToken`, ACTIVE profiles that
+//! pass `allowedProviders` and `allowedInferenceRegions`). Each page request goes through
+//! [`get_json`] (Bedrock signs its own), which adds the provider's headers and credential.
 //!
 //! Catalogs are keyed by [`Upstream::catalog_key`], so a reload that leaves a provider
 //! unchanged keeps its catalog; [`Discovery::sync`] starts tasks for new upstreams and drops
@@ -203,7 +206,8 @@ pub async fn fetch_models(
         Protocol::Cohere => cohere_models(client, upstream).await,
         Protocol::VertexAi => vertex_models(client, upstream).await,
         Protocol::Azure => azure_models(client, upstream).await,
-        Protocol::OpenAi | Protocol::Bedrock => openai_models(client, upstream).await,
+        Protocol::Bedrock => fetch_bedrock_profiles(client, upstream).await,
+        Protocol::OpenAi => openai_models(client, upstream).await,
     }
 }
 
@@ -561,6 +565,123 @@ async fn cohere_models(
     Ok(out)
 }
 
+/// Pages requested from `ListInferenceProfiles` at most (1000 per page), so a misbehaving
+/// control plane that always returns a `nextToken` cannot keep discovery busy forever.
+const BEDROCK_MAX_PAGES: usize = 50;
+
+/// SigV4 canonical form: everything but unreserved characters percent-encoded.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InferenceProfiles {
+    #[serde(default)]
+    inference_profile_summaries: Vec<InferenceProfile>,
+    #[serde(default)]
+    next_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InferenceProfile {
+    inference_profile_id: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    created_at: Option<String>,
+}
+
+/// Bedrock `ListInferenceProfiles` (`GET {controlPlaneUrl}/inference-profiles`), every page,
+/// keeping the ACTIVE profiles that pass `allowedProviders` and `allowedInferenceRegions`.
+pub async fn fetch_bedrock_profiles(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+) -> Result<Vec<ModelEntry>, String> {
+    let Some(settings) = &upstream.bedrock else {
+        return Err("the provider has no Bedrock settings".to_owned());
+    };
+    let base = format!(
+        "{}/inference-profiles",
+        settings.control_plane_url.as_str().trim_end_matches('/')
+    );
+    let mut models = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..BEDROCK_MAX_PAGES {
+        let mut url = format!("{base}?maxResults=1000");
+        if let Some(t) = &token {
+            url.push_str("&nextToken=");
+            url.push_str(&percent_encoding::utf8_percent_encode(t, UNRESERVED).to_string());
+        }
+        let mut headers = http::HeaderMap::new();
+        let out = crate::credentials::Outgoing {
+            method: &http::Method::GET,
+            url: &url,
+            headers: &mut headers,
+            body: Some(b""),
+        };
+        upstream
+            .credential
+            .apply(out)
+            .await
+            .map_err(|e| e.to_string())?;
+        let response = client
+            .get(&url)
+            .headers(headers)
+            .timeout(upstream.timeout.min(Duration::from_secs(30)))
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    "ListInferenceProfiles timed out".to_owned()
+                } else {
+                    format!("could not reach {base}: connection failed")
+                }
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("GET {base} answered {status}"));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|_| "the inference profile list was cut off".to_owned())?;
+        let page: InferenceProfiles = serde_json::from_slice(&body)
+            .map_err(|e| format!("the answer is not a ListInferenceProfiles response: {e}"))?;
+        for profile in page.inference_profile_summaries {
+            let active = profile
+                .status
+                .as_deref()
+                .is_none_or(|s| s.eq_ignore_ascii_case("ACTIVE"));
+            if active && settings.admits(&profile.inference_profile_id) {
+                models.push(ModelEntry {
+                    created: profile.created_at.as_deref().and_then(unix_seconds),
+                    id: profile.inference_profile_id,
+                    owned_by: None,
+                });
+            }
+        }
+        match page.next_token.filter(|t| !t.is_empty()) {
+            Some(t) => token = Some(t),
+            None => return Ok(models),
+        }
+    }
+    Err(format!(
+        "ListInferenceProfiles returned more than {BEDROCK_MAX_PAGES} pages; stopped"
+    ))
+}
+
+/// `2024-08-21T17:03:15.123Z` → Unix seconds (UTC timestamps as Bedrock writes them).
+fn unix_seconds(rfc3339: &str) -> Option<i64> {
+    humantime::parse_rfc3339_weak(rfc3339.trim_end_matches('Z'))
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -628,6 +749,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             catalog_key: 1,
             cloud: crate::config::Cloud::None,
+            bedrock: None,
         }
     }
 

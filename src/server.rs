@@ -61,6 +61,7 @@ pub fn http_client(extra_ca_certs: Option<&Path>) -> anyhow::Result<reqwest::Cli
             .with_context(|| format!("{} is not a PEM bundle of certificates", path.display()))?;
         anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
         builder = builder.tls_certs_merge(certs);
+        crate::credentials::aws::trust_extra_ca_certs(pem);
     }
     builder.build().context("building the HTTP client")
 }
@@ -74,27 +75,12 @@ pub async fn check_credentials_online(
 ) -> anyhow::Result<Vec<(crate::config::ObjectKey, Result<(), String>)>> {
     let client = http_client(extra_ca_certs)?;
     crate::credentials::azure::install_http_client(client);
-    let mut upstreams = std::collections::BTreeMap::new();
-    for table in compiled.proxies.values() {
-        for route in &table.routes {
-            upstreams
-                .entry(route.upstream.provider.clone())
-                .or_insert_with(|| route.upstream.clone());
-        }
-    }
-    let checks =
-        upstreams.into_iter().map(|(key, upstream)| async move {
-            let result =
-                match tokio::time::timeout(Duration::from_secs(30), upstream.credential.check())
-                    .await
-                {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("no credential within 30 seconds".to_owned()),
-                };
-            (key, result)
-        });
-    Ok(futures_util::future::join_all(checks).await)
+    let snapshot = crate::config::Snapshot::new(compiled.proxies.clone(), 0);
+    let checks = check_credentials(&snapshot).await;
+    Ok(checks
+        .into_iter()
+        .map(|(key, result)| (key, result.map_err(|e| e.to_string())))
+        .collect())
 }
 
 /// Compile objects, swap them in, and log what is served and what is wrong.
@@ -148,7 +134,21 @@ pub fn apply_objects(
             );
         }
     }
-    check_credentials(&snapshot);
+    // Keyless credentials are obtained for real in the background, so the log says at once
+    // whether the pod's identity works (Kubernetes status reports the same as CredentialsReady).
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let snapshot = snapshot.clone();
+        runtime.spawn(async move {
+            for (provider, result) in check_credentials(&snapshot).await {
+                match result {
+                    Ok(()) => tracing::info!(provider = %provider, "credentials ready"),
+                    Err(e) => {
+                        tracing::warn!(provider = %provider, error = %e, "credentials not ready")
+                    }
+                }
+            }
+        });
+    }
     let result = if compiled.problems.is_empty() {
         "applied"
     } else {
@@ -163,35 +163,37 @@ pub fn apply_objects(
     );
 }
 
-/// Obtain every minted credential once (a token from the metadata server, Entra ID, …) and
-/// log whether it worked: the file-mode view of the `CredentialsReady` condition.
-fn check_credentials(snapshot: &crate::config::Snapshot) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
+/// Obtain every minted credential of a snapshot for real (STS, metadata servers, …), once per
+/// provider; static keys are not contacted here (whether they work shows in discovery).
+pub async fn check_credentials(
+    snapshot: &crate::config::Snapshot,
+) -> Vec<(
+    crate::config::ObjectKey,
+    Result<(), crate::credentials::CredentialError>,
+)> {
+    let mut upstreams = std::collections::BTreeMap::new();
     for upstream in snapshot.upstreams().into_values() {
-        if matches!(
-            upstream.credential,
-            crate::credentials::Credential::None | crate::credentials::Credential::Header { .. }
-        ) {
-            continue;
+        if upstream.credential.mints() {
+            upstreams
+                .entry(upstream.provider.clone())
+                .or_insert(upstream);
         }
-        runtime.spawn(async move {
-            match upstream.credential.check().await {
-                Ok(()) => tracing::info!(
-                    provider = %upstream.provider,
-                    credential = ?upstream.credential,
-                    "credentials ready"
-                ),
-                Err(e) => tracing::warn!(
-                    provider = %upstream.provider,
-                    credential = ?upstream.credential,
-                    reason = "TokenExchangeFailed",
-                    "credentials not ready: {e}"
-                ),
-            }
-        });
     }
+    let checks =
+        upstreams.into_iter().map(|(key, upstream)| async move {
+            let result =
+                match tokio::time::timeout(Duration::from_secs(30), upstream.credential.check())
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(crate::credentials::CredentialError::Unavailable {
+                        kind: "upstream",
+                        detail: "no credential within 30 seconds".to_owned(),
+                    }),
+                };
+            (key, result)
+        });
+    futures_util::future::join_all(checks).await
 }
 
 /// Re-read the files whenever the watcher or the poll says they may have changed.

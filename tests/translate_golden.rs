@@ -5,12 +5,16 @@
 //! - `requests/<case>.json` (OpenAI request) → `requests/<case>.<provider>.json`
 //!   (the native body; `{"translate_error": "…"}` when translation refuses),
 //!   plus `requests/<case>.dropped` holding the expected `dropped_parts` when
-//!   it is not 0.
+//!   it is not 0 (`<case>.bedrock.dropped` for Bedrock, which keeps images).
 //! - `responses/<provider>/<case>.json` (native) → `<case>.openai.json`.
 //! - `streams/<provider>/<case>.sse` (native SSE) → `<case>.openai.json`, the
 //!   JSON payloads the gateway writes, in order. The stream is fed in several
 //!   chunk sizes, which must all give the same output. A case named
 //!   `*no_usage*` runs without `include_usage`.
+//! - `streams/bedrock/<case>.eventstream` (AWS event-stream frames, built from
+//!   `<case>.events.json` by `streams/bedrock/build.py`, an encoder independent
+//!   of the gateway's decoder) → `<case>.openai.json`, fed in the same chunk
+//!   sizes.
 //! - `errors/<provider>/<case>.json` (`{"status", "body"}`, body as JSON or
 //!   as a raw string) → `<case>.openai.json`.
 //!
@@ -22,17 +26,21 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use portcullis::translate::eventstream::Decoder;
 use portcullis::translate::openai::{ChatRequest, ChatResponse, ErrorBody};
 use portcullis::translate::sse::SseParser;
-use portcullis::translate::{StreamOut, TranslateError, Translated, anthropic, cohere, gemini};
+use portcullis::translate::{
+    StreamOut, TranslateError, Translated, anthropic, bedrock, cohere, gemini,
+};
 use serde_json::{Value, json};
 
-const PROVIDERS: [&str; 3] = ["anthropic", "gemini", "cohere"];
+const PROVIDERS: [&str; 4] = ["anthropic", "gemini", "cohere", "bedrock"];
 
 fn upstream_model(provider: &str) -> &'static str {
     match provider {
         "anthropic" => "claude-sonnet-4-5",
         "gemini" => "gemini-2.5-flash",
+        "bedrock" => "us.anthropic.claude-sonnet-4-20250514-v1:0",
         _ => "command-a-03-2025",
     }
 }
@@ -54,6 +62,7 @@ fn translate_request(provider: &str, req: &ChatRequest) -> Result<Translated, Tr
     match provider {
         "anthropic" => anthropic::request(req, model),
         "gemini" => gemini::request(req, model),
+        "bedrock" => bedrock::request(req, model),
         _ => cohere::request(req, model),
     }
 }
@@ -63,6 +72,7 @@ fn translate_response(provider: &str, body: &[u8]) -> Result<ChatResponse, Trans
     match provider {
         "anthropic" => anthropic::response(body, &model),
         "gemini" => gemini::response(body, &model),
+        "bedrock" => bedrock::response(body, &model),
         _ => cohere::response(body, &model),
     }
 }
@@ -71,6 +81,7 @@ fn translate_error(provider: &str, status: u16, body: &[u8]) -> (u16, ErrorBody)
     match provider {
         "anthropic" => anthropic::error(status, body),
         "gemini" => gemini::error(status, body),
+        "bedrock" => bedrock::error(status, body),
         _ => cohere::error(status, body),
     }
 }
@@ -178,11 +189,15 @@ fn requests() {
     for (case, path) in inputs(&dir, "json") {
         let req: ChatRequest = serde_json::from_value(read_json(&path))
             .unwrap_or_else(|e| panic!("{}: not an OpenAI request: {e}", path.display()));
-        let dropped_path = dir.join(format!("{case}.dropped"));
-        let expected_dropped: usize = fs::read_to_string(&dropped_path)
-            .map(|s| s.trim().parse().unwrap())
-            .unwrap_or(0);
         for provider in PROVIDERS {
+            // Bedrock keeps `data:` URL images, so it has its own count.
+            let dropped_path = match provider {
+                "bedrock" => dir.join(format!("{case}.bedrock.dropped")),
+                _ => dir.join(format!("{case}.dropped")),
+            };
+            let expected_dropped: usize = fs::read_to_string(&dropped_path)
+                .map(|s| s.trim().parse().unwrap())
+                .unwrap_or(0);
             checked += 1;
             let actual = match translate_request(provider, &req) {
                 Ok(t) => {
@@ -235,7 +250,7 @@ fn responses() {
 fn streams() {
     let mut failures = Vec::new();
     let mut checked = 0;
-    for provider in PROVIDERS {
+    for provider in PROVIDERS.into_iter().filter(|p| *p != "bedrock") {
         let dir = fixtures().join("streams").join(provider);
         for (case, path) in inputs(&dir, "sse") {
             checked += 1;
@@ -284,4 +299,67 @@ fn errors() {
         }
     }
     finish("error", checked, failures);
+}
+
+/// Feed an event stream to a fresh decoder and Bedrock translator in chunks of `size` bytes.
+fn translate_event_stream(input: &[u8], size: usize, include_usage: bool) -> Vec<Value> {
+    let mut t = bedrock::StreamTranslator::new(&client_model("bedrock"), include_usage);
+    let mut decoder = Decoder::default();
+    let mut outs: Vec<StreamOut> = Vec::new();
+    let mut failed = false;
+    for chunk in input.chunks(size.max(1)) {
+        for frame in decoder.push(chunk) {
+            match frame {
+                Ok(frame) => outs.extend(t.push(&frame)),
+                Err(e) => {
+                    failed = true;
+                    outs.push(StreamOut::Error(ErrorBody::new(
+                        e.to_string(),
+                        "server_error",
+                        None,
+                    )));
+                }
+            }
+        }
+    }
+    if let Err(e) = decoder.finish() {
+        outs.push(StreamOut::Error(ErrorBody::new(
+            e.to_string(),
+            "server_error",
+            None,
+        )));
+        failed = true;
+    }
+    if !failed {
+        outs.extend(t.finish());
+    }
+    outs.iter()
+        .map(|o| serde_json::from_str(&o.to_json()).unwrap())
+        .collect()
+}
+
+#[test]
+fn bedrock_streams() {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    let dir = fixtures().join("streams").join("bedrock");
+    for (case, path) in inputs(&dir, "eventstream") {
+        checked += 1;
+        let input = fs::read(&path).unwrap();
+        let include_usage = !case.contains("no_usage");
+        let whole = translate_event_stream(&input, input.len(), include_usage);
+        for size in [1, 2, 7, 64] {
+            if translate_event_stream(&input, size, include_usage) != whole {
+                failures.push(format!(
+                    "bedrock/{case}: output differs when fed in {size}-byte chunks"
+                ));
+            }
+        }
+        check(
+            &dir.join(format!("{case}.openai.json")),
+            &Value::Array(whole),
+            &mut failures,
+        );
+    }
+    finish("bedrock stream", checked, failures);
 }

@@ -231,6 +231,10 @@ fn compile_provider(
         }
     }
 
+    let bedrock = (t == ProviderType::Bedrock)
+        .then(|| compile_bedrock(spec.bedrock.as_ref(), &mut p))
+        .flatten();
+
     // Base URL.
     let base_url = spec
         .base_url
@@ -240,8 +244,15 @@ fn compile_provider(
         .map(str::to_owned)
         .or_else(|| defaults.base_urls.get(&t).cloned())
         .or_else(|| info.default_base_url.map(str::to_owned))
-        .or_else(|| cloud::default_base_url(spec));
+        .or_else(|| cloud::default_base_url(spec))
+        .or_else(|| {
+            bedrock
+                .as_ref()
+                .map(|b| providers::bedrock::runtime_url(&b.region))
+        });
     let base_url = match base_url {
+        // A bedrock provider without a usable region already has its problem.
+        None if t == ProviderType::Bedrock => None,
         None => {
             let hint = info
                 .base_url_env
@@ -288,7 +299,12 @@ fn compile_provider(
         form,
         AuthForm::WorkloadIdentity | AuthForm::ServiceAccountKey
     ) && info.auth_forms.contains(&form);
-    if cloud_auth
+    if cloud_auth && t == ProviderType::Bedrock {
+        if let Some(b) = &bedrock {
+            credential =
+                Credential::AwsSigV4(Arc::new(crate::credentials::aws::SigV4::new(&b.region)));
+        }
+    } else if cloud_auth
         && matches!(
             t,
             ProviderType::Vertexai | ProviderType::Azure | ProviderType::Anthropic
@@ -459,6 +475,12 @@ fn compile_provider(
     }
     format!("{credential:?}").hash(&mut hasher);
     let cloud = cloud::settings(&mut p, spec, &base_url);
+    if let Some(b) = &bedrock {
+        b.hash(&mut hasher);
+    }
+    if let Credential::AwsSigV4(signer) = &credential {
+        signer.region().hash(&mut hasher);
+    }
     let catalog_key = hasher.finish();
     p.finish(Upstream {
         provider: key.clone(),
@@ -469,9 +491,70 @@ fn compile_provider(
         extra_headers,
         models,
         timeout,
+        bedrock,
         catalog_key,
         cloud,
     })
+}
+
+/// `spec.bedrock`: the region is required (it names the endpoints and the signing region).
+fn compile_bedrock(
+    spec: Option<&crate::crd::BedrockSpec>,
+    p: &mut Problems,
+) -> Option<Arc<providers::bedrock::Settings>> {
+    let Some(spec) = spec else {
+        p.add(
+            "spec.bedrock",
+            "InvalidSpec",
+            "type `bedrock` needs spec.bedrock.region (e.g. `bedrock: {region: us-east-1}`)",
+        );
+        return None;
+    };
+    let region = spec.region.trim();
+    if !providers::bedrock::valid_region(region) {
+        p.add(
+            "spec.bedrock.region",
+            "InvalidSpec",
+            format!("`{region}` is not an AWS region name such as `us-east-1`"),
+        );
+        return None;
+    }
+    let control = spec
+        .control_plane_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(|| providers::bedrock::control_plane_url(region));
+    let control_plane_url = match parse_base_url(&control) {
+        Ok(url) => url,
+        Err(why) => {
+            let shown = Url::parse(&control)
+                .ok()
+                .filter(|u| !u.username().is_empty() || u.password().is_some())
+                .map_or(control.as_str(), |_| "the control-plane URL");
+            p.add(
+                "spec.bedrock.controlPlaneUrl",
+                "InvalidBaseUrl",
+                format!("`{shown}` {why}"),
+            );
+            return None;
+        }
+    };
+    let lower = |list: &Option<Vec<String>>| {
+        list.as_ref().map(|l| {
+            l.iter()
+                .map(|v| v.trim().to_ascii_lowercase())
+                .filter(|v| !v.is_empty())
+                .collect::<Vec<_>>()
+        })
+    };
+    Some(Arc::new(providers::bedrock::Settings {
+        region: region.to_owned(),
+        control_plane_url,
+        allowed_providers: lower(&spec.allowed_providers),
+        allowed_inference_regions: lower(&spec.allowed_inference_regions),
+    }))
 }
 
 fn api_key_credential(
@@ -760,9 +843,86 @@ mod tests {
     }
 
     #[test]
-    fn later_types_are_not_yet_supported_never_silently_ignored() {
-        let c = run(&provider("a", "{type: bedrock}"));
-        assert_eq!(reasons(&c), [("spec.type", "UnsupportedType")]);
+    fn every_type_of_the_schema_is_implemented() {
+        for t in ProviderType::ALL {
+            assert!(providers::info(t).implemented, "{t} is not implemented");
+        }
+    }
+
+    fn bedrock_upstream(c: &Compiled) -> Arc<Upstream> {
+        let table = &c.proxies[&ObjectKey::new("ai", "p")];
+        table.routes[0].upstream.clone()
+    }
+
+    #[test]
+    fn bedrock_with_workload_identity_signs_in_its_region() {
+        let c = run(&format!(
+            "{}{}",
+            provider(
+                "b",
+                "{type: bedrock, auth: {workloadIdentity: {}}, bedrock: {region: eu-west-3, allowedProviders: [Anthropic]}}"
+            ),
+            proxy("p", "[{providerRef: {name: b}}]")
+        ));
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        let u = bedrock_upstream(&c);
+        assert_eq!(
+            u.base_url.as_str(),
+            "https://bedrock-runtime.eu-west-3.amazonaws.com/"
+        );
+        assert!(u.credential.needs_body());
+        let b = u.bedrock.clone().unwrap_or_else(|| panic!("no settings"));
+        assert_eq!(
+            b.control_plane_url.as_str(),
+            "https://bedrock.eu-west-3.amazonaws.com/"
+        );
+        assert_eq!(b.allowed_providers, Some(vec!["anthropic".to_owned()]));
+        assert!(matches!(&u.credential, Credential::AwsSigV4(s) if s.region() == "eu-west-3"));
+    }
+
+    #[test]
+    fn bedrock_api_key_is_a_bearer_token() {
+        let c = run(&format!(
+            "{SECRET}{}{}",
+            provider(
+                "b",
+                "{type: bedrock, auth: {apiKey: {secretRef: {name: key}}}, bedrock: {region: us-east-1}, baseUrl: 'http://127.0.0.1:9'}"
+            ),
+            proxy("p", "[{providerRef: {name: b}}]")
+        ));
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        let u = bedrock_upstream(&c);
+        assert!(!u.credential.needs_body());
+        assert!(
+            matches!(&u.credential, Credential::Header { name, .. } if name == "authorization")
+        );
+    }
+
+    #[test]
+    fn bedrock_needs_a_valid_region_and_control_plane_url() {
+        let c = run(&provider(
+            "b",
+            "{type: bedrock, auth: {workloadIdentity: {}}}",
+        ));
+        assert_eq!(reasons(&c), [("spec.bedrock", "InvalidSpec")]);
+        let c = run(&provider(
+            "b",
+            "{type: bedrock, auth: {workloadIdentity: {}}, bedrock: {region: 'evil.com/x'}}",
+        ));
+        assert_eq!(reasons(&c), [("spec.bedrock.region", "InvalidSpec")]);
+        let c = run(&provider(
+            "b",
+            "{type: bedrock, auth: {workloadIdentity: {}}, bedrock: {region: us-east-1, controlPlaneUrl: 'ftp://x'}}",
+        ));
+        assert_eq!(
+            reasons(&c),
+            [("spec.bedrock.controlPlaneUrl", "InvalidBaseUrl")]
+        );
+        let c = run(&provider(
+            "b",
+            "{type: bedrock, bedrock: {region: us-east-1}}",
+        ));
+        assert_eq!(reasons(&c), [("spec.auth", "UnsupportedAuth")]);
     }
 
     #[test]

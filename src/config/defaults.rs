@@ -1,8 +1,9 @@
 //! The embedded default configuration: what `portcullis serve` runs with no `--config` and no
 //! cluster. A proxy `default` (namespace `default`) with the local Ollama provider, plus one
 //! provider per `*_API_KEY` variable found in the environment, plus Vertex AI when
-//! `PORTCULLIS_VERTEX_PROJECT` and `PORTCULLIS_VERTEX_LOCATION` are set and Azure OpenAI when
-//! `PORTCULLIS_AZURE_OPENAI_BASE_URL` is (keyless, or `AZURE_OPENAI_API_KEY`).
+//! `PORTCULLIS_VERTEX_PROJECT` and `PORTCULLIS_VERTEX_LOCATION` are set, Azure OpenAI when
+//! `PORTCULLIS_AZURE_OPENAI_BASE_URL` is (keyless, or `AZURE_OPENAI_API_KEY`), and Bedrock with
+//! the ambient AWS credentials when `PORTCULLIS_BEDROCK_REGION` is.
 //!
 //! It is built as ordinary objects and goes through the same `compile()` as any manifest.
 
@@ -11,9 +12,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{Object, ObjectKey, SecretData};
+/// Adds a Bedrock provider (AWS default credential chain) in this region.
+pub const BEDROCK_REGION_ENV: &str = "PORTCULLIS_BEDROCK_REGION";
+
 use crate::crd::{
-    Empty, LlmProvider, LlmProviderSpec, LlmProxy, LlmProxySpec, LocalObjectRef, ProviderAuth,
-    ProviderType, ProxyProvider, SecretKeyRef, SecretKeySource, VertexAiSpec,
+    BedrockSpec, Empty, LlmProvider, LlmProviderSpec, LlmProxy, LlmProxySpec, LocalObjectRef,
+    ProviderAuth, ProviderType, ProxyProvider, SecretKeyRef, SecretKeySource, VertexAiSpec,
 };
 use crate::providers;
 
@@ -135,6 +139,22 @@ pub fn objects(env: impl Fn(&str) -> Option<String>) -> Vec<Object> {
         p.metadata = meta("azure");
         objects.push(Object::Provider(Box::new(p)));
         entries.push("azure");
+    }
+    if let Some(region) = env(BEDROCK_REGION_ENV).filter(|v| !v.trim().is_empty()) {
+        let mut p = provider(
+            ProviderType::Bedrock,
+            ProviderAuth {
+                workload_identity: Some(Empty {}),
+                ..ProviderAuth::default()
+            },
+        );
+        p.spec.bedrock = Some(BedrockSpec {
+            region: region.trim().to_owned(),
+            ..BedrockSpec::default()
+        });
+        p.metadata = meta("bedrock");
+        objects.push(Object::Provider(Box::new(p)));
+        entries.push("bedrock");
     }
     objects.push(Object::Secret(
         ObjectKey::new(NAMESPACE, "portcullis-env-keys"),
@@ -262,6 +282,21 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn bedrock_region_adds_a_keyless_bedrock_provider() {
+        let env = |k: &str| (k == BEDROCK_REGION_ENV).then(|| "eu-central-1".to_owned());
+        let compiled = compile(&Index::from_objects(objects(env)), &Defaults::default());
+        assert!(compiled.problems.is_empty(), "{:?}", compiled.problems);
+        let table = &compiled.proxies[&ObjectKey::new("default", "default")];
+        let route = table.route("bedrock").map(|r| r.upstream.clone());
+        let upstream = route.unwrap_or_else(|| panic!("no bedrock route"));
+        assert_eq!(
+            upstream.base_url.as_str(),
+            "https://bedrock-runtime.eu-central-1.amazonaws.com/"
+        );
+        assert!(upstream.credential.needs_body());
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub struct Upstream {
     pub models: ModelPolicy,
     /// Connect / first-byte / idle timeout.
     pub timeout: Duration,
+    /// Bedrock settings (type `bedrock` only).
+    pub bedrock: Option<Arc<crate::providers::bedrock::Settings>>,
     /// Identity of the discovery cache: equal for two compilations of an unchanged provider,
     /// so a reload keeps its discovered models.
     pub catalog_key: u64,

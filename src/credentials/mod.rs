@@ -6,6 +6,7 @@
 //! holding an `Arc` of their cached state; `apply` is async for them, and [`Credential::check`]
 //! obtains a credential for real (for the `CredentialsReady` condition).
 
+pub mod aws;
 pub mod azure;
 pub mod gcp;
 
@@ -31,6 +32,8 @@ pub enum Credential {
     Gcp(Arc<gcp::GcpToken>),
     /// A Microsoft Entra ID token (Azure OpenAI, AI Foundry, Claude on Foundry), cached here.
     Entra(Arc<azure::EntraToken>),
+    /// AWS SigV4 with credentials from the AWS default chain (Bedrock `workloadIdentity`).
+    AwsSigV4(Arc<aws::SigV4>),
 }
 
 /// One request about to go upstream, as a credential sees it. SigV4 signs all of it; bearer
@@ -92,6 +95,7 @@ impl Credential {
             }
             Credential::Gcp(token) => token.apply(out.headers).await,
             Credential::Entra(token) => token.apply(out.headers).await,
+            Credential::AwsSigV4(signer) => signer.apply(out).await,
         }
     }
 
@@ -102,6 +106,16 @@ impl Credential {
             Credential::None | Credential::Header { .. } => Ok(()),
             Credential::Gcp(token) => token.check().await,
             Credential::Entra(token) => token.check().await,
+            Credential::AwsSigV4(signer) => signer.check().await,
+        }
+    }
+
+    /// Whether the credential is obtained from an identity provider at run time (so
+    /// [`Credential::check`] asks it), rather than configured.
+    pub fn mints(&self) -> bool {
+        match self {
+            Credential::None | Credential::Header { .. } => false,
+            Credential::AwsSigV4(_) | Credential::Gcp(_) | Credential::Entra(_) => true,
         }
     }
 
@@ -113,6 +127,7 @@ impl Credential {
             | Credential::Header { .. }
             | Credential::Gcp(_)
             | Credential::Entra(_) => false,
+            Credential::AwsSigV4(_) => true,
         }
     }
 }
@@ -124,6 +139,7 @@ impl fmt::Debug for Credential {
             Credential::Header { name, .. } => write!(f, "Header({name}: <redacted>)"),
             Credential::Gcp(token) => write!(f, "{token:?}"),
             Credential::Entra(token) => write!(f, "{token:?}"),
+            Credential::AwsSigV4(signer) => write!(f, "AwsSigV4(region {})", signer.region()),
         }
     }
 }

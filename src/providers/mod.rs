@@ -4,6 +4,8 @@
 //! The OpenAI-compatible family shares one protocol and differs only in the data of its
 //! [`ProviderInfo`] row; adding a provider of that family is a row in [`info`], not a module.
 
+pub mod bedrock;
+
 use crate::crd::ProviderType;
 
 /// The wire protocol a provider speaks natively.
@@ -192,7 +194,7 @@ pub fn info(provider_type: ProviderType) -> ProviderInfo {
             key_header: KeyHeader::Bearer,
             key_env: None,
             supports_tools: true,
-            implemented: false,
+            implemented: true,
         },
         T::Cohere => ProviderInfo {
             protocol: Protocol::Cohere,

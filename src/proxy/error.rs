@@ -245,11 +245,27 @@ impl ApiError {
     /// A response in a provider's own error shape.
     pub fn into_response_for(self, protocol: Protocol) -> Response {
         let body = self.body_for(protocol).to_string();
-        let mut response = (self.status_code(), body).into_response();
+        let status = self.status_code();
+        let mut response = (status, body).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if protocol == Protocol::Bedrock {
+            // AWS SDKs read the exception name from this header (restJson1).
+            let exception = match status.as_u16() {
+                400 | 413 => "ValidationException",
+                401 | 403 => "AccessDeniedException",
+                404 => "ResourceNotFoundException",
+                429 => "ThrottlingException",
+                502 | 503 => "ServiceUnavailableException",
+                504 => "ModelTimeoutException",
+                _ => "InternalServerException",
+            };
+            response
+                .headers_mut()
+                .insert("x-amzn-errortype", HeaderValue::from_static(exception));
+        }
         response
     }
 }

@@ -39,11 +39,16 @@ pub fn to_upstream(client: &HeaderMap) -> HeaderMap {
     let mut headers = client.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
-    for name in CLIENT_CREDENTIALS {
-        headers.remove(name);
+    for name in CLIENT_CREDENTIALS.iter().chain(&CLIENT_SIGNATURE) {
+        headers.remove(*name);
     }
     headers
 }
+
+/// What an AWS SDK's own SigV4 signature adds besides `authorization`: a client's session
+/// token is a credential too, and the gateway signs with its own.
+pub const CLIENT_SIGNATURE: [&str; 3] =
+    ["x-amz-security-token", "x-amz-date", "x-amz-content-sha256"];
 
 /// The upstream's headers as they may be sent to the client.
 pub fn to_client(upstream: &HeaderMap) -> HeaderMap {

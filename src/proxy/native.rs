@@ -110,6 +110,26 @@ pub fn is_model_id(model: &str) -> bool {
     crate::config::snapshot::is_model_segment(model)
 }
 
+/// A Bedrock `model/{modelId}/…` path whose model ID is an ARN: the ID may hold encoded
+/// slashes (AWS SDKs encode the `/` of `…:inference-profile/{id}`), but none of its parts may
+/// be `.` or `..` or hold a backslash or control character, and the rest of the path must pass
+/// [`check_rest`] as it is.
+pub fn check_bedrock_model_path(rest: &str) -> bool {
+    let mut segments = rest.splitn(3, '/');
+    let (Some("model"), Some(id), tail) = (segments.next(), segments.next(), segments.next())
+    else {
+        return false;
+    };
+    let decoded = percent_decode_str(id).decode_utf8_lossy();
+    let id_ok = decoded.starts_with("arn:")
+        && !decoded.contains('\\')
+        && !decoded.chars().any(char::is_control)
+        && decoded
+            .split('/')
+            .all(|part| !matches!(part, "" | "." | ".."));
+    id_ok && tail.is_none_or(|t| check_rest(t).is_ok())
+}
+
 /// Drop `key=` parameters from a query: a Gemini client may send its own key there, and it
 /// must never reach the upstream (the provider's key goes in `x-goog-api-key`).
 pub fn strip_key_param(query: &str) -> String {
@@ -165,23 +185,34 @@ async fn forward_inner(
     exchange: &mut Exchange,
     protocol: &mut Protocol,
 ) -> Result<Response, ApiError> {
-    check_rest(rest)?;
+    // A path error comes first, except where the provider's own rules admit the path.
+    let path_checked = check_rest(rest);
     let snapshot = state.store.load();
-    let table = snapshot
-        .proxy(proxy_id)
-        .ok_or_else(|| ApiError::ProxyNotFound {
+    let Some(table) = snapshot.proxy(proxy_id) else {
+        path_checked?;
+        return Err(ApiError::ProxyNotFound {
             id: proxy_id.to_owned(),
-        })?;
+        });
+    };
     exchange.proxy = table.key.proxy_id();
-    let route = table.route(prefix).ok_or_else(|| ApiError::UnknownPrefix {
-        prefix: prefix.to_owned(),
-        model: format!("/v1/{prefix}/{proxy_id}/"),
-        available: table.prefixes(),
-    })?;
+    let Some(route) = table.route(prefix) else {
+        path_checked?;
+        return Err(ApiError::UnknownPrefix {
+            prefix: prefix.to_owned(),
+            model: format!("/v1/{prefix}/{proxy_id}/"),
+            available: table.prefixes(),
+        });
+    };
     exchange.provider = route.prefix.clone();
     let upstream = &route.upstream;
     *protocol = upstream.info.protocol;
     let protocol = *protocol;
+    if let Err(e) = path_checked {
+        // Bedrock model IDs may be ARNs, which AWS SDKs send with `/` encoded as `%2F`.
+        if !(protocol == Protocol::Bedrock && check_bedrock_model_path(rest)) {
+            return Err(e);
+        }
+    }
     if matches!(protocol, Protocol::Gemini | Protocol::VertexAi) {
         check_gemini_path(rest)?;
     }
@@ -199,7 +230,15 @@ async fn forward_inner(
         return Err(ApiError::BodyTooLarge { limit });
     }
 
-    let mut url = upstream.url(rest);
+    let mut url = match &upstream.bedrock {
+        Some(b) if crate::providers::bedrock::is_control_plane(rest) => {
+            format!(
+                "{}/{rest}",
+                b.control_plane_url.as_str().trim_end_matches('/')
+            )
+        }
+        _ => upstream.url(rest),
+    };
     if let Some(query) = request.uri().query() {
         let query = match protocol {
             Protocol::Gemini | Protocol::VertexAi => strip_key_param(query),
@@ -222,19 +261,25 @@ async fn forward_inner(
         headers.insert("x-request-id", id);
     }
 
-    // Stream the body upstream, counting bytes against the limit.
+    // Stream the body upstream, counting bytes against the limit; a credential that signs
+    // the body (SigV4) needs it whole first (requests only: answers still stream).
     let over_limit = Arc::new(AtomicBool::new(false));
-    let flag = over_limit.clone();
-    let mut seen = 0usize;
-    let body = request.into_body().into_data_stream().map(move |chunk| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
-        seen += chunk.len();
-        if seen > limit {
-            flag.store(true, Ordering::Relaxed);
-            return Err(std::io::Error::other("request body over the limit"));
-        }
-        Ok(chunk)
-    });
+    let body = if upstream.credential.needs_body() {
+        reqwest::Body::from(super::model_router::read_body(request, limit).await?)
+    } else {
+        let flag = over_limit.clone();
+        let mut seen = 0usize;
+        let body = request.into_body().into_data_stream().map(move |chunk| {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            seen += chunk.len();
+            if seen > limit {
+                flag.store(true, Ordering::Relaxed);
+                return Err(std::io::Error::other("request body over the limit"));
+            }
+            Ok(chunk)
+        });
+        reqwest::Body::wrap_stream(body)
+    };
     let sent = upstream::send(
         &state.client,
         upstream,
@@ -242,7 +287,7 @@ async fn forward_inner(
         method,
         &url,
         headers,
-        reqwest::Body::wrap_stream(body),
+        body,
     )
     .await;
     let Answer { response, ttfb } = match sent {
@@ -319,6 +364,23 @@ mod tests {
             "m n",
         ] {
             assert!(!is_model_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bedrock_arn_model_ids_may_hold_encoded_slashes_only_there() {
+        assert!(check_bedrock_model_path(
+            "model/arn%3Aaws%3Abedrock%3Aus-east-1%3A111122223333%3Aapplication-inference-profile%2Fabc123/converse"
+        ));
+        for bad in [
+            "model/arn%3Ax%2F..%2F..%2Fadmin/converse",
+            "model/arn%3Ax%2F%2Fy/converse",
+            "model/not-an-arn%2Fx/converse",
+            "model/arn%3Ax%2Fy/a%2Fb",
+            "model/arn%3Ax%5Cy/converse",
+            "models/arn%3Ax%2Fy/converse",
+        ] {
+            assert!(!check_bedrock_model_path(bad), "{bad}");
         }
     }
 

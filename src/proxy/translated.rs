@@ -1,7 +1,7 @@
 //! Model Router requests to providers that do not speak OpenAI (Anthropic, Gemini, Vertex AI,
-//! Cohere):
-//! the request is translated, sent to the provider's native endpoint, and the answer is
-//! translated back — a stream event by event, as the upstream sends it.
+//! Cohere, Bedrock): the request is translated, sent to the provider's native endpoint, and the
+//! answer is translated back — a stream event by event, as the upstream sends it (SSE, or AWS
+//! event-stream frames for Bedrock).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -18,9 +18,10 @@ use super::upstream::{self, Answer};
 use super::{AppState, Exchange};
 use crate::config::{Route, Upstream};
 use crate::providers::Protocol;
+use crate::translate::eventstream;
 use crate::translate::openai::{ChatRequest, ChatResponse, ErrorBody};
 use crate::translate::sse::{DONE, SseEvent, SseParser};
-use crate::translate::{StreamOut, TranslateError, Translated, anthropic, cohere, gemini};
+use crate::translate::{StreamOut, TranslateError, Translated, anthropic, bedrock, cohere, gemini};
 
 /// `anthropic-version` sent when the client sent none.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -36,6 +37,8 @@ pub enum Dialect {
     Vertex,
     /// Cohere v2 Chat.
     Cohere,
+    /// Bedrock Converse / ConverseStream.
+    Bedrock,
 }
 
 impl Dialect {
@@ -46,7 +49,8 @@ impl Dialect {
             Protocol::Gemini => Some(Self::Gemini),
             Protocol::Cohere => Some(Self::Cohere),
             Protocol::VertexAi => Some(Self::Vertex),
-            Protocol::OpenAi | Protocol::Azure | Protocol::Bedrock => None,
+            Protocol::Bedrock => Some(Self::Bedrock),
+            Protocol::OpenAi | Protocol::Azure => None,
         }
     }
 
@@ -55,6 +59,7 @@ impl Dialect {
             Self::Anthropic => anthropic::request(req, model),
             Self::Gemini | Self::Vertex => gemini::request(req, model),
             Self::Cohere => cohere::request(req, model),
+            Self::Bedrock => bedrock::request(req, model),
         }
     }
 
@@ -66,6 +71,7 @@ impl Dialect {
             (Self::Gemini, false) => format!("v1beta/models/{model}:generateContent"),
             (Self::Gemini, true) => format!("v1beta/models/{model}:streamGenerateContent?alt=sse"),
             (Self::Cohere, _) => "v2/chat".to_owned(),
+            (Self::Bedrock, stream) => bedrock::path(model, stream),
         }
     }
 
@@ -74,6 +80,7 @@ impl Dialect {
             Self::Anthropic => anthropic::response(body, client_model),
             Self::Gemini | Self::Vertex => gemini::response(body, client_model),
             Self::Cohere => cohere::response(body, client_model),
+            Self::Bedrock => bedrock::response(body, client_model),
         }
     }
 
@@ -82,6 +89,7 @@ impl Dialect {
             Self::Anthropic => anthropic::error(status, body),
             Self::Gemini | Self::Vertex => gemini::error(status, body),
             Self::Cohere => cohere::error(status, body),
+            Self::Bedrock => bedrock::error(status, body),
         }
     }
 
@@ -102,6 +110,11 @@ impl Dialect {
                 t.set_created(created);
                 Translator::Cohere(t)
             }
+            Self::Bedrock => {
+                let mut t = bedrock::StreamTranslator::new(client_model, include_usage);
+                t.set_created(created);
+                Translator::Bedrock(t)
+            }
         }
     }
 }
@@ -110,6 +123,7 @@ enum Translator {
     Anthropic(anthropic::StreamTranslator),
     Gemini(gemini::StreamTranslator),
     Cohere(cohere::StreamTranslator),
+    Bedrock(bedrock::StreamTranslator),
 }
 
 impl Translator {
@@ -118,6 +132,8 @@ impl Translator {
             Self::Anthropic(t) => t.push(event),
             Self::Gemini(t) => t.push(event),
             Self::Cohere(t) => t.push(event),
+            // Bedrock streams event-stream frames, never SSE events (see `Input`).
+            Self::Bedrock(_) => Vec::new(),
         }
     }
 
@@ -126,8 +142,17 @@ impl Translator {
             Self::Anthropic(t) => t.finish(),
             Self::Gemini(t) => t.finish(),
             Self::Cohere(t) => t.finish(),
+            Self::Bedrock(t) => t.finish(),
         }
     }
+}
+
+/// How the upstream's stream is framed.
+enum Input {
+    /// Server-sent events (Anthropic, Gemini, Cohere).
+    Sse(SseParser),
+    /// AWS event-stream binary frames (Bedrock ConverseStream).
+    EventStream(eventstream::Decoder),
 }
 
 fn now() -> u64 {
@@ -193,6 +218,12 @@ pub async fn chat(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
+    if dialect == Dialect::Bedrock && streaming {
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.amazon.eventstream"),
+        );
+    }
     if dialect == Dialect::Anthropic {
         headers.insert(
             "anthropic-version",
@@ -249,10 +280,26 @@ pub async fn chat(
     }
 
     let include_usage = request.include_usage();
+    let mut translator = dialect.stream(asked, include_usage, now());
+    // Bedrock chunks carry no ID; its request ID (for support cases) is the closest thing.
+    if let (Translator::Bedrock(t), Some(id)) = (
+        &mut translator,
+        response
+            .headers()
+            .get("x-amzn-requestid")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')),
+    ) {
+        t.set_id(id);
+    }
     let state = StreamState {
         body: upstream::body_stream(response, upstream.timeout).boxed(),
-        parser: SseParser::default(),
-        translator: dialect.stream(asked, include_usage, now()),
+        input: if dialect == Dialect::Bedrock {
+            Input::EventStream(eventstream::Decoder::default())
+        } else {
+            Input::Sse(SseParser::default())
+        },
+        translator,
         done: false,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
@@ -262,16 +309,16 @@ pub async fn chat(
             }
             let out = match st.body.next().await {
                 Some(Ok(bytes)) => {
-                    let events = st.parser.push(&bytes);
-                    st.emit(events, false)
+                    let items = st.feed(&bytes);
+                    st.emit(items, false)
                 }
                 Some(Err(e)) => {
                     st.done = true;
                     stream_error(&format!("the upstream stream broke off: {e}"))
                 }
                 None => {
-                    let events = st.parser.finish();
-                    st.emit(events, true)
+                    let items = st.flush();
+                    st.emit(items, true)
                 }
             };
             if !out.is_empty() {
@@ -292,20 +339,55 @@ pub async fn chat(
 
 struct StreamState {
     body: BoxStream<'static, Result<Bytes, std::io::Error>>,
-    parser: SseParser,
+    input: Input,
     translator: Translator,
     done: bool,
 }
 
 impl StreamState {
-    /// Translate parsed events into SSE bytes; at the end, flush and write `[DONE]`. An error
+    /// Parse upstream bytes and translate the events they complete.
+    fn feed(&mut self, bytes: &[u8]) -> Vec<StreamOut> {
+        match (&mut self.input, &mut self.translator) {
+            (Input::EventStream(decoder), Translator::Bedrock(t)) => {
+                let mut items = Vec::new();
+                for frame in decoder.push(bytes) {
+                    match frame {
+                        Ok(frame) => items.extend(t.push(&frame)),
+                        Err(e) => items.push(decode_error(&e)),
+                    }
+                }
+                items
+            }
+            (Input::Sse(parser), t) => parser
+                .push(bytes)
+                .iter()
+                .flat_map(|event| t.push(event))
+                .collect(),
+            (Input::EventStream(_), _) => Vec::new(),
+        }
+    }
+
+    /// The upstream stream ended: translate what the parser still holds.
+    fn flush(&mut self) -> Vec<StreamOut> {
+        match &mut self.input {
+            Input::EventStream(decoder) => match decoder.finish() {
+                Ok(()) => Vec::new(),
+                Err(e) => vec![decode_error(&e)],
+            },
+            Input::Sse(parser) => {
+                let events = parser.finish();
+                events
+                    .iter()
+                    .flat_map(|event| self.translator.push(event))
+                    .collect()
+            }
+        }
+    }
+
+    /// Write translated items as SSE bytes; at the end, flush and write `[DONE]`. An error
     /// item ends the stream without `[DONE]` (the `openai` SDK raises it).
-    fn emit(&mut self, events: Vec<SseEvent>, last: bool) -> Vec<u8> {
+    fn emit(&mut self, mut items: Vec<StreamOut>, last: bool) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut items: Vec<StreamOut> = events
-            .iter()
-            .flat_map(|event| self.translator.push(event))
-            .collect();
         if last {
             items.extend(self.translator.finish());
         }
@@ -322,6 +404,14 @@ impl StreamState {
         }
         out
     }
+}
+
+fn decode_error(e: &eventstream::DecodeError) -> StreamOut {
+    StreamOut::Error(crate::translate::openai::ErrorBody::new(
+        format!("the upstream event stream could not be read: {e}"),
+        "server_error",
+        Some("bad_upstream_response".to_owned()),
+    ))
 }
 
 fn stream_error(message: &str) -> Vec<u8> {

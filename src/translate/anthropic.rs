@@ -106,7 +106,7 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
                     let input = super::parse_arguments(index, &call.id, &call.function.arguments)?;
                     blocks.push(json!({
                         "type": "tool_use",
-                        "id": tool_id(&call.id),
+                        "id": super::tool_id(&call.id),
                         "name": call.function.name,
                         "input": input,
                     }));
@@ -115,7 +115,7 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
             }
             Role::Tool => {
                 let (id, _) = calls.resolve(index, message)?;
-                let mut block = json!({"type": "tool_result", "tool_use_id": tool_id(id)});
+                let mut block = json!({"type": "tool_result", "tool_use_id": super::tool_id(id)});
                 if !text.is_empty() {
                     block["content"] = Value::String(text);
                 }
@@ -218,20 +218,6 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
         body: Value::Object(body),
         dropped_parts: dropped,
     })
-}
-
-/// A tool call id as Anthropic accepts it (`^[a-zA-Z0-9_-]+$`). Ids from other providers or
-/// frameworks may hold `:`, `.`, `|` and the like (`functions.get_weather:0`); those
-/// characters become `_` and a hash of the original id is appended, so the `tool_use` and its
-/// `tool_result` get the same new id and two different ids never collapse into one. Valid
-/// ids (Anthropic's own `toolu_…`, OpenAI's `call_…`) pass unchanged.
-fn tool_id(id: &str) -> String {
-    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    if !id.is_empty() && id.chars().all(valid) {
-        return id.to_owned();
-    }
-    let cleaned: String = id.chars().map(|c| if valid(c) { c } else { '_' }).collect();
-    format!("{cleaned}_{:08x}", super::fnv1a(id.as_bytes()) as u32)
 }
 
 /// Non-empty text blocks of a message (Anthropic rejects empty text blocks).

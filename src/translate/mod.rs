@@ -13,10 +13,14 @@
 //! upstream error ──<provider>::error──▶ (status, openai::ErrorBody)
 //! ```
 //!
-//! Each provider module (`anthropic`, `gemini`, `cohere`) has the same four
-//! entry points: `request`, `response`, `StreamTranslator` and `error`.
+//! Each provider module (`anthropic`, `gemini`, `cohere`, `bedrock`) has the
+//! same four entry points: `request`, `response`, `StreamTranslator` and
+//! `error`. Bedrock streams in AWS event-stream framing instead of SSE:
+//! `eventstream::Decoder` takes the place of `sse::SseParser` there, and its
+//! `StreamTranslator::push` takes a decoded `eventstream::Message`.
 //!
-//! Text-first: image, audio and file parts are dropped and counted in
+//! Text-first: image, audio and file parts are dropped (Bedrock keeps base64
+//! `data:` URL images) and counted in
 //! [`Translated::dropped_parts`], which the caller reports in the
 //! `x-portcullis-dropped-parts` header.
 //!
@@ -26,7 +30,9 @@
 //! [`anthropic::StreamTranslator::set_created`] and friends).
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod cohere;
+pub mod eventstream;
 pub mod gemini;
 pub mod openai;
 pub mod sse;
@@ -435,6 +441,20 @@ fn walk_schema(schema: &mut Value, visit: &mut dyn FnMut(&mut serde_json::Map<St
             }
         }
     }
+}
+
+/// A tool call id as Anthropic and Bedrock accept it (`^[a-zA-Z0-9_-]+$`). Ids from other providers or
+/// frameworks may hold `:`, `.`, `|` and the like (`functions.get_weather:0`); those
+/// characters become `_` and a hash of the original id is appended, so the `tool_use` and its
+/// `tool_result` get the same new id and two different ids never collapse into one. Valid
+/// ids (Anthropic's own `toolu_…`, OpenAI's `call_…`) pass unchanged.
+pub(crate) fn tool_id(id: &str) -> String {
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !id.is_empty() && id.chars().all(valid) {
+        return id.to_owned();
+    }
+    let cleaned: String = id.chars().map(|c| if valid(c) { c } else { '_' }).collect();
+    format!("{cleaned}_{:08x}", fnv1a(id.as_bytes()) as u32)
 }
 
 #[cfg(test)]

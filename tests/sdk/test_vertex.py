@@ -288,7 +288,7 @@ def test_check_online_obtains_the_token_for_real(mds, book, tmp_path):
 
     out = check(mds.host)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "credentials ready: LlmProvider ai/vertex" in out.stdout, out.stdout
+    assert "credentials LlmProvider ai/vertex: obtained" in out.stdout, out.stdout
     assert len(mds.token_requests()) >= 1, "check --online did not ask the metadata server"
     for token in book.minted():
         assert token not in out.stdout + out.stderr
@@ -302,4 +302,4 @@ def test_check_online_obtains_the_token_for_real(mds, book, tmp_path):
     mds.stop()
     out = check(mds.host)
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "credentials NOT ready: LlmProvider ai/vertex" in out.stdout, out.stdout
+    assert "LlmProvider ai/vertex: credentials:" in out.stderr and "CredentialsNotReady" in out.stderr, out.stderr
