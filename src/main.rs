@@ -225,13 +225,14 @@ fn check(paths: &[PathBuf], online: Option<Option<PathBuf>>) -> ExitCode {
                 for (provider, result) in results {
                     match result {
                         Ok(()) => {
-                            out.push_str(&format!("credentials ready: LlmProvider {provider}\n"))
+                            out.push_str(&format!("credentials LlmProvider {provider}: obtained\n"))
                         }
                         Err(e) => {
                             credentials_failed += 1;
-                            out.push_str(&format!(
-                                "credentials NOT ready: LlmProvider {provider}: {e}\n"
-                            ));
+                            let _ = writeln!(
+                                std::io::stderr(),
+                                "problem: LlmProvider {provider}: credentials: {e} (CredentialsNotReady)"
+                            );
                         }
                     }
                 }
