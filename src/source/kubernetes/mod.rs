@@ -154,6 +154,8 @@ enum Op {
     Apply(Object),
     Delete(Kind, ObjectKey),
     Reset(Kind, Scope, Vec<Object>),
+    /// The Secret watcher of a scope has acted on this version of the referenced set.
+    SecretsSynced(Scope, u64),
 }
 
 struct Change {
@@ -412,7 +414,13 @@ where
     }
 }
 
-type Refs = Option<Arc<BTreeSet<ObjectKey>>>;
+/// The Secrets referenced, with a version the Secret watchers acknowledge.
+type Refs = Option<(u64, Arc<BTreeSet<ObjectKey>>)>;
+
+/// How long a compilation waits for the Secret watchers to fetch Secrets that providers have
+/// just started to reference (so a provider and its Secret created together do not flash
+/// `SecretNotFound`).
+const SECRET_WAIT: Duration = Duration::from_millis(300);
 
 /// Watch Secrets in one scope; forward the data of referenced ones only.
 async fn watch_secrets(
@@ -433,7 +441,7 @@ async fn watch_secrets(
     let mut buffer: Option<(BTreeSet<ObjectKey>, Vec<Secret>)> = None;
     let mut failing = false;
     let referenced = |refs: &watch::Receiver<Refs>, key: &ObjectKey| {
-        refs.borrow().as_ref().is_some_and(|r| r.contains(key))
+        refs.borrow().as_ref().is_some_and(|(_, r)| r.contains(key))
     };
     loop {
         tokio::select! {
@@ -496,7 +504,9 @@ async fn watch_secrets(
                     return;
                 }
                 let at = Instant::now();
-                let wanted = refs.borrow_and_update().clone().unwrap_or_default();
+                let Some((version, wanted)) = refs.borrow_and_update().clone() else {
+                    continue;
+                };
                 // Data no longer needed leaves the index.
                 for key in forwarded.iter().filter(|k| !wanted.contains(*k)).cloned().collect::<Vec<_>>() {
                     forwarded.remove(&key);
@@ -527,6 +537,9 @@ async fn watch_secrets(
                         }
                         Err(e) => tracing::warn!(secret = %key, error = %e, "cannot read a referenced Secret; the watch will bring it"),
                     }
+                }
+                if tx.send(Change { op: Op::SecretsSynced(scope.clone(), version), at }).is_err() {
+                    return;
                 }
             }
         }
@@ -604,6 +617,7 @@ fn apply_op(index: &mut Index, op: Op) -> bool {
             }
             true
         }
+        Op::SecretsSynced(..) => false,
     }
 }
 
@@ -620,32 +634,56 @@ async fn applier(
 ) {
     let mut index = Index::default();
     let mut listed: BTreeMap<(u8, Scope), ()> = BTreeMap::new();
+    let mut acks: BTreeMap<Scope, u64> = BTreeMap::new();
+    let mut refs_version = 0u64;
+    let scope_count = expected_lists / 3;
     let mut compiled = Compiled::default();
     let mut initialized = false;
     while let Some(first) = rx.recv().await {
         let arrived = first.at;
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
+        let hold_until = tokio::time::Instant::now() + SECRET_WAIT;
+        let mut pending = vec![first];
         let mut changed = false;
-        for change in batch {
-            if let Op::Reset(kind, scope, _) = &change.op {
-                listed.insert((kind_id(*kind), scope.clone()), ());
+        loop {
+            while let Ok(more) = rx.try_recv() {
+                pending.push(more);
             }
-            changed |= apply_op(&mut index, change.op);
-        }
-        // Providers listed in every scope: the Secret watchers may start filtering.
-        let providers_listed = listed
-            .keys()
-            .filter(|(k, _)| *k == kind_id(Kind::Provider))
-            .count()
-            * 3
-            >= expected_lists;
-        if providers_listed {
+            for change in pending.drain(..) {
+                match change.op {
+                    Op::SecretsSynced(scope, version) => {
+                        acks.insert(scope, version);
+                    }
+                    op => {
+                        if let Op::Reset(kind, scope, _) = &op {
+                            listed.insert((kind_id(*kind), scope.clone()), ());
+                        }
+                        changed |= apply_op(&mut index, op);
+                    }
+                }
+            }
+            // Providers listed in every scope: the Secret watchers may start filtering.
+            let providers_listed = listed
+                .keys()
+                .filter(|(k, _)| *k == kind_id(Kind::Provider))
+                .count()
+                >= scope_count;
+            if !providers_listed {
+                break;
+            }
             let refs = Arc::new(referenced_secrets(&index));
-            if refs_tx.borrow().as_deref() != Some(&*refs) {
-                refs_tx.send_replace(Some(refs));
+            if refs_tx.borrow().as_ref().map(|(_, r)| &**r) != Some(&*refs) {
+                refs_version += 1;
+                refs_tx.send_replace(Some((refs_version, refs.clone())));
+            }
+            let unsynced = acks.values().filter(|v| **v >= refs_version).count() < scope_count;
+            let missing = refs.iter().any(|k| index.secret(k).is_none());
+            if !(refs_version > 0 && unsynced && missing && listed.len() >= expected_lists) {
+                break;
+            }
+            match tokio::time::timeout_at(hold_until, rx.recv()).await {
+                Ok(Some(change)) => pending.push(change),
+                Ok(None) => return,
+                Err(_) => break,
             }
         }
         if listed.len() < expected_lists {
