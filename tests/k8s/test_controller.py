@@ -87,3 +87,168 @@ def test_create_serves_within_a_second_and_status_is_written(apiserver, fake, st
     m = re.search(r"^portcullis_config_apply_seconds_count (\d+)", metrics, re.M)
     assert m and int(m.group(1)) >= 2, metrics
     assert 'portcullis_config_reloads_total{source="kubernetes"' in metrics
+
+
+class Load:
+    """Router requests in a loop on a background thread; every failure is recorded."""
+
+    def __init__(self, gw, proxy_id: str = "ai.team-a") -> None:
+        import threading
+        self.client = gw.router_client(proxy=proxy_id, timeout=10)
+        self.ok = 0
+        self.failures: list[str] = []
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 60
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            try:
+                text = self.client.chat.completions.create(model="openai:gpt-test", messages=MESSAGES) \
+                    .choices[0].message.content
+                if text == "echo: hi":
+                    self.ok += 1
+                else:
+                    self.failures.append(f"wrong content {text!r}")
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                self.failures.append(f"{type(e).__name__}: {e}")
+
+    def __enter__(self) -> "Load":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=20)
+
+
+def test_base_url_change_switches_upstream_without_a_failed_request(apiserver, fake, fake2, start_kube_gateway):
+    gw = start_kube_gateway(env=ENV)
+    standard(apiserver, fake)
+    assert wait_until(lambda: chat(gw) == "echo: hi", timeout=5) is not None, gw.log_tail()
+
+    loads = [Load(gw), Load(gw)]
+    for load in loads:
+        load.__enter__()
+    try:
+        assert wait_until(lambda: all(load.ok > 2 for load in loads), timeout=5) is not None
+        before = len(fake2.requests_to("/v1/chat/completions"))
+        assert before == 0
+        apiserver.apply(provider("openai", fake2.base_url))
+        elapsed = wait_until(lambda: len(fake2.requests_to("/v1/chat/completions")) > 0, timeout=5, interval=0.005)
+        assert elapsed is not None, f"the new baseUrl never took effect.\n{gw.log_tail()}"
+        assert elapsed < DEADLINE, f"switched after {elapsed:.2f}s (> {DEADLINE}s)"
+        # Once switched, everything goes to the new upstream.
+        time.sleep(0.3)
+        old_count = len(fake.requests_to("/v1/chat/completions"))
+        time.sleep(0.5)
+        assert len(fake.requests_to("/v1/chat/completions")) == old_count
+    finally:
+        for load in loads:
+            load.__exit__()
+    failures = [f for load in loads for f in load.failures]
+    assert not failures, failures[:5]
+    assert sum(load.ok for load in loads) > 20
+    # The new upstream got the provider's key too.
+    assert fake2.requests_to("/v1/chat/completions")[-1].header("authorization") == f"Bearer {PROVIDER_KEY}"
+    # The provider's new generation is reported.
+    assert wait_until(lambda: apiserver.get("LlmProvider", NS, "openai")["status"]["observedGeneration"] == 2, 10)
+
+
+def test_deleting_the_proxy_makes_the_route_404(apiserver, fake, start_kube_gateway):
+    gw = start_kube_gateway(env=ENV)
+    standard(apiserver, fake)
+    apiserver.apply(proxy("team-b"))
+    assert wait_until(lambda: chat(gw) == "echo: hi" and chat(gw, "ai.team-b") == "echo: hi", timeout=5)
+
+    apiserver.delete("LlmProxy", NS, "team-a")
+
+    def gone() -> bool:
+        try:
+            chat(gw)
+        except openai.NotFoundError:
+            return True
+        return False
+
+    elapsed = wait_until(gone, timeout=5)
+    assert elapsed is not None and elapsed < DEADLINE, f"still served after delete ({elapsed})\n{gw.log_tail()}"
+    r = gw.raw("POST", "/v1/model-router/ai.team-a/chat/completions",
+               {"model": "openai:gpt-test", "messages": MESSAGES})
+    assert r.status == 404
+    assert_openai_error_shape(r.json())
+    # The other proxy is untouched.
+    assert chat(gw, "ai.team-b") == "echo: hi"
+
+
+def test_missing_secret_reports_secret_not_found_and_old_routes_keep_serving(apiserver, fake, start_kube_gateway):
+    gw = start_kube_gateway(env=ENV)
+    standard(apiserver, fake)
+    assert wait_until(lambda: chat(gw) == "echo: hi", timeout=5)
+    assert wait_until(lambda: cond_is(apiserver.get("LlmProxy", NS, "team-a"), "Programmed", "True"), 10)
+    accepted_at = condition(apiserver.get("LlmProxy", NS, "team-a"), "Accepted")["lastTransitionTime"]
+
+    # The provider now names a Secret that does not exist.
+    apiserver.apply(provider("openai", fake.base_url, secret_name="missing-key"))
+    assert wait_until(lambda: cond_is(apiserver.get("LlmProxy", NS, "team-a"), "ResolvedRefs", "False",
+                                      "SecretNotFound"), 10), \
+        f"{apiserver.get('LlmProxy', NS, 'team-a')['status']}\n{gw.log_tail()}"
+    px = apiserver.get("LlmProxy", NS, "team-a")
+    rr = condition(px, "ResolvedRefs")
+    assert "ai/missing-key" in rr["message"], rr
+    assert cond_is(px, "Programmed", "False")
+    assert condition(px, "Accepted")["lastTransitionTime"] == accepted_at, "Accepted did not flip: time kept"
+    pv = apiserver.get("LlmProvider", NS, "openai")
+    assert cond_is(pv, "ResolvedRefs", "False", "SecretNotFound")
+    assert "missing-key" in condition(pv, "ResolvedRefs")["message"]
+    assert cond_is(pv, "CredentialsReady", "False")
+    assert pv["status"]["observedGeneration"] == 2
+
+    # The previously programmed route keeps serving, with the old key.
+    fake.reset()
+    assert chat(gw) == "echo: hi"
+    assert fake.requests_to("/v1/chat/completions")[-1].header("authorization") == f"Bearer {PROVIDER_KEY}"
+
+    # A Warning Event names the failure (once, not on every pass).
+    def warnings():
+        return [w.body for w in apiserver.writes
+                if w.resource == "events" and w.verb == "POST" and w.body.get("reason") == "SecretNotFound"]
+
+    assert wait_until(lambda: warnings(), 5), [w.body for w in apiserver.writes if w.resource == "events"]
+    ev = warnings()[0]
+    assert ev["type"] == "Warning" and "missing-key" in ev["note"]
+    assert ev["regarding"]["kind"] in ("LlmProvider", "LlmProxy")
+    time.sleep(2.5)
+    assert len(warnings()) <= 2, "\n".join(f'{w["regarding"]["kind"]} {w["action"]} {w["metadata"]["name"]} {w["note"][:60]}' for w in warnings())
+
+    # Creating the Secret fixes it: the new key is used within a second.
+    apiserver.apply(secret("missing-key", ALT_PROVIDER_KEY, string_data=False))
+
+    def uses_new_key() -> bool:
+        chat(gw)
+        return fake.requests_to("/v1/chat/completions")[-1].header("authorization") == f"Bearer {ALT_PROVIDER_KEY}"
+
+    elapsed = wait_until(uses_new_key, timeout=5)
+    assert elapsed is not None and elapsed < DEADLINE, f"{elapsed}\n{gw.log_tail()}"
+    assert wait_until(lambda: cond_is(apiserver.get("LlmProxy", NS, "team-a"), "ResolvedRefs", "True")
+                      and cond_is(apiserver.get("LlmProxy", NS, "team-a"), "Programmed", "True"), 10)
+
+
+def test_switching_to_an_existing_unreferenced_secret(apiserver, fake, start_kube_gateway):
+    """A Secret that existed before any provider named it is fetched when one starts to."""
+    gw = start_kube_gateway(env=ENV)
+    standard(apiserver, fake)
+    apiserver.apply(secret("other-key", ALT_PROVIDER_KEY))
+    assert wait_until(lambda: chat(gw) == "echo: hi", timeout=5)
+    time.sleep(0.3)
+    apiserver.apply(provider("openai", fake.base_url, secret_name="other-key"))
+
+    def uses_other_key() -> bool:
+        chat(gw)
+        return fake.requests_to("/v1/chat/completions")[-1].header("authorization") == f"Bearer {ALT_PROVIDER_KEY}"
+
+    elapsed = wait_until(uses_other_key, timeout=5)
+    assert elapsed is not None and elapsed < DEADLINE, f"{elapsed}\n{gw.log_tail()}"
+    # Its later rotation is followed by the watch.
+    apiserver.apply(secret("other-key", PROVIDER_KEY))
+    assert wait_until(lambda: chat(gw) and fake.requests_to("/v1/chat/completions")[-1].header("authorization")
+                      == f"Bearer {PROVIDER_KEY}", timeout=5) is not None

@@ -244,10 +244,8 @@ impl Writer {
     {
         sent.retain(|_, at| at.elapsed() < EVENT_INTERVAL);
         for c in failures {
-            let id = (
-                key.clone(),
-                format!("{}/{}/{}", K::kind(&()), c.type_, c.reason),
-            );
+            // One Event per object and reason (a missing Secret fails several conditions).
+            let id = (key.clone(), format!("{}/{}", K::kind(&()), c.reason));
             if sent.contains_key(&id) {
                 continue;
             }
