@@ -58,7 +58,9 @@ def fake2() -> Iterator[FakeOpenAI]:
 class KubeGateway(Gateway):
     """`portcullis serve --kubernetes` with KUBECONFIG pointing at the fake API server."""
 
-    def __init__(self, apiserver: FakeApiServer, token: str, tmp: Path, extra_args=(), env=None) -> None:
+    def __init__(self, apiserver: FakeApiServer, token: str, tmp: Path, extra_args=(), env=None,
+                 flag: bool = True) -> None:
+        self.flag = flag
         super().__init__(tmp, tmp / f"portcullis-{token}.log", extra_args)
         self.apiserver = apiserver
         self.token = token
@@ -67,7 +69,7 @@ class KubeGateway(Gateway):
         self.env_extra = dict(env or {})
 
     def command(self) -> list[str]:
-        return [str(portcullis_bin()), "serve", "--kubernetes",
+        return [str(portcullis_bin()), "serve", *(["--kubernetes"] if self.flag else []),
                 "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin_port}",
                 *self.extra_args]
 
@@ -75,7 +77,7 @@ class KubeGateway(Gateway):
         env = {k: v for k, v in os.environ.items()
                if not k.endswith("_API_KEY") and not k.startswith("KUBERNETES_") and k != "POD_NAMESPACE"}
         env.update({"KUBECONFIG": str(self.kubeconfig), "POD_NAME": self.token,
-                    "PORTCULLIS_LEASE_DURATION": "2s", "RUST_LOG": "info,kube=warn"})
+                    "PORTCULLIS_LEASE_DURATION": "2s", "RUST_LOG": "info,kube_client=off"})
         env.update(self.env_extra)
         return env
 
@@ -116,8 +118,9 @@ class KubeGateway(Gateway):
 def start_kube_gateway(binary: Path, apiserver: FakeApiServer, tmp_path: Path) -> Iterator[Callable[..., KubeGateway]]:
     started: list[KubeGateway] = []
 
-    def start(token: str = "replica-a", extra_args=(), env: Optional[dict] = None, wait_ready: bool = True) -> KubeGateway:
-        gw = KubeGateway(apiserver, token, tmp_path, extra_args, env)
+    def start(token: str = "replica-a", extra_args=(), env: Optional[dict] = None, wait_ready: bool = True,
+              flag: bool = True) -> KubeGateway:
+        gw = KubeGateway(apiserver, token, tmp_path, extra_args, env, flag)
         started.append(gw)
         return gw.start() if wait_ready else gw
 

@@ -129,16 +129,19 @@ class FakeApiServer:
         self._stopping = threading.Event()
 
     # ------------------------------------------------------------ lifecycle
-    def start(self) -> "FakeApiServer":
+    def _listen(self, port: int) -> None:
         fake = self
 
         class Handler(_Handler):
             api = fake
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def start(self) -> "FakeApiServer":
+        self._listen(0)
         self._bookmark_thread = threading.Thread(target=self._bookmarks, daemon=True)
         self._bookmark_thread.start()
         return self
@@ -184,10 +187,29 @@ class FakeApiServer:
             self.history = []
 
     def set_unavailable(self, down: bool) -> None:
+        """Answer 503 to everything (and drop watches) while `down`."""
         with self.lock:
             self.unavailable = down
         if down:
             self.kill_watches("disconnect")
+
+    def go_away(self) -> None:
+        """Unreachable: close the listening socket and every connection (connection refused)."""
+        self.kill_watches("disconnect")
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+        with self.lock:
+            socks = list(self._open_sockets)
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def come_back(self) -> None:
+        """Listen again on the same port."""
+        self._listen(self.port)
 
     def open_watches(self, plural: Optional[str] = None) -> int:
         with self.lock:
@@ -461,6 +483,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        with self.api.lock:
+            self.api._open_sockets.add(self.connection)
+
+    def finish(self) -> None:
+        with self.api.lock:
+            self.api._open_sockets.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass
+
     # ---- helpers
     def _send(self, code: int, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -470,9 +505,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _body(self) -> Any:
+    def _read_raw(self) -> bytes:
         n = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(n) if n else b""
+        return self.rfile.read(n) if n else b""
+
+    def _body(self) -> Any:
+        raw = self._raw
         if not raw:
             return {}
         ct = (self.headers.get("Content-Type") or "").split(";")[0].strip()
@@ -490,6 +528,7 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.api
         url = urlsplit(self.path)
         query = parse_qs(url.query)
+        self._raw = self._read_raw()  # always consume the body: the connection is kept alive
         with api.lock:
             api.requests.append((method, url.path, url.query))
         try:

@@ -60,8 +60,13 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         let mut observed: Option<(Observed, Instant)> = None;
         let mut last_renewed: Option<Instant> = None;
+        let mut failing = false;
         loop {
             let result = try_acquire_or_renew(&api, &settings, &mut observed).await;
+            if result.is_ok() && failing {
+                tracing::info!(lease = %settings.name, "the status-writer Lease is reachable again");
+                failing = false;
+            }
             let leading = match result {
                 Ok(Outcome::Held) => {
                     last_renewed = Some(Instant::now());
@@ -71,7 +76,10 @@ pub fn spawn(
                 Err(e) => {
                     // Keep leading through a short outage, never longer than the lease lasts.
                     let still = last_renewed.is_some_and(|t| t.elapsed() < settings.duration);
-                    tracing::warn!(lease = %settings.name, error = %e, "cannot read or renew the status-writer Lease");
+                    if !failing {
+                        tracing::warn!(lease = %settings.name, error = %e, "cannot read or renew the status-writer Lease; retrying");
+                    }
+                    failing = true;
                     still && *tx.borrow()
                 }
             };
