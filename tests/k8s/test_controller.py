@@ -252,3 +252,37 @@ def test_switching_to_an_existing_unreferenced_secret(apiserver, fake, start_kub
     apiserver.apply(secret("other-key", PROVIDER_KEY))
     assert wait_until(lambda: chat(gw) and fake.requests_to("/v1/chat/completions")[-1].header("authorization")
                       == f"Bearer {PROVIDER_KEY}", timeout=5) is not None
+
+
+def test_models_discovered_status_follows_discovery(apiserver, fake, start_kube_gateway):
+    from harness import closed_port
+
+    gw = start_kube_gateway(env=ENV)
+    apiserver.apply(secret("openai-key", PROVIDER_KEY))
+    # Discovery (no models.static) with an allow filter: 2 of the fake's 4 models.
+    p = provider("openai", fake.base_url, static=None)
+    p["spec"]["models"] = {"allow": ["gpt-test*"]}
+    apiserver.apply(p)
+    apiserver.apply(proxy("team-a"))
+    assert wait_until(lambda: cond_is(apiserver.get("LlmProvider", NS, "openai"), "ModelsDiscovered", "True",
+                                      "Discovered"), 10), \
+        f"{apiserver.get('LlmProvider', NS, 'openai').get('status')}\n{gw.log_tail()}"
+    assert apiserver.get("LlmProvider", NS, "openai")["status"]["models"] == 2
+    models_req = fake.requests_to("/v1/models")[-1]
+    assert models_req.header("authorization") == f"Bearer {PROVIDER_KEY}"
+
+    # A provider no proxy uses is not discovered, and says so (Unknown, not True).
+    apiserver.apply(provider("spare", fake.base_url, static=None))
+    assert wait_until(lambda: cond_is(apiserver.get("LlmProvider", NS, "spare"), "ModelsDiscovered", "Unknown",
+                                      "NotInUse"), 10)
+
+    # An unreachable upstream: ModelsDiscovered False with the reason, and a Warning Event.
+    apiserver.apply(provider("down", f"http://127.0.0.1:{closed_port()}/v1", static=None))
+    apiserver.apply(proxy("team-down", providers=("down",)))
+    assert wait_until(lambda: cond_is(apiserver.get("LlmProvider", NS, "down"), "ModelsDiscovered", "False",
+                                      "DiscoveryFailed"), 10), apiserver.get("LlmProvider", NS, "down").get("status")
+    msg = condition(apiserver.get("LlmProvider", NS, "down"), "ModelsDiscovered")["message"]
+    assert "could not reach" in msg and PROVIDER_KEY not in msg
+    assert wait_until(lambda: [w for w in apiserver.writes if w.resource == "events"
+                               and w.body.get("reason") == "DiscoveryFailed"
+                               and w.body["regarding"]["name"] == "down"], 5)
