@@ -22,7 +22,7 @@ from fakes.openai_upstream import FakeOpenAI  # noqa: E402
 from harness import (CLIENT_KEY, READY_TIMEOUT, REPO, Gateway, assert_no_secret,  # noqa: E402
                      free_port, portcullis_bin)
 
-LEASE_NAMESPACE = "portcullis-system"
+from objects import LEASE_NAMESPACE  # noqa: E402
 
 
 @pytest.fixture(scope="session")

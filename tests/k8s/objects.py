@@ -7,6 +7,7 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 NS = "ai"
+LEASE_NAMESPACE = "portcullis-system"  # the kubeconfig namespace the tests give the gateway
 
 
 def secret(name: str, key: str, ns: str = NS, string_data: bool = True) -> dict:

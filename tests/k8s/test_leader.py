@@ -6,8 +6,7 @@ from __future__ import annotations
 import time
 
 from harness import PROVIDER_KEY
-from objects import NS, provider, proxy, secret, wait_until
-from conftest import LEASE_NAMESPACE
+from objects import LEASE_NAMESPACE, NS, provider, proxy, secret, wait_until
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
