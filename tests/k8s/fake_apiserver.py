@@ -10,6 +10,8 @@ controller uses, with the semantics of the real server:
   is the current counter; ``limit`` is honoured only as "may return everything"
   (as the real server does for cached lists) and no ``continue`` token is issued.
   ``Accept: ...;as=PartialObjectMetadataList`` answers metadata only.
+* ``Accept: ...;as=PartialObjectMetadata`` on a watch streams metadata only. Every Secret
+  whose data went out in a response is recorded (``secret_data_served``).
 * ``GET ...?watch=true&resourceVersion=N``: a chunked stream of ``ADDED`` / ``MODIFIED`` /
   ``DELETED`` events newer than N, then live ones; ``BOOKMARK`` events when
   ``allowWatchBookmarks=true``; ``ERROR`` with a ``410 Gone`` Status when N is older
@@ -118,6 +120,8 @@ class FakeApiServer:
         self.tokens: set[str] = set()
         self.writes: list[Write] = []
         self.requests: list[tuple[str, str, str]] = []  # (method, path, query)
+        # (namespace, name) of every Secret whose data went out in a response.
+        self.secret_data_served: set[tuple[Optional[str], str]] = set()
         # (resource, ns, name, manager) -> {"keys": set, "conditions": set}
         self.managed: dict[tuple, dict[str, set]] = {}
         self.unavailable = False
@@ -544,6 +548,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._watch(r, ns, query)
             if method == "GET" and name is None:
                 listed = api.list(r, ns)
+                if "as=PartialObjectMetadataList" not in (self.headers.get("Accept") or "") and r[2] == "secrets":
+                    with api.lock:
+                        api.secret_data_served.update((i["metadata"].get("namespace"), i["metadata"]["name"])
+                                                      for i in listed["items"])
                 if "as=PartialObjectMetadataList" in (self.headers.get("Accept") or ""):
                     listed = {"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
                               "metadata": listed["metadata"],
@@ -555,6 +563,9 @@ class _Handler(BaseHTTPRequestHandler):
                     obj = api.objects[r].get((ns, name))
                 if obj is None:
                     raise Status(404, "NotFound", f'{r[2]} "{name}" not found')
+                if r[2] == "secrets":
+                    with api.lock:
+                        api.secret_data_served.add((ns, name))
                 return self._send(200, obj)
             body = self._body()
             resource = r[2] + (f"/{sub}" if sub else "")
@@ -626,6 +637,7 @@ class _Handler(BaseHTTPRequestHandler):
         bookmarks = query.get("allowWatchBookmarks", ["false"])[0] == "true"
         timeout = float(query.get("timeoutSeconds", ["300"])[0])
         w = api.open_watch(r, ns, query.get("resourceVersion", [None])[0], bookmarks)
+        metadata_only = "as=PartialObjectMetadata" in (self.headers.get("Accept") or "")
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -652,6 +664,15 @@ class _Handler(BaseHTTPRequestHandler):
                             pass
                         return
                     break
+                if ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                    if metadata_only:
+                        ev = {"type": ev["type"], "object": {"apiVersion": "meta.k8s.io/v1",
+                                                             "kind": "PartialObjectMetadata",
+                                                             "metadata": ev["object"]["metadata"]}}
+                    elif r[2] == "secrets":
+                        m = ev["object"]["metadata"]
+                        with api.lock:
+                            api.secret_data_served.add((m.get("namespace"), m["name"]))
                 self._chunk(json.dumps(ev).encode() + b"\n")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()

@@ -286,3 +286,19 @@ def test_models_discovered_status_follows_discovery(apiserver, fake, start_kube_
     assert wait_until(lambda: [w for w in apiserver.writes if w.resource == "events"
                                and w.body.get("reason") == "DiscoveryFailed"
                                and w.body["regarding"]["name"] == "down"], 5)
+
+
+def test_unreferenced_secrets_data_never_reaches_the_gateway(apiserver, fake, start_kube_gateway):
+    apiserver.apply(secret("helm-release", "unrelated-SECRET-data"))
+    apiserver.apply(secret("other-ns-key", "unrelated-SECRET-data", ns="elsewhere"))
+    gw = start_kube_gateway(env=ENV)
+    standard(apiserver, fake)
+    assert wait_until(lambda: chat(gw) == "echo: hi", timeout=5)
+    apiserver.apply(secret("helm-release", "unrelated-SECRET-data-v2"))  # a change it sees as metadata
+    time.sleep(0.5)
+    served = apiserver.secret_data_served
+    assert (NS, "openai-key") in served, served
+    assert (NS, "helm-release") not in served and ("elsewhere", "other-ns-key") not in served, served
+    # Secrets are watched as metadata only.
+    watches = [q for m, path, q in apiserver.requests if path == "/api/v1/secrets" and "watch=true" in q]
+    assert watches, apiserver.requests

@@ -20,10 +20,10 @@
 //! scope, so objects deleted while the watch was down disappear and nothing is duplicated.
 //! The data plane keeps serving the last snapshot meanwhile.
 //!
-//! Secrets: the watcher lists and watches Secrets only in the watched namespaces, and the
-//! index keeps the data of only those an `LlmProvider` references (by `auth.*.secretRef`).
-//! Of the others it keeps the name alone, so that when a provider starts referencing an
-//! existing Secret, one `get` fetches it.
+//! Secrets: only their metadata is listed and watched, and only in the watched namespaces.
+//! The data of a Secret is fetched (`get`) only while an `LlmProvider` references it (by
+//! `auth.*.secretRef`): when the reference appears and whenever the Secret's
+//! `resourceVersion` changes. The data of other Secrets never reaches the process.
 
 pub mod lease;
 pub mod status;
@@ -37,7 +37,7 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::ListParams;
+use kube::api::{ListParams, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::Reporter;
 use kube::runtime::utils::Backoff;
@@ -272,7 +272,7 @@ pub fn start(
             tx.clone(),
         ));
         tokio::spawn(watch_secrets(
-            scope.api(&client),
+            client.clone(),
             scope.clone(),
             refs_rx.clone(),
             tx.clone(),
@@ -422,9 +422,10 @@ type Refs = Option<(u64, Arc<BTreeSet<ObjectKey>>)>;
 /// `SecretNotFound`).
 const SECRET_WAIT: Duration = Duration::from_millis(300);
 
-/// Watch Secrets in one scope; forward the data of referenced ones only.
+/// Watch the metadata of Secrets in one scope; fetch and forward the data of referenced ones
+/// only. The data of a Secret no `LlmProvider` references never reaches this process.
 async fn watch_secrets(
-    api: Api<Secret>,
+    client: Client,
     scope: Scope,
     mut refs: watch::Receiver<Refs>,
     tx: mpsc::UnboundedSender<Change>,
@@ -433,58 +434,66 @@ async fn watch_secrets(
     if refs.wait_for(Option::is_some).await.is_err() {
         return;
     }
-    let mut stream = watcher(api.clone(), watcher::Config::default())
+    let metadata: Api<PartialObjectMeta<Secret>> = scope.api(&client);
+    let mut stream = watcher(metadata, watcher::Config::default())
         .backoff(QuickBackoff::new())
         .boxed();
-    let mut seen: BTreeSet<ObjectKey> = BTreeSet::new();
-    let mut forwarded: BTreeSet<ObjectKey> = BTreeSet::new();
-    let mut buffer: Option<(BTreeSet<ObjectKey>, Vec<Secret>)> = None;
-    let mut failing = false;
-    let referenced = |refs: &watch::Receiver<Refs>, key: &ObjectKey| {
-        refs.borrow().as_ref().is_some_and(|(_, r)| r.contains(key))
+    let mut secrets = SecretCache {
+        client,
+        scope: scope.clone(),
+        seen: BTreeMap::new(),
+        forwarded: BTreeMap::new(),
+        retry: BTreeSet::new(),
     };
+    let mut buffer: Option<BTreeMap<ObjectKey, Option<String>>> = None;
+    let mut failing = false;
+    let mut retry_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
+        let mut ops = Vec::new();
         tokio::select! {
             event = stream.next() => {
                 let Some(event) = event else { return };
-                let at = Instant::now();
-                let op = match event {
-                    Ok(watcher::Event::Init) => {
-                        buffer = Some((BTreeSet::new(), Vec::new()));
-                        None
-                    }
-                    Ok(watcher::Event::InitApply(s)) => {
-                        let key = ObjectKey::of(&s.metadata);
-                        let (names, kept) = buffer.get_or_insert_with(Default::default);
-                        if referenced(&refs, &key) {
-                            kept.push(s);
-                        }
-                        names.insert(key);
-                        None
+                let wanted = wanted(&refs);
+                match event {
+                    Ok(watcher::Event::Init) => buffer = Some(BTreeMap::new()),
+                    Ok(watcher::Event::InitApply(m)) => {
+                        buffer
+                            .get_or_insert_with(BTreeMap::new)
+                            .insert(ObjectKey::of(&m.metadata), m.metadata.resource_version);
                     }
                     Ok(watcher::Event::InitDone) => {
-                        let (names, kept) = buffer.take().unwrap_or_default();
-                        seen = names;
-                        forwarded = kept.iter().map(|s| ObjectKey::of(&s.metadata)).collect();
-                        let objects = kept.iter().map(secret_object).collect();
-                        Some(Op::Reset(Kind::Secret, scope.clone(), objects))
+                        secrets.seen = buffer.take().unwrap_or_default();
+                        secrets.forwarded.clear();
+                        secrets.retry.clear();
+                        let mut objects = Vec::new();
+                        let keys: Vec<ObjectKey> =
+                            secrets.seen.keys().filter(|k| wanted.contains(*k)).cloned().collect();
+                        for key in keys {
+                            if let Some(Op::Apply(object)) = secrets.fetch(&key).await {
+                                objects.push(object);
+                            }
+                        }
+                        ops.push(Op::Reset(Kind::Secret, scope.clone(), objects));
                     }
-                    Ok(watcher::Event::Apply(s)) => {
-                        let key = ObjectKey::of(&s.metadata);
-                        seen.insert(key.clone());
-                        if referenced(&refs, &key) {
-                            forwarded.insert(key);
-                            Some(Op::Apply(secret_object(&s)))
-                        } else if forwarded.remove(&key) {
-                            Some(Op::Delete(Kind::Secret, key))
-                        } else {
-                            None
+                    Ok(watcher::Event::Apply(m)) => {
+                        let key = ObjectKey::of(&m.metadata);
+                        let rv = m.metadata.resource_version;
+                        secrets.seen.insert(key.clone(), rv.clone());
+                        if wanted.contains(&key) {
+                            if secrets.forwarded.get(&key) != Some(&rv) {
+                                ops.extend(secrets.fetch(&key).await);
+                            }
+                        } else if secrets.forwarded.remove(&key).is_some() {
+                            ops.push(Op::Delete(Kind::Secret, key));
                         }
                     }
-                    Ok(watcher::Event::Delete(s)) => {
-                        let key = ObjectKey::of(&s.metadata);
-                        seen.remove(&key);
-                        forwarded.remove(&key).then_some(Op::Delete(Kind::Secret, key))
+                    Ok(watcher::Event::Delete(m)) => {
+                        let key = ObjectKey::of(&m.metadata);
+                        secrets.seen.remove(&key);
+                        secrets.retry.remove(&key);
+                        if secrets.forwarded.remove(&key).is_some() {
+                            ops.push(Op::Delete(Kind::Secret, key));
+                        }
                     }
                     Err(e) => {
                         if !failing {
@@ -493,54 +502,96 @@ async fn watch_secrets(
                         failing = true;
                         continue;
                     }
-                };
-                failing = false;
-                if let Some(op) = op && tx.send(Change { op, at }).is_err() {
-                    return;
                 }
+                failing = false;
             }
             changed = refs.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                let at = Instant::now();
                 let Some((version, wanted)) = refs.borrow_and_update().clone() else {
                     continue;
                 };
                 // Data no longer needed leaves the index.
-                for key in forwarded.iter().filter(|k| !wanted.contains(*k)).cloned().collect::<Vec<_>>() {
-                    forwarded.remove(&key);
-                    if tx.send(Change { op: Op::Delete(Kind::Secret, key), at }).is_err() {
-                        return;
-                    }
+                let unwanted: Vec<ObjectKey> =
+                    secrets.forwarded.keys().filter(|k| !wanted.contains(*k)).cloned().collect();
+                for key in unwanted {
+                    secrets.forwarded.remove(&key);
+                    ops.push(Op::Delete(Kind::Secret, key));
                 }
-                // Newly referenced Secrets that exist: fetch them once.
+                secrets.retry.retain(|k| wanted.contains(k));
+                // Newly referenced Secrets that exist: fetch them.
                 let missing: Vec<ObjectKey> = wanted
                     .iter()
-                    .filter(|k| scope.contains(k) && seen.contains(*k) && !forwarded.contains(*k))
+                    .filter(|k| secrets.seen.contains_key(*k) && !secrets.forwarded.contains_key(*k))
                     .cloned()
                     .collect();
                 for key in missing {
-                    let api: Api<Secret> = match &scope {
-                        Scope::All => Api::namespaced(api.clone().into_client(), &key.namespace),
-                        Scope::Namespace(_) => api.clone(),
-                    };
-                    match api.get_opt(&key.name).await {
-                        Ok(Some(s)) => {
-                            forwarded.insert(key);
-                            if tx.send(Change { op: Op::Apply(secret_object(&s)), at }).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => {
-                            seen.remove(&key);
-                        }
-                        Err(e) => tracing::warn!(secret = %key, error = %e, "cannot read a referenced Secret; the watch will bring it"),
-                    }
+                    ops.extend(secrets.fetch(&key).await);
                 }
-                if tx.send(Change { op: Op::SecretsSynced(scope.clone(), version), at }).is_err() {
-                    return;
+                ops.push(Op::SecretsSynced(scope.clone(), version));
+            }
+            _ = retry_tick.tick(), if !secrets.retry.is_empty() => {
+                let keys: Vec<ObjectKey> = std::mem::take(&mut secrets.retry).into_iter().collect();
+                for key in keys {
+                    ops.extend(secrets.fetch(&key).await);
                 }
+            }
+        }
+        let at = Instant::now();
+        for op in ops {
+            if tx.send(Change { op, at }).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn wanted(refs: &watch::Receiver<Refs>) -> Arc<BTreeSet<ObjectKey>> {
+    refs.borrow()
+        .as_ref()
+        .map(|(_, r)| r.clone())
+        .unwrap_or_default()
+}
+
+/// What one Secret watcher knows: every Secret's name and version, and which it forwarded.
+struct SecretCache {
+    client: Client,
+    scope: Scope,
+    /// Every Secret in the scope → its resourceVersion (metadata only).
+    seen: BTreeMap<ObjectKey, Option<String>>,
+    /// Secrets whose data went to the index → the resourceVersion forwarded.
+    forwarded: BTreeMap<ObjectKey, Option<String>>,
+    /// Referenced Secrets whose fetch failed, tried again every second.
+    retry: BTreeSet<ObjectKey>,
+}
+
+impl SecretCache {
+    /// `get` one Secret: `Apply` with its data, `Delete` if it is gone and was forwarded.
+    async fn fetch(&mut self, key: &ObjectKey) -> Option<Op> {
+        if !self.scope.contains(key) {
+            return None;
+        }
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
+        match api.get_opt(&key.name).await {
+            Ok(Some(secret)) => {
+                self.retry.remove(key);
+                self.forwarded
+                    .insert(key.clone(), secret.metadata.resource_version.clone());
+                Some(Op::Apply(secret_object(&secret)))
+            }
+            Ok(None) => {
+                self.retry.remove(key);
+                self.seen.remove(key);
+                self.forwarded
+                    .remove(key)
+                    .map(|_| Op::Delete(Kind::Secret, key.clone()))
+            }
+            Err(e) => {
+                if self.retry.insert(key.clone()) {
+                    tracing::warn!(secret = %key, error = %e, "cannot read a referenced Secret; retrying");
+                }
+                None
             }
         }
     }
