@@ -32,8 +32,9 @@ can tell which replica wrote what.
 
 Test hooks: ``kill_watches("gone")`` sends ``ERROR 410`` on every open watch and compacts the
 history; ``kill_watches("disconnect")`` drops every watch connection; ``set_unavailable``
-answers 503 to everything and drops watches; ``compact()``; ``crds_installed = False``
-makes the ``portcullis.dev`` group unknown (404).
+answers 503 to everything and drops watches; ``go_away`` / ``come_back`` refuse connections
+and listen again; ``compact()``; ``crds_installed = False`` makes the ``portcullis.dev``
+group unknown (404); ``forbidden`` holds plurals RBAC denies (403).
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class FakeApiServer:
         self.managed: dict[tuple, dict[str, set]] = {}
         self.unavailable = False
         self.crds_installed = True
+        self.forbidden: set[str] = set()  # plurals this client may not touch (RBAC, 403)
         self.server: Optional[ThreadingHTTPServer] = None
         self.port = 0
         self._open_sockets: set[socket.socket] = set()
@@ -544,6 +546,9 @@ class _Handler(BaseHTTPRequestHandler):
             r, ns, name, sub = parse_path(url.path)
             if r[0] == CRD_GROUP and not api.crds_installed:
                 raise Status(404, "NotFound", "the server could not find the requested resource")
+            if r[2] in api.forbidden:
+                raise Status(403, "Forbidden", f'{r[2]} is forbidden: User "system:serviceaccount:test" cannot '
+                                               f'list resource "{r[2]}"')
             if method == "GET" and name is None and query.get("watch", [""])[0] in ("true", "1"):
                 return self._watch(r, ns, query)
             if method == "GET" and name is None:

@@ -125,6 +125,19 @@ def test_missing_crds_fail_startup_with_the_install_hint(apiserver, start_kube_g
     assert "portcullis crds | kubectl apply -f -" in log, log
 
 
+def test_missing_rbac_fails_startup_naming_the_rights(apiserver, start_kube_gateway):
+    apiserver.forbidden = {"secrets"}
+    gw = start_kube_gateway(wait_ready=False)
+    proc = gw.spawn()
+    try:
+        code = proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"portcullis kept running without RBAC on Secrets:\n{gw.log_tail()}")
+    assert code != 0
+    assert "grant this service account get, list and watch on secrets" in gw.log_text(), gw.log_text()
+
+
 def test_namespace_flag_limits_what_is_watched(apiserver, fake, start_kube_gateway):
     apiserver.apply(secret("openai-key", PROVIDER_KEY, ns="other"))
     apiserver.apply(provider("openai", fake.base_url, ns="other"))

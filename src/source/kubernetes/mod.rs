@@ -174,22 +174,18 @@ pub async fn client() -> anyhow::Result<Client> {
 /// Fail clearly when the CRDs are missing or RBAC forbids reading them; retries for a while
 /// when the API server cannot be reached.
 pub async fn check_api(client: &Client, settings: &Settings) -> anyhow::Result<()> {
-    let scopes = scopes(settings);
     let deadline = Instant::now() + Duration::from_secs(30);
-    for scope in &scopes {
-        for (plural, check) in [
-            (
-                "llmproviders",
-                list_one::<LlmProvider>(scope.api(client)).await,
-            ),
-            ("llmproxies", list_one::<LlmProxy>(scope.api(client)).await),
-            ("secrets", list_one::<Secret>(scope.api(client)).await),
-        ] {
-            let mut result = check;
+    for scope in &scopes(settings) {
+        let where_ = match scope {
+            Scope::All => "in all namespaces".to_owned(),
+            Scope::Namespace(ns) => format!("in namespace {ns}"),
+        };
+        for plural in ["llmproviders", "llmproxies", "secrets"] {
             loop {
-                let where_ = match scope {
-                    Scope::All => "in all namespaces".to_owned(),
-                    Scope::Namespace(ns) => format!("in namespace {ns}"),
+                let result = match plural {
+                    "llmproviders" => list_one::<LlmProvider>(scope.api(client)).await,
+                    "llmproxies" => list_one::<LlmProxy>(scope.api(client)).await,
+                    _ => list_one::<Secret>(scope.api(client)).await,
                 };
                 match result {
                     Ok(()) => break,
@@ -199,19 +195,14 @@ pub async fn check_api(client: &Client, settings: &Settings) -> anyhow::Result<(
                              is unknown to the API server): install them with `portcullis crds | kubectl apply -f -`"
                         )
                     }
-                    Err(kube::Error::Api(s)) if s.code == 403 => anyhow::bail!(
-                        "the API server forbids listing {plural} {where_}: grant this service account get, list and \
-                         watch on {plural} (the Helm chart's RBAC does): {}",
+                    Err(kube::Error::Api(s)) if s.code == 401 || s.code == 403 => anyhow::bail!(
+                        "the API server refuses to list {plural} {where_}: grant this service account get, list \
+                         and watch on {plural} (the Helm chart's RBAC does): {}",
                         s.message
                     ),
                     Err(e) if Instant::now() < deadline => {
                         tracing::warn!(error = %e, "cannot reach the Kubernetes API server yet; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        result = match plural {
-                            "llmproviders" => list_one::<LlmProvider>(scope.api(client)).await,
-                            "llmproxies" => list_one::<LlmProxy>(scope.api(client)).await,
-                            _ => list_one::<Secret>(scope.api(client)).await,
-                        };
                     }
                     Err(e) => {
                         return Err(anyhow::Error::new(e).context(format!(
@@ -684,7 +675,7 @@ async fn applier(
     world_tx: watch::Sender<Arc<World>>,
 ) {
     let mut index = Index::default();
-    let mut listed: BTreeMap<(u8, Scope), ()> = BTreeMap::new();
+    let mut listed: BTreeSet<(u8, Scope)> = BTreeSet::new();
     let mut acks: BTreeMap<Scope, u64> = BTreeMap::new();
     let mut refs_version = 0u64;
     let scope_count = expected_lists / 3;
@@ -706,7 +697,7 @@ async fn applier(
                     }
                     op => {
                         if let Op::Reset(kind, scope, _) = &op {
-                            listed.insert((kind_id(*kind), scope.clone()), ());
+                            listed.insert((kind_id(*kind), scope.clone()));
                         }
                         changed |= apply_op(&mut index, op);
                     }
@@ -714,7 +705,7 @@ async fn applier(
             }
             // Providers listed in every scope: the Secret watchers may start filtering.
             let providers_listed = listed
-                .keys()
+                .iter()
                 .filter(|(k, _)| *k == kind_id(Kind::Provider))
                 .count()
                 >= scope_count;
