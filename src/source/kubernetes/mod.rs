@@ -411,7 +411,7 @@ type Refs = Option<(u64, Arc<BTreeSet<ObjectKey>>)>;
 /// How long a compilation waits for the Secret watchers to fetch Secrets that providers have
 /// just started to reference (so a provider and its Secret created together do not flash
 /// `SecretNotFound`).
-const SECRET_WAIT: Duration = Duration::from_millis(300);
+const SECRET_WAIT: Duration = Duration::from_millis(500);
 
 /// Watch the metadata of Secrets in one scope; fetch and forward the data of referenced ones
 /// only. The data of a Secret no `LlmProvider` references never reaches this process.

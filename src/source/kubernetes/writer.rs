@@ -58,7 +58,6 @@ impl Writer {
         mut world: watch::Receiver<Arc<World>>,
         mut leader: watch::Receiver<bool>,
     ) {
-        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         let mut written = Written::default();
         let mut credentials: HashMap<u64, (CredentialState, Instant)> = HashMap::new();
         let mut events: HashMap<(ObjectKey, String), Instant> = HashMap::new();
@@ -76,21 +75,14 @@ impl Writer {
             if !current.initialized {
                 continue;
             }
-            self.write_all(
-                &current,
-                &recorder,
-                &mut written,
-                &mut credentials,
-                &mut events,
-            )
-            .await;
+            self.write_all(&current, &mut written, &mut credentials, &mut events)
+                .await;
         }
     }
 
     async fn write_all(
         &self,
         world: &World,
-        recorder: &Recorder,
         written: &mut Written,
         credentials: &mut HashMap<u64, (CredentialState, Instant)>,
         events: &mut HashMap<(ObjectKey, String), Instant>,
@@ -133,8 +125,7 @@ impl Writer {
                 .patch::<LlmProvider>(Kind::Provider, key, provider, value, written)
                 .await
             {
-                self.events(recorder, provider, key, &failures, events)
-                    .await;
+                self.events(provider, key, &failures, events).await;
             }
         }
         let snapshot = &world.snapshot;
@@ -158,7 +149,7 @@ impl Writer {
                 .patch::<LlmProxy>(Kind::Proxy, key, proxy, value, written)
                 .await
             {
-                self.events(recorder, proxy, key, &failures, events).await;
+                self.events(proxy, key, &failures, events).await;
             }
         }
     }
@@ -234,7 +225,6 @@ impl Writer {
 
     async fn events<K>(
         &self,
-        recorder: &Recorder,
         object: &K,
         key: &ObjectKey,
         failures: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
@@ -243,9 +233,15 @@ impl Writer {
         K: Resource<DynamicType = ()>,
     {
         sent.retain(|_, at| at.elapsed() < EVENT_INTERVAL);
+        let mut batch = std::collections::HashSet::new();
         for c in failures {
-            // One Event per object and reason (a missing Secret fails several conditions).
-            let id = (key.clone(), format!("{}/{}", K::kind(&()), c.reason));
+            let kind_reason = format!("{}/{}", K::kind(&()), c.reason);
+            // Several conditions fail for one cause (a missing Secret): one Event for them.
+            if !batch.insert(kind_reason.clone()) {
+                continue;
+            }
+            // The same failure again within the interval stays quiet.
+            let id = (key.clone(), format!("{kind_reason}\n{}", c.message));
             if sent.contains_key(&id) {
                 continue;
             }
@@ -257,6 +253,9 @@ impl Writer {
                 action: format!("Check{}", c.type_),
                 secondary: None,
             };
+            // A fresh Recorder: its own cache would fold a new message with the same reason into
+            // the old Event's series, hiding it; the rate limit here is per message.
+            let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
             if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
                 tracing::debug!(object = %key, error = %e, "cannot publish an Event");
             }
