@@ -571,6 +571,40 @@ mod tests {
     }
 
     #[test]
+    fn programmed_only_once_the_served_table_has_this_generation() {
+        let index = Index::from_objects([
+            secret("key", "sk-1"),
+            Object::Provider(Box::new(provider("openai", OPENAI, 1))),
+            Object::Proxy(Box::new(proxy("team", PROXY, 1))),
+        ]);
+        let store = Store::default();
+        store.apply(&compile(&index, &Defaults::default()));
+        let served_gen1 = store.load();
+        // Generation 2 compiled cleanly but not swapped in yet.
+        let mut next = index.clone();
+        next.apply(Object::Proxy(Box::new(proxy("team", PROXY, 2))));
+        let compiled = compile(&next, &Defaults::default());
+        let pk = ObjectKey::new("ai", "team");
+        let old = served_gen1.proxies.get(&pk).map(|t| &**t);
+        let x = proxy_status(&next.proxies()[&pk], &pk, &compiled, old, URL, &now());
+        let p = cond(&x.conditions, PROGRAMMED);
+        assert_eq!((p.status.as_str(), p.reason.as_str()), ("False", "Pending"));
+        assert_eq!(p.observed_generation, Some(2));
+        // After the swap it is.
+        store.apply(&compiled);
+        let swapped = store.load();
+        let x = proxy_status(
+            &next.proxies()[&pk],
+            &pk,
+            &compiled,
+            swapped.proxies.get(&pk).map(|t| &**t),
+            URL,
+            &now(),
+        );
+        assert_eq!(cond(&x.conditions, PROGRAMMED).status, "True");
+    }
+
+    #[test]
     fn missing_secret_is_resolved_refs_false_on_provider_and_proxy() {
         let good = Index::from_objects([
             secret("key", "sk-1"),
