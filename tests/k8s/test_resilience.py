@@ -62,6 +62,8 @@ def test_dropped_watch_resumes_from_its_resource_version(apiserver, fake, start_
     assert wait_until(lambda: apiserver.open_watches("llmproxies") == 1, 5)
     # Resumed with a watch from the last resourceVersion: no re-list was needed.
     assert lists(apiserver, "llmproxies") == listed
+    watches = [q for m, path, q in apiserver.requests if path.endswith("/llmproxies") and "watch=true" in q]
+    assert len(watches) >= 2 and all("allowWatchBookmarks=true" in q and "resourceVersion=" in q for q in watches)
     assert models(gw, "ai.team-b") == ["openai:gpt-test", "openai:gpt-test-mini"]
 
 
