@@ -11,7 +11,7 @@ use portcullis::config::snapshot::ModelPolicy;
 use portcullis::config::{Defaults, Index, compile};
 use portcullis::discovery::DiscoveryConfig;
 use portcullis::server::{ServeOptions, serve};
-use portcullis::source::files;
+use portcullis::source::{files, kubernetes};
 use portcullis::telemetry::{LogFormat, init_logging};
 
 /// Portcullis: a Kubernetes-native security gateway in front of LLM providers.
@@ -53,11 +53,12 @@ struct ServeArgs {
     /// hot-reloaded. Without any, the embedded default configuration is served.
     #[arg(long = "config", value_name = "PATH")]
     config: Vec<PathBuf>,
-    /// Watch the Kubernetes API server instead of files.
+    /// Watch the Kubernetes API server instead of files (the default in a pod, i.e. when
+    /// KUBERNETES_SERVICE_HOST is set and no --config is given).
     #[arg(long, conflicts_with = "config")]
     kubernetes: bool,
     /// Limit what is watched in Kubernetes to these namespaces (default: all).
-    #[arg(long = "namespace", value_name = "NS", requires = "kubernetes")]
+    #[arg(long = "namespace", value_name = "NS", conflicts_with = "config")]
     namespaces: Vec<String>,
     /// Data-plane address.
     #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:8080")]
@@ -133,12 +134,17 @@ fn fail(message: &str) -> ExitCode {
 
 fn run_serve(args: ServeArgs) -> ExitCode {
     init_logging(args.log_format);
-    if args.kubernetes {
-        return fail(
-            "--kubernetes is not available in this build yet; run with --config PATH (the same manifests, from files)",
-        );
-    }
-    let _ = args.namespaces;
+    let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
+    let kubernetes = if args.kubernetes || (args.config.is_empty() && in_pod) {
+        match kubernetes::Settings::from_env(args.namespaces) {
+            Ok(settings) => Some(settings),
+            Err(e) => return fail(&format!("{e:#}")),
+        }
+    } else if !args.namespaces.is_empty() {
+        return fail("--namespace needs --kubernetes (or running in a pod without --config)");
+    } else {
+        None
+    };
     let options = ServeOptions {
         config: args.config,
         listen: args.listen,
@@ -152,6 +158,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         },
         file_poll: Duration::from_millis(500),
         sse_keepalive: args.sse_keepalive,
+        kubernetes,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

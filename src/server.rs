@@ -16,10 +16,10 @@ use http::{StatusCode, header};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{ApplyMode, Defaults, Index, Object, Store, compile, defaults};
+use crate::config::{ApplyMode, Compiled, Defaults, Index, Object, Store, compile, defaults};
 use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::proxy::{self, AppState};
-use crate::source::files;
+use crate::source::{files, kubernetes};
 use crate::telemetry::Metrics;
 
 /// Everything `serve` is told on the command line.
@@ -43,6 +43,8 @@ pub struct ServeOptions {
     pub file_poll: Duration,
     /// Interval of SSE keep-alive comments on idle streams; zero disables them.
     pub sse_keepalive: Duration,
+    /// Watch the Kubernetes API instead of files (`--kubernetes`).
+    pub kubernetes: Option<kubernetes::Settings>,
 }
 
 /// The upstream HTTP client: one pool, `TCP_NODELAY`, no redirects followed (a 3xx goes back
@@ -93,7 +95,29 @@ pub fn apply_objects(
     mode: ApplyMode,
     seen_at: Instant,
 ) {
-    let compiled = compile(&Index::from_objects(objects), defaults);
+    apply_index(
+        store,
+        metrics,
+        defaults,
+        &Index::from_objects(objects),
+        source,
+        mode,
+        seen_at,
+    );
+}
+
+/// Compile an index, swap it in, log what is served and what is wrong, and return the
+/// compilation (the Kubernetes source derives status from it).
+pub fn apply_index(
+    store: &Store,
+    metrics: &Metrics,
+    defaults: &Defaults,
+    index: &Index,
+    source: &'static str,
+    mode: ApplyMode,
+    seen_at: Instant,
+) -> Compiled {
+    let compiled = compile(index, defaults);
     for problem in &compiled.problems {
         tracing::warn!(
             kind = problem.kind,
@@ -111,7 +135,7 @@ pub fn apply_objects(
             "configuration rejected, the running one keeps serving; fix the problems above"
         );
         metrics.reload(source, "rejected", seen_at.elapsed());
-        return;
+        return compiled;
     }
     for id in &report.kept {
         tracing::warn!(proxy = %id, "proxy has problems; its last good version keeps serving");
@@ -161,6 +185,7 @@ pub fn apply_objects(
         problems = compiled.problems.len(),
         "configuration applied"
     );
+    compiled
 }
 
 /// Obtain every minted credential of a snapshot for real (STS, metadata servers, …), once per
@@ -321,9 +346,25 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let discovery = Discovery::new(client.clone(), options.discovery);
     discovery.clone().follow(store.subscribe());
     let defaults = Defaults::from_env();
+    let (drain_tx, drain_rx) = watch::channel(false);
 
-    // Configuration: files (watched) or the embedded default.
-    let _watcher = if options.config.is_empty() {
+    // Configuration: the Kubernetes API, files (watched) or the embedded default.
+    let mut lease_task = None;
+    let _watcher = if let Some(settings) = &options.kubernetes {
+        let client = kubernetes::client().await?;
+        kubernetes::check_api(&client, settings).await?;
+        tracing::info!(namespaces = ?settings.namespaces, "watching the Kubernetes API server (no namespaces listed = all)");
+        lease_task = Some(kubernetes::start(
+            client,
+            settings.clone(),
+            store.clone(),
+            metrics.clone(),
+            discovery.clone(),
+            defaults.clone(),
+            drain_rx.clone(),
+        ));
+        None
+    } else if options.config.is_empty() {
         let objects = defaults::objects(|k| std::env::var(k).ok());
         tracing::info!("no --config given: serving the embedded default proxy `default`");
         apply_objects(
@@ -374,7 +415,6 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         max_body_bytes: options.max_body_bytes,
         sse_keepalive: Some(options.sse_keepalive).filter(|d| !d.is_zero()),
     });
-    let (drain_tx, drain_rx) = watch::channel(false);
     let admin = Arc::new(Admin {
         store,
         metrics,
@@ -412,6 +452,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     match tokio::time::timeout(options.shutdown_grace, data).await {
         Ok(_) => tracing::info!("drained"),
         Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
+    }
+    if let Some(task) = lease_task {
+        // Hand the status-writer Lease over before exiting.
+        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
     }
     admin_task.abort();
     Ok(())

@@ -37,6 +37,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 
-step "pytest (SDK end-to-end suites and the Helm chart)"
+step "pytest (SDK end-to-end suites, the Kubernetes controller against a fake API server, the Helm chart)"
 export PORTCULLIS_BIN="$PWD/target/debug/portcullis"
-.venv/bin/python -m pytest tests/sdk tests/chart -q -p no:cacheprovider
+.venv/bin/python -m pytest tests/sdk tests/k8s tests/chart -q -p no:cacheprovider

@@ -86,6 +86,8 @@ pub struct Compiled {
     pub failed: BTreeSet<ObjectKey>,
     /// Every problem, providers' and proxies'.
     pub problems: Vec<Problem>,
+    /// Providers that compiled cleanly, whether or not a proxy uses them (for status).
+    pub providers: BTreeMap<ObjectKey, Arc<Upstream>>,
 }
 
 impl Compiled {
@@ -110,7 +112,11 @@ pub fn compile(index: &Index, defaults: &Defaults) -> Compiled {
         upstreams.insert(
             key,
             match result {
-                Ok(u) => Ok(Arc::new(u)),
+                Ok(u) => {
+                    let u = Arc::new(u);
+                    out.providers.insert(key.clone(), u.clone());
+                    Ok(u)
+                }
                 Err(problems) => {
                     out.problems.extend(problems);
                     Err(())

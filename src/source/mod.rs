@@ -1,4 +1,5 @@
-//! Where configuration comes from: manifest files (here) or the Kubernetes API (later).
+//! Where configuration comes from: manifest files or the Kubernetes API.
 //! Every source produces [`crate::config::Object`]s for the one index.
 
 pub mod files;
+pub mod kubernetes;

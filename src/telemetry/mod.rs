@@ -141,10 +141,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// Install the global `tracing` subscriber (stderr; `RUST_LOG` filters, default `info`).
+/// Install the global `tracing` subscriber (stderr; `RUST_LOG` filters, default `info`, with
+/// `kube_client`'s per-request errors off: the Kubernetes source logs watch failures itself).
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,kube_client=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

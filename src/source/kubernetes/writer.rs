@@ -1,0 +1,305 @@
+//! The status writer: while this replica holds the Lease, it computes every object's status
+//! ([`super::status`]) from the latest [`World`] and discovery, and writes it with
+//! server-side apply to the `status` subresource only when it differs from what the API
+//! server holds. New failures also become Kubernetes Events (rate-limited per object and
+//! reason).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource};
+use tokio::sync::watch;
+
+use super::World;
+use super::status::{self, CredentialState, ModelsState};
+use crate::config::{ObjectKey, Upstream};
+use crate::crd::{LlmProvider, LlmProxy};
+use crate::credentials::Credential;
+use crate::discovery::{CatalogState, Discovery};
+
+/// Field manager of every status write.
+pub const FIELD_MANAGER: &str = "portcullis";
+/// How often statuses are recomputed without a configuration change (discovery progresses
+/// on its own).
+const TICK: Duration = Duration::from_secs(2);
+/// How often a credential is checked again.
+const RECHECK: Duration = Duration::from_secs(300);
+/// The same failure on the same object becomes an Event at most this often.
+const EVENT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// What the writer needs.
+pub struct Writer {
+    pub(super) client: Client,
+    pub(super) discovery: Arc<Discovery>,
+    pub(super) url_base: String,
+    pub(super) reporter: Reporter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Provider,
+    Proxy,
+}
+
+/// Writes already made whose echo the watch has not brought back yet.
+#[derive(Default)]
+struct Written {
+    /// (kind, key) → (status written, resourceVersion of the object when written).
+    map: HashMap<(Kind, ObjectKey), (serde_json::Value, Option<String>)>,
+}
+
+impl Writer {
+    /// Run until the world channel closes.
+    pub async fn run(
+        self,
+        mut world: watch::Receiver<Arc<World>>,
+        mut leader: watch::Receiver<bool>,
+    ) {
+        let mut written = Written::default();
+        let mut credentials: HashMap<u64, (CredentialState, Instant)> = HashMap::new();
+        let mut events: HashMap<(ObjectKey, String), Instant> = HashMap::new();
+        loop {
+            tokio::select! {
+                r = world.changed() => if r.is_err() { return },
+                r = leader.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(TICK) => {}
+            }
+            if !*leader.borrow_and_update() {
+                written.map.clear();
+                continue;
+            }
+            let current = world.borrow_and_update().clone();
+            if !current.initialized {
+                continue;
+            }
+            self.write_all(&current, &mut written, &mut credentials, &mut events)
+                .await;
+        }
+    }
+
+    async fn write_all(
+        &self,
+        world: &World,
+        written: &mut Written,
+        credentials: &mut HashMap<u64, (CredentialState, Instant)>,
+        events: &mut HashMap<(ObjectKey, String), Instant>,
+    ) {
+        let now = status::now();
+        written.map.retain(|(kind, key), _| match kind {
+            Kind::Provider => world.index.providers().contains_key(key),
+            Kind::Proxy => world.index.proxies().contains_key(key),
+        });
+        credentials.retain(|k, _| {
+            world
+                .compiled
+                .providers
+                .values()
+                .any(|u| u.catalog_key == *k)
+        });
+        for (key, provider) in world.index.providers() {
+            let problems: Vec<_> = world.compiled.problems_of("LlmProvider", key).collect();
+            let upstream = world.compiled.providers.get(key);
+            let credential = match upstream {
+                Some(u) => credential_state(u, credentials).await,
+                None => CredentialState::Unchecked,
+            };
+            let models = upstream.map_or(ModelsState::NotInUse, |u| self.models_state(u));
+            let mut desired =
+                status::provider_status(provider, &problems, &credential, &models, &now);
+            let observed = provider.status.clone().unwrap_or_default();
+            status::keep_transition_times(&mut desired.conditions, &observed.conditions);
+            if Some(&desired) == provider.status.as_ref() {
+                continue;
+            }
+            let failures: Vec<_> = status::new_failures(&desired.conditions, &observed.conditions)
+                .into_iter()
+                .cloned()
+                .collect();
+            let Ok(value) = serde_json::to_value(&desired) else {
+                continue;
+            };
+            if self
+                .patch::<LlmProvider>(Kind::Provider, key, provider, value, written)
+                .await
+            {
+                self.events(provider, key, &failures, events).await;
+            }
+        }
+        let snapshot = &world.snapshot;
+        for (key, proxy) in world.index.proxies() {
+            let url = format!("{}/v1/model-router/{}", self.url_base, key.proxy_id());
+            let served = snapshot.proxies.get(key).map(|t| &**t);
+            let mut desired = status::proxy_status(proxy, key, &world.compiled, served, &url, &now);
+            let observed = proxy.status.clone().unwrap_or_default();
+            status::keep_transition_times(&mut desired.conditions, &observed.conditions);
+            if Some(&desired) == proxy.status.as_ref() {
+                continue;
+            }
+            let failures: Vec<_> = status::new_failures(&desired.conditions, &observed.conditions)
+                .into_iter()
+                .cloned()
+                .collect();
+            let Ok(value) = serde_json::to_value(&desired) else {
+                continue;
+            };
+            if self
+                .patch::<LlmProxy>(Kind::Proxy, key, proxy, value, written)
+                .await
+            {
+                self.events(proxy, key, &failures, events).await;
+            }
+        }
+    }
+
+    fn models_state(&self, upstream: &Upstream) -> ModelsState {
+        use crate::config::snapshot::ModelPolicy;
+        if let ModelPolicy::Static(list) = &upstream.models {
+            return ModelsState::Static(list.len());
+        }
+        let Some(catalog) = self.discovery.catalog(upstream) else {
+            return ModelsState::NotInUse;
+        };
+        match catalog.state() {
+            CatalogState::Pending => ModelsState::Pending,
+            CatalogState::Ready { models, error } => ModelsState::Discovered {
+                count: models
+                    .iter()
+                    .filter(|m| upstream.models.permits(&m.id))
+                    .count(),
+                error,
+            },
+            CatalogState::Failed(e) => ModelsState::Failed(e),
+        }
+    }
+
+    /// Server-side apply of `status`; true when written.
+    async fn patch<K>(
+        &self,
+        kind: Kind,
+        key: &ObjectKey,
+        object: &K,
+        status: serde_json::Value,
+        written: &mut Written,
+    ) -> bool
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned,
+    {
+        let rv = object.meta().resource_version.clone();
+        let id = (kind, key.clone());
+        if let Some((value, at_rv)) = written.map.get(&id)
+            && *value == status
+            && *at_rv == rv
+        {
+            // Written already; the watch has not brought the echo back yet.
+            return false;
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), &key.namespace);
+        let body = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api
+            .patch_status(&key.name, &params, &Patch::Apply(&body))
+            .await
+        {
+            Ok(_) => {
+                tracing::debug!(kind = %K::kind(&()), object = %key, "status written");
+                written.map.insert(id, (status, rv));
+                true
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => false,
+            Err(e) => {
+                tracing::warn!(kind = %K::kind(&()), object = %key, error = %e, "cannot write status");
+                false
+            }
+        }
+    }
+
+    async fn events<K>(
+        &self,
+        object: &K,
+        key: &ObjectKey,
+        failures: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+        sent: &mut HashMap<(ObjectKey, String), Instant>,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
+        sent.retain(|_, at| at.elapsed() < EVENT_INTERVAL);
+        let mut batch = std::collections::HashSet::new();
+        for c in failures {
+            let kind_reason = format!("{}/{}", K::kind(&()), c.reason);
+            // Several conditions fail for one cause (a missing Secret): one Event for them.
+            if !batch.insert(kind_reason.clone()) {
+                continue;
+            }
+            // The same failure again within the interval stays quiet.
+            let id = (key.clone(), format!("{kind_reason}\n{}", c.message));
+            if sent.contains_key(&id) {
+                continue;
+            }
+            sent.insert(id, Instant::now());
+            let event = Event {
+                type_: EventType::Warning,
+                reason: c.reason.clone(),
+                note: Some(format!("{} is False: {}", c.type_, c.message)),
+                action: format!("Check{}", c.type_),
+                secondary: None,
+            };
+            // A fresh Recorder: its own cache would fold a new message with the same reason into
+            // the old Event's series, hiding it; the rate limit here is per message.
+            let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+            if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
+                tracing::debug!(object = %key, error = %e, "cannot publish an Event");
+            }
+        }
+    }
+}
+
+/// The credential's state, checked again every few minutes (a static key is merely present:
+/// whether the upstream accepts it shows in `ModelsDiscovered`).
+async fn credential_state(
+    upstream: &Upstream,
+    cache: &mut HashMap<u64, (CredentialState, Instant)>,
+) -> CredentialState {
+    if let Some((state, at)) = cache.get(&upstream.catalog_key)
+        && at.elapsed() < RECHECK
+    {
+        return state.clone();
+    }
+    let state = check(&upstream.credential).await;
+    cache.insert(upstream.catalog_key, (state.clone(), Instant::now()));
+    state
+}
+
+async fn check(credential: &Credential) -> CredentialState {
+    match tokio::time::timeout(Duration::from_secs(15), credential.check()).await {
+        Err(_) => CredentialState::Failed {
+            reason: "TokenExchangeFailed",
+            message: "obtaining a credential timed out after 15s".to_owned(),
+        },
+        Ok(Err(e)) => CredentialState::Failed {
+            reason: "TokenExchangeFailed",
+            message: e.to_string(),
+        },
+        Ok(Ok(())) if matches!(credential, Credential::None) => CredentialState::Ready {
+            reason: "NoAuth",
+            message: "no credential is needed (auth: none)".to_owned(),
+        },
+        Ok(Ok(())) if matches!(credential, Credential::Header { .. }) => CredentialState::Ready {
+            reason: "KeyPresent",
+            message: "the API key is present; whether the upstream accepts it shows in ModelsDiscovered and in requests".to_owned(),
+        },
+        Ok(Ok(())) => CredentialState::Ready {
+            reason: "CredentialObtained",
+            message: "a credential was obtained from the identity provider".to_owned(),
+        },
+    }
+}
