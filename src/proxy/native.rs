@@ -16,6 +16,7 @@ use http::{HeaderValue, header};
 use percent_encoding::percent_decode_str;
 
 use super::error::ApiError;
+use super::guarded;
 use super::upstream::{self, Answer};
 use super::{AppState, Exchange};
 use crate::crd::ProviderType;
@@ -104,6 +105,13 @@ fn protocol_hint(prefix: &str) -> Protocol {
         .map_or(Protocol::OpenAi, |t| providers::info(t).protocol)
 }
 
+/// The protocol whose error shape a native route of `table` answers in.
+pub fn protocol_for(table: &crate::config::ProxyTable, prefix: &str) -> Protocol {
+    table
+        .route(prefix)
+        .map_or_else(|| protocol_hint(prefix), |r| r.upstream.info.protocol)
+}
+
 /// Forward one request; errors the gateway raises are answered in the provider's own shape,
 /// so its SDK raises its usual exception.
 pub async fn forward(
@@ -157,9 +165,51 @@ async fn forward_inner(
     let upstream = &route.upstream;
     *protocol = upstream.info.protocol;
     let protocol = *protocol;
+    if !crate::policy::access::permits_prefix(&table.policy.access, &exchange.identity, prefix) {
+        return Err(guarded::forbidden(
+            state,
+            exchange,
+            format!("the native route of prefix `{prefix}`"),
+        ));
+    }
     if matches!(protocol, Protocol::Gemini | Protocol::VertexAi) {
         check_gemini_path(rest)?;
     }
+
+    // With guardrails (or content auditing), the request body is read whole to learn the
+    // conversation's trust, and the answer is parsed; otherwise bytes pass untouched.
+    let policy = table.policy.clone();
+    let format = guarded::format_of(protocol);
+    let mut guard = None;
+    let mut whole_body = None;
+    let inspect =
+        (policy.tools.is_some() || policy.audit_content) && request.method() == http::Method::POST;
+    let request = if inspect {
+        let (parts, bytes, value) = guarded::read_json(request, state.max_body_bytes).await?;
+        if let Some(tools) = &policy.tools {
+            guarded::check_native_supported(protocol, rest, value.as_ref())?;
+            let trust = value
+                .as_ref()
+                .map(|v| tools.trust(format, v))
+                .unwrap_or_default();
+            guard = Some(guarded::Guard {
+                policy: tools.clone(),
+                trust,
+                format,
+                sink: guarded::Sink::new(state, exchange),
+            });
+        }
+        if policy.audit_content
+            && let Some(v) = &value
+        {
+            let content = guarded::content_of(format, v);
+            crate::policy::audit::update(&exchange.audit, |d| d.content = content);
+        }
+        whole_body = Some(bytes);
+        Request::from_parts(parts, Body::empty())
+    } else {
+        request
+    };
 
     let limit = state.max_body_bytes;
     let declared = request
@@ -193,6 +243,13 @@ async fn forward_inner(
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         headers.insert("x-request-id", id);
     }
+    if guard.is_some() {
+        // The guard reads the answer: ask for it uncompressed.
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
 
     // Stream the body upstream, counting bytes against the limit.
     let over_limit = Arc::new(AtomicBool::new(false));
@@ -207,6 +264,10 @@ async fn forward_inner(
         }
         Ok(chunk)
     });
+    let body = match whole_body {
+        Some(bytes) => reqwest::Body::from(bytes),
+        None => reqwest::Body::wrap_stream(body),
+    };
     let sent = upstream::send(
         &state.client,
         upstream,
@@ -214,7 +275,7 @@ async fn forward_inner(
         method,
         &url,
         headers,
-        reqwest::Body::wrap_stream(body),
+        body,
     )
     .await;
     let Answer { response, ttfb } = match sent {
@@ -231,7 +292,10 @@ async fn forward_inner(
     let mut out = Response::new(Body::from_stream(body));
     *out.status_mut() = status;
     *out.headers_mut() = headers;
-    Ok(out)
+    Ok(match guard {
+        Some(guard) => guarded::guard_response(out, guard, state.max_body_bytes).await,
+        None => out,
+    })
 }
 
 #[cfg(test)]

@@ -43,6 +43,35 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// Labels of authentication failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    /// Proxy ID.
+    pub proxy: String,
+    /// `missing_credentials`, `invalid_credentials` or `verifier_unavailable`.
+    pub reason: &'static str,
+}
+
+/// Labels of authorisation denials.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    /// Proxy ID.
+    pub proxy: String,
+    /// `router` or `native`.
+    pub route: &'static str,
+}
+
+/// Labels of guardrail decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardrailLabels {
+    /// Proxy ID.
+    pub proxy: String,
+    /// The rule that decided (`default` when none matched).
+    pub rule: String,
+    /// `allow` or `block`.
+    pub action: &'static str,
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -56,6 +85,12 @@ pub struct Metrics {
     pub reloads: Family<ReloadLabels, Counter>,
     /// `portcullis_config_apply_seconds`: from a change being seen to the swap that serves it.
     pub config_apply: Histogram,
+    /// `portcullis_auth_failures_total`.
+    pub auth_failures: Family<AuthFailureLabels, Counter>,
+    /// `portcullis_access_denials_total`.
+    pub access_denials: Family<DenialLabels, Counter>,
+    /// `portcullis_guardrail_decisions_total`.
+    pub guardrail_decisions: Family<GuardrailLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -99,8 +134,29 @@ impl Default for Metrics {
             "Time from a configuration change being seen to the data plane serving it",
             config_apply.clone(),
         );
+        let auth_failures = Family::<AuthFailureLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused because the caller could not be authenticated, by proxy and reason",
+            auth_failures.clone(),
+        );
+        let access_denials = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "access_denials",
+            "Requests refused by spec.access, by proxy and route",
+            access_denials.clone(),
+        );
+        let guardrail_decisions = Family::<GuardrailLabels, Counter>::default();
+        registry.register(
+            "guardrail_decisions",
+            "Tool-call guardrail decisions by proxy, rule and action",
+            guardrail_decisions.clone(),
+        );
         Self {
             registry,
+            auth_failures,
+            access_denials,
+            guardrail_decisions,
             requests,
             request_duration,
             upstream_ttfb,
