@@ -30,6 +30,8 @@ pub struct Data {
     pub usage: Usage,
     /// Request messages (only with `includeContent`).
     pub content: Option<Value>,
+    /// The model a native request named (body `model`), when the gateway read the body.
+    pub model: Option<String>,
 }
 
 /// Shared, lock-light cell for one request's audit data. Writers never contend (one request

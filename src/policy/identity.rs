@@ -28,7 +28,7 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 /// How long a JWKS is used before it is fetched again.
 const JWKS_TTL: Duration = Duration::from_secs(300);
 /// A JWKS is fetched at most this often when tokens name unknown key IDs.
-const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
+const JWKS_MIN_REFETCH: Duration = Duration::from_secs(2);
 /// Cache entries kept at most (per cache); the cache is cleared when it grows past this.
 const MAX_CACHE: usize = 10_000;
 /// Failures from one address allowed per window before answers are slowed down.

@@ -136,7 +136,7 @@ impl Drop for Exchange {
                 auth: data.auth,
                 route: self.route,
                 provider: &self.provider,
-                model: &self.model,
+                model: data.model.as_deref().unwrap_or(&self.model),
                 status: self.status,
                 usage: data.usage,
                 decisions: &data.decisions,

@@ -199,6 +199,12 @@ async fn forward_inner(
                 sink: guarded::Sink::new(state, exchange),
             });
         }
+        let model = value
+            .as_ref()
+            .and_then(|v| v.get("model"))
+            .and_then(serde_json::Value::as_str)
+            .map(|m| format!("{prefix}:{m}"));
+        crate::policy::audit::update(&exchange.audit, |d| d.model = model);
         if policy.audit_content
             && let Some(v) = &value
         {

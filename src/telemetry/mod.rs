@@ -198,15 +198,69 @@ pub enum LogFormat {
 }
 
 /// Install the global `tracing` subscriber (stderr; `RUST_LOG` filters, default `info`).
+///
+/// Audit events (target `portcullis::audit`) bypass the format: each is written as the bare
+/// JSON object it carries, one per line, whatever the log format.
 pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, fmt};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let not_audit = filter_fn(|m| m.target() != crate::policy::audit::TARGET);
+    let main = fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let main = match format {
+        LogFormat::Text => main.with_filter(filter.and(not_audit)).boxed(),
+        LogFormat::Json => main
+            .json()
+            .flatten_event(true)
+            .with_filter(filter.and(not_audit))
+            .boxed(),
     };
+    let audit = fmt::layer()
+        .event_format(AuditLine)
+        .with_writer(std::io::stderr)
+        .with_filter(filter_fn(|m| m.target() == crate::policy::audit::TARGET));
+    let _ = tracing_subscriber::registry()
+        .with(main)
+        .with(audit)
+        .try_init();
+}
+
+/// Writes an event's message alone: audit events carry a whole JSON object as their message.
+struct AuditLine;
+
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for AuditLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        writeln!(writer, "{}", message.0)
+    }
 }
