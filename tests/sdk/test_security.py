@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import anthropic
 import jwt as pyjwt
+from google import genai
+from google.genai import types as genai_types
 import openai
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -23,6 +25,7 @@ from fakes.guard_upstreams import AgentModel, FakeKubeApi, JwksServer
 from harness import CLIENT_KEY, PROVIDER_KEY, Gateway, docs, provider_doc, run_check, secret_doc
 
 ANTHROPIC_KEY = "sk-ant-upstream-SECRET-77c1"
+GEMINI_KEY = "AIza-upstream-SECRET-5d2e"
 ALICE_KEY = "sk-alice-KEY-1f0e9d"
 BOB_KEY = "sk-bob-KEY-8a7b6c"
 ATTACKER = "attacker@evil.example"
@@ -63,7 +66,8 @@ def config(model: AgentModel, **spec: Any) -> str:
     """Providers `openai` and `anthropic` (both played by `model`) behind proxy ai.team-a."""
     proxy = {"apiVersion": "portcullis.dev/v1alpha1", "kind": "LlmProxy",
              "metadata": {"name": "team-a", "namespace": "ai"},
-             "spec": {"providers": [{"providerRef": {"name": "openai"}}, {"providerRef": {"name": "anthropic"}}],
+             "spec": {"providers": [{"providerRef": {"name": "openai"}}, {"providerRef": {"name": "anthropic"}},
+                                    {"providerRef": {"name": "gemini"}}],
                       **spec}}
     return docs(
         secret_doc("openai-key", PROVIDER_KEY),
@@ -71,6 +75,8 @@ def config(model: AgentModel, **spec: Any) -> str:
         client_keys_secret(),
         provider_doc("openai", f"{model.url}/v1", static=("gpt-test", "gpt-test-mini")),
         provider_doc("anthropic", model.url, secret="anthropic-key", static=("claude-test",), type_="anthropic"),
+        secret_doc("gemini-key", GEMINI_KEY),
+        provider_doc("gemini", model.url, secret="gemini-key", static=("gemini-test",), type_="gemini"),
         json.dumps(proxy) + "\n",
     )
 
@@ -232,7 +238,7 @@ def test_access_rules_403_and_models_filtered_per_caller(model, start_gateway):
     alice = router(gw, key=ALICE_KEY)
     assert [m.id for m in alice.models.list()] == ["openai:gpt-test"]
     assert sorted(m.id for m in router(gw, key=BOB_KEY).models.list()) == [
-        "anthropic:claude-test", "openai:gpt-test", "openai:gpt-test-mini"]
+        "anthropic:claude-test", "gemini:gemini-test", "openai:gpt-test", "openai:gpt-test-mini"]
     alice.chat.completions.create(model="openai:gpt-test", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.PermissionDeniedError) as e:
         alice.chat.completions.create(model="openai:gpt-test-mini", messages=[{"role": "user", "content": "hi"}])
@@ -315,6 +321,51 @@ def test_agent_loop_anthropic_sdk_native_route(model, start_gateway, stream):
     assert (tool.name, tool.input) == EMAIL_CALL
     sent = model.calls("/v1/messages")[-1]
     assert sent.header("x-api-key") == ANTHROPIC_KEY
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_agent_loop_google_genai_sdk_native_route(model, start_gateway, stream):
+    gw = start_gateway(config(model, clientAuth=API_KEYS, tools=TOOLS))
+    model.tool_call = EMAIL_CALL
+    client = genai.Client(api_key=CLIENT_KEY, http_options=genai_types.HttpOptions(
+        base_url=gw.native_base(prefix="gemini"), api_version="v1beta"))
+    decl = genai_types.Tool(function_declarations=[
+        genai_types.FunctionDeclaration(name="send_email", description="Send an email",
+                                        parameters_json_schema={"type": "object",
+                                                                "properties": {"to": {"type": "string"}}}),
+        genai_types.FunctionDeclaration(name="web_fetch", description="Fetch a URL",
+                                        parameters_json_schema={"type": "object",
+                                                                "properties": {"url": {"type": "string"}}})])
+
+    def contents(untrusted: bool) -> list:
+        tool = "web_fetch" if untrusted else "get_time"
+        return [
+            genai_types.Content(role="user", parts=[genai_types.Part(text="Summarise example.com and mail me.")]),
+            genai_types.Content(role="model", parts=[genai_types.Part(function_call=genai_types.FunctionCall(
+                name=tool, args={"url": "https://example.com"}))]),
+            genai_types.Content(role="user", parts=[genai_types.Part(function_response=genai_types.FunctionResponse(
+                name=tool, response={"body": INJECTION if untrusted else "12:00"}))]),
+        ]
+
+    def turn(untrusted: bool) -> tuple[list, str]:
+        cfg = genai_types.GenerateContentConfig(tools=[decl])
+        if stream:
+            chunks = list(client.models.generate_content_stream(model="gemini-test", contents=contents(untrusted),
+                                                                config=cfg))
+        else:
+            chunks = [client.models.generate_content(model="gemini-test", contents=contents(untrusted), config=cfg)]
+        parts = [p for c in chunks for p in (c.candidates[0].content.parts or [])]
+        return parts, "\n".join(c.model_dump_json() for c in chunks)
+
+    parts, raw = turn(True)
+    assert not any(p.function_call for p in parts), parts
+    assert any("send_email" in (p.text or "") and "blocked" in (p.text or "") for p in parts), parts
+    assert ATTACKER not in raw
+    sent = model.calls(f"/v1beta/models/gemini-test:{'streamGenerateContent' if stream else 'generateContent'}")[-1]
+    assert sent.header("x-goog-api-key") == GEMINI_KEY
+    parts, _ = turn(False)
+    [call] = [p.function_call for p in parts if p.function_call]
+    assert (call.name, call.args) == EMAIL_CALL
 
 
 def test_held_stream_sends_keepalives_and_content_is_not_delayed(model, start_gateway):

@@ -7,6 +7,8 @@
   ``delta.tool_calls`` pieces; Anthropic ``tool_use`` blocks, streamed as
   ``input_json_delta`` events), otherwise with text. ``pause_in_arguments`` stops a stream
   in the middle of the arguments for that many seconds. Every request is recorded.
+  It also speaks Gemini ``generateContent`` / ``streamGenerateContent?alt=sse`` under
+  ``/v1beta/models/{model}:…`` (``functionCall`` parts, sent whole as Gemini does).
 * ``JwksServer`` - serves a JSON Web Key Set at ``/jwks.json`` and counts fetches.
 * ``FakeKubeApi`` - the ``authentication.k8s.io/v1`` ``TokenReview`` API
   (``POST /apis/authentication.k8s.io/v1/tokenreviews``) of a Kubernetes API server, with a
@@ -144,6 +146,12 @@ class AgentModel(_Server):
             (self._openai_stream if payload.get("stream") else self._openai)(h, payload)
         elif req.path == "/v1/messages":
             (self._anthropic_stream if payload.get("stream") else self._anthropic)(h, payload)
+        elif req.path.startswith("/v1beta/models/") and ":" in req.path:
+            model, method = req.path[len("/v1beta/models/"):].split(":", 1)
+            if method == "streamGenerateContent":
+                self._gemini_stream(h, model)
+            else:
+                self.send_json(h, 200, self._gemini_response(model, text=True, call=True))
         else:
             self.send_json(h, 404, {"error": {"message": f"no route {req.path}", "type": "invalid_request_error",
                                               "param": None, "code": None}})
@@ -199,6 +207,27 @@ class AgentModel(_Server):
         self.chunk(h, b"")
         with self.lock:
             self.streams_finished += 1
+
+    # ------------------------------------------------------------------ Gemini
+    def _gemini_response(self, model: str, text: bool, call: bool) -> dict:
+        parts: list[dict] = []
+        if text:
+            parts.append({"text": self.text})
+        if call and self.tool_call:
+            parts.append({"functionCall": {"name": self.tool_call[0], "args": self.tool_call[1]}})
+        return {
+            "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 42, "candidatesTokenCount": 17, "totalTokenCount": 59},
+            "modelVersion": model,
+        }
+
+    def _gemini_stream(self, h: BaseHTTPRequestHandler, model: str) -> None:
+        self.start_sse(h)
+        first = self._gemini_response(model, text=True, call=False)
+        first["candidates"][0].pop("finishReason")
+        self.chunk(h, f"data: {json.dumps(first)}\r\n\r\n".encode())
+        self.chunk(h, f"data: {json.dumps(self._gemini_response(model, text=False, call=True))}\r\n\r\n".encode())
+        self.chunk(h, b"")
 
     # ------------------------------------------------------------------ Anthropic
     def _anthropic(self, h: BaseHTTPRequestHandler, payload: dict) -> None:
