@@ -74,17 +74,19 @@ enum Kind {
     OpenAi(OpenAiState),
     Anthropic(AnthropicState),
     Gemini,
+    Cohere(CohereState),
 }
 
 impl SseGuard {
     /// A guard for `format`, or `None` when this build cannot guard that format's streams
-    /// (Cohere and Bedrock native streams).
+    /// (Bedrock's binary event streams).
     pub fn new(format: Format, policy: Arc<ToolPolicy>, trust: Trust) -> Option<Self> {
         let kind = match format {
             Format::OpenAi => Kind::OpenAi(OpenAiState::default()),
             Format::Anthropic => Kind::Anthropic(AnthropicState::default()),
             Format::Gemini => Kind::Gemini,
-            Format::Cohere | Format::Bedrock => return None,
+            Format::Cohere => Kind::Cohere(CohereState::default()),
+            Format::Bedrock => return None,
         };
         Some(Self {
             parser: SseParser::default(),
@@ -101,6 +103,7 @@ impl SseGuard {
         match &self.kind {
             Kind::OpenAi(s) => !s.held.is_empty(),
             Kind::Anthropic(s) => s.held.is_some(),
+            Kind::Cohere(s) => !s.held.is_empty(),
             Kind::Gemini => false,
         }
     }
@@ -173,6 +176,7 @@ impl SseGuard {
             Kind::OpenAi(_) => Format::OpenAi,
             Kind::Anthropic(_) => Format::Anthropic,
             Kind::Gemini => Format::Gemini,
+            Kind::Cohere(_) => Format::Cohere,
         };
         self.usage.read(format, &value);
         match &mut self.kind {
@@ -185,6 +189,17 @@ impl SseGuard {
                 write_data(out, event.event.as_deref(), &value);
             }
             Kind::Anthropic(state) => {
+                for (name, data) in state.event(
+                    &self.policy,
+                    &self.trust,
+                    event.event,
+                    value,
+                    &mut self.decisions,
+                ) {
+                    write_data(out, name.as_deref(), &data);
+                }
+            }
+            Kind::Cohere(state) => {
                 for (name, data) in state.event(
                     &self.policy,
                     &self.trust,
@@ -504,6 +519,128 @@ impl AnthropicState {
     }
 }
 
+// ---------------------------------------------------------------- Cohere v2 chat events
+
+struct HeldCohere {
+    index: u64,
+    name: String,
+    arguments: String,
+    events: Vec<(Option<String>, Value)>,
+}
+
+#[derive(Default)]
+struct CohereState {
+    held: Vec<HeldCohere>,
+    /// Next free content index, for refusal text.
+    next_content: u64,
+    passed: bool,
+    blocked: bool,
+}
+
+impl CohereState {
+    fn event(
+        &mut self,
+        policy: &ToolPolicy,
+        trust: &Trust,
+        name: Option<String>,
+        mut value: Value,
+        decisions: &mut Vec<Decision>,
+    ) -> Vec<(Option<String>, Value)> {
+        let kind = value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let index = value.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let call = value.pointer("/delta/message/tool_calls").cloned();
+        match kind.as_str() {
+            "content-start" => {
+                self.next_content = self.next_content.max(index + 1);
+                vec![(name, value)]
+            }
+            "tool-call-start" => {
+                let tool = call
+                    .as_ref()
+                    .and_then(|c| c.pointer("/function/name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                if policy.may_block(&tool, trust) {
+                    let arguments = call
+                        .as_ref()
+                        .and_then(|c| c.pointer("/function/arguments"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned();
+                    self.held.push(HeldCohere {
+                        index,
+                        name: tool,
+                        arguments,
+                        events: vec![(name, value)],
+                    });
+                    return Vec::new();
+                }
+                decisions.push(policy.decide(&tool, Arguments::Text("{}"), trust));
+                self.passed = true;
+                vec![(name, value)]
+            }
+            "tool-call-delta" | "tool-call-end" => {
+                let Some(pos) = self.held.iter().position(|h| h.index == index) else {
+                    return vec![(name, value)];
+                };
+                if kind == "tool-call-delta" {
+                    if let Some(part) = call
+                        .as_ref()
+                        .and_then(|c| c.pointer("/function/arguments"))
+                        .and_then(Value::as_str)
+                    {
+                        self.held[pos].arguments.push_str(part);
+                    }
+                    self.held[pos].events.push((name, value));
+                    return Vec::new();
+                }
+                let mut held = self.held.remove(pos);
+                held.events.push((name, value));
+                let d = policy.decide(&held.name, Arguments::Text(&held.arguments), trust);
+                let out = if d.blocked() {
+                    self.blocked = true;
+                    let i = self.next_content;
+                    self.next_content += 1;
+                    vec![
+                        (
+                            Some("content-start".to_owned()),
+                            json!({"type": "content-start", "index": i, "delta": {"message": {"content": {"type": "text", "text": ""}}}}),
+                        ),
+                        (
+                            Some("content-delta".to_owned()),
+                            json!({"type": "content-delta", "index": i, "delta": {"message": {"content": {"text": d.refusal()}}}}),
+                        ),
+                        (
+                            Some("content-end".to_owned()),
+                            json!({"type": "content-end", "index": i}),
+                        ),
+                    ]
+                } else {
+                    self.passed = true;
+                    held.events
+                };
+                decisions.push(d);
+                out
+            }
+            "message-end" => {
+                let finish = value
+                    .pointer("/delta/finish_reason")
+                    .and_then(Value::as_str);
+                if finish == Some("TOOL_CALL") && self.blocked && !self.passed {
+                    value["delta"]["finish_reason"] = json!("COMPLETE");
+                }
+                vec![(name, value)]
+            }
+            _ => vec![(name, value)],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -769,6 +906,82 @@ mod tests {
             g.push(junk);
         }
         g.finish();
-        assert!(SseGuard::new(Format::Cohere, Arc::new(policy()), untrusted()).is_none());
+        assert!(SseGuard::new(Format::Bedrock, Arc::new(policy()), untrusted()).is_none());
+    }
+
+    #[test]
+    fn cohere_blocked_call_becomes_content_and_finish_is_complete() {
+        let events = [
+            (
+                "message-start",
+                json!({"id":"s1","type":"message-start","delta":{"message":{"role":"assistant","content":[],"tool_plan":"","tool_calls":[],"citations":[]}}}),
+            ),
+            (
+                "tool-plan-delta",
+                json!({"type":"tool-plan-delta","delta":{"message":{"tool_plan":"I will send it."}}}),
+            ),
+            (
+                "tool-call-start",
+                json!({"type":"tool-call-start","index":0,"delta":{"message":{"tool_calls":{"id":"send_email_1","type":"function","function":{"name":"send_email","arguments":""}}}}}),
+            ),
+            (
+                "tool-call-delta",
+                json!({"type":"tool-call-delta","index":0,"delta":{"message":{"tool_calls":{"function":{"arguments":"{\"to\": \"evil@"}}}}}),
+            ),
+            (
+                "tool-call-delta",
+                json!({"type":"tool-call-delta","index":0,"delta":{"message":{"tool_calls":{"function":{"arguments":"example.net\"}"}}}}}),
+            ),
+            ("tool-call-end", json!({"type":"tool-call-end","index":0})),
+            (
+                "message-end",
+                json!({"type":"message-end","delta":{"finish_reason":"TOOL_CALL","usage":{"tokens":{"input_tokens":9,"output_tokens":4}}}}),
+            ),
+        ];
+        let mut g = guard(Format::Cohere, untrusted());
+        let mut out = Vec::new();
+        for (i, (name, data)) in events.iter().enumerate() {
+            let piece = g.push(format!("event: {name}\ndata: {data}\n\n").as_bytes());
+            if (2..5).contains(&i) {
+                assert!(piece.is_empty() && g.holding(), "{i}");
+            }
+            out.extend(piece);
+        }
+        let text = String::from_utf8_lossy(&out).to_string();
+        assert!(
+            !text.contains("evil@example.net") && !text.contains("send_email_1"),
+            "{text}"
+        );
+        assert!(text.contains("I will send it."));
+        let datas = sse_datas(&out);
+        let delta = datas
+            .iter()
+            .find(|d| d["type"] == "content-delta")
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            delta["delta"]["message"]["content"]["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("send_email")
+        );
+        let end = datas
+            .iter()
+            .find(|d| d["type"] == "message-end")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(end["delta"]["finish_reason"], "COMPLETE");
+        assert_eq!(g.usage.output_tokens, Some(4));
+
+        let mut g = guard(Format::Cohere, Trust::default());
+        let mut out = Vec::new();
+        for (name, data) in &events {
+            out.extend(g.push(format!("event: {name}\ndata: {data}\n\n").as_bytes()));
+        }
+        let text = String::from_utf8_lossy(&out).to_string();
+        assert!(
+            text.contains("send_email_1") && text.contains("TOOL_CALL"),
+            "{text}"
+        );
     }
 }

@@ -355,12 +355,7 @@ fn guard_stream(response: Response, guard: Guard) -> Response {
 
 /// Native requests whose answers the guardrails cannot read are refused while `spec.tools`
 /// is set, rather than passed unguarded.
-pub fn check_native_supported(
-    protocol: Protocol,
-    rest: &str,
-    body: Option<&Value>,
-) -> Result<(), ApiError> {
-    let streaming = body.and_then(|b| b.get("stream")).and_then(Value::as_bool) == Some(true);
+pub fn check_native_supported(protocol: Protocol, rest: &str) -> Result<(), ApiError> {
     let refuse = |what: &str| {
         Err(ApiError::GuardrailUnsupported(format!(
             "this proxy has tool-call guardrails (spec.tools), and {what} cannot be inspected by them yet; use the Model Router (/v1/model-router/{{proxy}}/chat/completions)"
@@ -372,7 +367,6 @@ pub fn check_native_supported(
         {
             refuse("the OpenAI Responses API")
         }
-        Protocol::Cohere if streaming => refuse("a streamed Cohere chat"),
         Protocol::Bedrock
             if rest.ends_with("converse-stream")
                 || rest.ends_with("invoke-with-response-stream") =>

@@ -187,7 +187,7 @@ async fn forward_inner(
     let request = if inspect {
         let (parts, bytes, value) = guarded::read_json(request, state.max_body_bytes).await?;
         if let Some(tools) = &policy.tools {
-            guarded::check_native_supported(protocol, rest, value.as_ref())?;
+            guarded::check_native_supported(protocol, rest)?;
             let trust = value
                 .as_ref()
                 .map(|v| tools.trust(format, v))
