@@ -339,8 +339,12 @@ impl OpenAiState {
                     let held = match self.seen.get(&(c, i)) {
                         Some(held) => *held,
                         None => {
+                            // A call whose first delta names no tool is held: its name may
+                            // come later, and only a known name can be let through.
+                            let hold = name
+                                .filter(|n| !n.is_empty())
+                                .is_none_or(|n| policy.may_block(n, trust));
                             let name = name.unwrap_or("");
-                            let hold = policy.may_block(name, trust);
                             self.seen.insert((c, i), hold);
                             if hold {
                                 self.held.push(HeldCall {
@@ -763,6 +767,35 @@ mod tests {
         assert!(!g.holding());
         let delta = g.push(events[3].as_bytes());
         assert!(String::from_utf8_lossy(&delta).contains("city"));
+    }
+
+    #[test]
+    fn openai_calls_without_a_name_at_first_are_held() {
+        let mut g = guard(Format::OpenAi, untrusted());
+        let chunk = |tc: Value, finish: Value| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                    "choices": [{"index": 0, "delta": {"tool_calls": [tc]}, "finish_reason": finish}]})
+            )
+        };
+        let mut out = g.push(chunk(json!({"index": 0, "id": "call_1", "type": "function", "function": {"arguments": ""}}), Value::Null).as_bytes());
+        out.extend(g.push(chunk(json!({"index": 0, "function": {"name": "send_email", "arguments": "{\"to\":\"evil@example.net\"}"}}), Value::Null).as_bytes()));
+        assert!(out.is_empty() || !String::from_utf8_lossy(&out).contains("send_email"));
+        out.extend(
+            g.push(
+                chunk(
+                    json!({"index": 0, "function": {"arguments": ""}}),
+                    json!("tool_calls"),
+                )
+                .as_bytes(),
+            ),
+        );
+        let text = String::from_utf8_lossy(&out).to_string();
+        assert!(
+            !text.contains("evil@example.net") && text.contains("blocked"),
+            "{text}"
+        );
     }
 
     #[test]

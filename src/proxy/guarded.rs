@@ -226,9 +226,20 @@ fn is_json(response: &Response) -> bool {
 
 /// Apply the guardrails to an answer (a successful one; errors pass as they are).
 pub async fn guard_response(response: Response, guard: Guard, limit: usize) -> Response {
-    if !response.status().is_success() || response.headers().contains_key(header::CONTENT_ENCODING)
-    {
+    if !response.status().is_success() {
         return response;
+    }
+    let encoded = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        // The gateway asked for an uncompressed answer; one it cannot read is not passed
+        // on unguarded.
+        return axum::response::IntoResponse::into_response(ApiError::UpstreamInvalid {
+            prefix: guard.sink.proxy.clone(),
+            detail: "the answer is compressed although the gateway asked for `accept-encoding: identity`; tool-call guardrails cannot inspect it".to_owned(),
+        });
     }
     if is_sse(&response) {
         return guard_stream(response, guard);

@@ -289,6 +289,8 @@ def test_agent_loop_openai_sdk_untrusted_context_blocks_send_email(model, start_
 def test_agent_loop_anthropic_sdk_native_route(model, start_gateway, stream):
     gw = start_gateway(config(model, clientAuth=API_KEYS, tools=TOOLS))
     model.tool_call = EMAIL_CALL
+    # Long enough for keep-alive comments while the call is held: the SDK must take them.
+    model.pause_in_arguments = 2.5 if stream else 0.0
     client = anthropic.Anthropic(base_url=gw.native_base(prefix="anthropic"), api_key=CLIENT_KEY, max_retries=0,
                                  timeout=20)
 
@@ -484,7 +486,7 @@ def test_jwt_from_a_jwks_with_key_rotation(model, start_gateway):
         assert status(token(k2, "k2", aud="someone-else")) == 401
         assert status(token(k2, "k2", exp=int(time.time()) - 3600)) == 401
         forged = pyjwt.encode({"iss": issuer, "aud": "portcullis", "email": "x", "exp": int(time.time()) + 60},
-                              "not-the-key", algorithm="HS256", headers={"kid": "k2"})
+                              "not-the-key-but-32-bytes-long-enough", algorithm="HS256", headers={"kid": "k2"})
         assert status(forged) == 401
         assert jwks.fetches() <= 4, "unknown kids must not hammer the JWKS endpoint"
     finally:
