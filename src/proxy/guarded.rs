@@ -47,6 +47,43 @@ pub fn peer(request: &Request) -> Option<std::net::IpAddr> {
         .map(|c| c.0.ip())
 }
 
+/// The headers that carry the client's credential. Gemini clients may also send their key
+/// as the `key=` query parameter (which never goes upstream): it counts as `x-goog-api-key`.
+pub fn credential_headers<'a>(
+    table: &ProxyTable,
+    prefix: &str,
+    request: &'a Request,
+) -> std::borrow::Cow<'a, http::HeaderMap> {
+    let headers = request.headers();
+    let gemini = prefix != "model-router"
+        && matches!(
+            super::native::protocol_for(table, prefix),
+            Protocol::Gemini | Protocol::VertexAi
+        );
+    if !gemini || crate::policy::identity::presented(headers).is_some() {
+        return std::borrow::Cow::Borrowed(headers);
+    }
+    let key = request.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == "key")
+            .map(|(_, v)| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+    });
+    match key.and_then(|k| HeaderValue::from_str(&k).ok()) {
+        Some(mut value) => {
+            value.set_sensitive(true);
+            let mut owned = headers.clone();
+            owned.insert("x-goog-api-key", value);
+            std::borrow::Cow::Owned(owned)
+        }
+        None => std::borrow::Cow::Borrowed(headers),
+    }
+}
+
 /// Identify the caller of `table` (or refuse). Sets the exchange's identity.
 pub async fn authenticate(
     state: &AppState,

@@ -220,8 +220,8 @@ async fn route(
             exchange.route = "router";
         }
         let peer = guarded::peer(&request);
-        let headers: &http::HeaderMap = request.headers();
-        if let Err(e) = guarded::authenticate(state, table, headers, peer, exchange).await {
+        let headers = guarded::credential_headers(table, prefix, &request);
+        if let Err(e) = guarded::authenticate(state, table, &headers, peer, exchange).await {
             return Ok(if prefix == "model-router" {
                 e.into_response()
             } else {

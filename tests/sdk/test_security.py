@@ -368,6 +368,14 @@ def test_agent_loop_google_genai_sdk_native_route(model, start_gateway, stream):
     parts, _ = turn(False)
     [call] = [p.function_call for p in parts if p.function_call]
     assert (call.name, call.args) == EMAIL_CALL
+    # Gemini's REST examples put the key in the query: accepted, and never sent upstream.
+    target = "/v1/gemini/ai.team-a/v1beta/models/gemini-test:generateContent"
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    assert gw.raw("POST", f"{target}?key=wrong", body, headers={"Authorization": ""}).status == 401
+    r = gw.raw("POST", f"{target}?key={CLIENT_KEY}", body, headers={"Authorization": ""})
+    assert r.status == 200, r.text
+    sent = model.calls("/v1beta/models/gemini-test:generateContent")[-1]
+    assert sent.header("x-goog-api-key") == GEMINI_KEY
 
 
 def test_held_stream_sends_keepalives_and_content_is_not_delayed(model, start_gateway):
