@@ -301,6 +301,16 @@ fn pointer_text(args: &Value, pointer: &str) -> Option<String> {
 }
 
 impl ToolPolicy {
+    /// A policy that allows every call (used to read usage from answers of proxies without
+    /// `spec.tools`).
+    pub fn allow_all() -> Self {
+        Self {
+            untrusted: GlobSet::empty(),
+            rules: Vec::new(),
+            default: Action::Allow,
+        }
+    }
+
     /// Whether results of this tool are untrusted data.
     pub fn is_untrusted(&self, tool: &str) -> bool {
         self.untrusted.is_match(tool)

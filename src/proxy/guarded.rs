@@ -188,6 +188,8 @@ pub struct Sink {
     cell: audit::Cell,
     metrics: Arc<crate::telemetry::Metrics>,
     proxy: String,
+    /// `false` when only usage is read (a proxy without `spec.tools` makes no decisions).
+    decisions: bool,
 }
 
 impl Sink {
@@ -197,10 +199,14 @@ impl Sink {
             cell: exchange.audit.clone(),
             metrics: state.metrics.clone(),
             proxy: exchange.proxy.clone(),
+            decisions: true,
         }
     }
 
-    fn record(&self, decisions: Vec<Decision>, usage: Option<Usage>) {
+    fn record(&self, mut decisions: Vec<Decision>, usage: Option<Usage>) {
+        if !self.decisions {
+            decisions.clear();
+        }
         for d in &decisions {
             self.metrics
                 .guardrail_decisions
@@ -221,6 +227,21 @@ impl Sink {
             }
         });
     }
+}
+
+/// Read token usage from a Model Router answer of a proxy without `spec.tools`, for its
+/// audit event. Nothing is held or changed; a stream still passes event by event.
+pub async fn record_usage(state: &AppState, exchange: &Exchange, response: Response) -> Response {
+    let guard = Guard {
+        policy: Arc::new(ToolPolicy::allow_all()),
+        trust: Trust::default(),
+        format: Format::OpenAi,
+        sink: Sink {
+            decisions: false,
+            ..Sink::new(state, exchange)
+        },
+    };
+    guard_response(response, guard, state.max_body_bytes).await
 }
 
 /// Read a request body that the guardrails must see whole: its JSON (when it is JSON) and its

@@ -140,7 +140,8 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     let policy = state.store.load().proxy(proxy_id).map(|t| t.policy.clone());
     let Some(policy) = policy.filter(|p| p.tools.is_some() || p.audit_content) else {
-        return chat_unguarded(state, proxy_id, request, exchange).await;
+        let response = chat_unguarded(state, proxy_id, request, exchange).await?;
+        return Ok(guarded::record_usage(state, exchange, response).await);
     };
     let (parts, bytes, value) = guarded::read_json(request, state.max_body_bytes).await?;
     let mut guard = None;
@@ -162,7 +163,7 @@ pub async fn chat(
     let response = chat_unguarded(state, proxy_id, request, exchange).await?;
     Ok(match guard {
         Some(guard) => guarded::guard_response(response, guard, state.max_body_bytes).await,
-        None => response,
+        None => guarded::record_usage(state, exchange, response).await,
     })
 }
 
