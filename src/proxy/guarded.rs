@@ -25,7 +25,8 @@ use crate::policy::stream::{SseGuard, Usage};
 use crate::providers::Protocol;
 use crate::telemetry::{AuthFailureLabels, GuardrailLabels};
 
-/// While a tool call is held back, a `: keep-alive` comment goes out this often.
+/// While the client gets nothing (a tool call is held back, or the upstream is silent), a
+/// `: keep-alive` comment goes out this often.
 pub const KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// The guardrail format of a provider protocol.
@@ -387,8 +388,9 @@ fn guard_stream(response: Response, guard: Guard) -> Response {
             }
             let next = tokio::time::timeout(KEEPALIVE, st.body.next()).await;
             let (out, err) = match next {
-                Err(_) if st.guard.holding() => (b": keep-alive\n\n".to_vec(), None),
-                Err(_) => continue,
+                // The client has had nothing for a while (a call is held, or the upstream
+                // is thinking; its own comments do not survive parsing): keep it open.
+                Err(_) => (b": keep-alive\n\n".to_vec(), None),
                 Ok(Some(Ok(bytes))) => (st.guard.push(&bytes), None),
                 Ok(Some(Err(e))) => {
                     st.done = true;
