@@ -448,6 +448,7 @@ impl Runtime {
             validation.set_audience(&cfg.audiences);
         }
         validation.leeway = 30;
+        validation.validate_nbf = true;
         let data = decode::<serde_json::Value>(token, &key, &validation)
             .map_err(|_| AuthFailure::Invalid)?;
         match data.claims.get(&cfg.identity_claim) {

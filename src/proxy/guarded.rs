@@ -425,25 +425,76 @@ fn guard_stream(response: Response, guard: Guard) -> Response {
 }
 
 /// Native requests whose answers the guardrails cannot read are refused while `spec.tools`
-/// is set, rather than passed unguarded.
+/// is set, rather than passed unguarded: APIs whose tool calls come in shapes the guard does
+/// not parse (OpenAI Responses, Assistants and Realtime; Bedrock InvokeModel and event
+/// streams) and batch APIs whose results are fetched later.
 pub fn check_native_supported(protocol: Protocol, rest: &str) -> Result<(), ApiError> {
     let refuse = |what: &str| {
         Err(ApiError::GuardrailUnsupported(format!(
             "this proxy has tool-call guardrails (spec.tools), and {what} cannot be inspected by them yet; use the Model Router (/v1/model-router/{{proxy}}/chat/completions)"
         )))
     };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let has = |name: &str| segments.contains(&name);
     match protocol {
-        Protocol::OpenAi | Protocol::Azure
-            if rest.ends_with("responses") || rest.contains("responses/") =>
-        {
+        Protocol::OpenAi | Protocol::Azure if has("responses") => {
             refuse("the OpenAI Responses API")
         }
-        Protocol::Bedrock
-            if rest.ends_with("converse-stream")
-                || rest.ends_with("invoke-with-response-stream") =>
-        {
-            refuse("a Bedrock event stream")
+        Protocol::OpenAi | Protocol::Azure if has("threads") || has("assistants") => {
+            refuse("the OpenAI Assistants API")
+        }
+        Protocol::OpenAi | Protocol::Azure if has("realtime") => refuse("the Realtime API"),
+        Protocol::OpenAi | Protocol::Azure | Protocol::Anthropic if has("batches") => {
+            refuse("a batch API")
+        }
+        Protocol::Gemini | Protocol::VertexAi if rest.contains(":batchGenerateContent") => {
+            refuse("a batch API")
+        }
+        Protocol::Bedrock if has("model") && !rest.ends_with("/converse") => {
+            refuse("Bedrock InvokeModel or an event stream (only Converse is guarded)")
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_native_apis_are_refused_under_guardrails() {
+        for (protocol, rest) in [
+            (Protocol::OpenAi, "responses"),
+            (Protocol::OpenAi, "responses/resp_1"),
+            (Protocol::Azure, "openai/v1/responses"),
+            (Protocol::OpenAi, "threads/t1/runs"),
+            (Protocol::OpenAi, "batches"),
+            (Protocol::Anthropic, "v1/messages/batches/b1/results"),
+            (
+                Protocol::Gemini,
+                "v1beta/models/gemini-2.5-pro:batchGenerateContent",
+            ),
+            (Protocol::Bedrock, "model/anthropic.claude/invoke"),
+            (
+                Protocol::Bedrock,
+                "model/amazon.nova-pro-v1:0/converse-stream",
+            ),
+        ] {
+            assert!(check_native_supported(protocol, rest).is_err(), "{rest}");
+        }
+        for (protocol, rest) in [
+            (Protocol::OpenAi, "chat/completions"),
+            (Protocol::OpenAi, "models"),
+            (Protocol::OpenAi, "embeddings"),
+            (Protocol::Anthropic, "v1/messages"),
+            (
+                Protocol::Gemini,
+                "v1beta/models/gemini-2.5-pro:streamGenerateContent",
+            ),
+            (Protocol::Cohere, "v2/chat"),
+            (Protocol::Bedrock, "model/amazon.nova-pro-v1:0/converse"),
+        ] {
+            assert!(check_native_supported(protocol, rest).is_ok(), "{rest}");
+        }
     }
 }

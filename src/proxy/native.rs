@@ -179,6 +179,9 @@ async fn forward_inner(
     // With guardrails (or content auditing), the request body is read whole to learn the
     // conversation's trust, and the answer is parsed; otherwise bytes pass untouched.
     let policy = table.policy.clone();
+    if policy.tools.is_some() {
+        guarded::check_native_supported(protocol, rest)?;
+    }
     let format = guarded::format_of(protocol);
     let mut guard = None;
     let mut whole_body = None;
@@ -187,7 +190,6 @@ async fn forward_inner(
     let request = if inspect {
         let (parts, bytes, value) = guarded::read_json(request, state.max_body_bytes).await?;
         if let Some(tools) = &policy.tools {
-            guarded::check_native_supported(protocol, rest)?;
             let trust = value
                 .as_ref()
                 .map(|v| tools.trust(format, v))
