@@ -229,9 +229,18 @@ impl Conversation {
                             c.calls.insert(id.to_owned(), name.to_owned());
                         }
                     }
-                    if str_of(m, "role") == Some("tool") {
-                        c.results
-                            .push((str_of(m, "tool_call_id").map(str::to_owned), None));
+                    match str_of(m, "role") {
+                        Some("tool") => c
+                            .results
+                            .push((str_of(m, "tool_call_id").map(str::to_owned), None)),
+                        // The legacy `function` role names the function itself.
+                        Some("function") => c.results.push((
+                            None,
+                            str_of(m, "name")
+                                .filter(|n| !n.is_empty())
+                                .map(str::to_owned),
+                        )),
+                        _ => {}
                     }
                 }
             }
@@ -733,6 +742,13 @@ pub(crate) mod tests {
             !p.trust(Format::OpenAi, &openai_conversation(false))
                 .untrusted()
         );
+        // The legacy `function` role names the tool in the result.
+        let legacy =
+            json!({"messages": [{"role": "function", "name": "web_fetch", "content": "x"}]});
+        assert_eq!(p.trust(Format::OpenAi, &legacy).sources, ["web_fetch"]);
+        let legacy =
+            json!({"messages": [{"role": "function", "name": "get_time", "content": "x"}]});
+        assert!(!p.trust(Format::OpenAi, &legacy).untrusted());
         // Cohere v2 has the same shape.
         assert!(
             p.trust(Format::Cohere, &openai_conversation(true))
