@@ -84,6 +84,16 @@ def config(model: AgentModel, **spec: Any) -> str:
 API_KEYS = {"apiKeys": {"secretRef": {"name": "client-keys"}}}
 
 
+@pytest.fixture(autouse=True)
+def no_credential_in_logs(tmp_path: Path) -> Iterator[None]:
+    """After each test (and after its gateways stopped): no key of this file in any log."""
+    yield
+    for log in tmp_path.glob("*.log"):
+        text = log.read_text(errors="replace")
+        for secret in (ANTHROPIC_KEY, GEMINI_KEY, ALICE_KEY, BOB_KEY, "gateway-sa-token-4242"):
+            assert secret not in text, f"credential {secret[:8]}... leaked in {log}"
+
+
 @pytest.fixture
 def model() -> Iterator[AgentModel]:
     m = AgentModel().start()
