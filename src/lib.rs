@@ -17,6 +17,7 @@ pub mod config;
 pub mod crd;
 pub mod credentials;
 pub mod discovery;
+pub mod policy;
 pub mod providers;
 pub mod proxy;
 pub mod server;

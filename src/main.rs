@@ -196,6 +196,10 @@ fn check(paths: &[PathBuf], online: Option<Option<PathBuf>>) -> ExitCode {
             "LlmProxy {key}: router /v1/model-router/{}/chat/completions\n",
             key.proxy_id()
         ));
+        out.push_str(&format!(
+            "  client auth: {}\n",
+            table.policy.describe_auth()
+        ));
         for route in &table.routes {
             let u = &route.upstream;
             let models = match &u.models {

@@ -145,6 +145,9 @@ pub fn apply_index(
     }
     let snapshot = store.load();
     for table in snapshot.proxies.values() {
+        if table.policy.auth.is_none() {
+            tracing::warn!(proxy = %table.key.proxy_id(), "proxy accepts anonymous callers (no spec.clientAuth)");
+        }
         for route in &table.routes {
             tracing::info!(
                 proxy = %table.key.proxy_id(),
@@ -409,6 +412,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
 
     let state = Arc::new(AppState {
         store: store.clone(),
+        security: Arc::new(crate::policy::identity::Runtime::new(client.clone())),
         client,
         discovery,
         metrics: metrics.clone(),
@@ -430,8 +434,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let until_drain = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|d| *d).await;
     };
-    let data = axum::serve(listener, proxy::router(state))
-        .with_graceful_shutdown(until_drain(drain_rx.clone()));
+    let data = axum::serve(
+        listener,
+        proxy::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(until_drain(drain_rx.clone()));
     let admin_server = axum::serve(admin_listener, admin_router(admin))
         .with_graceful_shutdown(until_drain(drain_rx.clone()));
     let mut data = tokio::spawn(data.into_future());

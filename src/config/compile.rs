@@ -125,7 +125,7 @@ pub fn compile(index: &Index, defaults: &Defaults) -> Compiled {
         );
     }
     for (key, proxy) in index.proxies() {
-        match compile_proxy(key, proxy, &upstreams) {
+        match compile_proxy(key, proxy, &upstreams, index) {
             Ok(table) => {
                 out.proxies.insert(key.clone(), Arc::new(table));
             }
@@ -609,6 +609,7 @@ fn compile_proxy(
     key: &ObjectKey,
     proxy: &LlmProxy,
     upstreams: &BTreeMap<&ObjectKey, Result<Arc<Upstream>, ()>>,
+    index: &Index,
 ) -> Result<ProxyTable, Vec<Problem>> {
     let mut p = Problems::new("LlmProxy", key);
     if key.namespace.contains('.') {
@@ -705,11 +706,21 @@ fn compile_proxy(
             }
         },
     };
+    let policy = match crate::policy::compile_policy(key, &proxy.spec, index) {
+        Ok(policy) => policy,
+        Err(problems) => {
+            for (field, reason, message) in problems {
+                p.add(field, reason, message);
+            }
+            crate::policy::ProxyPolicy::default()
+        }
+    };
     p.finish(ProxyTable {
         key: key.clone(),
         generation: proxy.metadata.generation,
         routes,
         default_model,
+        policy: Arc::new(policy),
     })
 }
 

@@ -174,6 +174,10 @@ pub fn objects(env: impl Fn(&str) -> Option<String>) -> Vec<Object> {
                 })
                 .collect(),
             default_model: None,
+            client_auth: None,
+            access: None,
+            tools: None,
+            audit: None,
         },
     );
     proxy.metadata = meta(PROXY);

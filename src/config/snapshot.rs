@@ -172,6 +172,8 @@ pub struct ProxyTable {
     pub routes: Vec<Route>,
     /// `defaultModel`, split into prefix and model.
     pub default_model: Option<(String, String)>,
+    /// Client auth, access rules, tool guardrails and audit settings.
+    pub policy: Arc<crate::policy::ProxyPolicy>,
 }
 
 impl ProxyTable {

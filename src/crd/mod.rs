@@ -346,6 +346,159 @@ pub struct LlmProxySpec {
     /// lists, written `prefix:model` (e.g. `openai:gpt-5-mini`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_model: Option<String>,
+    /// Who may call this proxy. Any combination of API keys, Kubernetes ServiceAccount tokens
+    /// and JWTs from an external identity provider; a request is accepted when one of them
+    /// accepts it. Omitted means anonymous callers are accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuthSpec>,
+    /// Which identities reach which models. Each rule grants the identities matching
+    /// `identities` the provider-qualified models matching `models` (on native routes: the
+    /// prefixes those patterns name). Omitted or empty means every authenticated caller
+    /// reaches every model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Vec<AccessRuleSpec>>,
+    /// Tool-call guardrails: decide, per request and from the conversation alone, whether each
+    /// tool call the model returns reaches the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<ToolsSpec>,
+    /// Audit events (one JSON line per request on the `portcullis::audit` log target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditSpec>,
+}
+
+/// How callers prove who they are. A request is accepted when any configured method accepts it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientAuthSpec {
+    /// Static client keys: each entry of the Secret's data is one key, and the entry's name is
+    /// the caller's identity. Sent as `Authorization: Bearer`, `x-api-key`, `api-key` or
+    /// `x-goog-api-key`, whichever the SDK uses. Held only as SHA-256 hashes in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<ApiKeysAuthSpec>,
+    /// In-cluster workloads sending their projected ServiceAccount token, validated with the
+    /// `TokenReview` API. The identity is `system:serviceaccount:{namespace}:{name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesAuthSpec>,
+    /// JWTs from an external identity provider, verified against its JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuthSpec>,
+}
+
+/// Client API keys held in a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeysAuthSpec {
+    /// The Secret, in the proxy's namespace: every data entry is `identity: key`.
+    pub secret_ref: LocalObjectRef,
+}
+
+/// Kubernetes ServiceAccount tokens, checked with `TokenReview`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesAuthSpec {
+    /// Audiences the token must be issued for (the `audiences` of the projected token
+    /// volume). Omitted means the API server's own audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audiences: Option<Vec<String>>,
+    /// ServiceAccounts allowed to call, as `namespace/name` globs (`ai/agent`, `ai/*`).
+    #[schemars(length(min = 1))]
+    pub service_accounts: Vec<String>,
+}
+
+/// JWTs from an external identity provider.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtAuthSpec {
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// URL of the issuer's JSON Web Key Set; fetched, cached, and fetched again when a token
+    /// names a key ID the cache does not hold (key rotation).
+    pub jwks_uri: String,
+    /// Accepted `aud` values; the token must carry one of them. Omitted means `aud` is not
+    /// checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audiences: Option<Vec<String>>,
+    /// Claim holding the caller's identity. Default `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_claim: Option<String>,
+}
+
+/// One access rule.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessRuleSpec {
+    /// Identity globs (`team-a-*`, `system:serviceaccount:ai:*`).
+    pub identities: Vec<String>,
+    /// Provider-qualified model globs (`openai:gpt-5*`, `anthropic:*`, `*`).
+    pub models: Vec<String>,
+}
+
+/// Tool-call guardrails.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolsSpec {
+    /// Globs of tool names whose results are untrusted data (web fetch, email, tickets). When
+    /// a request's conversation holds a result of such a tool (matched through the tool-call
+    /// ID to the assistant's call), the context of that request is untrusted. A tool result
+    /// whose ID matches no call counts as untrusted too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untrusted: Option<Vec<String>>,
+    /// Rules evaluated on every tool call the model returns; the first match wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<ToolPolicySpec>>,
+    /// Action when no rule matches. Default `allow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_action: Option<ToolAction>,
+}
+
+/// One tool-call rule.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolPolicySpec {
+    /// Name of the rule in audit events and metrics. Default `policies[i]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Tool-name globs this rule applies to.
+    pub tools: Vec<String>,
+    /// What happens to a matching call.
+    pub action: ToolAction,
+    /// Narrow the rule to calls whose arguments match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<ToolCondition>,
+}
+
+/// What happens to a tool call.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ToolAction {
+    /// The call reaches the client.
+    #[default]
+    Allow,
+    /// The call is replaced by a refusal.
+    Block,
+    /// The call is replaced by a refusal when the conversation holds an untrusted tool result.
+    BlockWhenUntrusted,
+}
+
+/// A condition on a tool call's arguments.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolCondition {
+    /// JSON pointer into the arguments (`/to`, `/recipients/0`).
+    pub argument: String,
+    /// Regular expression the value must match (strings as they are, other values as JSON).
+    /// Arguments that are not valid JSON count as matching for `block` rules and as not
+    /// matching for `allow` rules.
+    pub matches: String,
+}
+
+/// Audit settings.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditSpec {
+    /// Also record the request's messages. Default `false`: audit events hold no content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_content: Option<bool>,
 }
 
 /// One provider reachable through a proxy.

@@ -115,6 +115,27 @@ pub enum ApiError {
         /// What went wrong (never the credential itself).
         detail: String,
     },
+    /// The caller could not be authenticated (`spec.clientAuth`).
+    #[error("{message}")]
+    Unauthenticated {
+        /// What is wrong and what to send (never the credential).
+        message: String,
+        /// A credential was sent but not accepted (`error="invalid_token"`).
+        invalid: bool,
+    },
+    /// The caller may not use this model or prefix (`spec.access`).
+    #[error("identity `{identity}` may not use {target} through proxy `{proxy}` (spec.access)")]
+    Forbidden {
+        /// Caller.
+        identity: String,
+        /// `model `openai:gpt-5`` or `the native route of prefix `anthropic``.
+        target: String,
+        /// Proxy ID.
+        proxy: String,
+    },
+    /// A guardrail cannot be applied to this request.
+    #[error("{0}")]
+    GuardrailUnsupported(String),
     /// The upstream answered with something the gateway cannot use.
     #[error("provider `{prefix}` sent an invalid response: {detail}")]
     UpstreamInvalid {
@@ -133,7 +154,10 @@ impl ApiError {
             | ApiError::InvalidField { .. }
             | ApiError::InvalidPath(_)
             | ApiError::Unsupported(_)
-            | ApiError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            | ApiError::ClientBody(_)
+            | ApiError::GuardrailUnsupported(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::RouteNotFound { .. }
             | ApiError::ProxyNotFound { .. }
             | ApiError::UnknownPrefix { .. }
@@ -154,6 +178,8 @@ impl ApiError {
     fn error_type(&self) -> &'static str {
         match self.status_code().as_u16() {
             400 | 404 | 413 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
             _ => "api_error",
         }
     }
@@ -177,6 +203,9 @@ impl ApiError {
             ApiError::UpstreamInvalid { .. } => "upstream_invalid_response",
             ApiError::Credential { .. } => "upstream_credential_unavailable",
             ApiError::Translation(_) => "translation_error",
+            ApiError::Unauthenticated { .. } => "invalid_api_key",
+            ApiError::Forbidden { .. } => "permission_denied",
+            ApiError::GuardrailUnsupported(_) => "guardrail_unsupported",
         }
     }
 
@@ -251,6 +280,7 @@ impl ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        self.add_challenge(&mut response);
         if protocol == Protocol::Bedrock {
             // AWS SDKs read the exception name from this header (restJson1).
             let exception = match status.as_u16() {
@@ -268,6 +298,20 @@ impl ApiError {
         }
         response
     }
+
+    /// `WWW-Authenticate` on 401s (RFC 6750).
+    fn add_challenge(&self, response: &mut Response) {
+        if let ApiError::Unauthenticated { invalid, .. } = self {
+            let value = if *invalid {
+                "Bearer realm=\"portcullis\", error=\"invalid_token\""
+            } else {
+                "Bearer realm=\"portcullis\""
+            };
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -277,6 +321,7 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        self.add_challenge(&mut response);
         response
     }
 }

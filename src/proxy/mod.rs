@@ -12,6 +12,7 @@
 //! ([`keepalive`]).
 
 pub mod error;
+pub mod guarded;
 pub mod headers;
 pub mod keepalive;
 pub mod model_router;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Interval of SSE keep-alive comments on idle streams (`None`: off).
     pub sse_keepalive: Option<Duration>,
+    /// Client identity checks (JWKS and TokenReview caches, failure limiter).
+    pub security: Arc<crate::policy::identity::Runtime>,
 }
 
 /// The data-plane service.
@@ -78,6 +81,10 @@ pub struct Exchange {
     started: Instant,
     /// Time to the upstream's response headers.
     pub ttfb: Option<Duration>,
+    /// Caller identity (`anonymous` without `clientAuth`; empty before authentication).
+    pub identity: String,
+    /// What the audit event of this request records (shared with guarded response bodies).
+    pub audit: crate::policy::audit::Cell,
 }
 
 impl Drop for Exchange {
@@ -122,6 +129,26 @@ impl Drop for Exchange {
             ttfb_ms = self.ttfb.map(|t| t.as_millis() as u64),
             "request"
         );
+        if !self.proxy.is_empty() {
+            let data = self.audit.try_lock();
+            let empty = crate::policy::audit::Data::default();
+            let data = data.as_deref().unwrap_or(&empty);
+            crate::policy::audit::Record {
+                time: crate::policy::audit::now_rfc3339(),
+                request_id: &self.request_id,
+                proxy: &self.proxy,
+                identity: &data.identity,
+                auth: data.auth,
+                route: self.route,
+                provider: &self.provider,
+                model: data.model.as_deref().unwrap_or(&self.model),
+                status: self.status,
+                usage: data.usage,
+                decisions: &data.decisions,
+                content: data.content.as_ref(),
+            }
+            .emit();
+        }
     }
 }
 
@@ -149,6 +176,8 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         status: 0,
         started: Instant::now(),
         ttfb: None,
+        identity: String::new(),
+        audit: Arc::default(),
     };
     let result = route(&state, &path, request, &mut exchange).await;
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
@@ -179,8 +208,9 @@ async fn route(
     request: Request,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
+    let method = request.method().to_string();
     let not_found = || ApiError::RouteNotFound {
-        method: request.method().to_string(),
+        method: method.clone(),
         path: path.to_owned(),
     };
     let Some(tail) = path.strip_prefix("/v1/") else {
@@ -194,6 +224,26 @@ async fn route(
     if prefix.is_empty() || proxy.is_empty() {
         return Err(not_found());
     }
+    // Who is calling, before anything else happens (unknown proxies get their 404 below).
+    let snapshot = state.store.load();
+    if let Some(table) = snapshot.proxy(proxy) {
+        exchange.proxy = table.key.proxy_id();
+        if prefix == "model-router" {
+            exchange.route = "router";
+        }
+        let peer = guarded::peer(&request);
+        let headers = guarded::credential_headers(table, prefix, &request);
+        if let Err(e) = guarded::authenticate(state, table, &headers, peer, exchange).await {
+            return Ok(if prefix == "model-router" {
+                e.into_response()
+            } else {
+                exchange.route = "native";
+                exchange.provider = prefix.to_owned();
+                e.into_response_for(native::protocol_for(table, prefix))
+            });
+        }
+    }
+    drop(snapshot);
     if prefix == "model-router" {
         exchange.route = "router";
         match (request.method(), rest) {

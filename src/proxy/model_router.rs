@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
+use super::guarded;
 use super::sse::ModelRewriter;
 use super::translated::{self, Dialect};
 use super::upstream::{self, Answer};
@@ -24,6 +25,7 @@ use super::{AppState, Exchange};
 use crate::config::snapshot::ModelPolicy;
 use crate::config::{ProxyTable, Route};
 use crate::discovery::{CatalogState, Discovery, ModelEntry};
+use crate::policy::guardrails::Format;
 
 /// How long `/models` waits for a provider's first discovery.
 const FIRST_DISCOVERY_WAIT: Duration = Duration::from_secs(5);
@@ -128,8 +130,44 @@ pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError
     }
 }
 
-/// `POST /v1/model-router/{proxy}/chat/completions`.
+/// `POST /v1/model-router/{proxy}/chat/completions`: the request's conversation is read for
+/// the tool-call guardrails (when the proxy has `spec.tools`), and the answer guarded.
 pub async fn chat(
+    state: &Arc<AppState>,
+    proxy_id: &str,
+    request: Request,
+    exchange: &mut Exchange,
+) -> Result<Response, ApiError> {
+    let policy = state.store.load().proxy(proxy_id).map(|t| t.policy.clone());
+    let Some(policy) = policy.filter(|p| p.tools.is_some() || p.audit_content) else {
+        let response = chat_unguarded(state, proxy_id, request, exchange).await?;
+        return Ok(guarded::record_usage(state, exchange, response).await);
+    };
+    let (parts, bytes, value) = guarded::read_json(request, state.max_body_bytes).await?;
+    let mut guard = None;
+    if let Some(value) = &value {
+        if policy.audit_content {
+            let content = guarded::content_of(Format::OpenAi, value);
+            crate::policy::audit::update(&exchange.audit, |d| d.content = content);
+        }
+        if let Some(tools) = &policy.tools {
+            guard = Some(guarded::Guard {
+                policy: tools.clone(),
+                trust: tools.trust(Format::OpenAi, value),
+                format: Format::OpenAi,
+                sink: guarded::Sink::new(state, exchange),
+            });
+        }
+    }
+    let request = Request::from_parts(parts, Body::from(bytes));
+    let response = chat_unguarded(state, proxy_id, request, exchange).await?;
+    Ok(match guard {
+        Some(guard) => guarded::guard_response(response, guard, state.max_body_bytes).await,
+        None => guarded::record_usage(state, exchange, response).await,
+    })
+}
+
+async fn chat_unguarded(
     state: &Arc<AppState>,
     proxy_id: &str,
     request: Request,
@@ -181,6 +219,14 @@ pub async fn chat(
         });
     }
     exchange.model = asked.clone();
+    let qualified = format!("{}:{}", route.prefix, resolved.model);
+    if !crate::policy::access::permits_model(&table.policy.access, &exchange.identity, &qualified) {
+        return Err(guarded::forbidden(
+            state,
+            exchange,
+            format!("model `{qualified}`"),
+        ));
+    }
     let has_tools = body
         .get("tools")
         .and_then(Value::as_array)
@@ -344,8 +390,16 @@ pub async fn models(
             },
         };
         for entry in entries {
+            let qualified = format!("{}:{}", route.prefix, entry.id);
+            if !crate::policy::access::permits_model(
+                &table.policy.access,
+                &exchange.identity,
+                &qualified,
+            ) {
+                continue;
+            }
             let mut model = json!({
-                "id": format!("{}:{}", route.prefix, entry.id),
+                "id": qualified,
                 "object": "model",
                 "created": entry.created.unwrap_or(0),
                 "owned_by": entry.owned_by.unwrap_or_else(|| upstream.provider_type.to_string()),

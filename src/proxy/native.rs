@@ -16,6 +16,7 @@ use http::{HeaderValue, header};
 use percent_encoding::percent_decode_str;
 
 use super::error::ApiError;
+use super::guarded;
 use super::upstream::{self, Answer};
 use super::{AppState, Exchange};
 use crate::crd::ProviderType;
@@ -149,6 +150,13 @@ fn protocol_hint(prefix: &str) -> Protocol {
         .map_or(Protocol::OpenAi, |t| providers::info(t).protocol)
 }
 
+/// The protocol whose error shape a native route of `table` answers in.
+pub fn protocol_for(table: &crate::config::ProxyTable, prefix: &str) -> Protocol {
+    table
+        .route(prefix)
+        .map_or_else(|| protocol_hint(prefix), |r| r.upstream.info.protocol)
+}
+
 /// Forward one request; errors the gateway raises are answered in the provider's own shape,
 /// so its SDK raises its usual exception.
 pub async fn forward(
@@ -213,12 +221,62 @@ async fn forward_inner(
             return Err(e);
         }
     }
+    if !crate::policy::access::permits_prefix(&table.policy.access, &exchange.identity, prefix) {
+        return Err(guarded::forbidden(
+            state,
+            exchange,
+            format!("the native route of prefix `{prefix}`"),
+        ));
+    }
     if matches!(protocol, Protocol::Gemini | Protocol::VertexAi) {
         check_gemini_path(rest)?;
     }
     if let crate::config::Cloud::Vertex { project, location } = &upstream.cloud {
         check_vertex_scope(rest, project, location)?;
     }
+
+    // With guardrails (or content auditing), the request body is read whole to learn the
+    // conversation's trust, and the answer is parsed; otherwise bytes pass untouched.
+    let policy = table.policy.clone();
+    if policy.tools.is_some() {
+        guarded::check_native_supported(protocol, rest)?;
+    }
+    let format = guarded::format_of(protocol);
+    let mut guard = None;
+    let mut whole_body = None;
+    let inspect =
+        (policy.tools.is_some() || policy.audit_content) && request.method() == http::Method::POST;
+    let request = if inspect {
+        let (parts, bytes, value) = guarded::read_json(request, state.max_body_bytes).await?;
+        if let Some(tools) = &policy.tools {
+            let trust = value
+                .as_ref()
+                .map(|v| tools.trust(format, v))
+                .unwrap_or_default();
+            guard = Some(guarded::Guard {
+                policy: tools.clone(),
+                trust,
+                format,
+                sink: guarded::Sink::new(state, exchange),
+            });
+        }
+        let model = value
+            .as_ref()
+            .and_then(|v| v.get("model"))
+            .and_then(serde_json::Value::as_str)
+            .map(|m| format!("{prefix}:{m}"));
+        crate::policy::audit::update(&exchange.audit, |d| d.model = model);
+        if policy.audit_content
+            && let Some(v) = &value
+        {
+            let content = guarded::content_of(format, v);
+            crate::policy::audit::update(&exchange.audit, |d| d.content = content);
+        }
+        whole_body = Some(bytes);
+        Request::from_parts(parts, Body::empty())
+    } else {
+        request
+    };
 
     let limit = state.max_body_bytes;
     let declared = request
@@ -260,11 +318,20 @@ async fn forward_inner(
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         headers.insert("x-request-id", id);
     }
+    if guard.is_some() {
+        // The guard reads the answer: ask for it uncompressed.
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
 
     // Stream the body upstream, counting bytes against the limit; a credential that signs
     // the body (SigV4) needs it whole first (requests only: answers still stream).
     let over_limit = Arc::new(AtomicBool::new(false));
-    let body = if upstream.credential.needs_body() {
+    let body = if let Some(bytes) = whole_body {
+        reqwest::Body::from(bytes)
+    } else if upstream.credential.needs_body() {
         reqwest::Body::from(super::model_router::read_body(request, limit).await?)
     } else {
         let flag = over_limit.clone();
@@ -304,6 +371,10 @@ async fn forward_inner(
     let mut out = Response::new(Body::from_stream(body));
     *out.status_mut() = status;
     *out.headers_mut() = headers;
+    let mut out = match guard {
+        Some(guard) => guarded::guard_response(out, guard, state.max_body_bytes).await,
+        None => out,
+    };
     if !super::keepalive::comments_safe(protocol) {
         out.extensions_mut().insert(super::keepalive::NoKeepAlive);
     }

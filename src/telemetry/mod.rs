@@ -43,6 +43,35 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// Labels of authentication failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    /// Proxy ID.
+    pub proxy: String,
+    /// `missing_credentials`, `invalid_credentials` or `verifier_unavailable`.
+    pub reason: &'static str,
+}
+
+/// Labels of authorisation denials.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    /// Proxy ID.
+    pub proxy: String,
+    /// `router` or `native`.
+    pub route: &'static str,
+}
+
+/// Labels of guardrail decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardrailLabels {
+    /// Proxy ID.
+    pub proxy: String,
+    /// The rule that decided (`default` when none matched).
+    pub rule: String,
+    /// `allow` or `block`.
+    pub action: &'static str,
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -56,6 +85,12 @@ pub struct Metrics {
     pub reloads: Family<ReloadLabels, Counter>,
     /// `portcullis_config_apply_seconds`: from a change being seen to the swap that serves it.
     pub config_apply: Histogram,
+    /// `portcullis_auth_failures_total`.
+    pub auth_failures: Family<AuthFailureLabels, Counter>,
+    /// `portcullis_access_denials_total`.
+    pub access_denials: Family<DenialLabels, Counter>,
+    /// `portcullis_guardrail_decisions_total`.
+    pub guardrail_decisions: Family<GuardrailLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -99,8 +134,29 @@ impl Default for Metrics {
             "Time from a configuration change being seen to the data plane serving it",
             config_apply.clone(),
         );
+        let auth_failures = Family::<AuthFailureLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused because the caller could not be authenticated, by proxy and reason",
+            auth_failures.clone(),
+        );
+        let access_denials = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "access_denials",
+            "Requests refused by spec.access, by proxy and route",
+            access_denials.clone(),
+        );
+        let guardrail_decisions = Family::<GuardrailLabels, Counter>::default();
+        registry.register(
+            "guardrail_decisions",
+            "Tool-call guardrail decisions by proxy, rule and action",
+            guardrail_decisions.clone(),
+        );
         Self {
             registry,
+            auth_failures,
+            access_denials,
+            guardrail_decisions,
             requests,
             request_duration,
             upstream_ttfb,
@@ -143,16 +199,70 @@ pub enum LogFormat {
 
 /// Install the global `tracing` subscriber (stderr; `RUST_LOG` filters, default `info`, with
 /// `kube_client`'s per-request errors off: the Kubernetes source logs watch failures itself).
+///
+/// Audit events (target `portcullis::audit`) bypass the format: each is written as the bare
+/// JSON object it carries, one per line, whatever the log format.
 pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, fmt};
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,kube_client=off"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let not_audit = filter_fn(|m| m.target() != crate::policy::audit::TARGET);
+    let main = fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let main = match format {
+        LogFormat::Text => main.with_filter(filter.and(not_audit)).boxed(),
+        LogFormat::Json => main
+            .json()
+            .flatten_event(true)
+            .with_filter(filter.and(not_audit))
+            .boxed(),
     };
+    let audit = fmt::layer()
+        .event_format(AuditLine)
+        .with_writer(std::io::stderr)
+        .with_filter(filter_fn(|m| m.target() == crate::policy::audit::TARGET));
+    let _ = tracing_subscriber::registry()
+        .with(main)
+        .with(audit)
+        .try_init();
+}
+
+/// Writes an event's message alone: audit events carry a whole JSON object as their message.
+struct AuditLine;
+
+struct Message(String);
+
+impl tracing::field::Visit for Message {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0.push_str(value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for AuditLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        writeln!(writer, "{}", message.0)
+    }
 }

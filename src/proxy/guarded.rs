@@ -1,0 +1,500 @@
+//! Where the security policy meets the data plane: authentication before routing, and the
+//! tool-call guardrails applied to answers (whole JSON bodies, or SSE streams event by event
+//! with keep-alive comments while a call is held back).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use http::{HeaderValue, header};
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::{AppState, Exchange};
+use crate::config::ProxyTable;
+use crate::policy::audit;
+use crate::policy::guardrails::{self, Decision, Format, ToolPolicy, Trust};
+use crate::policy::identity::AuthFailure;
+use crate::policy::stream::{SseGuard, Usage};
+use crate::providers::Protocol;
+use crate::telemetry::{AuthFailureLabels, GuardrailLabels};
+
+/// While the client gets nothing (a tool call is held back, or the upstream is silent), a
+/// `: keep-alive` comment goes out this often.
+pub const KEEPALIVE: Duration = Duration::from_secs(2);
+
+/// The guardrail format of a provider protocol.
+pub fn format_of(protocol: Protocol) -> Format {
+    match protocol {
+        Protocol::OpenAi | Protocol::Azure => Format::OpenAi,
+        Protocol::Anthropic => Format::Anthropic,
+        Protocol::Gemini | Protocol::VertexAi => Format::Gemini,
+        Protocol::Cohere => Format::Cohere,
+        Protocol::Bedrock => Format::Bedrock,
+    }
+}
+
+/// The client's address, when the server recorded it.
+pub fn peer(request: &Request) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The headers that carry the client's credential. Gemini clients may also send their key
+/// as the `key=` query parameter (which never goes upstream): it counts as `x-goog-api-key`.
+pub fn credential_headers<'a>(
+    table: &ProxyTable,
+    prefix: &str,
+    request: &'a Request,
+) -> std::borrow::Cow<'a, http::HeaderMap> {
+    let headers = request.headers();
+    let gemini = prefix != "model-router"
+        && matches!(
+            super::native::protocol_for(table, prefix),
+            Protocol::Gemini | Protocol::VertexAi
+        );
+    if !gemini || crate::policy::identity::presented(headers).is_some() {
+        return std::borrow::Cow::Borrowed(headers);
+    }
+    let key = request.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == "key")
+            .map(|(_, v)| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+    });
+    match key.and_then(|k| HeaderValue::from_str(&k).ok()) {
+        Some(mut value) => {
+            value.set_sensitive(true);
+            let mut owned = headers.clone();
+            owned.insert("x-goog-api-key", value);
+            std::borrow::Cow::Owned(owned)
+        }
+        None => std::borrow::Cow::Borrowed(headers),
+    }
+}
+
+/// Identify the caller of `table` (or refuse). Sets the exchange's identity.
+pub async fn authenticate(
+    state: &AppState,
+    table: &ProxyTable,
+    headers: &http::HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    exchange: &mut Exchange,
+) -> Result<(), ApiError> {
+    let Some(auth) = &table.policy.auth else {
+        exchange.identity = "anonymous".to_owned();
+        audit::update(&exchange.audit, |d| {
+            d.identity = "anonymous".to_owned();
+            d.auth = "anonymous";
+        });
+        return Ok(());
+    };
+    match state.security.authenticate(auth, headers).await {
+        Ok(identity) => {
+            audit::update(&exchange.audit, |d| {
+                d.identity = identity.name.clone();
+                d.auth = identity.method;
+            });
+            exchange.identity = identity.name;
+            Ok(())
+        }
+        Err(failure) => {
+            let proxy = table.key.proxy_id();
+            state
+                .metrics
+                .auth_failures
+                .get_or_create(&AuthFailureLabels {
+                    proxy: proxy.clone(),
+                    reason: failure.reason(),
+                })
+                .inc();
+            audit::update(&exchange.audit, |d| d.auth = failure.reason());
+            let addr = peer;
+            let delay = state.security.failed(addr).await;
+            tracing::info!(
+                proxy = %proxy,
+                reason = failure.reason(),
+                peer = ?addr,
+                delay_ms = delay.as_millis() as u64,
+                "client authentication failed"
+            );
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let methods = table.policy.describe_auth();
+            let message = match failure {
+                AuthFailure::Missing => format!(
+                    "proxy `{proxy}` requires client authentication ({methods}): send your key or token as `Authorization: Bearer …` (or `x-api-key` / `api-key` / `x-goog-api-key`)"
+                ),
+                AuthFailure::Invalid => format!(
+                    "the credential sent to proxy `{proxy}` was not accepted ({methods}); check the key or token"
+                ),
+                AuthFailure::Unavailable => format!(
+                    "the credential sent to proxy `{proxy}` could not be verified right now (identity provider or Kubernetes API unreachable); retry later"
+                ),
+            };
+            Err(ApiError::Unauthenticated {
+                message,
+                invalid: failure != AuthFailure::Missing,
+            })
+        }
+    }
+}
+
+/// Count a 403 and build it.
+pub fn forbidden(state: &AppState, exchange: &Exchange, target: String) -> ApiError {
+    state
+        .metrics
+        .access_denials
+        .get_or_create(&crate::telemetry::DenialLabels {
+            proxy: exchange.proxy.clone(),
+            route: exchange.route,
+        })
+        .inc();
+    ApiError::Forbidden {
+        identity: exchange.identity.clone(),
+        target,
+        proxy: exchange.proxy.clone(),
+    }
+}
+
+/// Everything needed to guard one answer.
+#[derive(Clone)]
+pub struct Guard {
+    /// The rules.
+    pub policy: Arc<ToolPolicy>,
+    /// The request's trust.
+    pub trust: Trust,
+    /// The answer's format.
+    pub format: Format,
+    /// Where decisions go.
+    pub sink: Sink,
+}
+
+/// Where decisions and usage go: the audit cell and the metrics.
+#[derive(Clone)]
+pub struct Sink {
+    cell: audit::Cell,
+    metrics: Arc<crate::telemetry::Metrics>,
+    proxy: String,
+    /// `false` when only usage is read (a proxy without `spec.tools` makes no decisions).
+    decisions: bool,
+}
+
+impl Sink {
+    /// A sink for the exchange.
+    pub fn new(state: &AppState, exchange: &Exchange) -> Self {
+        Self {
+            cell: exchange.audit.clone(),
+            metrics: state.metrics.clone(),
+            proxy: exchange.proxy.clone(),
+            decisions: true,
+        }
+    }
+
+    fn record(&self, mut decisions: Vec<Decision>, usage: Option<Usage>) {
+        if !self.decisions {
+            decisions.clear();
+        }
+        for d in &decisions {
+            self.metrics
+                .guardrail_decisions
+                .get_or_create(&GuardrailLabels {
+                    proxy: self.proxy.clone(),
+                    rule: d.rule.clone(),
+                    action: d.action,
+                })
+                .inc();
+            if d.blocked() {
+                tracing::info!(proxy = %self.proxy, tool = %d.tool, rule = %d.rule, "tool call blocked");
+            }
+        }
+        audit::update(&self.cell, |data| {
+            data.decisions.extend(decisions);
+            if let Some(u) = usage {
+                data.usage = u;
+            }
+        });
+    }
+}
+
+/// Read token usage from a Model Router answer of a proxy without `spec.tools`, for its
+/// audit event. Nothing is held or changed; a stream still passes event by event.
+pub async fn record_usage(state: &AppState, exchange: &Exchange, response: Response) -> Response {
+    let guard = Guard {
+        policy: Arc::new(ToolPolicy::allow_all()),
+        trust: Trust::default(),
+        format: Format::OpenAi,
+        sink: Sink {
+            decisions: false,
+            ..Sink::new(state, exchange)
+        },
+    };
+    guard_response(response, guard, state.max_body_bytes).await
+}
+
+/// Read a request body that the guardrails must see whole: its JSON (when it is JSON) and its
+/// bytes, to send on.
+pub async fn read_json(
+    request: Request,
+    limit: usize,
+) -> Result<(http::request::Parts, Bytes, Option<Value>), ApiError> {
+    let (parts, body) = request.into_parts();
+    let bytes =
+        super::model_router::read_body(Request::from_parts(parts.clone(), body), limit).await?;
+    let value = serde_json::from_slice::<Value>(&bytes).ok();
+    Ok((parts, bytes, value))
+}
+
+/// The request's messages, for audit events with `includeContent`.
+pub fn content_of(format: Format, body: &Value) -> Option<Value> {
+    let key = match format {
+        Format::Gemini => "contents",
+        _ => "messages",
+    };
+    body.get(key).cloned()
+}
+
+fn is_sse(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"))
+}
+
+/// Apply the guardrails to an answer (a successful one; errors pass as they are).
+pub async fn guard_response(response: Response, guard: Guard, limit: usize) -> Response {
+    if !response.status().is_success() {
+        return response;
+    }
+    let encoded = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        // The gateway asked for an uncompressed answer; one it cannot read is not passed
+        // on unguarded.
+        return axum::response::IntoResponse::into_response(ApiError::UpstreamInvalid {
+            prefix: guard.sink.proxy.clone(),
+            detail: "the answer is compressed although the gateway asked for `accept-encoding: identity`; tool-call guardrails cannot inspect it".to_owned(),
+        });
+    }
+    if is_sse(&response) {
+        return guard_stream(response, guard);
+    }
+    if !is_json(&response) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    use http_body_util::BodyExt;
+    let bytes = match http_body_util::Limited::new(body, limit.max(64 << 20))
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            let err = ApiError::UpstreamInvalid {
+                prefix: String::new(),
+                detail: format!("the answer could not be read: {e}"),
+            };
+            return axum::response::IntoResponse::into_response(err);
+        }
+    };
+    let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let mut usage = Usage::default();
+    let mut decisions = Vec::new();
+    match &mut value {
+        // Gemini's non-SSE streamGenerateContent answers a JSON array of responses.
+        Value::Array(items) => {
+            for item in items {
+                usage.read(guard.format, item);
+                decisions.extend(guardrails::guard_json(
+                    guard.format,
+                    &guard.policy,
+                    &guard.trust,
+                    item,
+                ));
+            }
+        }
+        item => {
+            usage.read(guard.format, item);
+            decisions.extend(guardrails::guard_json(
+                guard.format,
+                &guard.policy,
+                &guard.trust,
+                item,
+            ));
+        }
+    }
+    let changed = decisions.iter().any(Decision::blocked);
+    guard.sink.record(decisions, Some(usage));
+    if !changed {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    let body = value.to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
+struct StreamState {
+    body: BoxStream<'static, Result<Bytes, axum::Error>>,
+    guard: SseGuard,
+    sink: Sink,
+    done: bool,
+}
+
+fn guard_stream(response: Response, guard: Guard) -> Response {
+    let Some(sse) = SseGuard::new(guard.format, guard.policy.clone(), guard.trust.clone()) else {
+        return response;
+    };
+    let (mut parts, body) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let state = StreamState {
+        body: body.into_data_stream().boxed(),
+        guard: sse,
+        sink: guard.sink,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            let next = tokio::time::timeout(KEEPALIVE, st.body.next()).await;
+            let (out, err) = match next {
+                // The client has had nothing for a while (a call is held, or the upstream
+                // is thinking; its own comments do not survive parsing): keep it open.
+                Err(_) => (b": keep-alive\n\n".to_vec(), None),
+                Ok(Some(Ok(bytes))) => (st.guard.push(&bytes), None),
+                Ok(Some(Err(e))) => {
+                    st.done = true;
+                    (st.guard.finish(), Some(std::io::Error::other(e)))
+                }
+                Ok(None) => {
+                    st.done = true;
+                    (st.guard.finish(), None)
+                }
+            };
+            let decisions = st.guard.take_decisions();
+            let usage = st.guard.usage;
+            if !decisions.is_empty() || st.done {
+                st.sink.record(decisions, Some(usage));
+            }
+            if let Some(e) = err {
+                if out.is_empty() {
+                    return Some((Err(e), st));
+                }
+                // Send what was decided, then the error on the next poll.
+                st.body =
+                    futures_util::stream::once(async move { Err(axum::Error::new(e)) }).boxed();
+                st.done = false;
+                return Some((Ok(Bytes::from(out)), st));
+            }
+            if !out.is_empty() {
+                return Some((Ok::<_, std::io::Error>(Bytes::from(out)), st));
+            }
+        }
+    });
+    Response::from_parts(parts, Body::from_stream(stream))
+}
+
+/// Native requests whose answers the guardrails cannot read are refused while `spec.tools`
+/// is set, rather than passed unguarded: APIs whose tool calls come in shapes the guard does
+/// not parse (OpenAI Responses, Assistants and Realtime; Bedrock InvokeModel and event
+/// streams) and batch APIs whose results are fetched later.
+pub fn check_native_supported(protocol: Protocol, rest: &str) -> Result<(), ApiError> {
+    let refuse = |what: &str| {
+        Err(ApiError::GuardrailUnsupported(format!(
+            "this proxy has tool-call guardrails (spec.tools), and {what} cannot be inspected by them yet; use the Model Router (/v1/model-router/{{proxy}}/chat/completions)"
+        )))
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let has = |name: &str| segments.contains(&name);
+    match protocol {
+        Protocol::OpenAi | Protocol::Azure if has("responses") => {
+            refuse("the OpenAI Responses API")
+        }
+        Protocol::OpenAi | Protocol::Azure if has("threads") || has("assistants") => {
+            refuse("the OpenAI Assistants API")
+        }
+        Protocol::OpenAi | Protocol::Azure if has("realtime") => refuse("the Realtime API"),
+        Protocol::OpenAi | Protocol::Azure | Protocol::Anthropic if has("batches") => {
+            refuse("a batch API")
+        }
+        Protocol::Gemini | Protocol::VertexAi if rest.contains(":batchGenerateContent") => {
+            refuse("a batch API")
+        }
+        Protocol::Bedrock if has("model") && !rest.ends_with("/converse") => {
+            refuse("Bedrock InvokeModel or an event stream (only Converse is guarded)")
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_native_apis_are_refused_under_guardrails() {
+        for (protocol, rest) in [
+            (Protocol::OpenAi, "responses"),
+            (Protocol::OpenAi, "responses/resp_1"),
+            (Protocol::Azure, "openai/v1/responses"),
+            (Protocol::OpenAi, "threads/t1/runs"),
+            (Protocol::OpenAi, "batches"),
+            (Protocol::Anthropic, "v1/messages/batches/b1/results"),
+            (
+                Protocol::Gemini,
+                "v1beta/models/gemini-2.5-pro:batchGenerateContent",
+            ),
+            (Protocol::Bedrock, "model/anthropic.claude/invoke"),
+            (
+                Protocol::Bedrock,
+                "model/amazon.nova-pro-v1:0/converse-stream",
+            ),
+        ] {
+            assert!(check_native_supported(protocol, rest).is_err(), "{rest}");
+        }
+        for (protocol, rest) in [
+            (Protocol::OpenAi, "chat/completions"),
+            (Protocol::OpenAi, "models"),
+            (Protocol::OpenAi, "embeddings"),
+            (Protocol::Anthropic, "v1/messages"),
+            (
+                Protocol::Gemini,
+                "v1beta/models/gemini-2.5-pro:streamGenerateContent",
+            ),
+            (Protocol::Cohere, "v2/chat"),
+            (Protocol::Bedrock, "model/amazon.nova-pro-v1:0/converse"),
+        ] {
+            assert!(check_native_supported(protocol, rest).is_ok(), "{rest}");
+        }
+    }
+}
