@@ -375,18 +375,24 @@ fn guard_stream(response: Response, guard: Guard) -> Response {
     parts
         .headers
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // google-genai parses every SSE line as JSON: a comment would break its stream.
+    let comments = guard.format != Format::Gemini;
     let state = StreamState {
         body: body.into_data_stream().boxed(),
         guard: sse,
         sink: guard.sink,
         done: false,
     };
-    let stream = futures_util::stream::unfold(state, |mut st| async move {
+    let stream = futures_util::stream::unfold(state, move |mut st| async move {
         loop {
             if st.done {
                 return None;
             }
-            let next = tokio::time::timeout(KEEPALIVE, st.body.next()).await;
+            let next = if comments {
+                tokio::time::timeout(KEEPALIVE, st.body.next()).await
+            } else {
+                Ok(st.body.next().await)
+            };
             let (out, err) = match next {
                 // The client has had nothing for a while (a call is held, or the upstream
                 // is thinking; its own comments do not survive parsing): keep it open.

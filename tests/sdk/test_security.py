@@ -340,6 +340,9 @@ def test_agent_loop_anthropic_sdk_native_route(model, start_gateway, stream):
 def test_agent_loop_google_genai_sdk_native_route(model, start_gateway, stream):
     gw = start_gateway(config(model, clientAuth=API_KEYS, tools=TOOLS))
     model.tool_call = EMAIL_CALL
+    # A pause longer than the guard's keep-alive interval: google-genai parses every SSE line
+    # as JSON, so the guard must not send comments on Gemini streams.
+    model.pause_in_arguments = 2.5 if stream else 0.0
     client = genai.Client(api_key=CLIENT_KEY, http_options=genai_types.HttpOptions(
         base_url=gw.native_base(prefix="gemini"), api_version="v1beta"))
     decl = genai_types.Tool(function_declarations=[

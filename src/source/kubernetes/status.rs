@@ -369,11 +369,17 @@ pub fn proxy_status(
         }
     }
     let accepted = failed(ACCEPTED, &spec, generation, now).unwrap_or_else(|| {
+        // Say plainly who may call: "anonymous" when the proxy has no clientAuth.
+        let clients = compiled
+            .proxies
+            .get(key)
+            .map(|t| t.policy.describe_auth())
+            .unwrap_or_default();
         condition(
             ACCEPTED,
             Some(true),
             "Accepted",
-            "the spec is valid",
+            format!("the spec is valid; callers: {clients}"),
             generation,
             now,
         )
@@ -568,6 +574,8 @@ mod tests {
         assert_eq!(x.url.as_deref(), Some(URL));
         assert_eq!(cond(&x.conditions, PROGRAMMED).status, "True");
         assert_eq!(cond(&x.conditions, PROGRAMMED).observed_generation, Some(5));
+        let accepted = &cond(&x.conditions, ACCEPTED).message;
+        assert!(accepted.contains("anonymous"), "{accepted}");
     }
 
     #[test]

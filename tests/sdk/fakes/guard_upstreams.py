@@ -226,6 +226,8 @@ class AgentModel(_Server):
         first = self._gemini_response(model, text=True, call=False)
         first["candidates"][0].pop("finishReason")
         self.chunk(h, f"data: {json.dumps(first)}\r\n\r\n".encode())
+        if self.pause_in_arguments:
+            time.sleep(self.pause_in_arguments)  # the model "thinks" before its function call
         self.chunk(h, f"data: {json.dumps(self._gemini_response(model, text=False, call=True))}\r\n\r\n".encode())
         self.chunk(h, b"")
 
