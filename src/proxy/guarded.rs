@@ -1,10 +1,9 @@
 //! Where the security policy meets the data plane: authentication before routing, and the
-//! tool-call guardrails applied to answers (whole JSON bodies, or SSE streams event by event
-//! with keep-alive comments while a call is held back).
+//! tool-call guardrails applied to answers (whole JSON bodies, or SSE streams event by event;
+//! while a call is held back, the data plane's keep-alive wrapper keeps the stream open).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
@@ -24,10 +23,6 @@ use crate::policy::identity::AuthFailure;
 use crate::policy::stream::{SseGuard, Usage};
 use crate::providers::Protocol;
 use crate::telemetry::{AuthFailureLabels, GuardrailLabels};
-
-/// While the client gets nothing (a tool call is held back, or the upstream is silent), a
-/// `: keep-alive` comment goes out this often.
-pub const KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// The guardrail format of a provider protocol.
 pub fn format_of(protocol: Protocol) -> Format {
@@ -375,34 +370,27 @@ fn guard_stream(response: Response, guard: Guard) -> Response {
     parts
         .headers
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // google-genai parses every SSE line as JSON: a comment would break its stream.
-    let comments = guard.format != Format::Gemini;
     let state = StreamState {
         body: body.into_data_stream().boxed(),
         guard: sse,
         sink: guard.sink,
         done: false,
     };
-    let stream = futures_util::stream::unfold(state, move |mut st| async move {
+    // While a call is held the client gets nothing: the data plane's keep-alive wrapper
+    // (`--sse-keepalive`, see `keepalive.rs`) sends comments between events then, as on any
+    // idle stream, and never on Gemini streams, whose SDK parses every line as JSON.
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
             if st.done {
                 return None;
             }
-            let next = if comments {
-                tokio::time::timeout(KEEPALIVE, st.body.next()).await
-            } else {
-                Ok(st.body.next().await)
-            };
-            let (out, err) = match next {
-                // The client has had nothing for a while (a call is held, or the upstream
-                // is thinking; its own comments do not survive parsing): keep it open.
-                Err(_) => (b": keep-alive\n\n".to_vec(), None),
-                Ok(Some(Ok(bytes))) => (st.guard.push(&bytes), None),
-                Ok(Some(Err(e))) => {
+            let (out, err) = match st.body.next().await {
+                Some(Ok(bytes)) => (st.guard.push(&bytes), None),
+                Some(Err(e)) => {
                     st.done = true;
                     (st.guard.finish(), Some(std::io::Error::other(e)))
                 }
-                Ok(None) => {
+                None => {
                     st.done = true;
                     (st.guard.finish(), None)
                 }

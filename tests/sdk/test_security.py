@@ -297,7 +297,8 @@ def test_agent_loop_openai_sdk_untrusted_context_blocks_send_email(model, start_
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_agent_loop_anthropic_sdk_native_route(model, start_gateway, stream):
+def test_agent_loop_anthropic_sdk_native_route(model, start_gateway, stream, monkeypatch):
+    monkeypatch.setenv("PORTCULLIS_SSE_KEEPALIVE", "1s")
     gw = start_gateway(config(model, clientAuth=API_KEYS, tools=TOOLS))
     model.tool_call = EMAIL_CALL
     # Long enough for keep-alive comments while the call is held: the SDK must take them.
@@ -337,11 +338,12 @@ def test_agent_loop_anthropic_sdk_native_route(model, start_gateway, stream):
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_agent_loop_google_genai_sdk_native_route(model, start_gateway, stream):
+def test_agent_loop_google_genai_sdk_native_route(model, start_gateway, stream, monkeypatch):
+    monkeypatch.setenv("PORTCULLIS_SSE_KEEPALIVE", "1s")
     gw = start_gateway(config(model, clientAuth=API_KEYS, tools=TOOLS))
     model.tool_call = EMAIL_CALL
-    # A pause longer than the guard's keep-alive interval: google-genai parses every SSE line
-    # as JSON, so the guard must not send comments on Gemini streams.
+    # A pause longer than the keep-alive interval: google-genai parses every SSE line as JSON,
+    # so no comment may reach a Gemini stream, guarded or not.
     model.pause_in_arguments = 2.5 if stream else 0.0
     client = genai.Client(api_key=CLIENT_KEY, http_options=genai_types.HttpOptions(
         base_url=gw.native_base(prefix="gemini"), api_version="v1beta"))
@@ -392,7 +394,8 @@ def test_agent_loop_google_genai_sdk_native_route(model, start_gateway, stream):
     assert sent.header("x-goog-api-key") == GEMINI_KEY
 
 
-def test_held_stream_sends_keepalives_and_content_is_not_delayed(model, start_gateway):
+def test_held_stream_sends_keepalives_and_content_is_not_delayed(model, start_gateway, monkeypatch):
+    monkeypatch.setenv("PORTCULLIS_SSE_KEEPALIVE", "1s")
     gw = start_gateway(config(model, tools=TOOLS))
     model.tool_call = EMAIL_CALL
     model.pause_in_arguments = 4.5
