@@ -392,6 +392,20 @@ def test_agent_loop_google_genai_sdk_native_route(model, start_gateway, stream):
     assert sent.header("x-goog-api-key") == GEMINI_KEY
 
 
+@pytest.mark.parametrize("guarded", [True, False])
+def test_audit_names_the_model_of_native_routes_that_carry_it_in_the_path(model, start_gateway, guarded):
+    """Gemini (like Vertex and Bedrock) names the model in the URL path, not the body: the
+    audit line still says which model was called, with or without guardrails."""
+    gw = start_gateway(config(model, tools=TOOLS) if guarded else config(model))
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    rid = f"rid-gemini-path-{guarded}"
+    r = gw.raw("POST", "/v1/gemini/ai.team-a/v1beta/models/gemini-test:generateContent", body,
+               headers={"x-request-id": rid})
+    assert r.status == 200, r.text
+    line = audit_for(gw, rid)
+    assert (line["route"], line["provider"], line["model"]) == ("native", "gemini", "gemini:gemini-test"), line
+
+
 def test_held_stream_sends_keepalives_and_content_is_not_delayed(model, start_gateway):
     gw = start_gateway(config(model, tools=TOOLS))
     model.tool_call = EMAIL_CALL
