@@ -211,6 +211,33 @@ def test_boto3_converse_and_errors_in_bedrock_shape(irsa, runtime, control, star
     assert_gateway_signed(runtime, 2)
 
 
+def test_client_auth_with_boto3_takes_the_key_from_an_event_hook(irsa, runtime, control, start_gateway):
+    """Under `clientAuth`, a boto3 client cannot send a Bedrock API key as a bearer token over
+    plain http (botocore insists on https), so the README shows a `before-send` hook adding
+    `x-api-key`. Its SigV4 `Authorization` is no credential for the gateway, and neither the
+    hook's key nor the client's signature reaches Bedrock."""
+    clients = ("apiVersion: v1\nkind: Secret\nmetadata: {name: client-keys, namespace: ai}\n"
+               f"stringData: {{app: {CLIENT_KEY}}}\n")
+    proxy = ("apiVersion: portcullis.dev/v1alpha1\nkind: LlmProxy\nmetadata: {name: team-a, namespace: ai}\n"
+             "spec:\n  providers: [{providerRef: {name: bedrock-us}}]\n"
+             "  clientAuth: {apiKeys: {secretRef: {name: client-keys}}}\n")
+    gw = start_gateway(docs(bedrock_provider("bedrock-us", runtime.url, control.url), clients, proxy))
+    messages = [{"role": "user", "content": [{"text": "ping"}]}]
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        runtime_client(gw).converse(modelId=CLAUDE, messages=messages)
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 401
+    assert not runtime.requests, "an unauthenticated client reached Bedrock"
+
+    client = runtime_client(gw)
+    client.meta.events.register("before-send.bedrock-runtime.*",
+                                lambda request, **_: request.headers.__setitem__("x-api-key", CLIENT_KEY))
+    r = client.converse(modelId=CLAUDE, messages=messages)
+    assert r["output"]["message"]["content"][0]["text"] == f"[{CLAUDE}] you said: ping"
+    events = list(client.converse_stream(modelId=CLAUDE, messages=messages)["stream"])
+    assert "metadata" in events[-1], events
+    assert_gateway_signed(runtime, 2)
+
+
 def test_control_plane_routes_go_to_the_control_plane(irsa, runtime, control, start_gateway):
     gw = start_gateway(config(runtime, control))
     client = boto3.client("bedrock", region_name=REGION, endpoint_url=f"{gw.url}/v1/bedrock/ai.team-a",
