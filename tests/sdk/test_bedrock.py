@@ -583,6 +583,31 @@ def test_streams_are_not_buffered(irsa, runtime, control, start_gateway):
     assert len(arrivals) == 8 and total > 3.0 and arrivals[0] < total - 2.0, (arrivals, total)
 
 
+def test_event_streams_never_get_sse_keepalive_comments(irsa, runtime, control, start_gateway, aws_env):
+    """SSE keep-alive comments are for `text/event-stream` only: a ConverseStream answer
+    (`application/vnd.amazon.eventstream`, binary CRC-checked frames) that stalls longer than the
+    keep-alive interval reaches the client byte for byte, while the router's translated SSE
+    stream of the same stall does get comments."""
+    aws_env.setenv("PORTCULLIS_SSE_KEEPALIVE", "300ms")
+    gw = start_gateway(config(runtime, control))
+    runtime.chunk_delay = 0.7
+    runtime.replies.append(Reply(text="one two"))
+    body = json.dumps({"messages": [{"role": "user", "content": [{"text": "x"}]}]})
+    r = gw.raw("POST", f"/v1/bedrock/ai.team-a/model/{CLAUDE}/converse-stream", body)
+    assert r.status == 200 and r.headers["content-type"] == "application/vnd.amazon.eventstream", r.headers
+    assert b"keep-alive" not in r.body
+    buf = EventStreamBuffer()
+    buf.add_data(r.body)
+    kinds = [m.headers.get(":event-type") for m in buf]
+    assert kinds[0] == "messageStart" and kinds[-1] == "metadata", kinds
+
+    runtime.replies.append(Reply(text="one two"))
+    body = json.dumps({"model": f"bedrock:{CLAUDE}", "stream": True, "messages": [{"role": "user", "content": "x"}]})
+    r = gw.raw("POST", "/v1/model-router/ai.team-a/chat/completions", body)
+    assert r.status == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert b": keep-alive" in r.body and r.body.rstrip().endswith(b"data: [DONE]")
+
+
 def test_native_body_over_the_limit_is_refused_before_signing(irsa, runtime, control, start_gateway, aws_env):
     """SigV4 needs the whole body, so the native route reads it first, within the body limit."""
     aws_env.setenv("PORTCULLIS_MAX_BODY_BYTES", "100000")
