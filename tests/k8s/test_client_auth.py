@@ -1,6 +1,7 @@
 """`serve --kubernetes` with `spec.clientAuth.apiKeys`: the client-key Secret an LlmProxy
-references is read like a provider's key Secret (and only it): the proxy serves callers with a
-key, refuses the others, and a rotated key takes effect without a restart."""
+references is read like a provider's key Secret (and only it). While it is missing the proxy
+reports `ResolvedRefs=False` (`SecretNotFound`); then the proxy serves callers with a key,
+refuses the others, and a rotated key takes effect without a restart."""
 
 from __future__ import annotations
 
@@ -37,8 +38,17 @@ def test_client_keys_from_a_secret_the_proxy_references(apiserver, fake, start_k
     gw = start_kube_gateway()
     apiserver.apply(secret("openai-key", PROVIDER_KEY))
     apiserver.apply(provider("openai", fake.base_url))
-    apiserver.apply(client_keys(CLIENT_KEY))
     apiserver.apply(guarded_proxy())
+    # The client-key Secret does not exist yet: a reference problem, named.
+    assert wait_until(lambda: cond_is(apiserver.get("LlmProxy", NS, "team-a"), "ResolvedRefs", "False",
+                                      "SecretNotFound"), 10), \
+        (apiserver.get("LlmProxy", NS, "team-a") or {}).get("status")
+    px = apiserver.get("LlmProxy", NS, "team-a")
+    assert "client-keys" in condition(px, "ResolvedRefs")["message"]
+    assert cond_is(px, "Accepted", "True") and cond_is(px, "Programmed", "False")
+    assert status_code(gw, CLIENT_KEY) == 404
+
+    apiserver.apply(client_keys(CLIENT_KEY))
 
     assert wait_until(lambda: status_code(gw, CLIENT_KEY) == 200, 5) is not None, \
         f"{(apiserver.get('LlmProxy', NS, 'team-a') or {}).get('status')}\n{gw.log_tail()}"
