@@ -131,6 +131,31 @@ pub fn check_bedrock_model_path(rest: &str) -> bool {
     id_ok && tail.is_none_or(|t| check_rest(t).is_ok())
 }
 
+/// The model a native request names in its path, for the audit event: Bedrock
+/// `model/{modelId}/…` (percent-decoded, ARNs included), Gemini and Vertex `…/models/{m}:method`,
+/// Azure deployment URLs `openai/deployments/{d}/…`. Other protocols name it in the body.
+pub fn model_in_path(protocol: Protocol, rest: &str) -> Option<String> {
+    let segments: Vec<&str> = rest.split('/').collect();
+    let after = |name: &str| {
+        segments
+            .iter()
+            .position(|s| *s == name)
+            .and_then(|i| segments.get(i + 1))
+            .copied()
+    };
+    let model = match protocol {
+        Protocol::Bedrock if segments.first() == Some(&"model") => segments
+            .get(1)
+            .map(|id| percent_decode_str(id).decode_utf8_lossy().into_owned()),
+        Protocol::Gemini | Protocol::VertexAi => after("models")
+            .map(|t| t.split_once(':').map_or(t, |(m, _)| m))
+            .map(str::to_owned),
+        Protocol::Azure => after("deployments").map(str::to_owned),
+        _ => None,
+    };
+    model.filter(|m| !m.is_empty())
+}
+
 /// Drop `key=` parameters from a query: a Gemini client may send its own key there, and it
 /// must never reach the upstream (the provider's key goes in `x-goog-api-key`).
 pub fn strip_key_param(query: &str) -> String {
@@ -235,6 +260,11 @@ async fn forward_inner(
         check_vertex_scope(rest, project, location)?;
     }
 
+    let path_model = model_in_path(protocol, rest).map(|m| format!("{prefix}:{m}"));
+    if path_model.is_some() {
+        crate::policy::audit::update(&exchange.audit, |d| d.model = path_model.clone());
+    }
+
     // With guardrails (or content auditing), the request body is read whole to learn the
     // conversation's trust, and the answer is parsed; otherwise bytes pass untouched.
     let policy = table.policy.clone();
@@ -264,7 +294,8 @@ async fn forward_inner(
             .as_ref()
             .and_then(|v| v.get("model"))
             .and_then(serde_json::Value::as_str)
-            .map(|m| format!("{prefix}:{m}"));
+            .map(|m| format!("{prefix}:{m}"))
+            .or(path_model);
         crate::policy::audit::update(&exchange.audit, |d| d.model = model);
         if policy.audit_content
             && let Some(v) = &value
@@ -452,6 +483,45 @@ mod tests {
             "models/arn%3Ax%2Fy/converse",
         ] {
             assert!(!check_bedrock_model_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn models_named_in_paths_are_found_for_the_audit() {
+        let cases = [
+            (
+                Protocol::Bedrock,
+                "model/us.anthropic.claude-v1:0/converse",
+                Some("us.anthropic.claude-v1:0"),
+            ),
+            (
+                Protocol::Bedrock,
+                "model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Aapplication-inference-profile%2Fabc/converse",
+                Some("arn:aws:bedrock:us-east-1:1:application-inference-profile/abc"),
+            ),
+            (Protocol::Bedrock, "inference-profiles", None),
+            (
+                Protocol::Gemini,
+                "v1beta/models/gemini-2.5-flash:streamGenerateContent",
+                Some("gemini-2.5-flash"),
+            ),
+            (
+                Protocol::VertexAi,
+                "v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-pro:generateContent",
+                Some("gemini-2.5-pro"),
+            ),
+            (Protocol::Gemini, "v1beta/models", None),
+            (
+                Protocol::Azure,
+                "openai/deployments/gpt-4o-prod/chat/completions",
+                Some("gpt-4o-prod"),
+            ),
+            (Protocol::Azure, "openai/v1/chat/completions", None),
+            (Protocol::OpenAi, "chat/completions", None),
+            (Protocol::Anthropic, "v1/models/claude-x", None),
+        ];
+        for (protocol, rest, want) in cases {
+            assert_eq!(model_in_path(protocol, rest).as_deref(), want, "{rest}");
         }
     }
 

@@ -211,6 +211,33 @@ def test_boto3_converse_and_errors_in_bedrock_shape(irsa, runtime, control, star
     assert_gateway_signed(runtime, 2)
 
 
+def test_client_auth_with_boto3_takes_the_key_from_an_event_hook(irsa, runtime, control, start_gateway):
+    """Under `clientAuth`, a boto3 client cannot send a Bedrock API key as a bearer token over
+    plain http (botocore insists on https), so the README shows a `before-send` hook adding
+    `x-api-key`. Its SigV4 `Authorization` is no credential for the gateway, and neither the
+    hook's key nor the client's signature reaches Bedrock."""
+    clients = ("apiVersion: v1\nkind: Secret\nmetadata: {name: client-keys, namespace: ai}\n"
+               f"stringData: {{app: {CLIENT_KEY}}}\n")
+    proxy = ("apiVersion: portcullis.dev/v1alpha1\nkind: LlmProxy\nmetadata: {name: team-a, namespace: ai}\n"
+             "spec:\n  providers: [{providerRef: {name: bedrock-us}}]\n"
+             "  clientAuth: {apiKeys: {secretRef: {name: client-keys}}}\n")
+    gw = start_gateway(docs(bedrock_provider("bedrock-us", runtime.url, control.url), clients, proxy))
+    messages = [{"role": "user", "content": [{"text": "ping"}]}]
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        runtime_client(gw).converse(modelId=CLAUDE, messages=messages)
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 401
+    assert not runtime.requests, "an unauthenticated client reached Bedrock"
+
+    client = runtime_client(gw)
+    client.meta.events.register("before-send.bedrock-runtime.*",
+                                lambda request, **_: request.headers.__setitem__("x-api-key", CLIENT_KEY))
+    r = client.converse(modelId=CLAUDE, messages=messages)
+    assert r["output"]["message"]["content"][0]["text"] == f"[{CLAUDE}] you said: ping"
+    events = list(client.converse_stream(modelId=CLAUDE, messages=messages)["stream"])
+    assert "metadata" in events[-1], events
+    assert_gateway_signed(runtime, 2)
+
+
 def test_control_plane_routes_go_to_the_control_plane(irsa, runtime, control, start_gateway):
     gw = start_gateway(config(runtime, control))
     client = boto3.client("bedrock", region_name=REGION, endpoint_url=f"{gw.url}/v1/bedrock/ai.team-a",
@@ -554,6 +581,31 @@ def test_streams_are_not_buffered(irsa, runtime, control, start_gateway):
             arrivals.append(time.monotonic() - t0)
     total = time.monotonic() - t0
     assert len(arrivals) == 8 and total > 3.0 and arrivals[0] < total - 2.0, (arrivals, total)
+
+
+def test_event_streams_never_get_sse_keepalive_comments(irsa, runtime, control, start_gateway, aws_env):
+    """SSE keep-alive comments are for `text/event-stream` only: a ConverseStream answer
+    (`application/vnd.amazon.eventstream`, binary CRC-checked frames) that stalls longer than the
+    keep-alive interval reaches the client byte for byte, while the router's translated SSE
+    stream of the same stall does get comments."""
+    aws_env.setenv("PORTCULLIS_SSE_KEEPALIVE", "300ms")
+    gw = start_gateway(config(runtime, control))
+    runtime.chunk_delay = 0.7
+    runtime.replies.append(Reply(text="one two"))
+    body = json.dumps({"messages": [{"role": "user", "content": [{"text": "x"}]}]})
+    r = gw.raw("POST", f"/v1/bedrock/ai.team-a/model/{CLAUDE}/converse-stream", body)
+    assert r.status == 200 and r.headers["content-type"] == "application/vnd.amazon.eventstream", r.headers
+    assert b"keep-alive" not in r.body
+    buf = EventStreamBuffer()
+    buf.add_data(r.body)
+    kinds = [m.headers.get(":event-type") for m in buf]
+    assert kinds[0] == "messageStart" and kinds[-1] == "metadata", kinds
+
+    runtime.replies.append(Reply(text="one two"))
+    body = json.dumps({"model": f"bedrock:{CLAUDE}", "stream": True, "messages": [{"role": "user", "content": "x"}]})
+    r = gw.raw("POST", "/v1/model-router/ai.team-a/chat/completions", body)
+    assert r.status == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert b": keep-alive" in r.body and r.body.rstrip().endswith(b"data: [DONE]")
 
 
 def test_native_body_over_the_limit_is_refused_before_signing(irsa, runtime, control, start_gateway, aws_env):

@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fakes.guard_upstreams import AgentModel, FakeKubeApi, JwksServer
-from harness import CLIENT_KEY, PROVIDER_KEY, Gateway, docs, provider_doc, run_check, secret_doc
+from harness import CLIENT_KEY, PROVIDER_KEY, Gateway, docs, provider_doc, run_check, secret_doc, write_atomically
 
 ANTHROPIC_KEY = "sk-ant-upstream-SECRET-77c1"
 GEMINI_KEY = "AIza-upstream-SECRET-5d2e"
@@ -392,6 +392,59 @@ def test_agent_loop_google_genai_sdk_native_route(model, start_gateway, stream, 
     assert r.status == 200, r.text
     sent = model.calls("/v1beta/models/gemini-test:generateContent")[-1]
     assert sent.header("x-goog-api-key") == GEMINI_KEY
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_audit_names_the_model_of_native_routes_that_carry_it_in_the_path(model, start_gateway, guarded):
+    """Gemini (like Vertex and Bedrock) names the model in the URL path, not the body: the
+    audit line still says which model was called, with or without guardrails."""
+    gw = start_gateway(config(model, tools=TOOLS) if guarded else config(model))
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    rid = f"rid-gemini-path-{guarded}"
+    r = gw.raw("POST", "/v1/gemini/ai.team-a/v1beta/models/gemini-test:generateContent", body,
+               headers={"x-request-id": rid})
+    assert r.status == 200, r.text
+    line = audit_for(gw, rid)
+    assert (line["route"], line["provider"], line["model"]) == ("native", "gemini", "gemini:gemini-test"), line
+
+
+def test_reload_while_a_guarded_stream_is_held(model, start_gateway, config_dir):
+    """A file edit lands while a guarded stream holds a tool call: a broken edit is rejected, a
+    valid one (guardrails removed) applies to new requests at once, and the stream in flight
+    finishes under the policy it started with (the blocked call never leaks)."""
+    import threading
+    gw = start_gateway(config(model, tools=TOOLS))
+    model.tool_call = EMAIL_CALL
+    model.pause_in_arguments = 3.0
+    outcome: dict[str, Any] = {}
+
+    def held() -> None:
+        try:
+            outcome["turn"] = chat_openai(gw, "openai:gpt-test", openai_conversation(untrusted=True), True,
+                                          "rid-reload-held")
+        except Exception as e:  # noqa: BLE001 - reported below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=held)
+    thread.start()
+    time.sleep(0.8)
+    write_atomically(config_dir / "portcullis.yaml", "kind: LlmProxy\nspec: [broken\n")
+    time.sleep(0.5)
+    write_atomically(config_dir / "portcullis.yaml", config(model))
+    model.pause_in_arguments = 0.0
+    deadline = time.monotonic() + 2
+    while True:
+        passed = chat_openai(gw, "openai:gpt-test", openai_conversation(untrusted=True), False, "rid-reload-new")
+        if passed["tool_calls"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [name for name, _ in passed["tool_calls"]] == ["send_email"], "the reload did not apply"
+    thread.join(15)
+    assert "error" not in outcome and "turn" in outcome, outcome
+    turn = outcome["turn"]
+    assert not turn["tool_calls"] and ATTACKER not in turn["raw"], turn
+    assert "send_email" in turn["content"] and "blocked" in turn["content"]
+    assert audit_for(gw, "rid-reload-held")["decisions"][0]["action"] == "block"
 
 
 def test_held_stream_sends_keepalives_and_content_is_not_delayed(model, start_gateway, monkeypatch):

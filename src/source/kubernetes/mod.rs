@@ -6,7 +6,7 @@
 //! ```text
 //!  watcher(LlmProvider) ─┐
 //!  watcher(LlmProxy) ────┼─ Op (apply / delete / reset, with arrival time) ─▶ applier task
-//!  watcher(Secret) ──────┘   (only Secrets some LlmProvider references)        │ owns the Index
+//!  watcher(Secret) ──────┘   (only Secrets some provider or proxy references)  │ owns the Index
 //!        ▲                                                                     │ compile() → Store
 //!        └──── referenced Secret names (watch channel) ◀───────────────────────┤
 //!                                                                              ▼
@@ -21,8 +21,8 @@
 //! The data plane keeps serving the last snapshot meanwhile.
 //!
 //! Secrets: only their metadata is listed and watched, and only in the watched namespaces.
-//! The data of a Secret is fetched (`get`) only while an `LlmProvider` references it (by
-//! `auth.*.secretRef`): when the reference appears and whenever the Secret's
+//! The data of a Secret is fetched (`get`) only while an `LlmProvider` (by `auth.*.secretRef`)
+//! or an `LlmProxy` (by `clientAuth.apiKeys.secretRef`) references it: when the reference appears and whenever the Secret's
 //! `resourceVersion` changes. The data of other Secrets never reaches the process.
 
 pub mod lease;
@@ -595,22 +595,24 @@ fn secret_object(secret: &Secret) -> Object {
     )
 }
 
-/// The Secrets LlmProviders reference, by namespace and name.
+/// The Secrets LlmProviders (`auth.*.secretRef`) and LlmProxies
+/// (`clientAuth.apiKeys.secretRef`) reference, by namespace and name.
 pub fn referenced_secrets(index: &Index) -> BTreeSet<ObjectKey> {
-    index
-        .providers()
-        .iter()
-        .flat_map(|(key, p)| {
-            let auth = p.spec.auth.as_ref();
-            [
-                auth.and_then(|a| a.api_key.as_ref()),
-                auth.and_then(|a| a.service_account_key.as_ref()),
-            ]
-            .into_iter()
-            .flatten()
-            .map(|s| ObjectKey::new(&key.namespace, &s.secret_ref.name))
-        })
-        .collect()
+    let providers = index.providers().iter().flat_map(|(key, p)| {
+        let auth = p.spec.auth.as_ref();
+        [
+            auth.and_then(|a| a.api_key.as_ref()),
+            auth.and_then(|a| a.service_account_key.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|s| ObjectKey::new(&key.namespace, &s.secret_ref.name))
+    });
+    let proxies = index.proxies().iter().filter_map(|(key, p)| {
+        let keys = p.spec.client_auth.as_ref()?.api_keys.as_ref()?;
+        Some(ObjectKey::new(&key.namespace, &keys.secret_ref.name))
+    });
+    providers.chain(proxies).collect()
 }
 
 /// Apply one operation; true when what compile() reads changed.
@@ -862,6 +864,26 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert_eq!(refs, ["a/key-a", "b/key-b"]);
+    }
+
+    #[test]
+    fn client_key_secrets_of_proxies_are_referenced() {
+        let spec = serde_yaml::from_str(
+            "providers: [{providerRef: {name: openai}}]\nclientAuth: {apiKeys: {secretRef: {name: clients}}}",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut guarded = LlmProxy::new("guarded", spec);
+        guarded.metadata.namespace = Some("a".into());
+        let index = Index::from_objects([
+            provider("a", "openai", "key-a", "http://127.0.0.1:1/v1"),
+            Object::Proxy(Box::new(guarded)),
+            proxy("b", "open"),
+        ]);
+        let refs: Vec<String> = referenced_secrets(&index)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(refs, ["a/clients", "a/key-a"]);
     }
 
     #[test]

@@ -362,7 +362,9 @@ pub fn proxy_status(
                     format!("{}: LlmProvider {provider}: {}", p.field, with_field(q)),
                 ));
             }
-        } else if PROXY_REF_REASONS.contains(&p.reason) {
+        } else if PROXY_REF_REASONS.contains(&p.reason) || PROVIDER_REF_REASONS.contains(&p.reason)
+        {
+            // Its providers, and its own Secret (the client keys of `clientAuth.apiKeys`).
             refs.push((p.reason, with_field(p)));
         } else {
             spec.push((p.reason, with_field(p)));
@@ -676,6 +678,27 @@ mod tests {
             ("False", "SecretNotFound")
         );
         assert_eq!(p.models, None);
+    }
+
+    #[test]
+    fn missing_client_key_secret_is_resolved_refs_false_on_the_proxy() {
+        let guarded = "providers: [{providerRef: {name: openai}}]\nclientAuth: {apiKeys: {secretRef: {name: clients}}}\n";
+        let index = Index::from_objects([
+            secret("key", "sk-1"),
+            Object::Provider(Box::new(provider("openai", OPENAI, 1))),
+            Object::Proxy(Box::new(proxy("team", guarded, 1))),
+        ]);
+        let compiled = compile(&index, &Defaults::default());
+        let pk = ObjectKey::new("ai", "team");
+        let x = proxy_status(&index.proxies()[&pk], &pk, &compiled, None, URL, &now());
+        let r = cond(&x.conditions, RESOLVED_REFS);
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "SecretNotFound")
+        );
+        assert!(r.message.contains("clients"), "{}", r.message);
+        assert_eq!(cond(&x.conditions, ACCEPTED).status, "True");
+        assert_eq!(cond(&x.conditions, PROGRAMMED).status, "False");
     }
 
     #[test]
