@@ -36,6 +36,9 @@ use crate::discovery::Discovery;
 use crate::telemetry::{Metrics, RequestLabels, RouteLabels};
 pub use error::ApiError;
 
+/// The `model` metrics label of a model the provider does not list.
+pub const OTHER_MODEL: &str = "other";
+
 /// Default request-body limit: 32 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
@@ -77,6 +80,9 @@ pub struct Exchange {
     pub provider: String,
     /// Model as asked.
     pub model: String,
+    /// Whether the model is one the provider lists (static or discovered): only then is it a
+    /// metrics label, so clients cannot mint unbounded series with made-up model IDs.
+    pub model_listed: bool,
     status: u16,
     started: Instant,
     /// Time to the upstream's response headers.
@@ -95,7 +101,11 @@ impl Drop for Exchange {
             .get_or_create(&RequestLabels {
                 proxy: self.proxy.clone(),
                 provider: self.provider.clone(),
-                model: self.model.clone(),
+                model: if self.model_listed || self.model.is_empty() {
+                    self.model.clone()
+                } else {
+                    OTHER_MODEL.to_owned()
+                },
                 route: self.route,
                 status: self.status,
             })
@@ -173,6 +183,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         proxy: String::new(),
         provider: String::new(),
         model: String::new(),
+        model_listed: false,
         status: 0,
         started: Instant::now(),
         ttfb: None,

@@ -219,6 +219,7 @@ async fn chat_unguarded(
         });
     }
     exchange.model = asked.clone();
+    exchange.model_listed = lists(&state.discovery, route, &resolved.model);
     let qualified = format!("{}:{}", route.prefix, resolved.model);
     if !crate::policy::access::permits_model(&table.policy.access, &exchange.identity, &qualified) {
         return Err(guarded::forbidden(

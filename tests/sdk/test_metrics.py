@@ -58,6 +58,23 @@ def test_request_metrics_follow_traffic(fake, gw):
     assert sample(text, "portcullis_upstream_ttfb_seconds_bucket", le="+Inf", **route) == 2, text
 
 
+def test_model_label_is_bounded_for_models_the_provider_does_not_list(fake, start_gateway):
+    """With discovery (no static list) the router forwards any model ID; only listed models
+    become a `model` label, so made-up IDs cannot create unbounded series."""
+    gw = start_gateway(standard_config(fake.base_url, static=None))
+    router = gw.router_client()
+    assert "openai:gpt-test" in [m.id for m in router.models.list()]  # discovery has listed it
+    router.chat.completions.create(model="openai:gpt-test", messages=MESSAGES)
+    for i in range(3):
+        router.chat.completions.create(model=f"openai:made-up-{i}", messages=MESSAGES)
+    time.sleep(0.2)  # the record is written when the body ends
+    text = scrape(gw)
+    ok = dict(proxy="ai.team-a", provider="openai", route="router", status="200")
+    assert sample(text, "portcullis_requests_total", model="openai:gpt-test", **ok) == 1, text
+    assert sample(text, "portcullis_requests_total", model="other", **ok) == 3, text
+    assert "made-up" not in text, text
+
+
 def test_config_reload_metrics(fake, start_gateway, config_dir):
     gw = start_gateway(standard_config(fake.base_url))
     before = scrape(gw)
