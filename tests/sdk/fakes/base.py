@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, urlsplit
 
+from fakes import serving
 from fakes.openai_upstream import RecordedRequest, ScriptedResponse
 
 __all__ = ["FakeUpstream", "Handler", "RecordedRequest", "Reply", "ScriptedResponse"]
@@ -93,19 +94,14 @@ class FakeUpstream:
         class _H(Handler):
             fake = owner
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _H)
-        server.daemon_threads = True
-        server.block_on_close = False
-        self._server = server
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._server = serving.serve(_H)
         return self
 
     def stop(self) -> None:
         if self.stream_gate is not None:
             self.stream_gate.set()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            serving.close(self._server)
             self._server = None
 
     @property

@@ -27,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, urlsplit
 
+from fakes import serving
+
 
 @dataclass
 class RecordedRequest:
@@ -82,7 +84,6 @@ class FakeOpenAI:
         self._script: list[ScriptedResponse] = []
         self._lock = threading.Lock()
         self._server: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
 
     # ----------------------------------------------------------------- control
     def start(self) -> "FakeOpenAI":
@@ -91,20 +92,14 @@ class FakeOpenAI:
         class Handler(_Handler):
             owner = fake
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        server.block_on_close = False
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        self._server = serving.serve(Handler)
         return self
 
     def stop(self) -> None:
         if self.stream_gate is not None:
             self.stream_gate.set()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            serving.close(self._server)
             self._server = None
 
     @property
