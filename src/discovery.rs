@@ -314,6 +314,16 @@ struct OpenAiModel {
     owned_by: Option<String>,
 }
 
+impl From<OpenAiModel> for ModelEntry {
+    fn from(m: OpenAiModel) -> Self {
+        ModelEntry {
+            id: m.id,
+            created: m.created,
+            owned_by: m.owned_by,
+        }
+    }
+}
+
 /// OpenAI-style `GET {baseUrl}/models`.
 async fn openai_models(
     client: &reqwest::Client,
@@ -321,15 +331,7 @@ async fn openai_models(
 ) -> Result<Vec<ModelEntry>, String> {
     let list: OpenAiModelList =
         get_json(client, upstream, "models", &[], &[], "OpenAI model list").await?;
-    Ok(list
-        .data
-        .into_iter()
-        .map(|m| ModelEntry {
-            id: m.id,
-            created: m.created,
-            owned_by: m.owned_by,
-        })
-        .collect())
+    Ok(list.data.into_iter().map(ModelEntry::from).collect())
 }
 
 #[derive(Deserialize)]
@@ -397,15 +399,7 @@ async fn azure_models(
         "Azure OpenAI deployments list",
     )
     .await?;
-    Ok(list
-        .data
-        .into_iter()
-        .map(|m| ModelEntry {
-            id: m.id,
-            created: m.created,
-            owned_by: m.owned_by,
-        })
-        .collect())
+    Ok(list.data.into_iter().map(ModelEntry::from).collect())
 }
 
 #[derive(Deserialize)]
