@@ -154,30 +154,16 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
         }
     }
 
-    if let Some(n) = req.max_output_tokens() {
-        body.insert("max_tokens".into(), json!(n));
-    }
-    if let Some(t) = req.temperature {
-        body.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        body.insert("p".into(), json!(p));
-    }
-    if let Some(stop) = &req.stop {
-        let stops = stop.to_vec();
-        if !stops.is_empty() {
-            body.insert("stop_sequences".into(), json!(stops));
-        }
-    }
-    if let Some(seed) = req.seed {
-        body.insert("seed".into(), json!(seed));
-    }
-    if let Some(p) = req.presence_penalty {
-        body.insert("presence_penalty".into(), json!(p));
-    }
-    if let Some(p) = req.frequency_penalty {
-        body.insert("frequency_penalty".into(), json!(p));
-    }
+    let names = super::Sampling {
+        max_tokens: "max_tokens",
+        temperature: "temperature",
+        top_p: "p",
+        stop: "stop_sequences",
+        seed: "seed",
+        presence_penalty: "presence_penalty",
+        frequency_penalty: "frequency_penalty",
+    };
+    super::copy_sampling(req, &names, &mut body);
     match super::output_format(req)? {
         Some(openai::OutputFormat::JsonObject) => {
             body.insert("response_format".into(), json!({"type": "json_object"}));

@@ -199,30 +199,16 @@ pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, T
     }
 
     let mut generation = Map::new();
-    if let Some(n) = req.max_output_tokens() {
-        generation.insert("maxOutputTokens".into(), json!(n));
-    }
-    if let Some(t) = req.temperature {
-        generation.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        generation.insert("topP".into(), json!(p));
-    }
-    if let Some(stop) = &req.stop {
-        let stops = stop.to_vec();
-        if !stops.is_empty() {
-            generation.insert("stopSequences".into(), json!(stops));
-        }
-    }
-    if let Some(seed) = req.seed {
-        generation.insert("seed".into(), json!(seed));
-    }
-    if let Some(p) = req.presence_penalty {
-        generation.insert("presencePenalty".into(), json!(p));
-    }
-    if let Some(p) = req.frequency_penalty {
-        generation.insert("frequencyPenalty".into(), json!(p));
-    }
+    let names = super::Sampling {
+        max_tokens: "maxOutputTokens",
+        temperature: "temperature",
+        top_p: "topP",
+        stop: "stopSequences",
+        seed: "seed",
+        presence_penalty: "presencePenalty",
+        frequency_penalty: "frequencyPenalty",
+    };
+    super::copy_sampling(req, &names, &mut generation);
     match super::output_format(req)? {
         Some(openai::OutputFormat::JsonObject) => {
             generation.insert("responseMimeType".into(), json!("application/json"));

@@ -418,6 +418,50 @@ fn output_format(
     }
 }
 
+/// The native names of the OpenAI sampling parameters a provider takes unchanged.
+struct Sampling {
+    max_tokens: &'static str,
+    temperature: &'static str,
+    top_p: &'static str,
+    stop: &'static str,
+    seed: &'static str,
+    presence_penalty: &'static str,
+    frequency_penalty: &'static str,
+}
+
+/// Copy the sampling parameters a request sets under their native names (stop sequences
+/// only when there is at least one).
+fn copy_sampling(
+    req: &openai::ChatRequest,
+    names: &Sampling,
+    out: &mut serde_json::Map<String, Value>,
+) {
+    if let Some(n) = req.max_output_tokens() {
+        out.insert(names.max_tokens.into(), serde_json::json!(n));
+    }
+    if let Some(t) = req.temperature {
+        out.insert(names.temperature.into(), serde_json::json!(t));
+    }
+    if let Some(p) = req.top_p {
+        out.insert(names.top_p.into(), serde_json::json!(p));
+    }
+    if let Some(stop) = &req.stop {
+        let stops = stop.to_vec();
+        if !stops.is_empty() {
+            out.insert(names.stop.into(), serde_json::json!(stops));
+        }
+    }
+    if let Some(seed) = req.seed {
+        out.insert(names.seed.into(), serde_json::json!(seed));
+    }
+    if let Some(p) = req.presence_penalty {
+        out.insert(names.presence_penalty.into(), serde_json::json!(p));
+    }
+    if let Some(p) = req.frequency_penalty {
+        out.insert(names.frequency_penalty.into(), serde_json::json!(p));
+    }
+}
+
 /// Only one choice can be produced: `n` must be absent or 1.
 fn check_single_choice(req: &openai::ChatRequest) -> Result<(), TranslateError> {
     match req.n {
