@@ -195,6 +195,27 @@ async fn refresh_loop(
 /// Most pages one discovery reads (a guard against an upstream that pages forever).
 const MAX_PAGES: usize = 50;
 
+/// Follow a paged model list: `page(token)` reads one page (the first with `None`) and
+/// answers its models and the token of the next page, if any. Stops when there is no next
+/// token, when the upstream repeats the token it was just given, or after [`MAX_PAGES`].
+async fn paged<F, Fut>(mut page: F) -> Result<Vec<ModelEntry>, String>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<ModelEntry>, Option<String>), String>>,
+{
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let (models, next) = page(token.clone()).await?;
+        out.extend(models);
+        match next {
+            Some(next) if token.as_deref() != Some(next.as_str()) => token = Some(next),
+            _ => return Ok(out),
+        }
+    }
+    Ok(out)
+}
+
 /// One model list from the upstream, with the list API of its protocol.
 pub async fn fetch_models(
     client: &reqwest::Client,
@@ -293,6 +314,16 @@ struct OpenAiModel {
     owned_by: Option<String>,
 }
 
+impl From<OpenAiModel> for ModelEntry {
+    fn from(m: OpenAiModel) -> Self {
+        ModelEntry {
+            id: m.id,
+            created: m.created,
+            owned_by: m.owned_by,
+        }
+    }
+}
+
 /// OpenAI-style `GET {baseUrl}/models`.
 async fn openai_models(
     client: &reqwest::Client,
@@ -300,15 +331,7 @@ async fn openai_models(
 ) -> Result<Vec<ModelEntry>, String> {
     let list: OpenAiModelList =
         get_json(client, upstream, "models", &[], &[], "OpenAI model list").await?;
-    Ok(list
-        .data
-        .into_iter()
-        .map(|m| ModelEntry {
-            id: m.id,
-            created: m.created,
-            owned_by: m.owned_by,
-        })
-        .collect())
+    Ok(list.data.into_iter().map(ModelEntry::from).collect())
 }
 
 #[derive(Deserialize)]
@@ -376,15 +399,7 @@ async fn azure_models(
         "Azure OpenAI deployments list",
     )
     .await?;
-    Ok(list
-        .data
-        .into_iter()
-        .map(|m| ModelEntry {
-            id: m.id,
-            created: m.created,
-            owned_by: m.owned_by,
-        })
-        .collect())
+    Ok(list.data.into_iter().map(ModelEntry::from).collect())
 }
 
 #[derive(Deserialize)]
@@ -410,9 +425,7 @@ async fn anthropic_models(
         "anthropic-version",
         crate::proxy::translated::ANTHROPIC_VERSION,
     )];
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    for _ in 0..MAX_PAGES {
+    paged(|after| async move {
         let mut query = vec![("limit", "1000")];
         if let Some(after) = &after {
             query.push(("after_id", after.as_str()));
@@ -426,19 +439,14 @@ async fn anthropic_models(
             "Anthropic model list",
         )
         .await?;
-        out.extend(page.data.into_iter().map(|m| ModelEntry {
+        let models = page.data.into_iter().map(|m| ModelEntry {
             id: m.id,
             created: None,
             owned_by: None,
-        }));
-        match page.last_id {
-            Some(last) if page.has_more && after.as_deref() != Some(last.as_str()) => {
-                after = Some(last);
-            }
-            _ => return Ok(out),
-        }
-    }
-    Ok(out)
+        });
+        Ok((models.collect(), page.last_id.filter(|_| page.has_more)))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -464,9 +472,7 @@ async fn gemini_models(
     client: &reqwest::Client,
     upstream: &Upstream,
 ) -> Result<Vec<ModelEntry>, String> {
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    for _ in 0..MAX_PAGES {
+    paged(|token| async move {
         let mut query = vec![("pageSize", "1000")];
         if let Some(token) = &token {
             query.push(("pageToken", token.as_str()));
@@ -480,28 +486,23 @@ async fn gemini_models(
             "Gemini model list",
         )
         .await?;
-        out.extend(
-            page.models
-                .into_iter()
-                .filter(|m| {
-                    m.supported_generation_methods
-                        .iter()
-                        .any(|g| g == "generateContent")
-                })
-                .map(|m| ModelEntry {
-                    id: m.name.strip_prefix("models/").unwrap_or(&m.name).to_owned(),
-                    created: None,
-                    owned_by: None,
-                }),
-        );
-        match page.next_page_token {
-            Some(next) if !next.is_empty() && token.as_deref() != Some(next.as_str()) => {
-                token = Some(next);
-            }
-            _ => return Ok(out),
-        }
-    }
-    Ok(out)
+        let models = page
+            .models
+            .into_iter()
+            .filter(|m| {
+                m.supported_generation_methods
+                    .iter()
+                    .any(|g| g == "generateContent")
+            })
+            .map(|m| ModelEntry {
+                id: m.name.strip_prefix("models/").unwrap_or(&m.name).to_owned(),
+                created: None,
+                owned_by: None,
+            });
+        let next = page.next_page_token.filter(|t| !t.is_empty());
+        Ok((models.collect(), next))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -525,9 +526,7 @@ async fn cohere_models(
     client: &reqwest::Client,
     upstream: &Upstream,
 ) -> Result<Vec<ModelEntry>, String> {
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    for _ in 0..MAX_PAGES {
+    paged(|token| async move {
         let mut query = vec![("endpoint", "chat"), ("page_size", "1000")];
         if let Some(token) = &token {
             query.push(("page_token", token.as_str()));
@@ -541,28 +540,23 @@ async fn cohere_models(
             "Cohere model list",
         )
         .await?;
-        out.extend(
-            page.models
-                .into_iter()
-                .filter(|m| {
-                    m.endpoints
-                        .as_ref()
-                        .is_none_or(|e| e.iter().any(|e| e == "chat"))
-                })
-                .map(|m| ModelEntry {
-                    id: m.name,
-                    created: None,
-                    owned_by: None,
-                }),
-        );
-        match page.next_page_token {
-            Some(next) if !next.is_empty() && token.as_deref() != Some(next.as_str()) => {
-                token = Some(next);
-            }
-            _ => return Ok(out),
-        }
-    }
-    Ok(out)
+        let models = page
+            .models
+            .into_iter()
+            .filter(|m| {
+                m.endpoints
+                    .as_ref()
+                    .is_none_or(|e| e.iter().any(|e| e == "chat"))
+            })
+            .map(|m| ModelEntry {
+                id: m.name,
+                created: None,
+                owned_by: None,
+            });
+        let next = page.next_page_token.filter(|t| !t.is_empty());
+        Ok((models.collect(), next))
+    })
+    .await
 }
 
 /// Pages requested from `ListInferenceProfiles` at most (1000 per page), so a misbehaving

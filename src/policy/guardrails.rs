@@ -466,6 +466,30 @@ pub enum Arguments<'a> {
 /// The decisions on one answer.
 pub type Decisions = Vec<Decision>;
 
+/// Drop the blocked calls of a `tool_calls` list whose calls hold `function.name` and a
+/// `function.arguments` JSON string (OpenAI and Cohere v2 both do); answers their refusals.
+fn drop_blocked_calls(
+    policy: &ToolPolicy,
+    trust: &Trust,
+    calls: &mut Vec<Value>,
+    decisions: &mut Decisions,
+) -> Vec<String> {
+    let mut refusals = Vec::new();
+    calls.retain(|call| {
+        let function = call.get("function");
+        let name = function.and_then(|f| str_of(f, "name")).unwrap_or("");
+        let args = function.and_then(|f| str_of(f, "arguments")).unwrap_or("");
+        let d = policy.decide(name, Arguments::Text(args), trust);
+        let keep = !d.blocked();
+        if !keep {
+            refusals.push(d.refusal());
+        }
+        decisions.push(d);
+        keep
+    });
+    refusals
+}
+
 /// Apply the guardrails to an OpenAI `chat.completion` (router and native OpenAI family).
 pub fn guard_openai_json(policy: &ToolPolicy, trust: &Trust, body: &mut Value) -> Decisions {
     let mut decisions = Vec::new();
@@ -481,19 +505,7 @@ pub fn guard_openai_json(policy: &ToolPolicy, trust: &Trust, body: &mut Value) -
         let Some(calls) = message.get_mut("tool_calls").and_then(Value::as_array_mut) else {
             continue;
         };
-        let mut refusals = Vec::new();
-        calls.retain(|call| {
-            let function = call.get("function");
-            let name = function.and_then(|f| str_of(f, "name")).unwrap_or("");
-            let args = function.and_then(|f| str_of(f, "arguments")).unwrap_or("");
-            let d = policy.decide(name, Arguments::Text(args), trust);
-            let keep = !d.blocked();
-            if !keep {
-                refusals.push(d.refusal());
-            }
-            decisions.push(d);
-            keep
-        });
+        let refusals = drop_blocked_calls(policy, trust, calls, &mut decisions);
         if refusals.is_empty() {
             continue;
         }
@@ -587,19 +599,7 @@ pub fn guard_cohere_json(policy: &ToolPolicy, trust: &Trust, body: &mut Value) -
     let Some(calls) = message.get_mut("tool_calls").and_then(Value::as_array_mut) else {
         return decisions;
     };
-    let mut refusals = Vec::new();
-    calls.retain(|call| {
-        let function = call.get("function");
-        let name = function.and_then(|f| str_of(f, "name")).unwrap_or("");
-        let args = function.and_then(|f| str_of(f, "arguments")).unwrap_or("");
-        let d = policy.decide(name, Arguments::Text(args), trust);
-        let keep = !d.blocked();
-        if !keep {
-            refusals.push(d.refusal());
-        }
-        decisions.push(d);
-        keep
-    });
+    let refusals = drop_blocked_calls(policy, trust, calls, &mut decisions);
     if refusals.is_empty() {
         return decisions;
     }

@@ -23,7 +23,7 @@ use super::translated::{self, Dialect};
 use super::upstream::{self, Answer};
 use super::{AppState, Exchange};
 use crate::config::snapshot::ModelPolicy;
-use crate::config::{ProxyTable, Route};
+use crate::config::{ProxyTable, Route, Snapshot};
 use crate::discovery::{CatalogState, Discovery, ModelEntry};
 use crate::policy::guardrails::Format;
 
@@ -107,16 +107,36 @@ fn lists(discovery: &Discovery, route: &Route, model: &str) -> bool {
     }
 }
 
-/// Read a body up to the limit.
-pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = request
-        .headers()
+/// The proxy a Model Router request names; the exchange records it for logs and metrics.
+fn proxy_table<'a>(
+    snapshot: &'a Snapshot,
+    proxy_id: &str,
+    exchange: &mut Exchange,
+) -> Result<&'a ProxyTable, ApiError> {
+    let table = snapshot
+        .proxy(proxy_id)
+        .ok_or_else(|| ApiError::ProxyNotFound {
+            id: proxy_id.to_owned(),
+        })?;
+    exchange.proxy = table.key.proxy_id();
+    Ok(table)
+}
+
+/// Refuse a body whose declared `content-length` is over the limit, before reading any of it.
+pub fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::BodyTooLarge { limit });
     }
+    Ok(())
+}
+
+/// Read a body up to the limit.
+pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
+    check_declared_length(request.headers(), limit)?;
     use http_body_util::BodyExt;
     match http_body_util::Limited::new(request.into_body(), limit)
         .collect()
@@ -174,12 +194,7 @@ async fn chat_unguarded(
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
     let snapshot = state.store.load();
-    let table = snapshot
-        .proxy(proxy_id)
-        .ok_or_else(|| ApiError::ProxyNotFound {
-            id: proxy_id.to_owned(),
-        })?;
-    exchange.proxy = table.key.proxy_id();
+    let table = proxy_table(&snapshot, proxy_id, exchange)?;
 
     let body = read_body(request, state.max_body_bytes).await?;
     let mut body: Map<String, Value> = match serde_json::from_slice(&body) {
@@ -263,26 +278,12 @@ async fn chat_unguarded(
     body.insert("model".to_owned(), Value::String(resolved.model));
     let payload = serde_json::to_vec(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
 
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        header::ACCEPT,
-        HeaderValue::from_static(if streaming {
-            "text/event-stream"
-        } else {
-            "application/json"
-        }),
-    );
-    headers.insert(
-        header::ACCEPT_ENCODING,
-        HeaderValue::from_static("identity"),
-    );
-    if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
-        headers.insert("x-request-id", id);
-    }
+    let accept = if streaming {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let headers = upstream::json_headers(Some(accept), &exchange.request_id);
     let Answer { response, ttfb } = upstream::send(
         &state.client,
         upstream,
@@ -360,12 +361,7 @@ pub async fn models(
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
     let snapshot = state.store.load();
-    let table = snapshot
-        .proxy(proxy_id)
-        .ok_or_else(|| ApiError::ProxyNotFound {
-            id: proxy_id.to_owned(),
-        })?;
-    exchange.proxy = table.key.proxy_id();
+    let table = proxy_table(&snapshot, proxy_id, exchange)?;
     let mut data = Vec::new();
     for route in &table.routes {
         let upstream = &route.upstream;

@@ -310,14 +310,7 @@ async fn forward_inner(
     };
 
     let limit = state.max_body_bytes;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
+    super::model_router::check_declared_length(request.headers(), limit)?;
 
     let mut url = match &upstream.bedrock {
         Some(b) if crate::providers::bedrock::is_control_plane(rest) => {

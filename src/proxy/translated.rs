@@ -209,29 +209,14 @@ pub async fn chat(
     let payload =
         serde_json::to_vec(&translated.body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
 
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        header::ACCEPT_ENCODING,
-        HeaderValue::from_static("identity"),
-    );
-    if dialect == Dialect::Bedrock && streaming {
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/vnd.amazon.eventstream"),
-        );
-    }
+    let accept =
+        (dialect == Dialect::Bedrock && streaming).then_some("application/vnd.amazon.eventstream");
+    let mut headers = upstream::json_headers(accept, &exchange.request_id);
     if dialect == Dialect::Anthropic {
         headers.insert(
             "anthropic-version",
             HeaderValue::from_static(ANTHROPIC_VERSION),
         );
-    }
-    if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
-        headers.insert("x-request-id", id);
     }
     let Answer { response, ttfb } = upstream::send(
         &state.client,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderValue, Method, header};
 
 use super::error::ApiError;
 use crate::config::Upstream;
@@ -21,6 +21,27 @@ pub struct Answer {
 
 /// Send one request upstream. `headers` must already be clean (see `headers::to_upstream`);
 /// the provider's credential and extra headers are added here.
+/// The headers of a JSON `POST` upstream: the JSON body, an unencoded answer (`identity`, so
+/// a stream passes through as it arrives), `accept` when given, and the request id.
+pub fn json_headers(accept: Option<&'static str>, request_id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    if let Some(accept) = accept {
+        headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+    }
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", id);
+    }
+    headers
+}
+
 pub async fn send(
     client: &reqwest::Client,
     upstream: &Upstream,

@@ -28,11 +28,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::openai::{
-    self, ChatChunk, ChatRequest, ChatResponse, ChunkBuilder, ErrorBody, FunctionCall,
-    FunctionDelta, Role, ToolCall, ToolCallDelta, Usage,
+    self, ChatRequest, ChatResponse, ErrorBody, FunctionCall, FunctionDelta, Role, ToolCall,
+    ToolCallDelta, Usage,
 };
 use super::sse::SseEvent;
-use super::{Choice, StreamOut, TranslateError, Translated};
+use super::{Choice, StreamLife, StreamOut, TranslateError, Translated};
 
 /// `max_tokens` sent when the client set neither `max_completion_tokens`
 /// nor `max_tokens` (Anthropic requires it; 4096 fits every current model).
@@ -339,8 +339,7 @@ fn finish_reason(stop_reason: Option<&str>) -> &'static str {
 
 /// Translate an Anthropic Messages response body into a `chat.completion`.
 pub fn response(body: &[u8], client_model: &str) -> Result<ChatResponse, TranslateError> {
-    let message: Message = serde_json::from_value(super::upstream_json(body)?)
-        .map_err(|e| TranslateError::InvalidUpstream(e.to_string()))?;
+    let message: Message = super::upstream_parse(body)?;
     let mut text = String::new();
     let mut calls = Vec::new();
     for block in message.content {
@@ -439,69 +438,53 @@ struct NativeError {
 /// Anthropic stream events → `chat.completion.chunk`s, event by event.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    chunks: ChunkBuilder,
-    include_usage: bool,
-    started: bool,
+    life: StreamLife,
     tool_index: HashMap<u64, u32>,
     next_tool: u32,
     usage: NativeUsage,
-    finished: bool,
-    done: bool,
 }
 
 impl StreamTranslator {
     pub fn new(client_model: &str, include_usage: bool) -> Self {
         StreamTranslator {
-            chunks: ChunkBuilder {
-                id: "chatcmpl-anthropic".to_owned(),
-                created: 0,
-                model: client_model.to_owned(),
-            },
-            include_usage,
-            started: false,
+            life: StreamLife::new("chatcmpl-anthropic", client_model, include_usage),
             tool_index: HashMap::new(),
             next_tool: 0,
             usage: NativeUsage::default(),
-            finished: false,
-            done: false,
         }
     }
 
     /// The `created` timestamp (Unix seconds) every chunk carries; Anthropic
     /// sends none, so the caller passes its clock here.
     pub fn set_created(&mut self, created: u64) {
-        self.chunks.created = created;
+        self.life.chunks.created = created;
     }
 
     pub fn push(&mut self, event: &SseEvent) -> Vec<StreamOut> {
         let mut out = Vec::new();
-        if self.done {
+        if self.life.ignores(&event.data) {
             return out;
-        }
-        if event.data.trim() == "[DONE]" {
-            return out; // an OpenAI-style terminator some upstreams add
         }
         let parsed: Event = match serde_json::from_str(&event.data) {
             Ok(e) => e,
             Err(e) => {
-                self.done = true;
-                out.push(StreamOut::Error(bad_event(&e)));
+                self.life.fail(&mut out, super::bad_event(&e));
                 return out;
             }
         };
         match parsed {
             Event::MessageStart { message } => {
                 if !message.id.is_empty() {
-                    self.chunks.id = format!("chatcmpl-{}", message.id);
+                    self.life.chunks.id = format!("chatcmpl-{}", message.id);
                 }
                 self.usage.merge(message.usage);
-                self.start(&mut out);
+                self.life.start(&mut out);
             }
             Event::ContentBlockStart {
                 index,
                 content_block,
             } => {
-                self.start(&mut out);
+                self.life.start(&mut out);
                 match content_block.kind.as_str() {
                     "tool_use" => {
                         let tool = self.next_tool;
@@ -511,69 +494,69 @@ impl StreamTranslator {
                             Some(Value::Object(m)) if !m.is_empty() => Value::Object(m).to_string(),
                             _ => String::new(),
                         };
-                        out.push(StreamOut::Chunk(self.chunks.tool_chunk(ToolCallDelta {
-                            index: tool,
-                            id: content_block.id,
-                            kind: Some("function".to_owned()),
-                            function: Some(FunctionDelta {
-                                name: content_block.name,
-                                arguments: Some(initial),
-                            }),
-                            rest: Map::new(),
-                        })));
+                        out.push(StreamOut::Chunk(self.life.chunks.tool_chunk(
+                            ToolCallDelta {
+                                index: tool,
+                                id: content_block.id,
+                                kind: Some("function".to_owned()),
+                                function: Some(FunctionDelta {
+                                    name: content_block.name,
+                                    arguments: Some(initial),
+                                }),
+                                rest: Map::new(),
+                            },
+                        )));
                     }
                     "text" => {
                         if let Some(text) = content_block.text.filter(|t| !t.is_empty()) {
-                            out.push(StreamOut::Chunk(self.chunks.text_chunk(&text)));
+                            out.push(StreamOut::Chunk(self.life.chunks.text_chunk(&text)));
                         }
                     }
                     _ => {}
                 }
             }
             Event::ContentBlockDelta { index, delta } => {
-                self.start(&mut out);
+                self.life.start(&mut out);
                 match delta {
                     BlockDelta::TextDelta { text } if !text.is_empty() => {
-                        out.push(StreamOut::Chunk(self.chunks.text_chunk(&text)));
+                        out.push(StreamOut::Chunk(self.life.chunks.text_chunk(&text)));
                     }
                     BlockDelta::InputJsonDelta { partial_json } if !partial_json.is_empty() => {
                         if let Some(tool) = self.tool_index.get(&index) {
-                            out.push(StreamOut::Chunk(self.chunks.tool_chunk(ToolCallDelta {
-                                index: *tool,
-                                function: Some(FunctionDelta {
-                                    name: None,
-                                    arguments: Some(partial_json),
-                                }),
-                                ..ToolCallDelta::default()
-                            })));
+                            out.push(StreamOut::Chunk(self.life.chunks.tool_chunk(
+                                ToolCallDelta {
+                                    index: *tool,
+                                    function: Some(FunctionDelta {
+                                        name: None,
+                                        arguments: Some(partial_json),
+                                    }),
+                                    ..ToolCallDelta::default()
+                                },
+                            )));
                         }
                     }
                     _ => {}
                 }
             }
             Event::MessageDelta { delta, usage } => {
-                self.start(&mut out);
+                self.life.start(&mut out);
                 if let Some(usage) = usage {
                     self.usage.merge(usage);
                 }
                 if let Some(reason) = delta.stop_reason {
-                    self.finished = true;
+                    self.life.finished = true;
                     out.push(StreamOut::Chunk(
-                        self.chunks.finish_chunk(finish_reason(Some(&reason))),
+                        self.life.chunks.finish_chunk(finish_reason(Some(&reason))),
                     ));
                 }
             }
             Event::MessageStop {} => {
-                self.start(&mut out);
-                if !self.finished {
-                    self.finished = true;
-                    out.push(StreamOut::Chunk(self.chunks.finish_chunk("stop")));
-                }
-                self.end(&mut out);
+                self.life.start(&mut out);
+                self.life.finish_reason(&mut out, "stop");
+                self.life.end(&mut out, || self.usage.to_openai());
             }
             Event::Error { error } => {
-                self.done = true;
-                out.push(StreamOut::Error(native_error(None, error)));
+                self.life.fail(&mut out, native_error(None, error));
             }
             Event::ContentBlockStop {} | Event::Ping {} | Event::Other => {}
         }
@@ -583,44 +566,8 @@ impl StreamTranslator {
     /// End of the upstream stream. A stream cut off before its stop reason
     /// ends with an error instead of a silent truncation.
     pub fn finish(&mut self) -> Vec<StreamOut> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
-        }
-        if self.finished {
-            self.end(&mut out);
-        } else {
-            self.done = true;
-            out.push(StreamOut::Error(super::truncated_stream_error()));
-        }
-        out
+        self.life.close(|| self.usage.to_openai())
     }
-
-    fn start(&mut self, out: &mut Vec<StreamOut>) {
-        if !self.started {
-            self.started = true;
-            out.push(StreamOut::Chunk(self.chunks.role_chunk()));
-        }
-    }
-
-    fn end(&mut self, out: &mut Vec<StreamOut>) {
-        self.done = true;
-        if self.include_usage {
-            out.push(StreamOut::Chunk(self.usage_chunk()));
-        }
-    }
-
-    fn usage_chunk(&self) -> ChatChunk {
-        self.chunks.usage_chunk(self.usage.to_openai())
-    }
-}
-
-fn bad_event(e: &serde_json::Error) -> ErrorBody {
-    ErrorBody::new(
-        format!("the upstream sent a stream event that could not be read: {e}"),
-        "server_error",
-        Some("bad_upstream_response".to_owned()),
-    )
 }
 
 // ---- errors ----

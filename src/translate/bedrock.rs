@@ -27,10 +27,10 @@ use serde_json::{Map, Value, json};
 
 use super::eventstream::Message as Frame;
 use super::openai::{
-    self, ChatChunk, ChatRequest, ChatResponse, ChunkBuilder, ErrorBody, FunctionCall,
-    FunctionDelta, Role, ToolCall, ToolCallDelta, Usage,
+    self, ChatRequest, ChatResponse, ErrorBody, FunctionCall, FunctionDelta, Role, ToolCall,
+    ToolCallDelta, Usage,
 };
-use super::{Choice, StreamOut, TranslateError, Translated};
+use super::{Choice, StreamLife, StreamOut, TranslateError, Translated};
 
 /// Bedrock's `temperature` range is 0..=1 for the models it serves (OpenAI's is 0..=2).
 const MAX_TEMPERATURE: f64 = 1.0;
@@ -358,8 +358,7 @@ fn finish_reason(stop_reason: Option<&str>) -> &'static str {
 
 /// Translate a Converse response body into a `chat.completion`.
 pub fn response(body: &[u8], client_model: &str) -> Result<ChatResponse, TranslateError> {
-    let parsed: ConverseResponse = serde_json::from_value(super::upstream_json(body)?)
-        .map_err(|e| TranslateError::InvalidUpstream(e.to_string()))?;
+    let parsed: ConverseResponse = super::upstream_parse(body)?;
     let mut text = String::new();
     let mut calls = Vec::new();
     let blocks = parsed
@@ -438,47 +437,35 @@ struct ToolUseDelta {
 /// ConverseStream events (decoded event-stream messages) → `chat.completion.chunk`s.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    chunks: ChunkBuilder,
-    include_usage: bool,
-    started: bool,
+    life: StreamLife,
     tool_index: HashMap<u64, u32>,
     next_tool: u32,
     usage: NativeUsage,
-    finished: bool,
-    done: bool,
 }
 
 impl StreamTranslator {
     pub fn new(client_model: &str, include_usage: bool) -> Self {
         StreamTranslator {
-            chunks: ChunkBuilder {
-                id: "chatcmpl-bedrock".to_owned(),
-                created: 0,
-                model: client_model.to_owned(),
-            },
-            include_usage,
-            started: false,
+            life: StreamLife::new("chatcmpl-bedrock", client_model, include_usage),
             tool_index: HashMap::new(),
             next_tool: 0,
             usage: NativeUsage::default(),
-            finished: false,
-            done: false,
         }
     }
 
     /// The `created` timestamp (Unix seconds) every chunk carries; Bedrock sends none.
     pub fn set_created(&mut self, created: u64) {
-        self.chunks.created = created;
+        self.life.chunks.created = created;
     }
 
     /// The chunk ID (Bedrock sends none; the caller may pass its request ID).
     pub fn set_id(&mut self, id: &str) {
-        self.chunks.id = format!("chatcmpl-{id}");
+        self.life.chunks.id = format!("chatcmpl-{id}");
     }
 
     pub fn push(&mut self, frame: &Frame) -> Vec<StreamOut> {
         let mut out = Vec::new();
-        if self.done {
+        if self.life.done {
             return out;
         }
         let parsed: Result<StreamEvent, _> = if frame.payload.is_empty() {
@@ -489,90 +476,80 @@ impl StreamTranslator {
         let event = match parsed {
             Ok(e) => e,
             Err(e) => {
-                self.done = true;
-                out.push(StreamOut::Error(ErrorBody::new(
-                    format!("the upstream sent a stream event that could not be read: {e}"),
-                    "server_error",
-                    Some("bad_upstream_response".to_owned()),
-                )));
+                self.life.fail(&mut out, super::bad_event(&e));
                 return out;
             }
         };
         match frame.header(":message-type") {
             Some("exception") => {
                 let kind = frame.header(":exception-type").unwrap_or("exception");
-                self.done = true;
-                out.push(StreamOut::Error(stream_exception(
-                    kind,
-                    event.message.as_deref(),
-                )));
+                self.life
+                    .fail(&mut out, stream_exception(kind, event.message.as_deref()));
                 return out;
             }
             Some("error") => {
                 let kind = frame.header(":error-code").unwrap_or("error");
                 let message = frame.header(":error-message");
-                self.done = true;
-                out.push(StreamOut::Error(stream_exception(kind, message)));
+                self.life.fail(&mut out, stream_exception(kind, message));
                 return out;
             }
             _ => {}
         }
         match frame.header(":event-type").unwrap_or("") {
-            "messageStart" => self.start(&mut out),
+            "messageStart" => self.life.start(&mut out),
             "contentBlockStart" => {
-                self.start(&mut out);
+                self.life.start(&mut out);
                 if let Some(tool) = event.start.and_then(|s| s.tool_use) {
                     let index = self.next_tool;
                     self.next_tool += 1;
                     self.tool_index
                         .insert(event.content_block_index.unwrap_or(0), index);
-                    out.push(StreamOut::Chunk(self.chunks.tool_chunk(ToolCallDelta {
-                        index,
-                        id: Some(tool.tool_use_id),
-                        kind: Some("function".to_owned()),
-                        function: Some(FunctionDelta {
-                            name: Some(tool.name),
-                            arguments: Some(String::new()),
-                        }),
-                        rest: Map::new(),
-                    })));
+                    out.push(StreamOut::Chunk(self.life.chunks.tool_chunk(
+                        ToolCallDelta {
+                            index,
+                            id: Some(tool.tool_use_id),
+                            kind: Some("function".to_owned()),
+                            function: Some(FunctionDelta {
+                                name: Some(tool.name),
+                                arguments: Some(String::new()),
+                            }),
+                            rest: Map::new(),
+                        },
+                    )));
                 }
             }
             "contentBlockDelta" => {
-                self.start(&mut out);
+                self.life.start(&mut out);
                 let delta = event.delta.unwrap_or_default();
                 if let Some(text) = delta.text.filter(|t| !t.is_empty()) {
-                    out.push(StreamOut::Chunk(self.chunks.text_chunk(&text)));
+                    out.push(StreamOut::Chunk(self.life.chunks.text_chunk(&text)));
                 }
                 if let Some(input) = delta.tool_use.map(|t| t.input).filter(|i| !i.is_empty())
                     && let Some(tool) = self.tool_index.get(&event.content_block_index.unwrap_or(0))
                 {
-                    out.push(StreamOut::Chunk(self.chunks.tool_chunk(ToolCallDelta {
-                        index: *tool,
-                        function: Some(FunctionDelta {
-                            name: None,
-                            arguments: Some(input),
-                        }),
-                        ..ToolCallDelta::default()
-                    })));
+                    out.push(StreamOut::Chunk(self.life.chunks.tool_chunk(
+                        ToolCallDelta {
+                            index: *tool,
+                            function: Some(FunctionDelta {
+                                name: None,
+                                arguments: Some(input),
+                            }),
+                            ..ToolCallDelta::default()
+                        },
+                    )));
                 }
             }
             "messageStop" => {
-                self.start(&mut out);
-                if !self.finished {
-                    self.finished = true;
-                    out.push(StreamOut::Chunk(
-                        self.chunks
-                            .finish_chunk(finish_reason(event.stop_reason.as_deref())),
-                    ));
-                }
+                self.life.start(&mut out);
+                self.life
+                    .finish_reason(&mut out, finish_reason(event.stop_reason.as_deref()));
             }
             "metadata" => {
                 if let Some(usage) = event.usage {
                     self.usage = usage;
                 }
-                if self.finished {
-                    self.end(&mut out);
+                if self.life.finished {
+                    self.life.end(&mut out, || self.usage.to_openai());
                 }
             }
             // contentBlockStop and anything new
@@ -584,35 +561,7 @@ impl StreamTranslator {
     /// End of the upstream stream. A stream cut off before `messageStop` ends with an error
     /// instead of a silent truncation.
     pub fn finish(&mut self) -> Vec<StreamOut> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
-        }
-        if self.finished {
-            self.end(&mut out);
-        } else {
-            self.done = true;
-            out.push(StreamOut::Error(super::truncated_stream_error()));
-        }
-        out
-    }
-
-    fn start(&mut self, out: &mut Vec<StreamOut>) {
-        if !self.started {
-            self.started = true;
-            out.push(StreamOut::Chunk(self.chunks.role_chunk()));
-        }
-    }
-
-    fn end(&mut self, out: &mut Vec<StreamOut>) {
-        self.done = true;
-        if self.include_usage {
-            out.push(StreamOut::Chunk(self.usage_chunk()));
-        }
-    }
-
-    fn usage_chunk(&self) -> ChatChunk {
-        self.chunks.usage_chunk(self.usage.to_openai())
+        self.life.close(|| self.usage.to_openai())
     }
 }
 

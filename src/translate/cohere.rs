@@ -21,11 +21,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::openai::{
-    self, ChatRequest, ChatResponse, ChunkBuilder, ErrorBody, FunctionCall, FunctionDelta, Role,
-    ToolCall, ToolCallDelta, Usage,
+    self, ChatRequest, ChatResponse, ErrorBody, FunctionCall, FunctionDelta, Role, ToolCall,
+    ToolCallDelta, Usage,
 };
 use super::sse::SseEvent;
-use super::{Choice, StreamOut, TranslateError, Translated};
+use super::{Choice, StreamLife, StreamOut, TranslateError, Translated};
 
 /// Translate an OpenAI request into a Cohere v2 Chat request body.
 pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, TranslateError> {
@@ -154,30 +154,16 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
         }
     }
 
-    if let Some(n) = req.max_output_tokens() {
-        body.insert("max_tokens".into(), json!(n));
-    }
-    if let Some(t) = req.temperature {
-        body.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        body.insert("p".into(), json!(p));
-    }
-    if let Some(stop) = &req.stop {
-        let stops = stop.to_vec();
-        if !stops.is_empty() {
-            body.insert("stop_sequences".into(), json!(stops));
-        }
-    }
-    if let Some(seed) = req.seed {
-        body.insert("seed".into(), json!(seed));
-    }
-    if let Some(p) = req.presence_penalty {
-        body.insert("presence_penalty".into(), json!(p));
-    }
-    if let Some(p) = req.frequency_penalty {
-        body.insert("frequency_penalty".into(), json!(p));
-    }
+    let names = super::Sampling {
+        max_tokens: "max_tokens",
+        temperature: "temperature",
+        top_p: "p",
+        stop: "stop_sequences",
+        seed: "seed",
+        presence_penalty: "presence_penalty",
+        frequency_penalty: "frequency_penalty",
+    };
+    super::copy_sampling(req, &names, &mut body);
     match super::output_format(req)? {
         Some(openai::OutputFormat::JsonObject) => {
             body.insert("response_format".into(), json!({"type": "json_object"}));
@@ -296,8 +282,7 @@ fn finish_reason(reason: &str) -> &'static str {
 
 /// Translate a Cohere v2 Chat response into a `chat.completion`.
 pub fn response(body: &[u8], client_model: &str) -> Result<ChatResponse, TranslateError> {
-    let parsed: ChatResponseV2 = serde_json::from_value(super::upstream_json(body)?)
-        .map_err(|e| TranslateError::InvalidUpstream(e.to_string()))?;
+    let parsed: ChatResponseV2 = super::upstream_parse(body)?;
     let message = parsed.message.unwrap_or_default();
     let text: String = message
         .content
@@ -377,53 +362,35 @@ struct DeltaMessage {
 /// `chat.completion.chunk`s, event by event.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    chunks: ChunkBuilder,
-    include_usage: bool,
-    started: bool,
+    life: StreamLife,
     tool_index: HashMap<u64, u32>,
     next_tool: u32,
-    done: bool,
 }
 
 impl StreamTranslator {
     pub fn new(client_model: &str, include_usage: bool) -> Self {
         StreamTranslator {
-            chunks: ChunkBuilder {
-                id: "chatcmpl-cohere".to_owned(),
-                created: 0,
-                model: client_model.to_owned(),
-            },
-            include_usage,
-            started: false,
+            life: StreamLife::new("chatcmpl-cohere", client_model, include_usage),
             tool_index: HashMap::new(),
             next_tool: 0,
-            done: false,
         }
     }
 
     /// The `created` timestamp (Unix seconds) every chunk carries; Cohere
     /// sends none, so the caller passes its clock here.
     pub fn set_created(&mut self, created: u64) {
-        self.chunks.created = created;
+        self.life.chunks.created = created;
     }
 
     pub fn push(&mut self, event: &SseEvent) -> Vec<StreamOut> {
         let mut out = Vec::new();
-        if self.done {
+        if self.life.ignores(&event.data) {
             return out;
-        }
-        if event.data.trim() == "[DONE]" {
-            return out; // an OpenAI-style terminator some upstreams add
         }
         let parsed: StreamEvent = match serde_json::from_str(&event.data) {
             Ok(e) => e,
             Err(e) => {
-                self.done = true;
-                out.push(StreamOut::Error(ErrorBody::new(
-                    format!("the upstream sent a stream event that could not be read: {e}"),
-                    "server_error",
-                    Some("bad_upstream_response".to_owned()),
-                )));
+                self.life.fail(&mut out, super::bad_event(&e));
                 return out;
             }
         };
@@ -432,40 +399,42 @@ impl StreamTranslator {
         match parsed.kind.as_str() {
             "message-start" => {
                 if let Some(id) = parsed.id.filter(|id| !id.is_empty()) {
-                    self.chunks.id = format!("chatcmpl-{id}");
+                    self.life.chunks.id = format!("chatcmpl-{id}");
                 }
-                self.start(&mut out);
+                self.life.start(&mut out);
             }
             "content-start" | "content-delta" => {
-                self.start(&mut out);
+                self.life.start(&mut out);
                 if let Some(text) = message
                     .content
                     .and_then(|c| c.text)
                     .filter(|t| !t.is_empty())
                 {
-                    out.push(StreamOut::Chunk(self.chunks.text_chunk(&text)));
+                    out.push(StreamOut::Chunk(self.life.chunks.text_chunk(&text)));
                 }
             }
             "tool-call-start" => {
-                self.start(&mut out);
+                self.life.start(&mut out);
                 let call = message.tool_calls.unwrap_or_default();
                 let tool = self.next_tool;
                 self.next_tool += 1;
                 self.tool_index.insert(parsed.index.unwrap_or(0), tool);
                 let function = call.function.unwrap_or_default();
-                out.push(StreamOut::Chunk(self.chunks.tool_chunk(ToolCallDelta {
-                    index: tool,
-                    id: Some(call.id.unwrap_or_else(|| format!("call_{tool}"))),
-                    kind: Some("function".to_owned()),
-                    function: Some(FunctionDelta {
-                        name: function.name,
-                        arguments: Some(function.arguments.unwrap_or_default()),
-                    }),
-                    rest: Map::new(),
-                })));
+                out.push(StreamOut::Chunk(self.life.chunks.tool_chunk(
+                    ToolCallDelta {
+                        index: tool,
+                        id: Some(call.id.unwrap_or_else(|| format!("call_{tool}"))),
+                        kind: Some("function".to_owned()),
+                        function: Some(FunctionDelta {
+                            name: function.name,
+                            arguments: Some(function.arguments.unwrap_or_default()),
+                        }),
+                        rest: Map::new(),
+                    },
+                )));
             }
             "tool-call-delta" => {
-                self.start(&mut out);
+                self.life.start(&mut out);
                 let arguments = message
                     .tool_calls
                     .and_then(|c| c.function)
@@ -474,19 +443,20 @@ impl StreamTranslator {
                 if let (Some(arguments), Some(tool)) =
                     (arguments, self.tool_index.get(&parsed.index.unwrap_or(0)))
                 {
-                    out.push(StreamOut::Chunk(self.chunks.tool_chunk(ToolCallDelta {
-                        index: *tool,
-                        function: Some(FunctionDelta {
-                            name: None,
-                            arguments: Some(arguments),
-                        }),
-                        ..ToolCallDelta::default()
-                    })));
+                    out.push(StreamOut::Chunk(self.life.chunks.tool_chunk(
+                        ToolCallDelta {
+                            index: *tool,
+                            function: Some(FunctionDelta {
+                                name: None,
+                                arguments: Some(arguments),
+                            }),
+                            ..ToolCallDelta::default()
+                        },
+                    )));
                 }
             }
             "message-end" => {
-                self.start(&mut out);
-                self.done = true;
+                self.life.start(&mut out);
                 let reason = delta.finish_reason.unwrap_or_default();
                 if reason == "ERROR" || reason == "TIMEOUT" || delta.error.is_some() {
                     let (status, code) = if reason == "TIMEOUT" {
@@ -498,22 +468,20 @@ impl StreamTranslator {
                         || format!("the Cohere API ended the stream with {reason}"),
                         |e| super::redact(&e),
                     );
-                    out.push(StreamOut::Error(ErrorBody::new(
-                        message,
-                        super::error_type(status),
-                        Some(code.to_owned()),
-                    )));
+                    self.life.fail(
+                        &mut out,
+                        ErrorBody::new(message, super::error_type(status), Some(code.to_owned())),
+                    );
                     return out;
                 }
                 let finish = match reason.as_str() {
                     "" if self.next_tool > 0 => "tool_calls",
                     r => finish_reason(r),
                 };
-                out.push(StreamOut::Chunk(self.chunks.finish_chunk(finish)));
-                if self.include_usage {
-                    let usage = delta.usage.map(|u| u.to_openai()).unwrap_or_default();
-                    out.push(StreamOut::Chunk(self.chunks.usage_chunk(usage)));
-                }
+                self.life.finish_reason(&mut out, finish);
+                self.life.end(&mut out, || {
+                    delta.usage.map(|u| u.to_openai()).unwrap_or_default()
+                });
             }
             // content-end, tool-plan-delta, tool-call-end, citation-*, debug
             _ => {}
@@ -524,18 +492,9 @@ impl StreamTranslator {
     /// End of the upstream stream: an error when it stopped before
     /// `message-end`.
     pub fn finish(&mut self) -> Vec<StreamOut> {
-        if self.done {
-            return Vec::new();
-        }
-        self.done = true;
-        vec![StreamOut::Error(super::truncated_stream_error())]
-    }
-
-    fn start(&mut self, out: &mut Vec<StreamOut>) {
-        if !self.started {
-            self.started = true;
-            out.push(StreamOut::Chunk(self.chunks.role_chunk()));
-        }
+        // `message-end` is the finish reason and the end at once, so a
+        // stream that is not over yet has always stopped short.
+        self.life.close(Usage::default)
     }
 }
 

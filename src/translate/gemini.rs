@@ -28,11 +28,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::openai::{
-    self, ChatRequest, ChatResponse, ChunkBuilder, ErrorBody, FunctionCall, FunctionDelta, Role,
-    ToolCall, ToolCallDelta, Usage,
+    self, ChatRequest, ChatResponse, ErrorBody, FunctionCall, FunctionDelta, Role, ToolCall,
+    ToolCallDelta, Usage,
 };
 use super::sse::SseEvent;
-use super::{Choice, StreamOut, TranslateError, Translated};
+use super::{Choice, StreamLife, StreamOut, TranslateError, Translated};
 
 /// The thought signature Google documents for function calls that did not
 /// come from Gemini (or lost theirs).
@@ -199,30 +199,16 @@ pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, T
     }
 
     let mut generation = Map::new();
-    if let Some(n) = req.max_output_tokens() {
-        generation.insert("maxOutputTokens".into(), json!(n));
-    }
-    if let Some(t) = req.temperature {
-        generation.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = req.top_p {
-        generation.insert("topP".into(), json!(p));
-    }
-    if let Some(stop) = &req.stop {
-        let stops = stop.to_vec();
-        if !stops.is_empty() {
-            generation.insert("stopSequences".into(), json!(stops));
-        }
-    }
-    if let Some(seed) = req.seed {
-        generation.insert("seed".into(), json!(seed));
-    }
-    if let Some(p) = req.presence_penalty {
-        generation.insert("presencePenalty".into(), json!(p));
-    }
-    if let Some(p) = req.frequency_penalty {
-        generation.insert("frequencyPenalty".into(), json!(p));
-    }
+    let names = super::Sampling {
+        max_tokens: "maxOutputTokens",
+        temperature: "temperature",
+        top_p: "topP",
+        stop: "stopSequences",
+        seed: "seed",
+        presence_penalty: "presencePenalty",
+        frequency_penalty: "frequencyPenalty",
+    };
+    super::copy_sampling(req, &names, &mut generation);
     match super::output_format(req)? {
         Some(openai::OutputFormat::JsonObject) => {
             generation.insert("responseMimeType".into(), json!("application/json"));
@@ -553,14 +539,9 @@ fn tool_call(
     }
 }
 
-fn parse(data: &[u8]) -> Result<GenerateContentResponse, TranslateError> {
-    serde_json::from_value(super::upstream_json(data)?)
-        .map_err(|e| TranslateError::InvalidUpstream(e.to_string()))
-}
-
 /// Translate a Gemini `generateContent` response into a `chat.completion`.
 pub fn response(body: &[u8], client_model: &str) -> Result<ChatResponse, TranslateError> {
-    let parsed = parse(body)?;
+    let parsed: GenerateContentResponse = super::upstream_parse(body)?;
     let response_id = parsed
         .response_id
         .clone()
@@ -610,62 +591,46 @@ pub fn response(body: &[u8], client_model: &str) -> Result<ChatResponse, Transla
 /// whole, so each becomes one tool-call delta with its full arguments.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    chunks: ChunkBuilder,
-    include_usage: bool,
+    life: StreamLife,
     response_id: Option<String>,
-    started: bool,
     next_tool: usize,
     usage: Option<UsageMetadata>,
-    finished: bool,
-    done: bool,
 }
 
 impl StreamTranslator {
     pub fn new(client_model: &str, include_usage: bool) -> Self {
         StreamTranslator {
-            chunks: ChunkBuilder {
-                id: "chatcmpl-gemini".to_owned(),
-                created: 0,
-                model: client_model.to_owned(),
-            },
-            include_usage,
+            life: StreamLife::new("chatcmpl-gemini", client_model, include_usage),
             response_id: None,
-            started: false,
             next_tool: 0,
             usage: None,
-            finished: false,
-            done: false,
         }
     }
 
     /// The `created` timestamp (Unix seconds) every chunk carries.
     pub fn set_created(&mut self, created: u64) {
-        self.chunks.created = created;
+        self.life.chunks.created = created;
     }
 
     pub fn push(&mut self, event: &SseEvent) -> Vec<StreamOut> {
         let mut out = Vec::new();
-        if self.done {
+        if self.life.ignores(&event.data) {
             return out;
-        }
-        if event.data.trim() == "[DONE]" {
-            return out; // an OpenAI-style terminator some upstreams add
         }
         let parsed = match parse_event(&event.data) {
             Ok(p) => p,
             Err(e) => {
-                self.done = true;
-                out.push(StreamOut::Error(ErrorBody::new(
+                let error = ErrorBody::new(
                     e.to_string(),
                     "server_error",
                     Some("bad_upstream_response".to_owned()),
-                )));
+                );
+                self.life.fail(&mut out, error);
                 return out;
             }
         };
         if let Some(error) = parsed.error {
-            self.done = true;
-            out.push(StreamOut::Error(native_error(None, error)));
+            self.life.fail(&mut out, native_error(None, error));
             return out;
         }
         if self.response_id.is_none() {
@@ -673,13 +638,10 @@ impl StreamTranslator {
                 .response_id
                 .clone()
                 .unwrap_or_else(|| format!("{:016x}", super::fnv1a(event.data.as_bytes())));
-            self.chunks.id = format!("chatcmpl-{id}");
+            self.life.chunks.id = format!("chatcmpl-{id}");
             self.response_id = Some(id);
         }
-        if !self.started {
-            self.started = true;
-            out.push(StreamOut::Chunk(self.chunks.role_chunk()));
-        }
+        self.life.start(&mut out);
         if let Some(usage) = parsed.usage_metadata {
             self.usage = Some(usage);
         }
@@ -690,38 +652,35 @@ impl StreamTranslator {
                     let n = self.next_tool;
                     self.next_tool += 1;
                     let call = tool_call(call, part.thought_signature, &response_id, n);
-                    out.push(StreamOut::Chunk(self.chunks.tool_chunk(ToolCallDelta {
-                        index: u32::try_from(n).unwrap_or(u32::MAX),
-                        id: Some(call.id),
-                        kind: Some("function".to_owned()),
-                        function: Some(FunctionDelta {
-                            name: Some(call.function.name),
-                            arguments: Some(call.function.arguments),
-                        }),
-                        rest: call.rest,
-                    })));
+                    out.push(StreamOut::Chunk(self.life.chunks.tool_chunk(
+                        ToolCallDelta {
+                            index: u32::try_from(n).unwrap_or(u32::MAX),
+                            id: Some(call.id),
+                            kind: Some("function".to_owned()),
+                            function: Some(FunctionDelta {
+                                name: Some(call.function.name),
+                                arguments: Some(call.function.arguments),
+                            }),
+                            rest: call.rest,
+                        },
+                    )));
                 } else if let Some(t) = part
                     .text
                     .filter(|t| !t.is_empty() && part.thought != Some(true))
                 {
-                    out.push(StreamOut::Chunk(self.chunks.text_chunk(&t)));
+                    out.push(StreamOut::Chunk(self.life.chunks.text_chunk(&t)));
                 }
             }
-            if let Some(reason) = candidate.finish_reason.filter(|_| !self.finished) {
-                self.finished = true;
-                out.push(StreamOut::Chunk(
-                    self.chunks
-                        .finish_chunk(finish_reason(&reason, self.next_tool > 0)),
-                ));
+            if let Some(reason) = candidate.finish_reason {
+                let reason = finish_reason(&reason, self.next_tool > 0);
+                self.life.finish_reason(&mut out, reason);
             }
         } else if parsed
             .prompt_feedback
             .as_ref()
             .is_some_and(|f| f.block_reason.is_some())
-            && !self.finished
         {
-            self.finished = true;
-            out.push(StreamOut::Chunk(self.chunks.finish_chunk("content_filter")));
+            self.life.finish_reason(&mut out, "content_filter");
         }
         out
     }
@@ -729,24 +688,12 @@ impl StreamTranslator {
     /// End of the upstream stream: the usage chunk, or an error when the
     /// stream stopped before a finish reason.
     pub fn finish(&mut self) -> Vec<StreamOut> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
-        }
-        self.done = true;
-        if !self.finished {
-            out.push(StreamOut::Error(super::truncated_stream_error()));
-            return out;
-        }
-        if self.include_usage {
-            let usage = self
-                .usage
+        self.life.close(|| {
+            self.usage
                 .as_ref()
                 .map(UsageMetadata::to_openai)
-                .unwrap_or_default();
-            out.push(StreamOut::Chunk(self.chunks.usage_chunk(usage)));
-        }
-        out
+                .unwrap_or_default()
+        })
     }
 }
 

@@ -218,6 +218,103 @@ fn truncated_stream_error() -> ErrorBody {
     )
 }
 
+/// An upstream answer body parsed into a native wire type.
+fn upstream_parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, TranslateError> {
+    serde_json::from_value(upstream_json(body)?)
+        .map_err(|e| TranslateError::InvalidUpstream(e.to_string()))
+}
+
+/// The error used when one stream event cannot be parsed.
+fn bad_event(e: &serde_json::Error) -> ErrorBody {
+    ErrorBody::new(
+        format!("the upstream sent a stream event that could not be read: {e}"),
+        "server_error",
+        Some("bad_upstream_response".to_owned()),
+    )
+}
+
+/// The lifecycle every provider's `StreamTranslator` shares: the role chunk
+/// once before anything else, the finish chunk once, the usage chunk at the
+/// end when the client asked for it, and an error instead of a silent
+/// truncation when the upstream stream stops before its finish reason. Each
+/// translator embeds one and keeps only its provider's event handling.
+#[derive(Debug)]
+struct StreamLife {
+    chunks: openai::ChunkBuilder,
+    include_usage: bool,
+    started: bool,
+    finished: bool,
+    done: bool,
+}
+
+impl StreamLife {
+    /// `id` is the chunk id until the upstream names its own.
+    fn new(id: &str, client_model: &str, include_usage: bool) -> Self {
+        StreamLife {
+            chunks: openai::ChunkBuilder {
+                id: id.to_owned(),
+                created: 0,
+                model: client_model.to_owned(),
+            },
+            include_usage,
+            started: false,
+            finished: false,
+            done: false,
+        }
+    }
+
+    /// Whether an SSE event is to be ignored: the stream is over, or it is
+    /// the OpenAI-style `[DONE]` terminator some upstreams add.
+    fn ignores(&self, data: &str) -> bool {
+        self.done || data.trim() == "[DONE]"
+    }
+
+    /// The role chunk, the first time only.
+    fn start(&mut self, out: &mut Vec<StreamOut>) {
+        if !self.started {
+            self.started = true;
+            out.push(StreamOut::Chunk(self.chunks.role_chunk()));
+        }
+    }
+
+    /// The finish chunk, the first time only.
+    fn finish_reason(&mut self, out: &mut Vec<StreamOut>, reason: &str) {
+        if !self.finished {
+            self.finished = true;
+            out.push(StreamOut::Chunk(self.chunks.finish_chunk(reason)));
+        }
+    }
+
+    /// The stream is over: the usage chunk when the client asked for it.
+    fn end(&mut self, out: &mut Vec<StreamOut>, usage: impl FnOnce() -> openai::Usage) {
+        self.done = true;
+        if self.include_usage {
+            out.push(StreamOut::Chunk(self.chunks.usage_chunk(usage())));
+        }
+    }
+
+    /// The stream ends with an error.
+    fn fail(&mut self, out: &mut Vec<StreamOut>, error: ErrorBody) {
+        self.done = true;
+        out.push(StreamOut::Error(error));
+    }
+
+    /// End of the upstream stream: the usage chunk after a finish reason,
+    /// else the truncated-stream error; nothing once the stream is over.
+    fn close(&mut self, usage: impl FnOnce() -> openai::Usage) -> Vec<StreamOut> {
+        let mut out = Vec::new();
+        if self.done {
+            return out;
+        }
+        if self.finished {
+            self.end(&mut out, usage);
+        } else {
+            self.fail(&mut out, truncated_stream_error());
+        }
+        out
+    }
+}
+
 /// Parse tool call arguments (a JSON string) into the object native APIs want.
 fn parse_arguments(index: usize, id: &str, arguments: &str) -> Result<Value, TranslateError> {
     if arguments.trim().is_empty() {
@@ -318,6 +415,50 @@ fn output_format(
             param: "response_format".to_owned(),
             reason,
         }),
+    }
+}
+
+/// The native names of the OpenAI sampling parameters a provider takes unchanged.
+struct Sampling {
+    max_tokens: &'static str,
+    temperature: &'static str,
+    top_p: &'static str,
+    stop: &'static str,
+    seed: &'static str,
+    presence_penalty: &'static str,
+    frequency_penalty: &'static str,
+}
+
+/// Copy the sampling parameters a request sets under their native names (stop sequences
+/// only when there is at least one).
+fn copy_sampling(
+    req: &openai::ChatRequest,
+    names: &Sampling,
+    out: &mut serde_json::Map<String, Value>,
+) {
+    if let Some(n) = req.max_output_tokens() {
+        out.insert(names.max_tokens.into(), serde_json::json!(n));
+    }
+    if let Some(t) = req.temperature {
+        out.insert(names.temperature.into(), serde_json::json!(t));
+    }
+    if let Some(p) = req.top_p {
+        out.insert(names.top_p.into(), serde_json::json!(p));
+    }
+    if let Some(stop) = &req.stop {
+        let stops = stop.to_vec();
+        if !stops.is_empty() {
+            out.insert(names.stop.into(), serde_json::json!(stops));
+        }
+    }
+    if let Some(seed) = req.seed {
+        out.insert(names.seed.into(), serde_json::json!(seed));
+    }
+    if let Some(p) = req.presence_penalty {
+        out.insert(names.presence_penalty.into(), serde_json::json!(p));
+    }
+    if let Some(p) = req.frequency_penalty {
+        out.insert(names.frequency_penalty.into(), serde_json::json!(p));
     }
 }
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE.parent / "sdk"))
 from fake_apiserver import FakeApiServer  # noqa: E402
 from fakes.openai_upstream import FakeOpenAI  # noqa: E402
 from harness import (CLIENT_KEY, READY_TIMEOUT, REPO, Gateway, assert_no_secret,  # noqa: E402
-                     free_port, portcullis_bin)
+                     free_port, portcullis_bin, require_binary)
 
 from objects import LEASE_NAMESPACE  # noqa: E402
 
@@ -28,10 +28,7 @@ from objects import LEASE_NAMESPACE  # noqa: E402
 @pytest.fixture(scope="session")
 def binary() -> Path:
     """The binary must exist: a missing binary is a failure, never a skip."""
-    b = portcullis_bin()
-    if not b.is_file() or not os.access(b, os.X_OK):
-        pytest.fail(f"portcullis binary not found at {b}: run `cargo build` or set PORTCULLIS_BIN.", pytrace=False)
-    return b
+    return require_binary()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
@@ -12,20 +11,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fakes.openai_upstream import FakeOpenAI  # noqa: E402
-from harness import CLIENT_KEY, Gateway, assert_no_secret, portcullis_bin, standard_config  # noqa: E402
+from harness import CLIENT_KEY, Gateway, assert_no_secret, require_binary, standard_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def binary() -> Path:
     """The binary must exist: a missing binary is a failure, never a skip."""
-    b = portcullis_bin()
-    if not b.is_file() or not os.access(b, os.X_OK):
-        pytest.fail(
-            f"portcullis binary not found or not executable at {b}. Build it first "
-            f"(`cargo build`) or set PORTCULLIS_BIN=/path/to/portcullis.",
-            pytrace=False,
-        )
-    return b
+    return require_binary()
 
 
 @pytest.fixture

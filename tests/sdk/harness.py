@@ -35,6 +35,20 @@ def portcullis_bin() -> Path:
     return Path(os.environ.get("PORTCULLIS_BIN") or REPO / "target" / "debug" / "portcullis")
 
 
+def require_binary() -> Path:
+    """The binary under test; a missing binary fails the test, never skips it."""
+    import pytest
+
+    b = portcullis_bin()
+    if not b.is_file() or not os.access(b, os.X_OK):
+        pytest.fail(
+            f"portcullis binary not found or not executable at {b}. Build it first "
+            f"(`cargo build`) or set PORTCULLIS_BIN=/path/to/portcullis.",
+            pytrace=False,
+        )
+    return b
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

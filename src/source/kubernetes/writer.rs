@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
@@ -16,7 +17,7 @@ use tokio::sync::watch;
 use super::World;
 use super::status::{self, CredentialState, ModelsState};
 use crate::config::{ObjectKey, Upstream};
-use crate::crd::{LlmProvider, LlmProxy};
+use crate::crd::{LlmProvider, LlmProviderStatus, LlmProxy, LlmProxyStatus};
 use crate::credentials::Credential;
 use crate::discovery::{CatalogState, Discovery};
 
@@ -42,6 +43,41 @@ pub struct Writer {
 enum Kind {
     Provider,
     Proxy,
+}
+
+/// What the writer needs of a resource to keep its status.
+trait Kept:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+{
+    type Status: Clone + Default + PartialEq + serde::Serialize;
+    const KIND: Kind;
+    fn status(&self) -> Option<&Self::Status>;
+    fn conditions(status: &mut Self::Status) -> &mut Vec<Condition>;
+}
+
+impl Kept for LlmProvider {
+    type Status = LlmProviderStatus;
+    const KIND: Kind = Kind::Provider;
+    fn status(&self) -> Option<&LlmProviderStatus> {
+        self.status.as_ref()
+    }
+    fn conditions(status: &mut LlmProviderStatus) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
+}
+
+impl Kept for LlmProxy {
+    type Status = LlmProxyStatus;
+    const KIND: Kind = Kind::Proxy;
+    fn status(&self) -> Option<&LlmProxyStatus> {
+        self.status.as_ref()
+    }
+    fn conditions(status: &mut LlmProxyStatus) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
 }
 
 /// Writes already made whose echo the watch has not brought back yet.
@@ -107,50 +143,15 @@ impl Writer {
                 None => CredentialState::Unchecked,
             };
             let models = upstream.map_or(ModelsState::NotInUse, |u| self.models_state(u));
-            let mut desired =
-                status::provider_status(provider, &problems, &credential, &models, &now);
-            let observed = provider.status.clone().unwrap_or_default();
-            status::keep_transition_times(&mut desired.conditions, &observed.conditions);
-            if Some(&desired) == provider.status.as_ref() {
-                continue;
-            }
-            let failures: Vec<_> = status::new_failures(&desired.conditions, &observed.conditions)
-                .into_iter()
-                .cloned()
-                .collect();
-            let Ok(value) = serde_json::to_value(&desired) else {
-                continue;
-            };
-            if self
-                .patch::<LlmProvider>(Kind::Provider, key, provider, value, written)
-                .await
-            {
-                self.events(provider, key, &failures, events).await;
-            }
+            let desired = status::provider_status(provider, &problems, &credential, &models, &now);
+            self.write(key, provider, desired, written, events).await;
         }
         let snapshot = &world.snapshot;
         for (key, proxy) in world.index.proxies() {
             let url = format!("{}/v1/model-router/{}", self.url_base, key.proxy_id());
             let served = snapshot.proxies.get(key).map(|t| &**t);
-            let mut desired = status::proxy_status(proxy, key, &world.compiled, served, &url, &now);
-            let observed = proxy.status.clone().unwrap_or_default();
-            status::keep_transition_times(&mut desired.conditions, &observed.conditions);
-            if Some(&desired) == proxy.status.as_ref() {
-                continue;
-            }
-            let failures: Vec<_> = status::new_failures(&desired.conditions, &observed.conditions)
-                .into_iter()
-                .cloned()
-                .collect();
-            let Ok(value) = serde_json::to_value(&desired) else {
-                continue;
-            };
-            if self
-                .patch::<LlmProxy>(Kind::Proxy, key, proxy, value, written)
-                .await
-            {
-                self.events(proxy, key, &failures, events).await;
-            }
+            let desired = status::proxy_status(proxy, key, &world.compiled, served, &url, &now);
+            self.write(key, proxy, desired, written, events).await;
         }
     }
 
@@ -172,6 +173,35 @@ impl Writer {
                 error,
             },
             CatalogState::Failed(e) => ModelsState::Failed(e),
+        }
+    }
+
+    /// Write an object's desired status when it differs from the one it has (keeping each
+    /// condition's `lastTransitionTime` while its status stays), and publish its new failures
+    /// as Events.
+    async fn write<K: Kept>(
+        &self,
+        key: &ObjectKey,
+        object: &K,
+        mut desired: K::Status,
+        written: &mut Written,
+        events: &mut HashMap<(ObjectKey, String), Instant>,
+    ) {
+        let mut observed = object.status().cloned().unwrap_or_default();
+        let observed = &*K::conditions(&mut observed);
+        status::keep_transition_times(K::conditions(&mut desired), observed);
+        if Some(&desired) == object.status() {
+            return;
+        }
+        let failures: Vec<_> = status::new_failures(K::conditions(&mut desired), observed)
+            .into_iter()
+            .cloned()
+            .collect();
+        let Ok(value) = serde_json::to_value(&desired) else {
+            return;
+        };
+        if self.patch(K::KIND, key, object, value, written).await {
+            self.events(object, key, &failures, events).await;
         }
     }
 
@@ -227,7 +257,7 @@ impl Writer {
         &self,
         object: &K,
         key: &ObjectKey,
-        failures: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+        failures: &[Condition],
         sent: &mut HashMap<(ObjectKey, String), Instant>,
     ) where
         K: Resource<DynamicType = ()>,

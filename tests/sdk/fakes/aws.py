@@ -30,7 +30,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
@@ -38,6 +38,8 @@ from xml.sax.saxutils import escape
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+from fakes import serving
 
 ROLE_ARN = "arn:aws:iam::111122223333:role/portcullis-bedrock"
 WEB_IDENTITY_TOKEN = "eyJhbGciOiJSUzI1NiJ9.fake-irsa-service-account-token.sig"
@@ -120,8 +122,7 @@ class _Server:
                 pass
 
             def _any(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body = serving.read_body(self)
                 rec = Recorded(self.command, self.path, list(self.headers.items()), body, time.time())
                 with outer.lock:
                     outer.requests.append(rec)
@@ -130,9 +131,7 @@ class _Server:
             do_GET = do_POST = do_PUT = do_DELETE = _any
 
         self.tls = False
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.httpd = serving.make_server(Handler)
 
     @property
     def port(self) -> int:
@@ -152,12 +151,11 @@ class _Server:
         return self
 
     def start(self):
-        self.thread.start()
+        serving.run(self.httpd)
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        serving.close(self.httpd)
 
     def handle(self, h: BaseHTTPRequestHandler, rec: Recorded) -> None:  # pragma: no cover
         raise NotImplementedError

@@ -13,15 +13,14 @@ Each provider module renders a ``Reply`` in that provider's documented wire form
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Optional
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
 
-from fakes.openai_upstream import RecordedRequest, ScriptedResponse
+from fakes.serving import RecordedRequest, ScriptedResponse, ScriptedServer
 
 __all__ = ["FakeUpstream", "Handler", "RecordedRequest", "Reply", "ScriptedResponse"]
 
@@ -66,63 +65,30 @@ def split3(text: str) -> list[str]:
     return [p for p in pieces if p]
 
 
-class FakeUpstream:
-    """Base of the provider fakes: recording, scripting, reply queue, lifecycle."""
+class FakeUpstream(ScriptedServer):
+    """Base of the provider fakes: recording, scripting and lifecycle (``ScriptedServer``),
+    and the reply queue."""
 
     server_version = "FakeUpstream/1.0"
 
     def __init__(self) -> None:
-        self.requests: list[RecordedRequest] = []
+        super().__init__()
         self.replies: deque[Reply] = deque()
-        self.chunk_delay: float = 0.0
         self.page_cap: int = 1000  # most items a list page holds, whatever the client asks for
-        # Hold a stream after its first text piece until the test sets the gate (a gateway
-        # that buffers the stream whole never shows the client that piece, and times out).
-        self.stream_gate: Optional[threading.Event] = None
-        self.gate_timeout: float = 5.0
-        self.gate_timed_out: bool = False
-        self.stream_completed: int = 0
-        self._script: list[ScriptedResponse] = []
-        self._lock = threading.Lock()
-        self._server: Optional[ThreadingHTTPServer] = None
 
     # ----------------------------------------------------------------- control
-    def start(self) -> "FakeUpstream":
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         owner = self
 
         class _H(Handler):
             fake = owner
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _H)
-        server.daemon_threads = True
-        server.block_on_close = False
-        self._server = server
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self.stream_gate is not None:
-            self.stream_gate.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return self._server.server_address[1]
+        return _H
 
     @property
     def base_url(self) -> str:
         """The provider ``baseUrl`` to configure (the API root, no version segment)."""
         return f"http://127.0.0.1:{self.port}"
-
-    def script(self, status: int = 200, body: Any = None, headers: Optional[dict[str, str]] = None,
-               delay: float = 0.0, match: Optional[Callable[[RecordedRequest], bool]] = None) -> None:
-        """Answer the next request (matching ``match``, if given) with exactly this."""
-        with self._lock:
-            self._script.append(ScriptedResponse(status, body, dict(headers or {}), delay, match))
 
     def queue(self, *replies: Reply) -> None:
         """What the next generation requests answer, in order (then the default echo)."""
@@ -132,22 +98,6 @@ class FakeUpstream:
     def next_reply(self) -> Reply:
         with self._lock:
             return self.replies.popleft() if self.replies else Reply()
-
-    def requests_to(self, path: str, method: Optional[str] = None) -> list[RecordedRequest]:
-        with self._lock:
-            return [r for r in self.requests if r.path == path and (method is None or r.method == method)]
-
-    def all_requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return list(self.requests)
-
-    def _record(self, req: RecordedRequest) -> Optional[ScriptedResponse]:
-        with self._lock:
-            self.requests.append(req)
-            for i, s in enumerate(self._script):
-                if s.match is None or s.match(req):
-                    return self._script.pop(i)
-        return None
 
     def stream_done(self) -> None:
         with self._lock:

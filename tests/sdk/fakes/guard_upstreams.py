@@ -25,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+from fakes import serving
+
 
 @dataclass
 class Recorded:
@@ -62,8 +64,7 @@ class _Server:
                 pass
 
             def do_GET(self) -> None:
-                n = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(n) if n else b""
+                body = serving.read_body(self)
                 req = Recorded(self.command, urlsplit(self.path).path, list(self.headers.items()), body)
                 with owner.lock:
                     owner.requests.append(req)
@@ -74,15 +75,12 @@ class _Server:
 
             do_POST = do_GET
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._server = serving.serve(Handler)
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            serving.close(self._server)
 
     @property
     def port(self) -> int:

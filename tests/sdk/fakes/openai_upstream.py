@@ -20,131 +20,47 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import threading
 import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Optional
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
 
-
-@dataclass
-class RecordedRequest:
-    method: str
-    target: str  # the raw request target as received
-    path: str
-    query: dict[str, list[str]]
-    headers: list[tuple[str, str]]
-    body: bytes
-    time: float
-
-    def header(self, name: str) -> Optional[str]:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
-
-    def header_names(self) -> set[str]:
-        return {k.lower() for k, _ in self.headers}
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
-
-
-@dataclass
-class ScriptedResponse:
-    status: int = 200
-    body: Any = None  # dict/list -> JSON, str/bytes -> raw
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-    match: Optional[Callable[[RecordedRequest], bool]] = None
+from fakes.serving import RecordedRequest, ScriptedServer
 
 
 DEFAULT_MODELS = ["gpt-test", "gpt-test-mini", "text-embedding-3-small", "other-model"]
 
 
-class FakeOpenAI:
+class FakeOpenAI(ScriptedServer):
     """A threaded OpenAI-compatible HTTP/1.1 server on 127.0.0.1 (port 0)."""
 
     def __init__(self) -> None:
-        self.requests: list[RecordedRequest] = []
+        super().__init__()
         self.models: list[str] = list(DEFAULT_MODELS)
-        # Streaming behaviour.
+        # Streaming behaviour (pacing and the gate come from ScriptedServer).
         self.stream_pieces: Optional[list[str]] = None  # default: derived from the reply
-        self.chunk_delay: float = 0.0  # pause between SSE events
-        self.stream_gate: Optional[threading.Event] = None  # hold after 1st content chunk
-        self.gate_timeout: float = 5.0
-        self.gate_timed_out: bool = False
         self.gate_waited: bool = False
-        self.stream_completed: int = 0  # streams whose [DONE] was written successfully
-        self._script: list[ScriptedResponse] = []
-        self._lock = threading.Lock()
-        self._server: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
 
     # ----------------------------------------------------------------- control
-    def start(self) -> "FakeOpenAI":
+    def handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
         class Handler(_Handler):
             owner = fake
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        server.block_on_close = False
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self.stream_gate is not None:
-            self.stream_gate.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return self._server.server_address[1]
+        return Handler
 
     @property
     def base_url(self) -> str:
         """The provider ``baseUrl`` to configure (includes ``/v1``)."""
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def script(self, status: int = 200, body: Any = None, headers: Optional[dict[str, str]] = None,
-               delay: float = 0.0, match: Optional[Callable[[RecordedRequest], bool]] = None) -> None:
-        """Queue a response for the next request (matching ``match``, if given)."""
-        with self._lock:
-            self._script.append(ScriptedResponse(status, body, dict(headers or {}), delay, match))
-
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
             self._script.clear()
 
-    def requests_to(self, path: str, method: Optional[str] = None) -> list[RecordedRequest]:
-        with self._lock:
-            return [r for r in self.requests if r.path == path and (method is None or r.method == method)]
-
-    def all_requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return list(self.requests)
-
     # ----------------------------------------------------------------- internals
-    def _record(self, req: RecordedRequest) -> Optional[ScriptedResponse]:
-        with self._lock:
-            self.requests.append(req)
-            for i, s in enumerate(self._script):
-                if s.match is None or s.match(req):
-                    return self._script.pop(i)
-        return None
-
     @staticmethod
     def reply_for(body: Any) -> str:
         """The assistant text the fake answers with: echoes the last user message."""

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional, Union
 
+from fakes import serving
+
 #: A script item: bytes to write, or a float = seconds to stay quiet.
 Piece = Union[bytes, float]
 
@@ -59,17 +61,12 @@ class ScriptedSSE:
         class Handler(_Handler):
             owner = fake
 
-        server = _Server(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        server.block_on_close = False
-        self._server = server
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._server = serving.serve(Handler, server_class=_Server)
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            serving.close(self._server)
             self._server = None
 
     @property
@@ -100,8 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:
-        n = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(n) if n else b""
+        body = serving.read_body(self)
         with self.owner._lock:
             self.owner.requests.append(Recorded(self.command, self.path, dict(self.headers.items()), body))
             script = list(self.owner.script)
