@@ -228,6 +228,13 @@ impl Sink {
 /// Read token usage from a Model Router answer of a proxy without `spec.tools`, for its
 /// audit event. Nothing is held or changed; a stream still passes event by event.
 pub async fn record_usage(state: &AppState, exchange: &Exchange, response: Response) -> Response {
+    if response.status().is_success() && is_sse(&response) {
+        let sink = Sink {
+            decisions: false,
+            ..Sink::new(state, exchange)
+        };
+        return tap_usage(response, sink);
+    }
     let guard = Guard {
         policy: Arc::new(ToolPolicy::allow_all()),
         trust: Trust::default(),
@@ -238,6 +245,60 @@ pub async fn record_usage(state: &AppState, exchange: &Exchange, response: Respo
         },
     };
     guard_response(response, guard, state.max_body_bytes).await
+}
+
+/// An OpenAI-shaped SSE answer passes through byte for byte while the events that carry
+/// `usage` (the last chunk, with `stream_options.include_usage`) are read on the side; the
+/// usage goes to the audit event when the body ends or the client goes away. Other events are
+/// only framed, never parsed as JSON, so an unguarded stream costs little more than a copy.
+fn tap_usage(response: Response, sink: Sink) -> Response {
+    struct Tap {
+        parser: crate::translate::sse::SseParser,
+        usage: Usage,
+        sink: Sink,
+    }
+    impl Tap {
+        fn read(&mut self, events: Vec<crate::translate::sse::SseEvent>) {
+            for event in events {
+                if carries_usage(&event.data)
+                    && let Ok(value) = serde_json::from_str::<Value>(&event.data)
+                {
+                    self.usage.read(Format::OpenAi, &value);
+                }
+            }
+        }
+    }
+    impl Drop for Tap {
+        fn drop(&mut self) {
+            let events = self.parser.finish();
+            self.read(events);
+            self.sink.record(Vec::new(), Some(self.usage));
+        }
+    }
+    let (parts, body) = response.into_parts();
+    let mut tap = Tap {
+        parser: crate::translate::sse::SseParser::default(),
+        usage: Usage::default(),
+        sink,
+    };
+    let body = body.into_data_stream().map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            let events = tap.parser.push(bytes);
+            tap.read(events);
+        }
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
+}
+
+/// Whether an event's JSON has a non-null `usage` object (`"usage": {`), without parsing it.
+fn carries_usage(data: &str) -> bool {
+    data.match_indices("\"usage\"").any(|(i, key)| {
+        data[i + key.len()..]
+            .trim_start()
+            .strip_prefix(':')
+            .is_some_and(|rest| rest.trim_start().starts_with('{'))
+    })
 }
 
 /// Read a request body that the guardrails must see whole: its JSON (when it is JSON) and its
@@ -453,6 +514,21 @@ pub fn check_native_supported(protocol: Protocol, rest: &str) -> Result<(), ApiE
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn usage_events_are_found_without_parsing_the_others() {
+        assert!(carries_usage(
+            r#"{"choices":[],"usage":{"prompt_tokens":3}}"#
+        ));
+        assert!(carries_usage(r#"{"usage" : { "prompt_tokens":3}}"#));
+        assert!(!carries_usage(
+            r#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#
+        ));
+        assert!(!carries_usage(
+            r#"{"choices":[{"delta":{"content":"\"usage\" is a word"}}]}"#
+        ));
+    }
+
     use super::*;
 
     #[test]

@@ -212,6 +212,13 @@ def test_api_keys_401_without_key_200_with_key_and_upstream_never_sees_client_ke
     assert (line["identity"], line["auth"], line["status"], line["proxy"]) == ("team-a-app", "apiKey", 200, "ai.team-a")
     assert line["usage"] == {"input_tokens": 42, "output_tokens": 17}
     assert line["decisions"] == []
+    # A stream of a proxy without spec.tools passes through; its usage still reaches the audit.
+    chunks = list(router(gw).chat.completions.create(
+        model="openai:gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True}, extra_headers={"x-request-id": "rid-auth-stream"}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 42
+    assert audit_for(gw, "rid-auth-stream")["usage"] == {"input_tokens": 42, "output_tokens": 17}
 
     # Native routes take the key in the header each SDK uses; 401s come in the provider's shape.
     native = anthropic.Anthropic(base_url=gw.native_base(prefix="anthropic"), api_key="sk-nope", max_retries=0)
