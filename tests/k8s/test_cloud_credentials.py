@@ -97,10 +97,12 @@ def test_a_hanging_identity_endpoint_delays_no_other_status(apiserver, start_kub
         apiserver.apply(secret("openai-key", "sk-upstream-hang-test"))
         apiserver.apply(provider("openai", fake.base_url))
         apiserver.apply(proxy("team-a", ("openai",)))
-        waited = wait_until(lambda: cond_is(apiserver.get("LlmProxy", NS, "team-a"), "Programmed", "True"), 10)
-        assert waited is not None, "team-a never became Programmed=True"
-        assert time.monotonic() - t0 < 2.5, f"Programmed=True took {time.monotonic() - t0:.1f}s"
-        assert cond_is(apiserver.get("LlmProxy", NS, "team-vertex"), "Programmed", "True")
+        # Both proxies (the Vertex one too: its route serves, and its provider's check is no
+        # reason to hold its status back).
+        waited = wait_until(lambda: all(cond_is(apiserver.get("LlmProxy", NS, p), "Programmed", "True")
+                                        for p in ("team-a", "team-vertex")), 10)
+        assert waited is not None, "the proxies never became Programmed=True"
+        assert time.monotonic() - t0 < 3.0, f"Programmed=True took {time.monotonic() - t0:.1f}s"
         assert cond_is(apiserver.get("LlmProvider", NS, "openai"), "CredentialsReady", "True", "KeyPresent")
         c = condition(apiserver.get("LlmProvider", NS, "vertex"), "CredentialsReady")
         assert c is not None and (c["status"], c["reason"]) == ("Unknown", "Pending"), c
