@@ -342,8 +342,11 @@ async fn forward_inner(
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         headers.insert("x-request-id", id);
     }
-    if guard.is_some() {
-        // The guard reads the answer: ask for it uncompressed.
+    // With access rules, a model list is filtered to what the caller may use.
+    let filter_models =
+        !policy.access.is_empty() && method == http::Method::GET && is_model_list(protocol, rest);
+    if guard.is_some() || filter_models {
+        // The guard (or the model-list filter) reads the answer: ask for it uncompressed.
         headers.insert(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
@@ -399,10 +402,87 @@ async fn forward_inner(
         Some(guard) => guarded::guard_response(out, guard, state.max_body_bytes).await,
         None => out,
     };
+    if filter_models {
+        out = filter_model_list(
+            out,
+            &policy.access,
+            &exchange.identity,
+            prefix,
+            state.max_body_bytes,
+        )
+        .await?;
+    }
     if !super::keepalive::comments_safe(protocol) {
         out.extensions_mut().insert(super::keepalive::NoKeepAlive);
     }
     Ok(out)
+}
+
+/// Whether `rest` is the provider's model list: `models` for the OpenAI family, `v1/models`
+/// for Anthropic (both answer `{"data": [{"id": …}, …], …}`).
+fn is_model_list(protocol: Protocol, rest: &str) -> bool {
+    let rest = rest.trim_end_matches('/');
+    match protocol {
+        Protocol::OpenAi => rest == "models",
+        Protocol::Anthropic => rest == "v1/models",
+        _ => false,
+    }
+}
+
+/// Keep in a model list's `data` only the models `identity` may use (`{prefix}:{id}` against
+/// `spec.access`). Other fields (Anthropic's paging cursors) stay; an error answer, or one that
+/// is not such a list, passes untouched. A list that cannot be read is refused rather than
+/// passed on unfiltered.
+async fn filter_model_list(
+    response: Response,
+    access: &[crate::policy::access::AccessRule],
+    identity: &str,
+    prefix: &str,
+    limit: usize,
+) -> Result<Response, ApiError> {
+    if !response.status().is_success() {
+        return Ok(response);
+    }
+    let invalid = |detail: String| ApiError::UpstreamInvalid {
+        prefix: prefix.to_owned(),
+        detail,
+    };
+    let encoded = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(invalid(
+            "the model list is compressed although the gateway asked for `accept-encoding: identity`; it cannot be filtered by the proxy's access rules".to_owned(),
+        ));
+    }
+    let (mut parts, body) = response.into_parts();
+    use http_body_util::BodyExt;
+    let bytes = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| invalid(format!("the model list could not be read: {e}")))?
+        .to_bytes();
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Ok(Response::from_parts(parts, Body::from(bytes)));
+    };
+    let Some(data) = value
+        .get_mut("data")
+        .and_then(serde_json::Value::as_array_mut)
+    else {
+        return Ok(Response::from_parts(parts, Body::from(bytes)));
+    };
+    data.retain(|m| {
+        m.get("id")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|id| {
+                crate::policy::access::permits_model(access, identity, &format!("{prefix}:{id}"))
+            })
+    });
+    let body = serde_json::to_vec(&value)
+        .map_err(|e| invalid(format!("the filtered model list could not be written: {e}")))?;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(parts, Body::from(body)))
 }
 
 #[cfg(test)]
@@ -516,6 +596,16 @@ mod tests {
         for (protocol, rest, want) in cases {
             assert_eq!(model_in_path(protocol, rest).as_deref(), want, "{rest}");
         }
+    }
+
+    #[test]
+    fn model_lists_are_known_per_protocol() {
+        assert!(is_model_list(Protocol::OpenAi, "models"));
+        assert!(is_model_list(Protocol::OpenAi, "models/"));
+        assert!(!is_model_list(Protocol::OpenAi, "models/gpt-5"));
+        assert!(is_model_list(Protocol::Anthropic, "v1/models"));
+        assert!(!is_model_list(Protocol::Anthropic, "models"));
+        assert!(!is_model_list(Protocol::Gemini, "v1beta/models"));
     }
 
     #[test]

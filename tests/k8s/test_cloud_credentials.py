@@ -4,11 +4,14 @@ GCE metadata server (`GCE_METADATA_HOST`, as on GKE) that works, or that is not 
 
 from __future__ import annotations
 
+import socket
+import time
+
 import openai
 
 from fakes.cloud import FakeMetadataServer, FakeVertex, TokenBook
 from harness import closed_port
-from objects import NS, cond_is, condition, proxy, wait_until
+from objects import NS, cond_is, condition, provider, proxy, secret, wait_until
 
 PROJECT, LOCATION = "test-proj", "us-central1"
 
@@ -26,8 +29,9 @@ def start(apiserver, start_kube_gateway, tmp_path, metadata_host: str, vertex: F
     gw = start_kube_gateway(env={"GCE_METADATA_HOST": metadata_host, "HOME": str(tmp_path)})
     apiserver.apply(vertex_provider(vertex.url))
     apiserver.apply(proxy("team-a", ("vertex",)))
-    assert wait_until(lambda: condition(apiserver.get("LlmProvider", NS, "vertex"), "CredentialsReady") is not None,
-                      15), f"no CredentialsReady condition\n{gw.log_tail()}"
+    # `Unknown` (Pending) while the check runs in the background, then its outcome.
+    assert wait_until(lambda: (condition(apiserver.get("LlmProvider", NS, "vertex"), "CredentialsReady") or {})
+                      .get("status") in ("True", "False"), 15), f"no CredentialsReady outcome\n{gw.log_tail()}"
     return gw, apiserver.get("LlmProvider", NS, "vertex")
 
 
@@ -69,4 +73,44 @@ def test_credentials_not_ready_when_no_token_can_be_obtained(apiserver, start_ku
             assert e.status_code == 502, e
         assert vertex.model_requests() == []
     finally:
+        vertex.stop()
+
+
+def test_a_hanging_identity_endpoint_delays_no_other_status(apiserver, start_kube_gateway, tmp_path, fake):
+    """A metadata server that accepts connections and never answers: the Vertex provider's
+    credential check hangs (up to its 15 s timeout), yet another proxy's `Programmed=True` is
+    written at once, and the hanging check's outcome still lands in the status when it ends."""
+    hang = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)  # the kernel completes the handshakes; nobody ever reads or answers
+    book = TokenBook()
+    vertex = FakeVertex(PROJECT, LOCATION, book).start()
+    try:
+        start_kube_gateway(env={"GCE_METADATA_HOST": f"127.0.0.1:{hang.getsockname()[1]}",
+                                "HOME": str(tmp_path)})
+        apiserver.apply(vertex_provider(vertex.url))
+        apiserver.apply(proxy("team-vertex", ("vertex",)))
+        # Let the writer start the Vertex check before the other proxy appears.
+        assert wait_until(lambda: condition(apiserver.get("LlmProvider", NS, "vertex"), "Accepted") is not None, 5), \
+            "no status written for the Vertex provider within 5 s: the pass waits on its credential check"
+        t0 = time.monotonic()
+        apiserver.apply(secret("openai-key", "sk-upstream-hang-test"))
+        apiserver.apply(provider("openai", fake.base_url))
+        apiserver.apply(proxy("team-a", ("openai",)))
+        # Both proxies (the Vertex one too: its route serves, and its provider's check is no
+        # reason to hold its status back).
+        waited = wait_until(lambda: all(cond_is(apiserver.get("LlmProxy", NS, p), "Programmed", "True")
+                                        for p in ("team-a", "team-vertex")), 10)
+        assert waited is not None, "the proxies never became Programmed=True"
+        assert time.monotonic() - t0 < 3.0, f"Programmed=True took {time.monotonic() - t0:.1f}s"
+        assert cond_is(apiserver.get("LlmProvider", NS, "openai"), "CredentialsReady", "True", "KeyPresent")
+        c = condition(apiserver.get("LlmProvider", NS, "vertex"), "CredentialsReady")
+        assert c is not None and (c["status"], c["reason"]) == ("Unknown", "Pending"), c
+        # The check keeps its timeout, and its failure is written when it ends.
+        assert wait_until(lambda: cond_is(apiserver.get("LlmProvider", NS, "vertex"), "CredentialsReady",
+                                          "False", "TokenExchangeFailed"), 25), \
+            condition(apiserver.get("LlmProvider", NS, "vertex"), "CredentialsReady")
+        assert book.minted() == []
+    finally:
+        hang.close()
         vertex.stop()

@@ -272,6 +272,42 @@ def test_access_rules_403_and_models_filtered_per_caller(model, start_gateway):
     assert 'portcullis_access_denials_total{proxy="ai.team-a",route="router"} 1' in metrics(gw)
 
 
+def test_native_model_lists_show_only_what_the_caller_may_use(model, start_gateway, tmp_path):
+    access = [{"identities": ["alice"], "models": ["openai:gpt-test", "anthropic:claude-test"]},
+              {"identities": ["bob"], "models": ["openai:*"]}]
+    gw = start_gateway(config(model, clientAuth=API_KEYS, access=access))
+
+    def openai_ids(key: str) -> list[str]:
+        client = openai.OpenAI(base_url=gw.native_base(prefix="openai"), api_key=key, max_retries=0, timeout=15)
+        return [m.id for m in client.models.list()]
+
+    def anthropic_ids(key: str) -> list[str]:
+        client = anthropic.Anthropic(base_url=gw.native_base(prefix="anthropic"), api_key=key, max_retries=0,
+                                     timeout=15)
+        return [m.id for m in client.models.list()]
+
+    assert openai_ids(ALICE_KEY) == ["gpt-test"]
+    assert openai_ids(BOB_KEY) == ["gpt-test", "gpt-test-mini", "o3-test"]
+    assert anthropic_ids(ALICE_KEY) == ["claude-test"]
+    with pytest.raises(anthropic.PermissionDeniedError):
+        anthropic_ids(BOB_KEY)
+    # The upstream got the provider's credential, never the caller's.
+    lists = model.calls("/v1/models")
+    assert len(lists) == 3, lists
+    for r in lists:
+        sent = " ".join(v for _, v in r.headers)
+        assert ALICE_KEY not in sent and BOB_KEY not in sent
+    assert {r.header("authorization") for r in lists if not r.header("anthropic-version")} == \
+        {f"Bearer {PROVIDER_KEY}"}
+    assert {r.header("x-api-key") for r in lists if r.header("anthropic-version")} == {ANTHROPIC_KEY}
+
+    # Without access rules, the lists pass through whole.
+    open_gw = start_gateway(config(model))
+    client = openai.OpenAI(base_url=open_gw.native_base(prefix="openai"), api_key="anyone", max_retries=0,
+                           timeout=15)
+    assert [m.id for m in client.models.list()] == ["gpt-test", "gpt-test-mini", "o3-test"]
+
+
 # --------------------------------------------------------------------------- guardrails
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("upstream", ["openai", "anthropic", "openai-native"])

@@ -3,6 +3,11 @@
 //! server-side apply to the `status` subresource only when it differs from what the API
 //! server holds. New failures also become Kubernetes Events (rate-limited per object and
 //! reason).
+//!
+//! Credential checks (a token from a metadata server, STS, Entra) run in the background, each
+//! under its own timeout: a pass writes the last known credential state, so one slow identity
+//! endpoint never delays any other status (`Programmed` included). A finished check triggers
+//! a new pass at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +18,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use super::World;
 use super::status::{self, CredentialState, ModelsState};
@@ -80,6 +86,55 @@ impl Kept for LlmProxy {
     }
 }
 
+/// The last known state of each credential (by the upstream's `catalog_key`), and whether a
+/// check of it is under way.
+#[derive(Default)]
+struct Credentials {
+    /// catalog key → (last known state, when it was last checked; `None` before the first).
+    known: HashMap<u64, (CredentialState, Option<Instant>)>,
+    /// Checks under way; each answers its catalog key and the new state.
+    running: JoinSet<(u64, CredentialState)>,
+    /// Catalog keys with a check under way.
+    in_flight: std::collections::HashSet<u64>,
+}
+
+impl Credentials {
+    /// The state to write now; starts a background check when none was made yet or the last
+    /// one is older than [`RECHECK`]. A configured credential (a key, or none) asks nobody,
+    /// so its state is known at once.
+    async fn state(&mut self, upstream: &Upstream) -> CredentialState {
+        let key = upstream.catalog_key;
+        if !upstream.credential.mints() {
+            return check(&upstream.credential).await;
+        }
+        let (state, at) = self
+            .known
+            .entry(key)
+            .or_insert((CredentialState::Unchecked, None));
+        let due = at.is_none_or(|at| at.elapsed() >= RECHECK);
+        let state = state.clone();
+        if due && self.in_flight.insert(key) {
+            let credential = upstream.credential.clone();
+            self.running
+                .spawn(async move { (key, check(&credential).await) });
+        }
+        state
+    }
+
+    /// Record a finished check (ignored when its provider is gone meanwhile).
+    fn finished(&mut self, result: Result<(u64, CredentialState), tokio::task::JoinError>) {
+        let Ok((key, state)) = result else {
+            // A panicked or aborted check: the next pass starts another.
+            self.in_flight.clear();
+            return;
+        };
+        self.in_flight.remove(&key);
+        if let Some(entry) = self.known.get_mut(&key) {
+            *entry = (state, Some(Instant::now()));
+        }
+    }
+}
+
 /// Writes already made whose echo the watch has not brought back yet.
 #[derive(Default)]
 struct Written {
@@ -95,12 +150,15 @@ impl Writer {
         mut leader: watch::Receiver<bool>,
     ) {
         let mut written = Written::default();
-        let mut credentials: HashMap<u64, (CredentialState, Instant)> = HashMap::new();
+        let mut credentials = Credentials::default();
         let mut events: HashMap<(ObjectKey, String), Instant> = HashMap::new();
         loop {
             tokio::select! {
                 r = world.changed() => if r.is_err() { return },
                 r = leader.changed() => if r.is_err() { return },
+                Some(r) = credentials.running.join_next(), if !credentials.running.is_empty() => {
+                    credentials.finished(r);
+                }
                 () = tokio::time::sleep(TICK) => {}
             }
             if !*leader.borrow_and_update() {
@@ -120,7 +178,7 @@ impl Writer {
         &self,
         world: &World,
         written: &mut Written,
-        credentials: &mut HashMap<u64, (CredentialState, Instant)>,
+        credentials: &mut Credentials,
         events: &mut HashMap<(ObjectKey, String), Instant>,
     ) {
         let now = status::now();
@@ -128,7 +186,7 @@ impl Writer {
             Kind::Provider => world.index.providers().contains_key(key),
             Kind::Proxy => world.index.proxies().contains_key(key),
         });
-        credentials.retain(|k, _| {
+        credentials.known.retain(|k, _| {
             world
                 .compiled
                 .providers
@@ -139,7 +197,7 @@ impl Writer {
             let problems: Vec<_> = world.compiled.problems_of("LlmProvider", key).collect();
             let upstream = world.compiled.providers.get(key);
             let credential = match upstream {
-                Some(u) => credential_state(u, credentials).await,
+                Some(u) => credentials.state(u).await,
                 None => CredentialState::Unchecked,
             };
             let models = upstream.map_or(ModelsState::NotInUse, |u| self.models_state(u));
@@ -293,22 +351,8 @@ impl Writer {
     }
 }
 
-/// The credential's state, checked again every few minutes (a static key is merely present:
-/// whether the upstream accepts it shows in `ModelsDiscovered`).
-async fn credential_state(
-    upstream: &Upstream,
-    cache: &mut HashMap<u64, (CredentialState, Instant)>,
-) -> CredentialState {
-    if let Some((state, at)) = cache.get(&upstream.catalog_key)
-        && at.elapsed() < RECHECK
-    {
-        return state.clone();
-    }
-    let state = check(&upstream.credential).await;
-    cache.insert(upstream.catalog_key, (state.clone(), Instant::now()));
-    state
-}
-
+/// Check a credential (a static key is merely present: whether the upstream accepts it shows
+/// in `ModelsDiscovered`), giving up after 15 s.
 async fn check(credential: &Credential) -> CredentialState {
     match tokio::time::timeout(Duration::from_secs(15), credential.check()).await {
         Err(_) => CredentialState::Failed {

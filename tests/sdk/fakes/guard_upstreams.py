@@ -129,6 +129,9 @@ class AgentModel(_Server):
         self.text = "I will take care of that."
         self.pause_in_arguments = 0.0
         self.streams_finished = 0
+        # What `GET /v1/models` lists (more than the gateway's providers configure).
+        self.openai_models = ["gpt-test", "gpt-test-mini", "o3-test"]
+        self.anthropic_models = ["claude-test", "claude-other"]
 
     def calls(self, path: str) -> list[Recorded]:
         with self.lock:
@@ -144,6 +147,17 @@ class AgentModel(_Server):
             (self._openai_stream if payload.get("stream") else self._openai)(h, payload)
         elif req.path == "/v1/messages":
             (self._anthropic_stream if payload.get("stream") else self._anthropic)(h, payload)
+        elif req.path == "/v1/models" and req.header("anthropic-version"):
+            # Anthropic's Models API (`GET /v1/models`), as its reference documents it.
+            models = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-05-14T00:00:00Z"}
+                      for m in self.anthropic_models]
+            self.send_json(h, 200, {"data": models, "has_more": False,
+                                    "first_id": models[0]["id"], "last_id": models[-1]["id"]})
+        elif req.path == "/v1/models":
+            # OpenAI's `GET /v1/models`.
+            self.send_json(h, 200, {"object": "list", "data": [
+                {"id": m, "object": "model", "created": 1686935002, "owned_by": "system"}
+                for m in self.openai_models]})
         elif req.path.startswith("/v1beta/models/") and ":" in req.path:
             model, method = req.path[len("/v1beta/models/"):].split(":", 1)
             if method == "streamGenerateContent":
