@@ -245,6 +245,28 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     what: &str,
 ) -> Result<T, String> {
     let url = list_url(upstream, path, query)?;
+    fetch_json(
+        client,
+        upstream,
+        url.as_str(),
+        &upstream.url(path),
+        extra,
+        what,
+    )
+    .await
+}
+
+/// `GET url` with the upstream's extra headers, `extra` and its credential (signed, for
+/// SigV4); the body as JSON of type `T`. Error messages name `shown` (the URL without its
+/// query), never the query.
+async fn fetch_json<T: serde::de::DeserializeOwned>(
+    client: &reqwest::Client,
+    upstream: &Upstream,
+    url: &str,
+    shown: &str,
+    extra: &[(&'static str, &'static str)],
+    what: &str,
+) -> Result<T, String> {
     let mut headers = http::HeaderMap::new();
     for (name, value) in &upstream.extra_headers {
         headers.insert(name.clone(), value.clone());
@@ -252,10 +274,9 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     for (name, value) in extra {
         headers.insert(*name, http::HeaderValue::from_static(value));
     }
-    let shown = upstream.url(path);
     let out = crate::credentials::Outgoing {
         method: &http::Method::GET,
-        url: url.as_str(),
+        url,
         headers: &mut headers,
         body: Some(b""),
     };
@@ -265,7 +286,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         .await
         .map_err(|e| e.to_string())?;
     let request = client
-        .get(url.as_str())
+        .get(url)
         .headers(headers)
         .timeout(upstream.timeout.min(Duration::from_secs(30)))
         .send();
@@ -610,41 +631,15 @@ pub async fn fetch_bedrock_profiles(
             url.push_str("&nextToken=");
             url.push_str(&percent_encoding::utf8_percent_encode(t, UNRESERVED).to_string());
         }
-        let mut headers = http::HeaderMap::new();
-        let out = crate::credentials::Outgoing {
-            method: &http::Method::GET,
-            url: &url,
-            headers: &mut headers,
-            body: Some(b""),
-        };
-        upstream
-            .credential
-            .apply(out)
-            .await
-            .map_err(|e| e.to_string())?;
-        let response = client
-            .get(&url)
-            .headers(headers)
-            .timeout(upstream.timeout.min(Duration::from_secs(30)))
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_timeout() {
-                    "ListInferenceProfiles timed out".to_owned()
-                } else {
-                    format!("could not reach {base}: connection failed")
-                }
-            })?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(format!("GET {base} answered {status}"));
-        }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|_| "the inference profile list was cut off".to_owned())?;
-        let page: InferenceProfiles = serde_json::from_slice(&body)
-            .map_err(|e| format!("the answer is not a ListInferenceProfiles response: {e}"))?;
+        let page: InferenceProfiles = fetch_json(
+            client,
+            upstream,
+            &url,
+            &base,
+            &[],
+            "ListInferenceProfiles response",
+        )
+        .await?;
         for profile in page.inference_profile_summaries {
             let active = profile
                 .status
