@@ -142,7 +142,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
     };
     let traces = match otel::wanted() {
         Ok(false) => None,
-        Ok(true) => match otel::pipeline(runtime.handle().clone()) {
+        Ok(true) => match otel::pipeline(runtime.handle().clone(), args.extra_ca_certs.as_deref()) {
             Ok(pipeline) => Some(pipeline),
             Err(e) => return fail(&format!("cannot start the OTLP trace exporter: {e:#}")),
         },

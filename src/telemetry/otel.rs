@@ -82,6 +82,7 @@ pub fn wanted() -> Result<bool, String> {
 struct Client {
     client: reqwest::Client,
     runtime: tokio::runtime::Handle,
+    timeout: std::time::Duration,
 }
 
 #[async_trait::async_trait]
@@ -91,11 +92,13 @@ impl opentelemetry_http::HttpClient for Client {
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
         let client = self.client.clone();
+        let timeout = self.timeout;
         let task = self.runtime.spawn(async move {
             let (parts, body) = request.into_parts();
             let response = client
                 .request(parts.method, parts.uri.to_string())
                 .headers(parts.headers)
+                .timeout(timeout)
                 .body(body)
                 .send()
                 .await?;
@@ -123,18 +126,27 @@ impl Pipeline {
     }
 }
 
-/// Build the exporter and the tracer provider (spans are batched, exported over
-/// OTLP/HTTP on `runtime`). Call [`enabled`] afterwards only through [`layer`].
-pub fn pipeline(runtime: tokio::runtime::Handle) -> anyhow::Result<Pipeline> {
+/// Build the exporter and the tracer provider: spans are batched and exported over
+/// OTLP/HTTP by the gateway's HTTP stack (trusting `extra_ca_certs` too) on `runtime`, each
+/// export bounded by `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT` (milliseconds, default 10 s).
+pub fn pipeline(
+    runtime: tokio::runtime::Handle,
+    extra_ca_certs: Option<&std::path::Path>,
+) -> anyhow::Result<Pipeline> {
     use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()?;
+    let timeout = env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+        .or_else(|| env("OTEL_EXPORTER_OTLP_TIMEOUT"))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(std::time::Duration::from_secs(10), std::time::Duration::from_millis);
+    let client = Client {
+        client: crate::server::http_client(extra_ca_certs)?,
+        runtime,
+        timeout,
+    };
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-        .with_http_client(Client { client, runtime })
+        .with_http_client(client)
         .build()?;
     let mut resource = opentelemetry_sdk::Resource::builder();
     let named = env("OTEL_SERVICE_NAME").is_some()
