@@ -373,3 +373,31 @@ def test_an_unsupported_protocol_is_refused_at_startup(fake, start_gateway, monk
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     with pytest.raises(AssertionError, match="http/protobuf"):
         start_gateway(standard_config(fake.base_url))
+
+
+def test_guardrail_decisions_are_span_events(otel_env, start_gateway):
+    from fakes.guard_upstreams import AgentModel
+    from test_security import API_KEYS, EMAIL_CALL, OPENAI_TOOLS, TOOLS, config, openai_conversation
+
+    model = AgentModel().start()
+    try:
+        gw = start_gateway(config(model, tools=TOOLS, clientAuth=API_KEYS))
+        model.tool_call = EMAIL_CALL
+        traceparent, trace_id, _ = new_traceparent()
+        client = openai.OpenAI(base_url=gw.router_base(), api_key=CLIENT_KEY, max_retries=0, timeout=20)
+        out = client.chat.completions.create(
+            model="openai:gpt-test", messages=openai_conversation(untrusted=True), tools=OPENAI_TOOLS,
+            extra_headers={"traceparent": traceparent})
+        assert not out.choices[0].message.tool_calls, "the exfiltration call was not blocked"
+    finally:
+        model.stop()
+    server = one(otel_env.trace(trace_id, 2), SERVER)
+    events = [(e.name, attributes(e.attributes)) for e in server.events]
+    assert ("portcullis.guardrail", {
+        "portcullis.guardrail.tool": "send_email",
+        "portcullis.guardrail.action": "block",
+        "portcullis.guardrail.rule": "no-exfiltration",
+        "portcullis.guardrail.reason": events[0][1].get("portcullis.guardrail.reason"),
+    }) in events, events
+    assert events[0][1]["portcullis.guardrail.reason"], "a block says why"
+    assert attributes(server.attributes)["portcullis.identity"] == "team-a-app"
