@@ -142,10 +142,12 @@ fn run_serve(args: ServeArgs) -> ExitCode {
     };
     let traces = match otel::wanted() {
         Ok(false) => None,
-        Ok(true) => match otel::pipeline(runtime.handle().clone(), args.extra_ca_certs.as_deref()) {
-            Ok(pipeline) => Some(pipeline),
-            Err(e) => return fail(&format!("cannot start the OTLP trace exporter: {e:#}")),
-        },
+        Ok(true) => {
+            match otel::pipeline(runtime.handle().clone(), args.extra_ca_certs.as_deref()) {
+                Ok(pipeline) => Some(pipeline),
+                Err(e) => return fail(&format!("cannot start the OTLP trace exporter: {e:#}")),
+            }
+        }
         Err(e) => return fail(&e),
     };
     init_logging(args.log_format, traces.as_ref());

@@ -104,7 +104,7 @@ pub struct Exchange {
 
 impl Exchange {
     /// A chunk of the answer goes to the client.
-    fn on_chunk(&mut self, chunk: &[u8], streamed: bool) {
+    fn on_chunk(&mut self, chunk: &bytes::Bytes, streamed: bool) {
         if streamed && self.ttft.is_none() {
             self.ttft = Some(self.started.elapsed());
         }
@@ -115,14 +115,9 @@ impl Exchange {
 
     /// The GenAI histograms and the server span, when the request ends.
     fn genai(&mut self, took: Duration) {
-        let operation = match self.route {
-            "router" => crate::telemetry::genai::operation(&self.method, "chat/completions")
-                .filter(|_| self.path.ends_with("/chat/completions")),
-            _ => {
-                let rest = self.path.splitn(5, '/').nth(4).unwrap_or_default();
-                crate::telemetry::genai::operation(&self.method, rest)
-            }
-        };
+        // The path after `/v1/{prefix}/{proxy}/`.
+        let rest = self.path.splitn(5, '/').nth(4).unwrap_or_default();
+        let operation = crate::telemetry::genai::operation(&self.method, rest);
         let data = self.audit.try_lock();
         let empty = crate::policy::audit::Data::default();
         let data = data.as_deref().unwrap_or(&empty);

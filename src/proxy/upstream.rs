@@ -57,6 +57,7 @@ pub async fn send(
     }
     let span = crate::telemetry::otel::client_span(
         crate::telemetry::otel::provider_name(upstream.provider_type),
+        &upstream.base_url,
         &method,
         url,
         body.as_bytes(),

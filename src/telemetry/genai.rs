@@ -208,8 +208,9 @@ fn has_string(data: &str, key: &str) -> bool {
 /// Reads [`ResponseMeta`] from a response body as it passes, chunk by chunk.
 #[derive(Debug)]
 pub enum ResponseTap {
-    /// A JSON answer, held until its end (up to [`MAX_JSON_BYTES`]).
-    Json(Vec<u8>),
+    /// A JSON answer's chunks (shared, not copied), held until its end (up to
+    /// [`MAX_JSON_BYTES`] in all).
+    Json(Vec<bytes::Bytes>, usize),
     /// An SSE stream: the partial line, and what was read so far.
     Sse {
         /// Bytes of the current line.
@@ -231,7 +232,7 @@ impl ResponseTap {
             .map(str::trim)
             .unwrap_or_default();
         if essence.eq_ignore_ascii_case("application/json") {
-            Self::Json(Vec::new())
+            Self::Json(Vec::new(), 0)
         } else if essence.eq_ignore_ascii_case("text/event-stream") {
             Self::Sse {
                 line: Vec::new(),
@@ -244,13 +245,14 @@ impl ResponseTap {
     }
 
     /// Read a chunk.
-    pub fn push(&mut self, chunk: &[u8]) {
+    pub fn push(&mut self, chunk: &bytes::Bytes) {
         match self {
-            Self::Json(held) => {
-                if held.len() + chunk.len() > MAX_JSON_BYTES {
+            Self::Json(held, size) => {
+                *size += chunk.len();
+                if *size > MAX_JSON_BYTES {
                     *self = Self::Off;
                 } else {
-                    held.extend_from_slice(chunk);
+                    held.push(chunk.clone());
                 }
             }
             Self::Sse {
@@ -258,7 +260,7 @@ impl ResponseTap {
                 skipping,
                 meta,
             } => {
-                let mut rest = chunk;
+                let mut rest = &chunk[..];
                 while let Some(end) = rest.iter().position(|&b| b == b'\n') {
                     if !*skipping {
                         line.extend_from_slice(&rest[..end]);
@@ -284,9 +286,13 @@ impl ResponseTap {
     /// What the answer said.
     pub fn finish(self) -> ResponseMeta {
         match self {
-            Self::Json(held) => {
+            Self::Json(held, _) => {
+                let whole = match held.as_slice() {
+                    [one] => one.clone(),
+                    _ => held.concat().into(),
+                };
                 let mut meta = ResponseMeta::default();
-                if let Ok(answer) = serde_json::from_slice::<Answer>(&held) {
+                if let Ok(answer) = serde_json::from_slice::<Answer>(&whole) {
                     meta.absorb(answer);
                 }
                 meta
@@ -376,23 +382,25 @@ mod tests {
     fn json_answers() {
         let mut tap = ResponseTap::new(Some("application/json; charset=utf-8"));
         let body = br#"{"id":"chatcmpl-1","model":"gpt-x","choices":[{"finish_reason":"stop"},{"finish_reason":"length"}]}"#;
-        tap.push(&body[..10]);
-        tap.push(&body[10..]);
+        tap.push(&bytes::Bytes::copy_from_slice(&body[..10]));
+        tap.push(&bytes::Bytes::copy_from_slice(&body[10..]));
         let meta = tap.finish();
         assert_eq!(meta.id.as_deref(), Some("chatcmpl-1"));
         assert_eq!(meta.model.as_deref(), Some("gpt-x"));
         assert_eq!(meta.finish_reasons, ["stop", "length"]);
 
         let mut tap = ResponseTap::new(Some("application/json"));
-        tap.push(br#"{"id":"msg_1","model":"claude","stop_reason":"end_turn"}"#);
+        tap.push(&bytes::Bytes::copy_from_slice(
+            br#"{"id":"msg_1","model":"claude","stop_reason":"end_turn"}"#,
+        ));
         assert_eq!(tap.finish().finish_reasons, ["end_turn"]);
     }
 
     #[test]
     fn big_json_answers_are_not_held() {
         let mut tap = ResponseTap::new(Some("application/json"));
-        tap.push(&vec![b' '; MAX_JSON_BYTES]);
-        tap.push(b"{}");
+        tap.push(&bytes::Bytes::copy_from_slice(&vec![b' '; MAX_JSON_BYTES]));
+        tap.push(&bytes::Bytes::copy_from_slice(b"{}"));
         assert!(matches!(tap, ResponseTap::Off));
     }
 
@@ -406,7 +414,7 @@ mod tests {
             "data: [DONE]\n\n"
         );
         for chunk in stream.as_bytes().chunks(7) {
-            tap.push(chunk);
+            tap.push(&bytes::Bytes::copy_from_slice(chunk));
         }
         let meta = tap.finish();
         assert_eq!(meta.id.as_deref(), Some("c1"));
@@ -417,8 +425,8 @@ mod tests {
     #[test]
     fn anthropic_streams() {
         let mut tap = ResponseTap::new(Some("text/event-stream"));
-        tap.push(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude\",\"stop_reason\":null}}\n\n");
-        tap.push(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}\n\n");
+        tap.push(&bytes::Bytes::copy_from_slice(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude\",\"stop_reason\":null}}\n\n"));
+        tap.push(&bytes::Bytes::copy_from_slice(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"}}\n\n"));
         let meta = tap.finish();
         assert_eq!(meta.id.as_deref(), Some("msg_1"));
         assert_eq!(meta.finish_reasons, ["tool_use"]);
@@ -427,9 +435,11 @@ mod tests {
     #[test]
     fn long_lines_are_skipped() {
         let mut tap = ResponseTap::new(Some("text/event-stream"));
-        tap.push(b"data: {\"id\":\"");
-        tap.push(&vec![b'x'; MAX_LINE_BYTES]);
-        tap.push(b"\"}\n\ndata: {\"id\":\"c2\"}\n\n");
+        tap.push(&bytes::Bytes::copy_from_slice(b"data: {\"id\":\""));
+        tap.push(&bytes::Bytes::copy_from_slice(&vec![b'x'; MAX_LINE_BYTES]));
+        tap.push(&bytes::Bytes::copy_from_slice(
+            b"\"}\n\ndata: {\"id\":\"c2\"}\n\n",
+        ));
         assert_eq!(tap.finish().id.as_deref(), Some("c2"));
     }
 

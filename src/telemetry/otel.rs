@@ -137,7 +137,10 @@ pub fn pipeline(
     let timeout = env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
         .or_else(|| env("OTEL_EXPORTER_OTLP_TIMEOUT"))
         .and_then(|v| v.parse::<u64>().ok())
-        .map_or(std::time::Duration::from_secs(10), std::time::Duration::from_millis);
+        .map_or(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_millis,
+        );
     let client = Client {
         client: crate::server::http_client(extra_ca_certs)?,
         runtime,
@@ -278,6 +281,7 @@ impl Trace {
 /// traced request nothing happens.
 pub fn client_span(
     provider: &'static str,
+    base_url: &url::Url,
     method: &http::Method,
     url: &str,
     body: Option<&[u8]>,
@@ -296,25 +300,25 @@ pub fn client_span(
             let params = body
                 .map(super::genai::RequestParams::read)
                 .unwrap_or_default();
-            otel.update_name(method.as_str().to_owned());
-            let mut a = vec![
-                KeyValue::new("http.request.method", method.as_str().to_owned()),
-                KeyValue::new("gen_ai.provider.name", provider),
-            ];
+            otel.update_name(method_name(method));
+            let mut a = Vec::with_capacity(8);
+            a.push(KeyValue::new(
+                "http.request.method",
+                opentelemetry::Value::String(method_name(method).into()),
+            ));
+            a.push(KeyValue::new("gen_ai.provider.name", provider));
             params.attributes(&mut a);
-            if let Ok(url) = url::Url::parse(url) {
-                if let Some(host) = url.host_str() {
-                    a.push(KeyValue::new("server.address", host.to_owned()));
-                }
-                if let Some(port) = url.port_or_known_default() {
-                    a.push(KeyValue::new("server.port", i64::from(port)));
-                }
-                // Scheme, host and path only: a query may carry a key.
-                a.push(KeyValue::new(
-                    "url.full",
-                    format!("{}{}", &url[..url::Position::BeforePath], url.path()),
-                ));
+            // The upstream URL is the provider's base URL and a path: its host and port are
+            // the base URL's (parsed once, at configuration time).
+            if let Some(host) = base_url.host_str() {
+                a.push(KeyValue::new("server.address", host.to_owned()));
             }
+            if let Some(port) = base_url.port_or_known_default() {
+                a.push(KeyValue::new("server.port", i64::from(port)));
+            }
+            // Scheme, host and path only: a query may carry a key.
+            let path_end = url.find(['?', '#']).unwrap_or(url.len());
+            a.push(KeyValue::new("url.full", url[..path_end].to_owned()));
             otel.set_attributes(a);
             if let Ok(mut last) = attempt.try_lock() {
                 *last = Attempt {
@@ -328,6 +332,15 @@ pub fn client_span(
         return Span::none();
     };
     span
+}
+
+/// A method's name without allocating for the common ones.
+fn method_name(method: &http::Method) -> std::borrow::Cow<'static, str> {
+    match *method {
+        http::Method::POST => "POST".into(),
+        http::Method::GET => "GET".into(),
+        _ => method.as_str().to_owned().into(),
+    }
 }
 
 /// Record the upstream's answer (status) or failure (`error.type`) on a client span.
@@ -365,7 +378,7 @@ pub struct Summary<'a> {
     /// Caller identity.
     pub identity: &'a str,
     /// `router` or `native`.
-    pub route: &'a str,
+    pub route: &'static str,
     /// Provider prefix.
     pub prefix: &'a str,
     /// HTTP status returned.
@@ -450,10 +463,10 @@ pub fn finish_server(span: &Span, s: &Summary<'_>) {
     if s.status >= 500 || s.status == 0 {
         otel.set_status(Status::error(""));
     }
+    a.push(KeyValue::new("portcullis.route", s.route));
     for (key, value) in [
         ("portcullis.proxy", s.proxy),
         ("portcullis.identity", s.identity),
-        ("portcullis.route", s.route),
         ("portcullis.provider", s.prefix),
     ] {
         if !value.is_empty() {
@@ -528,8 +541,10 @@ mod tests {
         assert!(!enabled());
         assert!(Trace::start(&HeaderMap::new()).is_none());
         let mut headers = HeaderMap::new();
+        let base = url::Url::parse("http://x/v1").unwrap_or_else(|e| panic!("{e}"));
         let span = client_span(
             "openai",
+            &base,
             &http::Method::POST,
             "http://x/v1",
             None,
