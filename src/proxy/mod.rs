@@ -290,7 +290,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let streamed = ok && crate::telemetry::genai::is_stream(content_type);
-    if ok && trace.is_some() {
+    if ok && trace.as_ref().is_some_and(Trace::recording) {
         exchange.tap = Some(ResponseTap::new(content_type));
     }
     exchange.trace = trace;

@@ -267,6 +267,11 @@ impl Trace {
             .await
     }
 
+    /// Whether the server span is sampled (only then is the answer read for it).
+    pub fn recording(&self) -> bool {
+        recording(&self.span).is_some()
+    }
+
     /// What the last upstream attempt knew.
     pub fn attempt(&self) -> Attempt {
         self.attempts
