@@ -236,6 +236,11 @@ async fn forward_inner(
                 "path segment `{segment}` is percent-encoded where the gateway expects fixed text; send it unencoded"
             )));
         }
+        Err(Mismatch::BadModel(model)) => {
+            return Err(ApiError::InvalidPath(format!(
+                "`{model}` is not a model ID (letters, digits, `.`, `_`, `-`, `:`, `/`, `@`)"
+            )));
+        }
         Err(Mismatch::Unknown) => None,
     };
     let Some(matched) = matched else {
