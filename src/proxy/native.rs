@@ -367,7 +367,7 @@ impl Relay<'_> {
         if format == Format::Anthropic && !headers.contains_key("anthropic-version") {
             headers.insert(
                 "anthropic-version",
-                HeaderValue::from_static(super::translated::ANTHROPIC_VERSION),
+                HeaderValue::from_static(crate::formats::anthropic::ANTHROPIC_VERSION),
             );
         }
         if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
