@@ -170,6 +170,8 @@ pub struct Sink {
     cell: audit::Cell,
     metrics: Arc<crate::telemetry::Metrics>,
     proxy: String,
+    /// The provider prefix, for error messages (the proxy ID until the route is known).
+    provider: String,
     /// `false` when only usage is read (a proxy without `spec.tools` makes no decisions).
     decisions: bool,
 }
@@ -181,6 +183,11 @@ impl Sink {
             cell: exchange.audit.clone(),
             metrics: state.metrics.clone(),
             proxy: exchange.proxy.clone(),
+            provider: if exchange.provider.is_empty() {
+                exchange.proxy.clone()
+            } else {
+                exchange.provider.clone()
+            },
             decisions: true,
         }
     }
@@ -325,6 +332,16 @@ fn is_json(response: &Response) -> bool {
         .is_some_and(|v| v.contains("json"))
 }
 
+/// The refusal of an answer the guardrails cannot read, in the route's shape (502
+/// `upstream_invalid_response`): never passed on unguarded.
+fn unreadable(guard: &Guard, detail: String) -> Response {
+    ApiError::UpstreamInvalid {
+        prefix: guard.sink.provider.clone(),
+        detail,
+    }
+    .into_response_for(guard.format)
+}
+
 /// Apply the guardrails to an answer (a successful one; errors pass as they are).
 pub async fn guard_response(response: Response, guard: Guard, limit: usize) -> Response {
     if !response.status().is_success() {
@@ -337,10 +354,10 @@ pub async fn guard_response(response: Response, guard: Guard, limit: usize) -> R
     if encoded {
         // The gateway asked for an uncompressed answer; one it cannot read is not passed
         // on unguarded.
-        return axum::response::IntoResponse::into_response(ApiError::UpstreamInvalid {
-            prefix: guard.sink.proxy.clone(),
-            detail: "the answer is compressed although the gateway asked for `accept-encoding: identity`; tool-call guardrails cannot inspect it".to_owned(),
-        });
+        return unreadable(
+            &guard,
+            "the answer is compressed although the gateway asked for `accept-encoding: identity`; tool-call guardrails cannot inspect it".to_owned(),
+        );
     }
     if is_sse(&response) {
         return guard_stream(response, guard);
@@ -355,42 +372,30 @@ pub async fn guard_response(response: Response, guard: Guard, limit: usize) -> R
         .await
     {
         Ok(c) => c.to_bytes(),
-        Err(e) => {
-            let err = ApiError::UpstreamInvalid {
-                prefix: String::new(),
-                detail: format!("the answer could not be read: {e}"),
-            };
-            return axum::response::IntoResponse::into_response(err);
-        }
+        Err(e) => return unreadable(&guard, format!("the answer could not be read: {e}")),
     };
-    let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
-        return Response::from_parts(parts, Body::from(bytes));
+    let mut value = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(value) => value,
+        Err(e) => {
+            return unreadable(
+                &guard,
+                format!(
+                    "the answer is not JSON the tool-call guardrails can read ({e}; JSON nested deeper than 128 levels is refused)"
+                ),
+            );
+        }
     };
     let mut usage = Usage::default();
-    let mut decisions = Vec::new();
-    match &mut value {
+    match &value {
         // Gemini's non-SSE streamGenerateContent answers a JSON array of responses.
-        Value::Array(items) => {
-            for item in items {
-                usage.read(guard.format, item);
-                decisions.extend(guardrails::guard_json(
-                    guard.format,
-                    &guard.policy,
-                    &guard.trust,
-                    item,
-                ));
-            }
-        }
-        item => {
-            usage.read(guard.format, item);
-            decisions.extend(guardrails::guard_json(
-                guard.format,
-                &guard.policy,
-                &guard.trust,
-                item,
-            ));
-        }
+        Value::Array(items) => items.iter().for_each(|item| usage.read(guard.format, item)),
+        item => usage.read(guard.format, item),
     }
+    let decisions =
+        match guardrails::guard_json(guard.format, &guard.policy, &guard.trust, &mut value) {
+            Ok(decisions) => decisions,
+            Err(fault) => return unreadable(&guard, fault.0),
+        };
     let changed = decisions.iter().any(Decision::blocked);
     guard.sink.record(decisions, Some(usage));
     if !changed {
@@ -431,7 +436,7 @@ fn guard_stream(response: Response, guard: Guard) -> Response {
             if st.done {
                 return None;
             }
-            let (out, err) = match st.body.next().await {
+            let (out, mut err) = match st.body.next().await {
                 Some(Ok(bytes)) => (st.guard.push(&bytes), None),
                 Some(Err(e)) => {
                     st.done = true;
@@ -442,6 +447,11 @@ fn guard_stream(response: Response, guard: Guard) -> Response {
                     (st.guard.finish(), None)
                 }
             };
+            if st.guard.failed() {
+                // The guard ended the stream with an error event: read no more upstream.
+                st.done = true;
+                err = None;
+            }
             let decisions = st.guard.take_decisions();
             let usage = st.guard.usage;
             if !decisions.is_empty() || st.done {
