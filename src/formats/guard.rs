@@ -67,10 +67,13 @@ impl Decision {
 
     /// The text the client receives instead of a blocked call.
     pub fn refusal(&self) -> String {
+        let reason = self.reason.as_deref().unwrap_or("blocked by policy");
+        if self.tool.is_empty() {
+            return format!("[portcullis] A tool call was blocked: {reason}.");
+        }
         format!(
-            "[portcullis] The call to tool `{}` was blocked: {}.",
-            self.tool,
-            self.reason.as_deref().unwrap_or("blocked by policy")
+            "[portcullis] The call to tool `{}` was blocked: {reason}.",
+            self.tool
         )
     }
 

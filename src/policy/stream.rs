@@ -603,4 +603,93 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn held_arguments_over_the_cap_end_the_stream() {
+        let mut g = guard(Format::OpenAi, untrusted());
+        let events = openai_tool_stream("send_email", &[]);
+        let mut out = Vec::new();
+        for e in &events[..3] {
+            out.extend(g.push(e.as_bytes()));
+        }
+        let piece = "x".repeat(1 << 20);
+        let delta = format!(
+            "data: {}\n\n",
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}}]})
+        );
+        for _ in 0..5 {
+            out.extend(g.push(delta.as_bytes()));
+        }
+        assert!(g.failed());
+        assert!(!g.holding());
+        // Nothing after the error event, and the held call never reaches the client.
+        assert!(g.push(events[3].as_bytes()).is_empty());
+        assert!(g.finish().is_empty());
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains("send_email") && !text.contains("xxxx"));
+        let last = sse_datas(&out).pop().unwrap_or_default();
+        assert_eq!(last["error"]["code"], "upstream_invalid_response", "{last}");
+        assert!(
+            last["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("limit of 4194304 bytes")
+        );
+    }
+
+    #[test]
+    fn an_endless_event_ends_the_stream_with_an_error_in_the_format_shape() {
+        let mut g = guard(Format::Anthropic, untrusted());
+        let chunk = vec![b'a'; 1 << 20];
+        let mut out = g.push(b"event: content_block_delta\ndata: {\"x\":\"");
+        for _ in 0..9 {
+            out.extend(g.push(&chunk));
+        }
+        assert!(g.failed());
+        let text = String::from_utf8_lossy(&out).to_string();
+        assert!(
+            text.starts_with("event: error\ndata: "),
+            "{}",
+            &text[..80.min(text.len())]
+        );
+        let data = sse_datas(&out).pop().unwrap_or_default();
+        assert_eq!(data["type"], "error");
+        assert!(
+            data["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("exceeds the guardrails' limit")
+        );
+    }
+
+    #[test]
+    fn unreadable_events_end_the_stream_instead_of_passing_raw() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for (format, event) in [
+            (Format::OpenAi, format!("data: {{\"choices\":{deep}}}\n\n")),
+            (
+                Format::Gemini,
+                "data: {\"candidates\":[{\"content\"\n\n".to_owned(),
+            ),
+            (
+                Format::Cohere,
+                "event: tool-call-start\ndata: [1]\n\n".to_owned(),
+            ),
+        ] {
+            let mut g = guard(format, untrusted());
+            let out = g.push(event.as_bytes());
+            assert!(g.failed(), "{format:?}");
+            let text = String::from_utf8_lossy(&out);
+            assert!(
+                !text.contains("[[[") && !text.contains("candidates"),
+                "{text}"
+            );
+            assert!(text.contains("could not be checked"), "{text}");
+        }
+        // Comments, empty data and `[DONE]` are not JSON and pass.
+        let mut g = guard(Format::OpenAi, untrusted());
+        let out = g.push(b": keep-alive\n\ndata:\n\ndata: [DONE]\n\n");
+        assert!(!g.failed());
+        assert!(String::from_utf8_lossy(&out).contains("[DONE]"));
+    }
 }

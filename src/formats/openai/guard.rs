@@ -75,8 +75,12 @@ fn call_parts(call: &Value) -> Result<(&str, Arguments<'_>), Decision> {
         (Some("custom"), false, _) | (None, false, true) => true,
         (Some("function") | None, _, false) => false,
         (Some(other), _, _) => {
+            let name = call
+                .get(other)
+                .and_then(|c| str_of(c, "name"))
+                .unwrap_or("");
             return Err(Decision::unreadable(
-                "",
+                name,
                 &format!("tool calls of type `{}`", clip(other)),
             ));
         }
