@@ -362,9 +362,12 @@ pub async fn guard_response(response: Response, guard: Guard, limit: usize) -> R
     if is_sse(&response) {
         return guard_stream(response, guard);
     }
-    if !is_json(&response) {
+    if !guard.sink.decisions && !is_json(&response) {
+        // Only usage is read (no `spec.tools`): other answers pass as they are.
         return response;
     }
+    // With guardrails, every other answer is read as JSON whatever its content type says
+    // (a client's SDK may parse it anyway); one that is not JSON is refused below.
     let (mut parts, body) = response.into_parts();
     use http_body_util::BodyExt;
     let bytes = match http_body_util::Limited::new(body, limit.max(64 << 20))
@@ -376,6 +379,7 @@ pub async fn guard_response(response: Response, guard: Guard, limit: usize) -> R
     };
     let mut value = match serde_json::from_slice::<Value>(&bytes) {
         Ok(value) => value,
+        Err(_) if !guard.sink.decisions => return Response::from_parts(parts, Body::from(bytes)),
         Err(e) => {
             return unreadable(
                 &guard,
@@ -415,7 +419,12 @@ struct StreamState {
 
 fn guard_stream(response: Response, guard: Guard) -> Response {
     let Some(sse) = SseGuard::new(guard.format, guard.policy.clone(), guard.trust.clone()) else {
-        return response;
+        // A format whose SSE answers the guard cannot read (Bedrock speaks event streams):
+        // refused, never passed unguarded.
+        return unreadable(
+            &guard,
+            "the answer is an SSE stream, which the tool-call guardrails cannot read in this format".to_owned(),
+        );
     };
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -477,6 +486,92 @@ fn guard_stream(response: Response, guard: Guard) -> Response {
 
 #[cfg(test)]
 mod tests {
+    fn guard(format: Format, decisions: bool) -> Guard {
+        Guard {
+            policy: Arc::new(crate::policy::guardrails::tests::policy()),
+            trust: Trust {
+                sources: vec!["web_fetch".into()],
+            },
+            format,
+            sink: Sink {
+                cell: Arc::default(),
+                metrics: Arc::default(),
+                proxy: "ai.team-a".into(),
+                provider: "up".into(),
+                decisions,
+            },
+        }
+    }
+
+    fn answer(content_type: &str, body: &str) -> Response {
+        let mut r = Response::new(Body::from(body.to_owned()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("x")),
+        );
+        r
+    }
+
+    async fn body_of(r: Response) -> Value {
+        use http_body_util::BodyExt;
+        let bytes = match r.into_body().collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => panic!("{e}"),
+        };
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    }
+
+    #[tokio::test]
+    async fn answers_the_guard_cannot_read_are_refused_in_the_route_shape() {
+        let deep = format!("{{\"x\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        let call = r#"{"choices":[{"index":0,"message":{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"delete_repo","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#;
+        for (format, content_type, body) in [
+            (Format::OpenAi, "application/json", deep.as_str()),
+            (Format::OpenAi, "text/plain", "hello"),
+            (Format::Anthropic, "application/json", "{\"content\": 5}"),
+            (Format::Bedrock, "text/event-stream", "data: {}\n\n"),
+            (Format::Gemini, "application/octet-stream", "\u{1}"),
+        ] {
+            let r = guard_response(answer(content_type, body), guard(format, true), 1 << 20).await;
+            assert_eq!(
+                r.status(),
+                http::StatusCode::BAD_GATEWAY,
+                "{format:?} {content_type}"
+            );
+            let v = body_of(r).await;
+            let message = match format {
+                Format::OpenAi => {
+                    assert_eq!(v["error"]["code"], "upstream_invalid_response");
+                    v["error"]["message"].clone()
+                }
+                Format::Anthropic => v["error"]["message"].clone(),
+                Format::Gemini => v["error"]["message"].clone(),
+                Format::Cohere | Format::Bedrock => v["message"].clone(),
+            };
+            assert!(
+                message.as_str().unwrap_or("").contains("provider `up`"),
+                "{v}"
+            );
+        }
+        // Usage-only reading (no spec.tools) leaves such answers alone.
+        let r = guard_response(
+            answer("text/plain", "hello"),
+            guard(Format::OpenAi, false),
+            1 << 20,
+        )
+        .await;
+        assert_eq!(r.status(), http::StatusCode::OK);
+        // A readable answer in a lax content type is guarded, not passed.
+        let r = guard_response(
+            answer("text/plain", call),
+            guard(Format::OpenAi, true),
+            1 << 20,
+        )
+        .await;
+        assert_eq!(r.status(), http::StatusCode::OK);
+        let v = body_of(r).await;
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    }
 
     #[test]
     fn usage_events_are_found_without_parsing_the_others() {
