@@ -364,7 +364,7 @@ impl StreamGuard {
                         .filter(open)
                         .find(|c| c.id.as_deref() == Some(id)),
                     // Neither: a continuation of the choice's last call without an index.
-                    None => self.calls.iter().filter(open).last(),
+                    None => self.calls.iter().rev().find(open),
                 };
                 Ok(match found {
                     Some(c) => c.slot,
