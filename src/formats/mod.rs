@@ -24,6 +24,7 @@ pub mod bedrock;
 pub mod cohere;
 pub mod endpoints;
 pub mod gemini;
+pub mod guard;
 pub mod openai;
 pub mod sse;
 pub mod translate;
