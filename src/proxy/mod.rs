@@ -3,6 +3,9 @@
 //! ```text
 //! /v1/model-router/{proxy}/chat/completions  ─> model_router::chat  (resolve model → upstream)
 //! /v1/model-router/{proxy}/models            ─> model_router::models
+//! /v1/model-router/{proxy}/responses         ─> router_responses   (via the chat path)
+//! /v1/model-router/{proxy}/v1/messages       ─> router_messages    (via the chat path)
+//! /v1/model-router/{proxy}/embeddings        ─> router_embeddings
 //! /v1/{prefix}/{proxy}/{rest…}               ─> native::forward     (bytes pass through)
 //! ```
 //!
@@ -17,6 +20,10 @@ pub mod headers;
 pub mod keepalive;
 pub mod model_router;
 pub mod native;
+pub mod router_bridge;
+pub mod router_embeddings;
+pub mod router_messages;
+pub mod router_responses;
 
 pub mod translated;
 pub mod upstream;
@@ -150,6 +157,7 @@ impl Drop for Exchange {
                 identity: &data.identity,
                 auth: data.auth,
                 route: self.route,
+                endpoint: data.endpoint,
                 provider: &self.provider,
                 model: data.model.as_deref().unwrap_or(&self.model),
                 status: self.status,
@@ -213,6 +221,29 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     Response::from_parts(parts, Body::from_stream(body))
 }
 
+/// The error shape of a Model Router endpoint: Anthropic's for the Messages API, else OpenAI's.
+fn router_format(rest: &str) -> crate::formats::Format {
+    match rest {
+        "v1/messages" | "messages" | "v1/messages/count_tokens" | "messages/count_tokens" => {
+            crate::formats::Format::Anthropic
+        }
+        _ => crate::formats::Format::OpenAi,
+    }
+}
+
+/// The audit name of a Model Router endpoint (a closed set: paths are never echoed).
+fn router_endpoint(rest: &str) -> &'static str {
+    match rest {
+        "chat/completions" => "chat/completions",
+        "responses" => "responses",
+        "embeddings" => "embeddings",
+        "v1/messages" | "messages" => "messages",
+        "v1/messages/count_tokens" | "messages/count_tokens" => "messages/count_tokens",
+        "models" => "models",
+        _ => "unknown",
+    }
+}
+
 async fn route(
     state: &Arc<AppState>,
     path: &str,
@@ -246,7 +277,7 @@ async fn route(
         let headers = guarded::credential_headers(table, prefix, &request);
         if let Err(e) = guarded::authenticate(state, table, &headers, peer, exchange).await {
             return Ok(if prefix == "model-router" {
-                e.into_response()
+                e.into_response_for(router_format(rest))
             } else {
                 exchange.route = "native";
                 exchange.provider = prefix.to_owned();
@@ -257,11 +288,25 @@ async fn route(
     drop(snapshot);
     if prefix == "model-router" {
         exchange.route = "router";
+        let endpoint = router_endpoint(rest);
+        crate::policy::audit::update(&exchange.audit, |d| d.endpoint = endpoint);
         match (request.method(), rest) {
             (&Method::POST, "chat/completions") => {
                 model_router::chat(state, proxy, request, exchange).await
             }
             (&Method::GET, "models") => model_router::models(state, proxy, exchange).await,
+            (&Method::POST, "responses") => {
+                router_responses::handle(state, proxy, request, exchange).await
+            }
+            (&Method::POST, "embeddings") => {
+                router_embeddings::handle(state, proxy, request, exchange).await
+            }
+            (&Method::POST, "v1/messages" | "messages") => {
+                Ok(router_messages::handle(state, proxy, request, exchange).await)
+            }
+            (&Method::POST, "v1/messages/count_tokens" | "messages/count_tokens") => {
+                Ok(router_messages::count_tokens(state, proxy, request, exchange).await)
+            }
             _ => Err(not_found()),
         }
     } else {
