@@ -85,8 +85,8 @@ pub async fn through_chat<B: Bridge>(
     exchange: &mut Exchange,
     bridge: B,
 ) -> Result<Response, ApiError> {
-    let payload =
-        serde_json::to_vec(&Value::Object(chat)).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let payload = serde_json::to_vec(&Value::Object(chat))
+        .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let mut parts = parts;
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.remove(header::TRANSFER_ENCODING);

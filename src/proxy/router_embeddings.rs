@@ -166,68 +166,73 @@ pub async fn handle(
         _ => 1,
     };
     let prefix = picked.route.prefix.clone();
-    let batches: Vec<Vec<String>> = parsed.inputs.chunks(batch).map(<[String]>::to_vec).collect();
+    let batches: Vec<Vec<String>> = parsed
+        .inputs
+        .chunks(batch)
+        .map(<[String]>::to_vec)
+        .collect();
     let started = std::time::Instant::now();
-    let results: Result<Vec<(Vec<Vec<f32>>, Option<u64>)>, Failure> = futures_util::stream::iter(batches)
-        .map(|texts: Vec<String>| {
-            let (path, payload) = match (format, bedrock_family) {
-                (Format::Gemini, _) => (
-                    gemini::embeddings::path(&picked.model),
-                    gemini::embeddings::request(&picked.model, &texts, &parsed),
-                ),
-                (Format::Cohere, _) => (
-                    cohere::embeddings::PATH.to_owned(),
-                    cohere::embeddings::request(&picked.model, &texts, &parsed),
-                ),
-                (_, Some(family)) => (
-                    bedrock::embeddings::path(&picked.model),
-                    bedrock::embeddings::request(family, &texts, &parsed),
-                ),
-                _ => (String::new(), Value::Null),
-            };
-            let upstream = upstream.clone();
-            let prefix = prefix.clone();
-            let client = state.client.clone();
-            let request_id = exchange.request_id.clone();
-            async move {
-                let headers = upstream::json_headers(Some("application/json"), &request_id);
-                let payload = serde_json::to_vec(&payload).unwrap_or_default();
-                let Answer { response, .. } = upstream::send(
-                    &client,
-                    &upstream,
-                    &prefix,
-                    Method::POST,
-                    &upstream.url(&path),
-                    headers,
-                    payload.into(),
-                )
-                .await?;
-                let status = response.status();
-                let header_tokens = response
-                    .headers()
-                    .get("x-amzn-bedrock-input-token-count")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                let bytes = response
-                    .bytes()
-                    .await
-                    .map_err(|e| upstream::classify(&prefix, upstream.timeout, &e))?;
-                if !status.is_success() {
-                    return Err(Failure::Upstream(status.as_u16(), bytes));
-                }
-                let n = texts.len();
-                let (vectors, tokens) = match (format, bedrock_family) {
-                    (Format::Gemini, _) => (gemini::embeddings::response(&bytes, n)?, None),
-                    (Format::Cohere, _) => cohere::embeddings::response(&bytes, n)?,
-                    (_, Some(family)) => bedrock::embeddings::response(family, &bytes, n)?,
-                    _ => (Vec::new(), None),
+    let results: Result<Vec<(Vec<Vec<f32>>, Option<u64>)>, Failure> =
+        futures_util::stream::iter(batches)
+            .map(|texts: Vec<String>| {
+                let (path, payload) = match (format, bedrock_family) {
+                    (Format::Gemini, _) => (
+                        gemini::embeddings::path(&picked.model),
+                        gemini::embeddings::request(&picked.model, &texts, &parsed),
+                    ),
+                    (Format::Cohere, _) => (
+                        cohere::embeddings::PATH.to_owned(),
+                        cohere::embeddings::request(&picked.model, &texts, &parsed),
+                    ),
+                    (_, Some(family)) => (
+                        bedrock::embeddings::path(&picked.model),
+                        bedrock::embeddings::request(family, &texts, &parsed),
+                    ),
+                    _ => (String::new(), Value::Null),
                 };
-                Ok::<_, Failure>((vectors, tokens.or(header_tokens)))
-            }
-        })
-        .buffered(CONCURRENCY)
-        .try_collect()
-        .await;
+                let upstream = upstream.clone();
+                let prefix = prefix.clone();
+                let client = state.client.clone();
+                let request_id = exchange.request_id.clone();
+                async move {
+                    let headers = upstream::json_headers(Some("application/json"), &request_id);
+                    let payload = serde_json::to_vec(&payload).unwrap_or_default();
+                    let Answer { response, .. } = upstream::send(
+                        &client,
+                        &upstream,
+                        &prefix,
+                        Method::POST,
+                        &upstream.url(&path),
+                        headers,
+                        payload.into(),
+                    )
+                    .await?;
+                    let status = response.status();
+                    let header_tokens = response
+                        .headers()
+                        .get("x-amzn-bedrock-input-token-count")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let bytes = response
+                        .bytes()
+                        .await
+                        .map_err(|e| upstream::classify(&prefix, upstream.timeout, &e))?;
+                    if !status.is_success() {
+                        return Err(Failure::Upstream(status.as_u16(), bytes));
+                    }
+                    let n = texts.len();
+                    let (vectors, tokens) = match (format, bedrock_family) {
+                        (Format::Gemini, _) => (gemini::embeddings::response(&bytes, n)?, None),
+                        (Format::Cohere, _) => cohere::embeddings::response(&bytes, n)?,
+                        (_, Some(family)) => bedrock::embeddings::response(family, &bytes, n)?,
+                        _ => (Vec::new(), None),
+                    };
+                    Ok::<_, Failure>((vectors, tokens.or(header_tokens)))
+                }
+            })
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await;
     let results = match results {
         Ok(results) => results,
         Err(Failure::Gateway(e)) => return Err(e),
@@ -237,10 +242,15 @@ pub async fn handle(
                 Format::Cohere => cohere::error(status, &body),
                 Format::Bedrock => bedrock::error(status, &body),
                 // Never reached: these formats were answered above.
-                Format::Anthropic | Format::OpenAi => crate::formats::anthropic::error(status, &body),
+                Format::Anthropic | Format::OpenAi => {
+                    crate::formats::anthropic::error(status, &body)
+                }
             };
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
-            return Ok(json_response(status, serde_json::to_vec(&body).unwrap_or_default()));
+            return Ok(json_response(
+                status,
+                serde_json::to_vec(&body).unwrap_or_default(),
+            ));
         }
     };
     exchange.ttfb = Some(started.elapsed());
@@ -288,7 +298,7 @@ impl From<TranslateError> for Failure {
 async fn forward(
     state: &Arc<AppState>,
     picked: &Picked,
-    mut body: Value,
+    body: Value,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
     oai::check(&body)?;
@@ -316,8 +326,8 @@ async fn forward(
             upstream.url("embeddings")
         }
     };
-    body["model"] = Value::String(picked.model.clone());
-    let payload = serde_json::to_vec(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let payload = serde_json::to_vec(&oai::forward_body(&body, &picked.model))
+        .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let headers = upstream::json_headers(Some("application/json"), &exchange.request_id);
     let Answer { response, ttfb } = upstream::send(
         &state.client,
@@ -348,10 +358,13 @@ async fn forward(
         }
     };
     if status.is_success() {
-        if let Some(tokens) = value.pointer("/usage/prompt_tokens").and_then(Value::as_u64) {
+        if let Some(tokens) = value
+            .pointer("/usage/prompt_tokens")
+            .and_then(Value::as_u64)
+        {
             record_usage(exchange, tokens);
         }
-        value["model"] = Value::String(picked.asked.clone());
+        value = oai::forward_answer(value, &picked.asked);
     }
     Ok(json_response(
         status,

@@ -67,7 +67,10 @@ impl Bridge for Messages {
             code: String::new(),
             param: None,
         };
-        Format::Anthropic.error_body(&error).to_string().into_bytes()
+        Format::Anthropic
+            .error_body(&error)
+            .to_string()
+            .into_bytes()
     }
 }
 

@@ -192,7 +192,10 @@ fn message(index: usize, turn: &Value, out: &mut Vec<Value>) -> Result<usize, Tr
                                   "function": {"name": name, "arguments": input.to_string()}}));
             }
             ("user", "tool_result") => {
-                let id = block.get("tool_use_id").and_then(Value::as_str).unwrap_or("");
+                let id = block
+                    .get("tool_use_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 if id.is_empty() {
                     return Err(unsupported(
                         &format!("{param}.content[{b}].tool_use_id"),
@@ -377,16 +380,25 @@ pub fn from_chat(chat: &ChatResponse, model: &str) -> Value {
     let choice = chat.choices.first();
     if let Some(choice) = choice {
         let m = &choice.message;
-        let text = m.content.clone().or_else(|| m.refusal.clone()).unwrap_or_default();
+        let text = m
+            .content
+            .clone()
+            .or_else(|| m.refusal.clone())
+            .unwrap_or_default();
         if !text.is_empty() {
             content.push(json!({"type": "text", "text": text}));
         }
         for call in m.tool_calls.iter().flatten() {
-            content.push(json!({"type": "tool_use", "id": call.id, "name": call.function.name,
-                                "input": input_of(&call.function.arguments)}));
+            content.push(
+                json!({"type": "tool_use", "id": call.id, "name": call.function.name,
+                                "input": input_of(&call.function.arguments)}),
+            );
         }
     }
-    let chat_usage = chat.usage.as_ref().and_then(|u| serde_json::to_value(u).ok());
+    let chat_usage = chat
+        .usage
+        .as_ref()
+        .and_then(|u| serde_json::to_value(u).ok());
     json!({
         "id": message_id(&chat.id),
         "type": "message",
@@ -647,15 +659,30 @@ mod tests {
         let c = to_chat(&body).unwrap();
         assert_eq!(c.dropped, 1);
         let chat = Value::Object(c.chat);
-        let roles: Vec<&str> = chat["messages"].as_array().unwrap().iter()
-            .map(|m| m["role"].as_str().unwrap()).collect();
-        assert_eq!(roles, ["system", "user", "assistant", "tool", "user", "system"]);
-        assert_eq!(chat["messages"][2]["tool_calls"][0]["function"]["arguments"], "{\"command\":\"ls\"}");
+        let roles: Vec<&str> = chat["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            roles,
+            ["system", "user", "assistant", "tool", "user", "system"]
+        );
+        assert_eq!(
+            chat["messages"][2]["tool_calls"][0]["function"]["arguments"],
+            "{\"command\":\"ls\"}"
+        );
         assert_eq!(chat["tool_choice"], "required");
         assert_eq!(chat["parallel_tool_calls"], false);
         assert_eq!(chat["max_completion_tokens"], 32000);
         assert_eq!(chat["stop"], json!(["END"]));
-        for dropped in ["thinking", "context_management", "output_config", "metadata"] {
+        for dropped in [
+            "thinking",
+            "context_management",
+            "output_config",
+            "metadata",
+        ] {
             assert!(chat.get(dropped).is_none());
         }
     }
@@ -674,14 +701,34 @@ mod tests {
         let mut push = |s: &mut StreamConverter, v: Value| {
             names.extend(s.push(&v).into_iter().map(|(n, _)| n));
         };
-        push(&mut s, json!({"id": "x", "choices": [{"delta": {"content": "Hi"}}]}));
-        push(&mut s, json!({"id": "x", "choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}}]}));
-        push(&mut s, json!({"id": "x", "choices": [{"delta": {}, "finish_reason": "tool_calls"}]}));
+        push(
+            &mut s,
+            json!({"id": "x", "choices": [{"delta": {"content": "Hi"}}]}),
+        );
+        push(
+            &mut s,
+            json!({"id": "x", "choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]}}]}),
+        );
+        push(
+            &mut s,
+            json!({"id": "x", "choices": [{"delta": {}, "finish_reason": "tool_calls"}]}),
+        );
         let end = s.finish();
         assert_eq!(end[1].1["delta"]["stop_reason"], "tool_use");
         names.extend(end.into_iter().map(|(n, _)| n));
-        assert_eq!(names, ["message_start", "content_block_start", "content_block_delta",
-            "content_block_stop", "content_block_start", "content_block_delta",
-            "content_block_stop", "message_delta", "message_stop"]);
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
     }
 }

@@ -91,7 +91,10 @@ mod tests {
 
     #[test]
     fn families() {
-        assert_eq!(Family::of("amazon.titan-embed-text-v2:0"), Some(Family::Titan));
+        assert_eq!(
+            Family::of("amazon.titan-embed-text-v2:0"),
+            Some(Family::Titan)
+        );
         assert_eq!(Family::of("us.cohere.embed-v4:0"), Some(Family::Cohere));
         assert_eq!(Family::of("cohere.embed-english-v3"), Some(Family::Cohere));
         assert_eq!(Family::of("anthropic.claude-3"), None);

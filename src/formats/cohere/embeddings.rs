@@ -26,9 +26,12 @@ pub fn request(model: &str, texts: &[String], parsed: &Parsed) -> Value {
 
 /// One batch's vectors and input tokens (Cohere v2 `embed`, and Cohere Embed on Bedrock, whose
 /// `embeddings` is either `{float: [...]}` or a plain list).
-pub fn response(body: &[u8], expected: usize) -> Result<(Vec<Vec<f32>>, Option<u64>), TranslateError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| TranslateError::InvalidUpstream(e.to_string()))?;
+pub fn response(
+    body: &[u8],
+    expected: usize,
+) -> Result<(Vec<Vec<f32>>, Option<u64>), TranslateError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| TranslateError::InvalidUpstream(e.to_string()))?;
     let list = value
         .pointer("/embeddings/float")
         .or_else(|| value.get("embeddings").filter(|e| e.is_array()));

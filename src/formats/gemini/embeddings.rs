@@ -19,7 +19,8 @@ pub fn request(model: &str, texts: &[String], parsed: &Parsed) -> Value {
     let requests: Vec<Value> = texts
         .iter()
         .map(|text| {
-            let mut r = json!({"model": format!("models/{model}"), "content": {"parts": [{"text": text}]}});
+            let mut r =
+                json!({"model": format!("models/{model}"), "content": {"parts": [{"text": text}]}});
             if let Some(d) = parsed.dimensions {
                 r["outputDimensionality"] = json!(d);
             }
@@ -31,12 +32,16 @@ pub fn request(model: &str, texts: &[String], parsed: &Parsed) -> Value {
 
 /// One batch's vectors, in order.
 pub fn response(body: &[u8], expected: usize) -> Result<Vec<Vec<f32>>, TranslateError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| TranslateError::InvalidUpstream(e.to_string()))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| TranslateError::InvalidUpstream(e.to_string()))?;
     let vectors: Option<Vec<Vec<f32>>> = value
         .get("embeddings")
         .and_then(Value::as_array)
-        .map(|list| list.iter().map(|e| e.get("values").and_then(vector)).collect())
+        .map(|list| {
+            list.iter()
+                .map(|e| e.get("values").and_then(vector))
+                .collect()
+        })
         .unwrap_or(None);
     match vectors {
         Some(v) if v.len() == expected => Ok(v),

@@ -120,6 +120,21 @@ pub fn answer(vectors: &[Vec<f32>], base64: bool, model: &str, tokens: u64) -> V
     })
 }
 
+/// The body an OpenAI-family target gets: the client's, with `model` as the provider names it.
+pub fn forward_body(body: &Value, model: &str) -> Value {
+    let mut body = body.clone();
+    body["model"] = Value::String(model.to_owned());
+    body
+}
+
+/// An OpenAI-family answer as the client gets it: `model` is what the client asked for.
+pub fn forward_answer(mut answer: Value, asked: &str) -> Value {
+    if answer.is_object() {
+        answer["model"] = Value::String(asked.to_owned());
+    }
+    answer
+}
+
 /// A rough token count for targets that report none: about four characters a token.
 pub fn estimate_tokens(inputs: &[String]) -> u64 {
     inputs
@@ -155,7 +170,8 @@ mod tests {
         assert!(parse(&json!({"input": []})).is_err());
         assert!(parse(&json!({"input": [[1, 2]]})).is_err());
         assert!(parse(&json!({"input": "x", "encoding_format": "int8"})).is_err());
-        let p = parse(&json!({"input": ["a", "b"], "dimensions": 8, "encoding_format": "base64"})).unwrap();
+        let p = parse(&json!({"input": ["a", "b"], "dimensions": 8, "encoding_format": "base64"}))
+            .unwrap();
         assert_eq!((p.inputs.len(), p.dimensions, p.base64), (2, Some(8), true));
     }
 }

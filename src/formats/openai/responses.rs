@@ -136,7 +136,11 @@ pub fn to_chat(body: &Value) -> Result<Converted, TranslateError> {
 }
 
 /// One `input` item, appended to the chat messages; returns how many parts were dropped.
-fn input_item(index: usize, item: &Value, messages: &mut Vec<Value>) -> Result<usize, TranslateError> {
+fn input_item(
+    index: usize,
+    item: &Value,
+    messages: &mut Vec<Value>,
+) -> Result<usize, TranslateError> {
     let param = format!("input[{index}]");
     let kind = item.get("type").and_then(Value::as_str);
     let role = item.get("role").and_then(Value::as_str);
@@ -147,7 +151,9 @@ fn input_item(index: usize, item: &Value, messages: &mut Vec<Value>) -> Result<u
                 other => {
                     return Err(unsupported(
                         &format!("{param}.role"),
-                        format!("{other:?} is not a role; use user, assistant, system or developer"),
+                        format!(
+                            "{other:?} is not a role; use user, assistant, system or developer"
+                        ),
                     ));
                 }
             };
@@ -158,7 +164,10 @@ fn input_item(index: usize, item: &Value, messages: &mut Vec<Value>) -> Result<u
         (Some("function_call"), _) => {
             let call_id = str_field(item, "call_id", &param)?;
             let name = str_field(item, "name", &param)?;
-            let arguments = item.get("arguments").and_then(Value::as_str).unwrap_or("{}");
+            let arguments = item
+                .get("arguments")
+                .and_then(Value::as_str)
+                .unwrap_or("{}");
             let call = json!({"id": call_id, "type": "function",
                               "function": {"name": name, "arguments": arguments}});
             // Consecutive calls (and a call right after the assistant's text) are one turn.
@@ -486,7 +495,11 @@ pub fn from_chat(chat: &ChatResponse, echo: &Echo, created: u64) -> Value {
             .or_else(|| message.refusal.clone())
             .unwrap_or_default();
         if !text.is_empty() {
-            output.push(message_item(&format!("msg_{}", &id[5..]), &text, "completed"));
+            output.push(message_item(
+                &format!("msg_{}", &id[5..]),
+                &text,
+                "completed",
+            ));
         }
         for (i, call) in message.tool_calls.iter().flatten().enumerate() {
             output.push(call_item(
@@ -498,14 +511,22 @@ pub fn from_chat(chat: &ChatResponse, echo: &Echo, created: u64) -> Value {
             ));
         }
     }
-    let usage = chat.usage.as_ref().and_then(|u| serde_json::to_value(u).ok());
+    let usage = chat
+        .usage
+        .as_ref()
+        .and_then(|u| serde_json::to_value(u).ok());
     response_object(
         &id,
         created,
         echo,
         final_status(finish),
         output,
-        Some(usage.as_ref().map(self::usage).unwrap_or_else(|| usage_zero())),
+        Some(
+            usage
+                .as_ref()
+                .map(self::usage)
+                .unwrap_or_else(|| usage_zero()),
+        ),
         finish,
     )
 }
@@ -870,7 +891,10 @@ impl StreamConverter {
 
 /// One Responses event as SSE: `event: {type}` and `data: {json}`.
 pub fn to_sse(event: &Value) -> Vec<u8> {
-    let kind = event.get("type").and_then(Value::as_str).unwrap_or("message");
+    let kind = event
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("message");
     format!("event: {kind}\ndata: {event}\n\n").into_bytes()
 }
 
@@ -910,11 +934,23 @@ mod tests {
         assert_eq!(c.dropped, 1);
         assert!(c.stream);
         let chat = Value::Object(c.chat);
-        assert_eq!(chat["messages"][0], json!({"role": "system", "content": "be terse"}));
+        assert_eq!(
+            chat["messages"][0],
+            json!({"role": "system", "content": "be terse"})
+        );
         assert_eq!(chat["messages"][1]["role"], "developer");
-        assert_eq!(chat["messages"][3]["tool_calls"].as_array().unwrap().len(), 2);
-        assert_eq!(chat["messages"][5], json!({"role": "tool", "tool_call_id": "c2", "content": "two"}));
-        assert_eq!(chat["tool_choice"], json!({"type": "function", "function": {"name": "f"}}));
+        assert_eq!(
+            chat["messages"][3]["tool_calls"].as_array().unwrap().len(),
+            2
+        );
+        assert_eq!(
+            chat["messages"][5],
+            json!({"role": "tool", "tool_call_id": "c2", "content": "two"})
+        );
+        assert_eq!(
+            chat["tool_choice"],
+            json!({"type": "function", "function": {"name": "f"}})
+        );
         assert_eq!(chat["reasoning_effort"], "low");
         assert_eq!(chat["max_completion_tokens"], 99);
         assert_eq!(chat["stream_options"]["include_usage"], true);
@@ -936,7 +972,9 @@ mod tests {
         let mut s = StreamConverter::new(Echo::of(&json!({}), "m"), 1);
         let mut events = Vec::new();
         events.extend(s.push(&json!({"id": "chatcmpl-x", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})));
-        events.extend(s.push(&json!({"id": "chatcmpl-x", "choices": [{"index": 0, "delta": {"content": "Hi"}}]})));
+        events.extend(s.push(
+            &json!({"id": "chatcmpl-x", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}),
+        ));
         events.extend(s.push(&json!({"id": "chatcmpl-x", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}]}}]})));
         events.extend(s.push(&json!({"id": "chatcmpl-x", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}}]})));
         events.extend(s.push(&json!({"id": "chatcmpl-x", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})));
@@ -946,18 +984,28 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                "response.created", "response.in_progress", "response.output_item.added",
-                "response.content_part.added", "response.output_text.delta",
-                "response.output_text.done", "response.content_part.done",
-                "response.output_item.done", "response.output_item.added",
-                "response.function_call_arguments.delta", "response.function_call_arguments.done",
-                "response.output_item.done", "response.completed"
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed"
             ]
         );
         let last = events.last().unwrap();
         assert_eq!(last["response"]["usage"]["total_tokens"], 5);
         assert_eq!(last["response"]["output"][1]["arguments"], "{}");
-        let seq: Vec<u64> = events.iter().map(|e| e["sequence_number"].as_u64().unwrap()).collect();
+        let seq: Vec<u64> = events
+            .iter()
+            .map(|e| e["sequence_number"].as_u64().unwrap())
+            .collect();
         assert_eq!(seq, (0..events.len() as u64).collect::<Vec<_>>());
     }
 }
