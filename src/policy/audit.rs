@@ -135,6 +135,7 @@ mod tests {
             identity: "alice",
             auth: "apiKey",
             route: "router",
+            endpoint: "chat/completions",
             provider: "openai",
             model: "openai:m",
             status: 200,
@@ -145,5 +146,6 @@ mod tests {
         let v = serde_json::to_value(&r).unwrap_or_default();
         assert!(v.get("content").is_none());
         assert_eq!(v["identity"], "alice");
+        assert_eq!(v["endpoint"], "chat/completions");
     }
 }

@@ -172,67 +172,66 @@ pub async fn handle(
         .map(<[String]>::to_vec)
         .collect();
     let started = std::time::Instant::now();
-    let results: Result<Vec<(Vec<Vec<f32>>, Option<u64>)>, Failure> =
-        futures_util::stream::iter(batches)
-            .map(|texts: Vec<String>| {
-                let (path, payload) = match (format, bedrock_family) {
-                    (Format::Gemini, _) => (
-                        gemini::embeddings::path(&picked.model),
-                        gemini::embeddings::request(&picked.model, &texts, &parsed),
-                    ),
-                    (Format::Cohere, _) => (
-                        cohere::embeddings::PATH.to_owned(),
-                        cohere::embeddings::request(&picked.model, &texts, &parsed),
-                    ),
-                    (_, Some(family)) => (
-                        bedrock::embeddings::path(&picked.model),
-                        bedrock::embeddings::request(family, &texts, &parsed),
-                    ),
-                    _ => (String::new(), Value::Null),
-                };
-                let upstream = upstream.clone();
-                let prefix = prefix.clone();
-                let client = state.client.clone();
-                let request_id = exchange.request_id.clone();
-                async move {
-                    let headers = upstream::json_headers(Some("application/json"), &request_id);
-                    let payload = serde_json::to_vec(&payload).unwrap_or_default();
-                    let Answer { response, .. } = upstream::send(
-                        &client,
-                        &upstream,
-                        &prefix,
-                        Method::POST,
-                        &upstream.url(&path),
-                        headers,
-                        payload.into(),
-                    )
-                    .await?;
-                    let status = response.status();
-                    let header_tokens = response
-                        .headers()
-                        .get("x-amzn-bedrock-input-token-count")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok());
-                    let bytes = response
-                        .bytes()
-                        .await
-                        .map_err(|e| upstream::classify(&prefix, upstream.timeout, &e))?;
-                    if !status.is_success() {
-                        return Err(Failure::Upstream(status.as_u16(), bytes));
-                    }
-                    let n = texts.len();
-                    let (vectors, tokens) = match (format, bedrock_family) {
-                        (Format::Gemini, _) => (gemini::embeddings::response(&bytes, n)?, None),
-                        (Format::Cohere, _) => cohere::embeddings::response(&bytes, n)?,
-                        (_, Some(family)) => bedrock::embeddings::response(family, &bytes, n)?,
-                        _ => (Vec::new(), None),
-                    };
-                    Ok::<_, Failure>((vectors, tokens.or(header_tokens)))
+    let results: Result<Vec<Batch>, Failure> = futures_util::stream::iter(batches)
+        .map(|texts: Vec<String>| {
+            let (path, payload) = match (format, bedrock_family) {
+                (Format::Gemini, _) => (
+                    gemini::embeddings::path(&picked.model),
+                    gemini::embeddings::request(&picked.model, &texts, &parsed),
+                ),
+                (Format::Cohere, _) => (
+                    cohere::embeddings::PATH.to_owned(),
+                    cohere::embeddings::request(&picked.model, &texts, &parsed),
+                ),
+                (_, Some(family)) => (
+                    bedrock::embeddings::path(&picked.model),
+                    bedrock::embeddings::request(family, &texts, &parsed),
+                ),
+                _ => (String::new(), Value::Null),
+            };
+            let upstream = upstream.clone();
+            let prefix = prefix.clone();
+            let client = state.client.clone();
+            let request_id = exchange.request_id.clone();
+            async move {
+                let headers = upstream::json_headers(Some("application/json"), &request_id);
+                let payload = serde_json::to_vec(&payload).unwrap_or_default();
+                let Answer { response, .. } = upstream::send(
+                    &client,
+                    &upstream,
+                    &prefix,
+                    Method::POST,
+                    &upstream.url(&path),
+                    headers,
+                    payload.into(),
+                )
+                .await?;
+                let status = response.status();
+                let header_tokens = response
+                    .headers()
+                    .get("x-amzn-bedrock-input-token-count")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let bytes = response
+                    .bytes()
+                    .await
+                    .map_err(|e| upstream::classify(&prefix, upstream.timeout, &e))?;
+                if !status.is_success() {
+                    return Err(Failure::Upstream(status.as_u16(), bytes));
                 }
-            })
-            .buffered(CONCURRENCY)
-            .try_collect()
-            .await;
+                let n = texts.len();
+                let (vectors, tokens) = match (format, bedrock_family) {
+                    (Format::Gemini, _) => (gemini::embeddings::response(&bytes, n)?, None),
+                    (Format::Cohere, _) => cohere::embeddings::response(&bytes, n)?,
+                    (_, Some(family)) => bedrock::embeddings::response(family, &bytes, n)?,
+                    _ => (Vec::new(), None),
+                };
+                Ok::<_, Failure>((vectors, tokens.or(header_tokens)))
+            }
+        })
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await;
     let results = match results {
         Ok(results) => results,
         Err(Failure::Gateway(e)) => return Err(e),
@@ -274,6 +273,9 @@ pub async fn handle(
         serde_json::to_vec(&answer).unwrap_or_default(),
     ))
 }
+
+/// One batch's vectors and the input tokens the provider counted.
+type Batch = (Vec<Vec<f64>>, Option<u64>);
 
 /// Why one batch failed.
 enum Failure {

@@ -70,7 +70,7 @@ pub fn response(
     family: Family,
     body: &[u8],
     expected: usize,
-) -> Result<(Vec<Vec<f32>>, Option<u64>), TranslateError> {
+) -> Result<(Vec<Vec<f64>>, Option<u64>), TranslateError> {
     match family {
         Family::Titan => {
             let value: Value = serde_json::from_slice(body)

@@ -29,13 +29,13 @@ pub fn request(model: &str, texts: &[String], parsed: &Parsed) -> Value {
 pub fn response(
     body: &[u8],
     expected: usize,
-) -> Result<(Vec<Vec<f32>>, Option<u64>), TranslateError> {
+) -> Result<(Vec<Vec<f64>>, Option<u64>), TranslateError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| TranslateError::InvalidUpstream(e.to_string()))?;
     let list = value
         .pointer("/embeddings/float")
         .or_else(|| value.get("embeddings").filter(|e| e.is_array()));
-    let vectors: Option<Vec<Vec<f32>>> = list
+    let vectors: Option<Vec<Vec<f64>>> = list
         .and_then(Value::as_array)
         .and_then(|l| l.iter().map(vector).collect());
     let tokens = value

@@ -31,10 +31,10 @@ pub fn request(model: &str, texts: &[String], parsed: &Parsed) -> Value {
 }
 
 /// One batch's vectors, in order.
-pub fn response(body: &[u8], expected: usize) -> Result<Vec<Vec<f32>>, TranslateError> {
+pub fn response(body: &[u8], expected: usize) -> Result<Vec<Vec<f64>>, TranslateError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| TranslateError::InvalidUpstream(e.to_string()))?;
-    let vectors: Option<Vec<Vec<f32>>> = value
+    let vectors: Option<Vec<Vec<f64>>> = value
         .get("embeddings")
         .and_then(Value::as_array)
         .map(|list| {

@@ -93,13 +93,16 @@ pub fn parse(body: &Value) -> Result<Parsed, TranslateError> {
 }
 
 /// A vector as OpenAI's base64 encoding: little-endian `f32`s.
-pub fn encode_base64(vector: &[f32]) -> String {
-    let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+pub fn encode_base64(vector: &[f64]) -> String {
+    let bytes: Vec<u8> = vector
+        .iter()
+        .flat_map(|f| (*f as f32).to_le_bytes())
+        .collect();
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// The OpenAI `list` of embeddings.
-pub fn answer(vectors: &[Vec<f32>], base64: bool, model: &str, tokens: u64) -> Value {
+pub fn answer(vectors: &[Vec<f64>], base64: bool, model: &str, tokens: u64) -> Value {
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()
@@ -143,13 +146,9 @@ pub fn estimate_tokens(inputs: &[String]) -> u64 {
         .sum()
 }
 
-/// Read a list of numbers as a vector.
-pub fn vector(value: &Value) -> Option<Vec<f32>> {
-    value
-        .as_array()?
-        .iter()
-        .map(|n| n.as_f64().map(|f| f as f32))
-        .collect()
+/// Read a list of numbers as a vector (kept as the provider wrote them; base64 narrows to `f32`).
+pub fn vector(value: &Value) -> Option<Vec<f64>> {
+    value.as_array()?.iter().map(Value::as_f64).collect()
 }
 
 #[cfg(test)]

@@ -521,12 +521,7 @@ pub fn from_chat(chat: &ChatResponse, echo: &Echo, created: u64) -> Value {
         echo,
         final_status(finish),
         output,
-        Some(
-            usage
-                .as_ref()
-                .map(self::usage)
-                .unwrap_or_else(|| usage_zero()),
-        ),
+        Some(usage.as_ref().map(self::usage).unwrap_or_else(usage_zero)),
         finish,
     )
 }
