@@ -21,6 +21,7 @@ use futures_util::stream::BoxStream;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Map, Value};
 
+use super::context::Ctx;
 use super::error::ApiError;
 use super::{AppState, Exchange, model_router};
 use crate::formats::openai::ChatResponse;
@@ -78,7 +79,7 @@ async fn collect(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 /// Send `chat` (a Chat Completions body) through the chat path and convert its answer.
 pub async fn through_chat<B: Bridge>(
     state: &Arc<AppState>,
-    proxy_id: &str,
+    ctx: &Ctx,
     parts: http::request::Parts,
     chat: Map<String, Value>,
     dropped: usize,
@@ -95,7 +96,7 @@ pub async fn through_chat<B: Bridge>(
         HeaderValue::from_static("application/json"),
     );
     let request = Request::from_parts(parts, Body::from(payload));
-    let response = model_router::chat(state, proxy_id, request, exchange).await?;
+    let response = model_router::chat(state, ctx, request, exchange).await?;
     let status = response.status();
     let (mut head, body) = response.into_parts();
     head.headers.remove(header::CONTENT_LENGTH);
@@ -203,7 +204,7 @@ pub async fn read_json(
     request: Request,
 ) -> Result<(http::request::Parts, Value), ApiError> {
     let (parts, body) = request.into_parts();
-    let bytes = model_router::read_body(
+    let bytes = super::context::read_body(
         Request::from_parts(parts.clone(), body),
         state.max_body_bytes,
     )

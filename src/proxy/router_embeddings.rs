@@ -16,6 +16,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderValue, Method, StatusCode, header};
 use serde_json::Value;
 
+use super::context::Ctx;
 use super::error::ApiError;
 use super::upstream::{self, Answer};
 use super::{AppState, Exchange, guarded, model_router, router_bridge};
@@ -40,17 +41,11 @@ pub struct Picked {
 /// and `spec.access` (403). Records provider and model on the exchange.
 pub fn pick(
     state: &AppState,
-    proxy_id: &str,
+    ctx: &Ctx,
     body: &Value,
     exchange: &mut Exchange,
 ) -> Result<Picked, ApiError> {
-    let snapshot = state.store.load();
-    let table = snapshot
-        .proxy(proxy_id)
-        .ok_or_else(|| ApiError::ProxyNotFound {
-            id: proxy_id.to_owned(),
-        })?;
-    exchange.proxy = table.key.proxy_id();
+    let table = &ctx.table;
     let asked = match body.get("model") {
         Some(Value::String(m)) if !m.trim().is_empty() => m.trim().to_owned(),
         None | Some(Value::Null) if table.default_model.is_some() => table
@@ -114,12 +109,12 @@ fn record_usage(exchange: &Exchange, tokens: u64) {
 /// Handle one embeddings request.
 pub async fn handle(
     state: &Arc<AppState>,
-    proxy_id: &str,
+    ctx: &Ctx,
     request: Request,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
     let (_, body) = router_bridge::read_json(state, request).await?;
-    let picked = pick(state, proxy_id, &body, exchange)?;
+    let picked = pick(state, ctx, &body, exchange)?;
     let upstream = picked.route.upstream.clone();
     let format = upstream.info.format;
     let vertex = matches!(upstream.cloud, Cloud::Vertex { .. });

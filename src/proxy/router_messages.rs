@@ -12,6 +12,7 @@ use axum::response::Response;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
 
+use super::context::Ctx;
 use super::error::ApiError;
 use super::router_bridge::{self, Bridge};
 use super::{AppState, Exchange};
@@ -77,11 +78,11 @@ impl Bridge for Messages {
 /// Handle one Messages request; errors in Anthropic's shape.
 pub async fn handle(
     state: &Arc<AppState>,
-    proxy_id: &str,
+    ctx: &Ctx,
     request: Request,
     exchange: &mut Exchange,
 ) -> Response {
-    match messages_call(state, proxy_id, request, exchange).await {
+    match messages_call(state, ctx, request, exchange).await {
         Ok(response) => response,
         Err(e) => e.into_response_for(Format::Anthropic),
     }
@@ -89,7 +90,7 @@ pub async fn handle(
 
 async fn messages_call(
     state: &Arc<AppState>,
-    proxy_id: &str,
+    ctx: &Ctx,
     request: Request,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
@@ -102,7 +103,7 @@ async fn messages_call(
     };
     router_bridge::through_chat(
         state,
-        proxy_id,
+        ctx,
         parts,
         converted.chat,
         converted.dropped,
@@ -117,14 +118,14 @@ async fn messages_call(
 /// characters a token); the answer is `{"input_tokens": N}`.
 pub async fn count_tokens(
     state: &Arc<AppState>,
-    proxy_id: &str,
+    ctx: &Ctx,
     request: Request,
     exchange: &mut Exchange,
 ) -> Response {
     let result = async {
         let (_, body) = router_bridge::read_json(state, request).await?;
         messages::to_chat(&body)?;
-        super::router_embeddings::pick(state, proxy_id, &body, exchange)?;
+        super::router_embeddings::pick(state, ctx, &body, exchange)?;
         Ok::<_, ApiError>(json!({"input_tokens": messages::estimate_tokens(&body)}))
     }
     .await;

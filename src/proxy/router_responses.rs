@@ -9,6 +9,7 @@ use axum::response::Response;
 use http::StatusCode;
 use serde_json::Value;
 
+use super::context::Ctx;
 use super::error::ApiError;
 use super::router_bridge::{self, Bridge};
 use super::{AppState, Exchange};
@@ -55,7 +56,7 @@ impl Bridge for Responses {
 /// Handle one Responses request.
 pub async fn handle(
     state: &Arc<AppState>,
-    proxy_id: &str,
+    ctx: &Ctx,
     request: Request,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
@@ -70,7 +71,7 @@ pub async fn handle(
     };
     router_bridge::through_chat(
         state,
-        proxy_id,
+        ctx,
         parts,
         converted.chat,
         converted.dropped,

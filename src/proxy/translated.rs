@@ -23,8 +23,7 @@ use crate::formats::openai::{ChatRequest, ChatResponse, ErrorBody};
 use crate::formats::sse::{DONE, SseEvent, SseParser};
 use crate::formats::{StreamOut, TranslateError, Translated, anthropic, bedrock, cohere, gemini};
 
-/// `anthropic-version` sent when the client sent none.
-pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+pub use crate::formats::anthropic::ANTHROPIC_VERSION;
 
 /// The translation of one format, chosen by the closed [`Format`] enum. The OpenAI format
 /// is never translated (the router forwards it), so its arms refuse rather than guess.
