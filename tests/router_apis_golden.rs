@@ -5,7 +5,9 @@
 //!
 //! - `fixtures/{responses,messages}/requests/<case>.json` (the client's request) →
 //!   `<case>.<format>.json`: `{"dropped_parts", "body"}` with the body the provider gets
-//!   (OpenAI: the chat request itself), or `{"translate_error": …}`.
+//!   (`openai`: the chat request the OpenAI-compatible family gets; OpenAI itself is sent
+//!   Responses requests as they are, and Anthropic Messages requests, see
+//!   `tests/sdk/test_router_*.py`), or `{"translate_error": …}`.
 //! - `fixtures/translate/responses/<format>/<case>.json` (a native answer; `openai/` holds
 //!   chat completions) → `fixtures/{responses,messages}/answers/<format>/<case>.json`.
 //! - `fixtures/translate/streams/<format>/<case>.sse` (Bedrock: `.eventstream`) →

@@ -24,6 +24,7 @@ pub mod native;
 pub mod router_bridge;
 pub mod router_embeddings;
 pub mod router_messages;
+pub mod router_native;
 pub mod router_responses;
 
 pub mod translated;

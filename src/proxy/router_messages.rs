@@ -1,6 +1,7 @@
 //! `POST /v1/model-router/{proxy}/v1/messages` (also `…/messages`) and
 //! `…/v1/messages/count_tokens`: the Anthropic Messages API in front of any provider of the
-//! proxy, through the chat path ([`super::router_bridge`]); the conversion itself is
+//! proxy: forwarded to Anthropic as it is ([`super::router_native`]), through the chat path to
+//! the others ([`super::router_bridge`]); the conversion itself is
 //! [`crate::formats::anthropic::messages`]. Every error, the gateway's own included, is in
 //! Anthropic's shape, so the `anthropic` SDK raises its usual exceptions.
 
@@ -15,6 +16,7 @@ use serde_json::{Value, json};
 use super::context::Ctx;
 use super::error::ApiError;
 use super::router_bridge::{self, Bridge};
+use super::router_native::{self, Api};
 use super::{AppState, Exchange};
 use crate::formats::anthropic::messages::{self, StreamConverter};
 use crate::formats::openai::ChatResponse;
@@ -95,6 +97,21 @@ async fn messages_call(
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
     let (parts, body) = router_bridge::read_json(state, request).await?;
+    let picked = super::router_embeddings::pick(state, ctx, &body, exchange)?;
+    if let Some(url) = router_native::native_url(ctx, Api::Messages, &picked) {
+        let api = Api::Messages;
+        return router_native::forward(
+            state,
+            ctx,
+            api,
+            url,
+            picked,
+            &parts.headers,
+            body,
+            exchange,
+        )
+        .await;
+    }
     let converted = messages::to_chat(&body)?;
     let model = router_bridge::asked_model(&body);
     let bridge = Messages {
@@ -113,7 +130,12 @@ async fn messages_call(
     .await
 }
 
-/// `count_tokens`: the request is checked as a Messages request would be (it must convert, and
+enum Counted {
+    Native(Response),
+    Estimate(Value),
+}
+
+/// `count_tokens`: an Anthropic target counts for real; otherwise the request is checked as a Messages request would be (it must convert, and
 /// name a model this caller may use), then its input tokens are estimated (about four
 /// characters a token); the answer is `{"input_tokens": N}`.
 pub async fn count_tokens(
@@ -123,14 +145,32 @@ pub async fn count_tokens(
     exchange: &mut Exchange,
 ) -> Response {
     let result = async {
-        let (_, body) = router_bridge::read_json(state, request).await?;
+        let (parts, body) = router_bridge::read_json(state, request).await?;
+        let picked = super::router_embeddings::pick(state, ctx, &body, exchange)?;
+        if let Some(url) = router_native::native_url(ctx, Api::CountTokens, &picked) {
+            let api = Api::CountTokens;
+            let response = router_native::forward(
+                state,
+                ctx,
+                api,
+                url,
+                picked,
+                &parts.headers,
+                body,
+                exchange,
+            )
+            .await?;
+            return Ok(Counted::Native(response));
+        }
         messages::to_chat(&body)?;
-        super::router_embeddings::pick(state, ctx, &body, exchange)?;
-        Ok::<_, ApiError>(json!({"input_tokens": messages::estimate_tokens(&body)}))
+        Ok::<_, ApiError>(Counted::Estimate(
+            json!({"input_tokens": messages::estimate_tokens(&body)}),
+        ))
     }
     .await;
     match result {
-        Ok(value) => {
+        Ok(Counted::Native(response)) => response,
+        Ok(Counted::Estimate(value)) => {
             let mut response = Response::new(Body::from(value.to_string()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -1,6 +1,7 @@
 //! `POST /v1/model-router/{proxy}/responses`: the OpenAI Responses API (stateless) to any
-//! provider of the proxy, through the chat path ([`super::router_bridge`]); the conversion
-//! itself is [`crate::formats::openai::responses`].
+//! provider of the proxy: forwarded to OpenAI (and Azure Foundry v1 URLs) as it is
+//! ([`super::router_native`]), through the chat path to the others ([`super::router_bridge`]);
+//! the conversion itself is [`crate::formats::openai::responses`].
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use serde_json::Value;
 use super::context::Ctx;
 use super::error::ApiError;
 use super::router_bridge::{self, Bridge};
+use super::router_native::{self, Api};
 use super::{AppState, Exchange};
 use crate::formats::openai::ChatResponse;
 use crate::formats::openai::responses::{self, Echo, StreamConverter};
@@ -61,6 +63,22 @@ pub async fn handle(
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
     let (parts, body) = router_bridge::read_json(state, request).await?;
+    responses::check_stateless(&body)?;
+    let picked = super::router_embeddings::pick(state, ctx, &body, exchange)?;
+    if let Some(url) = router_native::native_url(ctx, Api::Responses, &picked) {
+        let api = Api::Responses;
+        return router_native::forward(
+            state,
+            ctx,
+            api,
+            url,
+            picked,
+            &parts.headers,
+            body,
+            exchange,
+        )
+        .await;
+    }
     let converted = responses::to_chat(&body)?;
     let created = router_bridge::now();
     let echo = Echo::of(&body, &router_bridge::asked_model(&body));

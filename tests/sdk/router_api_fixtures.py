@@ -101,7 +101,7 @@ def generation_bodies(fakes: dict[str, Any], provider: str) -> list[dict]:
         return [json.loads(r.body) for r in fakes["bedrock"][0].requests
                 if r.method == "POST" and ("/converse" in r.path)]
     fake = fakes[provider]
-    paths = {"openai": ("/v1/chat/completions",), "anthropic": ("/v1/messages",), "cohere": ("/v2/chat",),
+    paths = {"openai": ("/v1/chat/completions", "/v1/responses"), "anthropic": ("/v1/messages",), "cohere": ("/v2/chat",),
              "gemini": (":generateContent", ":streamGenerateContent")}[provider]
     return [r.json for r in fake.all_requests() if r.method == "POST" and r.path.endswith(paths)]
 

@@ -59,7 +59,7 @@ def test_create_with_a_tool_round_trip(provider, fakes5, gw5):
 
     bodies = generation_bodies(fakes5, provider)
     assert len(bodies) == 2, bodies
-    assert_tool_result_reached(provider, bodies[1], "18C and sunny")
+    assert_tool_result_reached(provider, bodies[1], "18C and sunny", forwarded=False)
     if provider == "anthropic":
         assert bodies[0]["max_tokens"] == 1024 and bodies[0]["system"]
 
@@ -97,7 +97,7 @@ def test_stream_with_a_tool_round_trip(provider, fakes5, gw5):
 
     bodies = generation_bodies(fakes5, provider)
     assert len(bodies) == 2
-    assert_tool_result_reached(provider, bodies[1], "18C and sunny")
+    assert_tool_result_reached(provider, bodies[1], "18C and sunny", forwarded=False)
 
 
 def test_messages_without_v1_is_the_same_endpoint_and_count_tokens(fakes5, gw5):
@@ -114,6 +114,33 @@ def test_messages_without_v1_is_the_same_endpoint_and_count_tokens(fakes5, gw5):
     assert longer.input_tokens > counted.input_tokens
     with pytest.raises(anthropic.NotFoundError):
         client.messages.count_tokens(model="nosuch:model", messages=body["messages"])
+
+
+def test_anthropic_targets_get_the_messages_request_forwarded(fakes5, gw5):
+    """Anthropic speaks Messages: thinking, cache control, betas and server tools reach it as
+    sent; `model` is rewritten there and back (stream events included); count_tokens is real."""
+    fake = fakes5["anthropic"]
+    client = client_for(gw5)
+    model = model_of("anthropic")
+    with client.beta.messages.stream(
+        model=model, max_tokens=2000, betas=["interleaved-thinking-2025-05-14"],
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        system=[{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": "hello"}],
+    ) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text == "echo: hello" and final.model == model
+    req = [r for r in fake.all_requests() if r.path == "/v1/messages"][-1]
+    assert req.json["model"] == CHAT_MODELS["anthropic"]
+    assert req.json["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert req.json["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert req.header("anthropic-beta") == "interleaved-thinking-2025-05-14"
+    assert req.header("x-api-key") != CLIENT_KEY and "beta" not in req.target
+    counted = client.messages.count_tokens(model=model, messages=[{"role": "user", "content": "one two three"}])
+    counts = [r for r in fake.all_requests() if r.path == "/v1/messages/count_tokens"]
+    assert len(counts) == 1 and counts[0].json["model"] == CHAT_MODELS["anthropic"]
+    assert counted.input_tokens > 3  # the fake's own count, not the router's estimate
 
 
 def test_errors_are_in_anthropic_shape(fakes5, gw5):
@@ -165,7 +192,7 @@ def test_what_claude_code_sends(fakes5, gw5):
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-@pytest.mark.parametrize("provider", ["openai", "bedrock"])
+@pytest.mark.parametrize("provider", ["openai", "bedrock", "anthropic"])
 def test_guarded_proxy_blocks_a_tool_call_through_messages(provider, stream, fakes5, start_gateway):
     tools = {"policies": [{"name": "no-delete", "tools": ["delete_*"], "action": "block"}]}
     gw = start_gateway(five_config(fakes5, tools=tools))

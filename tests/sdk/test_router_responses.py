@@ -24,8 +24,9 @@ def model_of(provider: str) -> str:
     return f"{provider}:{CHAT_MODELS[provider]}"
 
 
-def assert_tool_result_reached(provider: str, body: dict, result: str) -> None:
-    """The second upstream request carries the call and its result in the provider's own form."""
+def assert_tool_result_reached(provider: str, body: dict, result: str, forwarded: bool = True) -> None:
+    """The second upstream request carries the call and its result in the provider's own form
+    (`forwarded`: an OpenAI target got the Responses request itself)."""
     text = json.dumps(body)
     assert result in text, body
     assert "get_weather" in text, body
@@ -39,7 +40,11 @@ def assert_tool_result_reached(provider: str, body: dict, result: str) -> None:
     elif provider == "bedrock":
         assert "toolResult" in json.dumps(body["messages"][-1]), body
         assert "toolUse" in json.dumps(body["messages"][-2]), body
-    else:  # openai, cohere: chat-shaped
+    elif provider == "openai" and forwarded:  # forwarded as a Responses request
+        assert body["input"][-1]["type"] == "function_call_output", body
+        assert body["input"][-2]["type"] == "function_call", body
+        assert body["store"] is False and body["model"] == CHAT_MODELS["openai"]
+    else:  # cohere, and openai through the chat path: chat-shaped
         assert body["messages"][-1]["role"] == "tool", body
         assert body["messages"][-2]["tool_calls"][0]["function"]["name"] == "get_weather", body
 
@@ -164,10 +169,31 @@ def test_what_codex_sends_is_accepted_and_hosted_tools_are_refused_by_name(fakes
     assert headers.get("x-portcullis-dropped-parts") == "1", headers
     assert raw.json()["output"][0]["content"][0]["text"].startswith("echo: hi")
 
+    # A hosted tool cannot run on a translated target: 400 naming it.
     for kind in ("web_search", "namespace"):
         with pytest.raises(openai.BadRequestError) as e:
-            client.responses.create(model=model_of("openai"), input="x", tools=[{"type": kind, "name": "n"}])
+            client.responses.create(model=model_of("gemini"), input="x", tools=[{"type": kind, "name": "n"}])
         assert kind in str(e.value)
+
+
+def test_openai_targets_get_the_responses_request_forwarded(fakes5, gw5):
+    """OpenAI speaks Responses: the body goes on as it is (hosted tools, reasoning items and
+    `include` included), `store` forced off, `model` rewritten there and back."""
+    client = gw5.router_client()
+    fake = fakes5["openai"]
+    res = client.responses.create(
+        model=model_of("openai"), input=[{"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "x"},
+                                         {"role": "user", "content": "news?"}],
+        tools=[{"type": "web_search"}], include=["reasoning.encrypted_content"], store=True)
+    assert res.model == model_of("openai") and res.output_text == "echo: news?"
+    sent = [r for r in fake.all_requests() if r.path == "/v1/responses"][-1].json
+    assert sent["model"] == CHAT_MODELS["openai"] and sent["store"] is False
+    assert sent["tools"] == [{"type": "web_search"}] and sent["include"] == ["reasoning.encrypted_content"]
+    assert sent["input"][0]["type"] == "reasoning"
+    assert not [r for r in fake.all_requests() if r.path == "/v1/chat/completions"]
+    with client.responses.stream(model=model_of("openai"), input="hi") as s:
+        final = s.get_final_response()
+    assert final.model == model_of("openai") and final.output_text == "echo: hi"
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])

@@ -43,19 +43,26 @@ fn unsupported(param: &str, reason: impl Into<String>) -> TranslateError {
 /// else is dropped too (never forwarded into the chat request, where a provider could choke).
 const STATELESS: &str = "the Model Router is stateless (store: false semantics): it keeps no responses or conversations, so it cannot continue one; send the whole conversation in `input`, including the earlier output items";
 
+/// Refuse what needs state the router does not keep (`previous_response_id`, `conversation`,
+/// `background`), whatever the target.
+pub fn check_stateless(body: &Value) -> Result<(), TranslateError> {
+    for field in ["previous_response_id", "conversation"] {
+        if body.get(field).is_some_and(|v| !v.is_null()) {
+            return Err(unsupported(field, STATELESS));
+        }
+    }
+    if body.get("background").and_then(Value::as_bool) == Some(true) {
+        return Err(unsupported("background", STATELESS));
+    }
+    Ok(())
+}
+
 /// Convert a Responses request body into a Chat Completions request body.
 pub fn to_chat(body: &Value) -> Result<Converted, TranslateError> {
     let Some(obj) = body.as_object() else {
         return Err(unsupported("input", "the body must be a JSON object"));
     };
-    for field in ["previous_response_id", "conversation"] {
-        if obj.get(field).is_some_and(|v| !v.is_null()) {
-            return Err(unsupported(field, STATELESS));
-        }
-    }
-    if obj.get("background").and_then(Value::as_bool) == Some(true) {
-        return Err(unsupported("background", STATELESS));
-    }
+    check_stateless(body)?;
     let mut chat = Map::new();
     if let Some(model) = obj.get("model") {
         chat.insert("model".to_owned(), model.clone());

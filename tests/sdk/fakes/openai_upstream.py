@@ -169,6 +169,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "object": "list",
                 "data": [{"id": m, "object": "model", "created": now, "owned_by": "fake"} for m in self.owner.models],
             })
+        elif req.path == "/v1/responses" and req.method == "POST":
+            self._responses(json.loads(req.body))
         elif req.path == "/v1/embeddings" and req.method == "POST":
             self._embeddings(json.loads(req.body))
         else:
@@ -338,6 +340,79 @@ class _Handler(BaseHTTPRequestHandler):
         with owner._lock:
             owner.stream_completed += 1
         self._write_chunk(b"")  # terminating zero-length chunk
+
+    def _responses(self, payload: dict) -> None:
+        """``POST /v1/responses``: a ``response`` (or its event stream) from the reply queue; the
+        default echoes the last user text. Refuses a body without ``model`` or ``input``."""
+        if not payload.get("model") or payload.get("input") in (None, "", []):
+            self._error(400, "Missing required parameter: 'model' or 'input'.", "invalid_request_error")
+            return
+        inp = payload["input"]
+        last = inp if isinstance(inp, str) else ""
+        if isinstance(inp, list):
+            for item in inp:
+                if isinstance(item, dict) and item.get("role") == "user":
+                    c = item.get("content")
+                    last = c if isinstance(c, str) else " ".join(p.get("text", "") for p in c or [])
+        reply = self.owner.next_reply() or Reply(input_tokens=13, output_tokens=5)
+        text = reply.text_for(last)
+        calls = self.owner.tool_calls(reply)
+        output: list[dict] = []
+        if text:
+            output.append({"type": "message", "id": "msg_fake01", "status": "completed", "role": "assistant",
+                           "content": [{"type": "output_text", "text": text, "annotations": []}]})
+        for i, c in enumerate(calls):
+            output.append({"type": "function_call", "id": f"fc_fake0{i}", "call_id": c["id"],
+                           "name": c["function"]["name"], "arguments": c["function"]["arguments"],
+                           "status": "completed"})
+        usage = {"input_tokens": reply.input_tokens, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": reply.output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": reply.input_tokens + reply.output_tokens}
+        response = {"id": "resp_fake01", "object": "response", "created_at": int(time.time()),
+                    "status": "completed", "model": payload["model"], "output": output, "usage": usage,
+                    "store": payload.get("store", True), "tools": payload.get("tools", []),
+                    "parallel_tool_calls": True, "tool_choice": "auto", "error": None,
+                    "incomplete_details": None}
+        if not payload.get("stream"):
+            self._send_json(200, response)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        seq = 0
+
+        def ev(kind: str, data: dict) -> None:
+            nonlocal seq
+            data = {"type": kind, "sequence_number": seq, **data}
+            seq += 1
+            self._write_chunk(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
+
+        ev("response.created", {"response": {**response, "status": "in_progress", "output": [], "usage": None}})
+        for i, item in enumerate(output):
+            if item["type"] == "message":
+                ev("response.output_item.added", {"output_index": i, "item": {**item, "content": [],
+                                                                             "status": "in_progress"}})
+                ev("response.content_part.added", {"item_id": item["id"], "output_index": i, "content_index": 0,
+                                                   "part": {"type": "output_text", "text": "", "annotations": []}})
+                ev("response.output_text.delta", {"item_id": item["id"], "output_index": i, "content_index": 0,
+                                                  "delta": text})
+                ev("response.output_text.done", {"item_id": item["id"], "output_index": i, "content_index": 0,
+                                                 "text": text})
+                ev("response.content_part.done", {"item_id": item["id"], "output_index": i, "content_index": 0,
+                                                  "part": item["content"][0]})
+            else:
+                ev("response.output_item.added", {"output_index": i, "item": {**item, "arguments": "",
+                                                                             "status": "in_progress"}})
+                ev("response.function_call_arguments.delta", {"item_id": item["id"], "output_index": i,
+                                                              "delta": item["arguments"]})
+                ev("response.function_call_arguments.done", {"item_id": item["id"], "output_index": i,
+                                                             "arguments": item["arguments"]})
+            ev("response.output_item.done", {"output_index": i, "item": item})
+        ev("response.completed", {"response": response})
+        with self.owner._lock:
+            self.owner.stream_completed += 1
+        self._write_chunk(b"")
 
     def _embeddings(self, payload: dict) -> None:
         inputs = payload.get("input")
