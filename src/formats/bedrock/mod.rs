@@ -6,6 +6,7 @@ pub mod chat;
 pub mod embeddings;
 pub mod endpoints;
 pub mod eventstream;
+pub mod guard;
 
 pub use chat::*;
 

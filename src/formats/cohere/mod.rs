@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod embeddings;
 pub mod endpoints;
+pub mod guard;
 
 pub use chat::*;
 

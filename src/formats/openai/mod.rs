@@ -4,6 +4,7 @@
 
 pub mod embeddings;
 pub mod endpoints;
+pub mod guard;
 pub mod responses;
 pub mod stream;
 pub mod wire;
