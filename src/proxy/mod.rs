@@ -11,6 +11,7 @@
 //! successful `text/event-stream` body gets SSE keep-alive comments while it is idle
 //! ([`keepalive`]).
 
+pub mod drain;
 pub mod error;
 pub mod guarded;
 pub mod headers;
@@ -38,6 +39,9 @@ pub use error::ApiError;
 
 /// The `model` metrics label of a model the provider does not list.
 pub const OTHER_MODEL: &str = "other";
+
+/// The `provider` metrics label of a prefix the proxy does not have.
+pub const UNKNOWN_LABEL: &str = "unknown";
 
 /// Default request-body limit: 32 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -173,6 +177,8 @@ fn request_id(request: &Request) -> String {
 }
 
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    // An early answer leaves the body unread: drain a small one so keep-alive survives.
+    let request = request.map(|body| Body::new(drain::DrainOnDrop::new(body)));
     let path = request.uri().path().to_owned();
     let mut exchange = Exchange {
         metrics: state.metrics.clone(),
@@ -249,7 +255,13 @@ async fn route(
                 e.into_response()
             } else {
                 exchange.route = "native";
-                exchange.provider = prefix.to_owned();
+                // Metrics labels come from configuration only: a prefix the proxy does not
+                // have (random bytes from an unauthenticated caller) is one fixed label.
+                exchange.provider = if table.route(prefix).is_some() {
+                    prefix.to_owned()
+                } else {
+                    UNKNOWN_LABEL.to_owned()
+                };
                 e.into_response_for(native::protocol_for(table, prefix))
             });
         }
