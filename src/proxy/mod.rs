@@ -243,6 +243,12 @@ async fn route(
     }
     // Who is calling, before anything else happens (unknown proxies get their 404 below).
     let snapshot = state.store.load();
+    if let Some(candidates) = snapshot.ambiguous(proxy) {
+        return Err(ApiError::AmbiguousProxy {
+            id: proxy.to_owned(),
+            candidates: candidates.join(", "),
+        });
+    }
     if let Some(table) = snapshot.proxy(proxy) {
         exchange.proxy = table.key.proxy_id();
         if prefix == "model-router" {
