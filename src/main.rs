@@ -201,15 +201,11 @@ fn run_serve(args: ServeArgs) -> ExitCode {
     // The embedded default serves the developer's own keys anonymously: loopback only,
     // unless an address is given.
     let embedded = kubernetes.is_none() && args.config.is_empty();
-    let host = if embedded { [127, 0, 0, 1] } else { [0, 0, 0, 0] };
+    let (listen, admin_listen) = portcullis::server::default_addresses(embedded);
     let options = ServeOptions {
         config: args.config,
-        listen: args
-            .listen
-            .unwrap_or_else(|| SocketAddr::from((host, 8080))),
-        admin_listen: args
-            .admin_listen
-            .unwrap_or_else(|| SocketAddr::from((host, 9090))),
+        listen: args.listen.unwrap_or(listen),
+        admin_listen: args.admin_listen.unwrap_or(admin_listen),
         limits: args.limits,
         extra_ca_certs: args.extra_ca_certs,
         max_body_bytes: args.max_body_bytes,

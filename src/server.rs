@@ -48,6 +48,14 @@ pub struct ServeOptions {
     pub limits: ConnectionLimits,
 }
 
+/// The data-plane and admin addresses when none is given: every interface with a
+/// configuration (files or a cluster), loopback only for the embedded default, which serves
+/// the developer's own provider keys from the environment to anonymous callers.
+pub fn default_addresses(embedded: bool) -> (SocketAddr, SocketAddr) {
+    let host = if embedded { [127, 0, 0, 1] } else { [0, 0, 0, 0] };
+    (SocketAddr::from((host, 8080)), SocketAddr::from((host, 9090)))
+}
+
 /// Limits on the data plane's client connections, so a slow or oversized request head cannot
 /// hold a connection (and its memory) open.
 #[derive(Clone, Debug, clap::Args)]
@@ -470,7 +478,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         None
     } else if options.config.is_empty() {
         let objects = defaults::objects(|k| std::env::var(k).ok());
-        tracing::info!("no --config given: serving the embedded default proxy `default`");
+        tracing::info!(
+            listen = %options.listen,
+            "no --config given: serving the embedded default proxy `default` (loopback only unless --listen says otherwise)"
+        );
         apply_objects(
             &store,
             &metrics,
@@ -569,4 +580,18 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     }
     admin_task.abort();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_listens_on_loopback_only() {
+        let (data, admin) = default_addresses(true);
+        assert!(data.ip().is_loopback() && admin.ip().is_loopback());
+        assert_eq!((data.port(), admin.port()), (8080, 9090));
+        let (data, admin) = default_addresses(false);
+        assert!(data.ip().is_unspecified() && admin.ip().is_unspecified());
+    }
 }
