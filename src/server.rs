@@ -52,8 +52,15 @@ pub struct ServeOptions {
 /// configuration (files or a cluster), loopback only for the embedded default, which serves
 /// the developer's own provider keys from the environment to anonymous callers.
 pub fn default_addresses(embedded: bool) -> (SocketAddr, SocketAddr) {
-    let host = if embedded { [127, 0, 0, 1] } else { [0, 0, 0, 0] };
-    (SocketAddr::from((host, 8080)), SocketAddr::from((host, 9090)))
+    let host = if embedded {
+        [127, 0, 0, 1]
+    } else {
+        [0, 0, 0, 0]
+    };
+    (
+        SocketAddr::from((host, 8080)),
+        SocketAddr::from((host, 9090)),
+    )
 }
 
 /// Limits on the data plane's client connections, so a slow or oversized request head cannot
@@ -136,13 +143,14 @@ async fn serve_data(
         };
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
-        let service = hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-            request
-                .extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
-            let mut router = router.clone();
-            async move { tower_service::Service::call(&mut router, request).await }
-        });
+        let service =
+            hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let mut router = router.clone();
+                async move { tower_service::Service::call(&mut router, request).await }
+            });
         let io = hyper_util::rt::TokioIo::new(tcp);
         let connection = builder
             .serve_connection_with_upgrades(io, service)

@@ -293,7 +293,10 @@ mod tests {
             Some(vec!["ai.team-a".to_owned(), "other.team-a".to_owned()])
         );
         assert_eq!(resolved(&s, "ai.team-a").as_deref(), Some("ai.team-a"));
-        assert_eq!(resolved(&s, "other.team-a").as_deref(), Some("other.team-a"));
+        assert_eq!(
+            resolved(&s, "other.team-a").as_deref(),
+            Some("other.team-a")
+        );
         assert_eq!(s.ambiguous("ai.team-a"), None);
         assert_eq!(s.ambiguous("nope"), None);
     }

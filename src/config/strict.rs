@@ -63,7 +63,10 @@ mod tests {
         assert!(e[0].contains("LlmProxy x"), "{e:?}");
         let provider = "apiVersion: portcullis.dev/v1alpha1\nkind: LlmProvider\nmetadata: {name: p, namespace: ai, labels: {a: b}}\nspec: {type: openai, timout: 5s}\n";
         let e = errors(provider);
-        assert!(e.len() == 1 && e[0].contains("unknown field `spec.timout`"), "{e:?}");
+        assert!(
+            e.len() == 1 && e[0].contains("unknown field `spec.timout`"),
+            "{e:?}"
+        );
         let good = "apiVersion: portcullis.dev/v1alpha1\nkind: LlmProvider\nmetadata: {name: p, namespace: ai, labels: {a: b}, annotations: {c: d}}\nspec: {type: openai, timeout: 5s}\nstatus: {observedGeneration: 1}\n";
         assert!(errors(good).is_empty(), "{:?}", errors(good));
     }

@@ -234,8 +234,9 @@ mod tests {
             };
             let e = c.apply(out).await.err().map(|e| e.to_string());
             assert!(
-                e.as_deref()
-                    .is_some_and(|e| e.contains("*.googleapis.com") && e.contains("nothing was sent")),
+                e.as_deref().is_some_and(
+                    |e| e.contains("*.googleapis.com") && e.contains("nothing was sent")
+                ),
                 "{url}: {e:?}"
             );
             assert!(h.is_empty(), "{url}: {h:?}");

@@ -233,10 +233,7 @@ mod tests {
             &url("https://us-central1-aiplatform.googleapis.com/v1")
         ));
         assert!(!p.allows(CloudIdentity::Google, &url("https://googleapis.com/")));
-        assert!(!p.allows(
-            CloudIdentity::Google,
-            &url("https://evilgoogleapis.com/")
-        ));
+        assert!(!p.allows(CloudIdentity::Google, &url("https://evilgoogleapis.com/")));
         assert!(!p.allows(
             CloudIdentity::Google,
             &url("https://x.googleapis.com.evil.example/")
@@ -288,8 +285,8 @@ mod tests {
         assert!(p.allows_azure_scope(COGNITIVE_SERVICES_SCOPE));
         assert!(p.allows_azure_scope(AI_FOUNDRY_SCOPE));
         assert!(!p.allows_azure_scope("https://vault.azure.net/.default"));
-        let p = IdentityPolicy::new(&[], &["api://custom/.default"])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let p =
+            IdentityPolicy::new(&[], &["api://custom/.default"]).unwrap_or_else(|e| panic!("{e}"));
         assert!(p.allows_azure_scope("api://custom/.default"));
         assert!(IdentityPolicy::new(&[], &["a b"]).is_err());
     }

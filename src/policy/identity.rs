@@ -735,8 +735,10 @@ mod tests {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // A JWKS endpoint that accepts and never answers, counting connections.
-        let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let slow_addr = slow.local_addr().unwrap();
+        let slow = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let slow_addr = slow.local_addr().unwrap_or_else(|e| panic!("{e}"));
         tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((s, _)) = slow.accept().await {
@@ -744,8 +746,10 @@ mod tests {
             }
         });
         // A JWKS endpoint that always fails (500), counting requests.
-        let failing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let failing_addr = failing.local_addr().unwrap();
+        let failing = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let failing_addr = failing.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
         tokio::spawn(async move {
@@ -758,7 +762,7 @@ mod tests {
                     .await;
             }
         });
-        let client = crate::server::http_client(None).unwrap();
+        let client = crate::server::http_client(None).unwrap_or_else(|e| panic!("{e}"));
         let rt = Arc::new(Runtime::new(client));
         let stuck = rt.clone();
         let slow_uri = format!("http://{slow_addr}/jwks");
@@ -775,7 +779,11 @@ mod tests {
                 Err(AuthFailure::Unavailable)
             ));
         }
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
         // Twenty requests, one fetch: the failure is backed off.
         assert_eq!(hits.load(Ordering::SeqCst), 1);
     }

@@ -53,7 +53,11 @@ impl http_body::Body for DrainOnDrop {
         match &polled {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.ended = true,
             Poll::Ready(Some(Ok(_))) => {
-                if self.inner.as_ref().is_some_and(http_body::Body::is_end_stream) {
+                if self
+                    .inner
+                    .as_ref()
+                    .is_some_and(http_body::Body::is_end_stream)
+                {
                     self.ended = true;
                 }
             }
@@ -63,7 +67,11 @@ impl http_body::Body for DrainOnDrop {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.as_ref().is_none_or(http_body::Body::is_end_stream)
+        self.ended
+            || self
+                .inner
+                .as_ref()
+                .is_none_or(http_body::Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -204,9 +204,7 @@ impl ApiError {
             ApiError::Unsupported(_) => "unsupported_parameter",
             ApiError::ClientBody(_) => "invalid_body",
             ApiError::RouteNotFound { .. } => "route_not_found",
-            ApiError::ProxyNotFound { .. } | ApiError::AmbiguousProxy { .. } => {
-                "proxy_not_found"
-            }
+            ApiError::ProxyNotFound { .. } | ApiError::AmbiguousProxy { .. } => "proxy_not_found",
             ApiError::UnknownPrefix { .. }
             | ApiError::ModelNotFound { .. }
             | ApiError::ModelNotServed { .. } => "model_not_found",

@@ -98,10 +98,7 @@ pub enum CappedRead {
 
 /// Read an upstream answer whole, at most `limit` bytes (never an unbounded buffer).
 pub async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, CappedRead> {
-    if response
-        .content_length()
-        .is_some_and(|n| n > limit as u64)
-    {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
         return Err(CappedRead::TooBig);
     }
     let mut stream = response.bytes_stream();
@@ -216,11 +213,16 @@ mod tests {
         assert_eq!(ok.ok().as_deref(), Some(&b"abcdef"[..]));
         let big = read_limited(response(vec![b"abc", b"defg"]), 6).await;
         assert!(matches!(big, Err(CappedRead::TooBig)));
-        let e = read_capped(response(vec![&[b'x'; 2048]]), 1024, "openai", Duration::from_secs(1))
-            .await
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = read_capped(
+            response(vec![&[b'x'; 2048]]),
+            1024,
+            "openai",
+            Duration::from_secs(1),
+        )
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(e.contains("larger than 1 KiB"), "{e}");
     }
 }
