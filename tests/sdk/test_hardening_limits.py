@@ -189,3 +189,23 @@ def test_an_early_answer_waits_for_a_small_body_still_on_its_way(fake, start_gat
                   f"Authorization: Bearer {CLIENT_KEY}\r\n\r\n".encode())
         status, _ = _read_response(s)
         assert status == 200
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_the_header_timeout(fake, config_dir, tmp_path):
+    (config_dir / "portcullis.yaml").write_text(config(fake))
+    gw = Gateway(config_dir, tmp_path / "gw.log", ["--header-read-timeout", "1s"]).start()
+    try:
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+            s.sendall(f"GET /v1/model-router/ai.team-a/models HTTP/1.1\r\nHost: x\r\n"
+                      f"Authorization: Bearer {CLIENT_KEY}\r\n\r\n".encode())
+            status, _ = _read_response(s)
+            assert status == 200
+            t0 = time.monotonic()
+            try:
+                data = s.recv(4096)
+            except ConnectionResetError:
+                data = b""
+            took = time.monotonic() - t0
+        assert data == b"" and took < 3.0, (data, took)
+    finally:
+        gw.stop()
