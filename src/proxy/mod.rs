@@ -11,6 +11,7 @@
 //! successful `text/event-stream` body gets SSE keep-alive comments while it is idle
 //! ([`keepalive`]).
 
+pub mod context;
 pub mod drain;
 pub mod error;
 pub mod guarded;
@@ -18,7 +19,7 @@ pub mod headers;
 pub mod keepalive;
 pub mod model_router;
 pub mod native;
-pub mod sse;
+
 pub mod translated;
 pub mod upstream;
 
@@ -241,49 +242,68 @@ async fn route(
     if prefix.is_empty() || proxy.is_empty() {
         return Err(not_found());
     }
-    // Who is calling, before anything else happens (unknown proxies get their 404 below).
+    let router = prefix == "model-router";
+    exchange.route = if router { "router" } else { "native" };
+    // The one snapshot load of this request.
     let snapshot = state.store.load();
     if let Some(candidates) = snapshot.ambiguous(proxy) {
-        return Err(ApiError::AmbiguousProxy {
+        let error = ApiError::AmbiguousProxy {
             id: proxy.to_owned(),
             candidates: candidates.join(", "),
-        });
+        };
+        return if router {
+            Err(error)
+        } else {
+            Ok(error.into_response_for(context::format_hint(prefix)))
+        };
     }
-    if let Some(table) = snapshot.proxy(proxy) {
-        exchange.proxy = table.key.proxy_id();
-        if prefix == "model-router" {
-            exchange.route = "router";
-        }
-        let peer = guarded::peer(&request);
-        let headers = guarded::credential_headers(table, prefix, &request);
-        if let Err(e) = guarded::authenticate(state, table, &headers, peer, exchange).await {
-            return Ok(if prefix == "model-router" {
-                e.into_response()
-            } else {
-                exchange.route = "native";
-                // Metrics labels come from configuration only: a prefix the proxy does not
-                // have (random bytes from an unauthenticated caller) is one fixed label.
-                exchange.provider = if table.route(prefix).is_some() {
-                    prefix.to_owned()
-                } else {
-                    UNKNOWN_LABEL.to_owned()
-                };
-                e.into_response_for(native::protocol_for(table, prefix))
+    let table = snapshot.proxy(proxy).cloned();
+    drop(snapshot);
+    let Some(table) = table else {
+        if router {
+            return Err(ApiError::ProxyNotFound {
+                id: proxy.to_owned(),
             });
         }
+        // A path error comes first on native routes, then the unknown proxy, in the shape of
+        // the provider type the prefix names.
+        let shape = context::format_hint(prefix);
+        let error = native::check_rest(rest)
+            .err()
+            .unwrap_or_else(|| ApiError::ProxyNotFound {
+                id: proxy.to_owned(),
+            });
+        return Ok(error.into_response_for(shape));
+    };
+    exchange.proxy = table.key.proxy_id();
+    // Who is calling, before anything else happens.
+    let peer = context::peer(&request);
+    let headers = context::credential_headers(&table, prefix, &request);
+    if let Err(e) = context::authenticate(state, &table, &headers, peer, exchange).await {
+        return Ok(if router {
+            e.into_response()
+        } else {
+            // Metrics labels come from configuration only: a prefix the proxy does not have
+            // (random bytes from an unauthenticated caller) is one fixed label.
+            exchange.provider = if table.route(prefix).is_some() {
+                prefix.to_owned()
+            } else {
+                UNKNOWN_LABEL.to_owned()
+            };
+            e.into_response_for(context::format_for(&table, prefix))
+        });
     }
-    drop(snapshot);
-    if prefix == "model-router" {
-        exchange.route = "router";
+    drop(headers);
+    let ctx = context::Ctx { table };
+    if router {
         match (request.method(), rest) {
             (&Method::POST, "chat/completions") => {
-                model_router::chat(state, proxy, request, exchange).await
+                model_router::chat(state, &ctx, request, exchange).await
             }
-            (&Method::GET, "models") => model_router::models(state, proxy, exchange).await,
+            (&Method::GET, "models") => model_router::models(state, &ctx, exchange).await,
             _ => Err(not_found()),
         }
     } else {
-        exchange.route = "native";
-        Ok(native::forward(state, prefix, proxy, rest, request, exchange).await)
+        Ok(native::forward(state, &ctx, prefix, rest, request, exchange).await)
     }
 }
