@@ -3,6 +3,9 @@
 //! ```text
 //! /v1/model-router/{proxy}/chat/completions  ─> model_router::chat  (resolve model → upstream)
 //! /v1/model-router/{proxy}/models            ─> model_router::models
+//! /v1/model-router/{proxy}/responses         ─> router_responses   (via the chat path)
+//! /v1/model-router/{proxy}/v1/messages       ─> router_messages    (via the chat path)
+//! /v1/model-router/{proxy}/embeddings        ─> router_embeddings
 //! /v1/{prefix}/{proxy}/{rest…}               ─> native::forward     (bytes pass through)
 //! ```
 //!
@@ -13,12 +16,18 @@
 //! ([`crate::telemetry::otel`]), which therefore ends with the body too.
 
 pub mod context;
+pub mod drain;
 pub mod error;
 pub mod guarded;
 pub mod headers;
 pub mod keepalive;
 pub mod model_router;
 pub mod native;
+pub mod router_bridge;
+pub mod router_embeddings;
+pub mod router_messages;
+pub mod router_native;
+pub mod router_responses;
 
 pub mod translated;
 pub mod upstream;
@@ -42,6 +51,9 @@ pub use error::ApiError;
 
 /// The `model` metrics label of a model the provider does not list.
 pub const OTHER_MODEL: &str = "other";
+
+/// The `provider` metrics label of a prefix the proxy does not have.
+pub const UNKNOWN_LABEL: &str = "unknown";
 
 /// Default request-body limit: 32 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -231,6 +243,7 @@ impl Drop for Exchange {
                 identity: &data.identity,
                 auth: data.auth,
                 route: self.route,
+                endpoint: data.endpoint,
                 provider: &self.provider,
                 model: data.model.as_deref().unwrap_or(&self.model),
                 status: self.status,
@@ -254,6 +267,8 @@ fn request_id(request: &Request) -> String {
 }
 
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    // An early answer leaves the body unread: drain a small one so keep-alive survives.
+    let request = request.map(|body| Body::new(drain::DrainOnDrop::new(body)));
     let path = request.uri().path().to_owned();
     let mut exchange = Exchange {
         metrics: state.metrics.clone(),
@@ -316,6 +331,29 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
     Response::from_parts(parts, Body::from_stream(body))
 }
 
+/// The error shape of a Model Router endpoint: Anthropic's for the Messages API, else OpenAI's.
+fn router_format(rest: &str) -> crate::formats::Format {
+    match rest {
+        "v1/messages" | "messages" | "v1/messages/count_tokens" | "messages/count_tokens" => {
+            crate::formats::Format::Anthropic
+        }
+        _ => crate::formats::Format::OpenAi,
+    }
+}
+
+/// The audit name of a Model Router endpoint (a closed set: paths are never echoed).
+fn router_endpoint(rest: &str) -> &'static str {
+    match rest {
+        "chat/completions" => "chat/completions",
+        "responses" => "responses",
+        "embeddings" => "embeddings",
+        "v1/messages" | "messages" => "messages",
+        "v1/messages/count_tokens" | "messages/count_tokens" => "messages/count_tokens",
+        "models" => "models",
+        _ => "unknown",
+    }
+}
+
 async fn route(
     state: &Arc<AppState>,
     path: &str,
@@ -341,12 +379,26 @@ async fn route(
     let router = prefix == "model-router";
     exchange.route = if router { "router" } else { "native" };
     // The one snapshot load of this request.
-    let table = state.store.load().proxy(proxy).cloned();
+    let snapshot = state.store.load();
+    if let Some(candidates) = snapshot.ambiguous(proxy) {
+        let error = ApiError::AmbiguousProxy {
+            id: proxy.to_owned(),
+            candidates: candidates.join(", "),
+        };
+        return if router {
+            Err(error)
+        } else {
+            Ok(error.into_response_for(context::format_hint(prefix)))
+        };
+    }
+    let table = snapshot.proxy(proxy).cloned();
+    drop(snapshot);
     let Some(table) = table else {
         if router {
-            return Err(ApiError::ProxyNotFound {
+            return Ok(ApiError::ProxyNotFound {
                 id: proxy.to_owned(),
-            });
+            }
+            .into_response_for(router_format(rest)));
         }
         // A path error comes first on native routes, then the unknown proxy, in the shape of
         // the provider type the prefix names.
@@ -364,20 +416,40 @@ async fn route(
     let headers = context::credential_headers(&table, prefix, &request);
     if let Err(e) = context::authenticate(state, &table, &headers, peer, exchange).await {
         return Ok(if router {
-            e.into_response()
+            e.into_response_for(router_format(rest))
         } else {
-            exchange.provider = prefix.to_owned();
+            // Metrics labels come from configuration only: a prefix the proxy does not have
+            // (random bytes from an unauthenticated caller) is one fixed label.
+            exchange.provider = if table.route(prefix).is_some() {
+                prefix.to_owned()
+            } else {
+                UNKNOWN_LABEL.to_owned()
+            };
             e.into_response_for(context::format_for(&table, prefix))
         });
     }
     drop(headers);
     let ctx = context::Ctx { table };
     if router {
+        let endpoint = router_endpoint(rest);
+        crate::policy::audit::update(&exchange.audit, |d| d.endpoint = endpoint);
         match (request.method(), rest) {
             (&Method::POST, "chat/completions") => {
                 model_router::chat(state, &ctx, request, exchange).await
             }
             (&Method::GET, "models") => model_router::models(state, &ctx, exchange).await,
+            (&Method::POST, "responses") => {
+                router_responses::handle(state, &ctx, request, exchange).await
+            }
+            (&Method::POST, "embeddings") => {
+                router_embeddings::handle(state, &ctx, request, exchange).await
+            }
+            (&Method::POST, "v1/messages" | "messages") => {
+                Ok(router_messages::handle(state, &ctx, request, exchange).await)
+            }
+            (&Method::POST, "v1/messages/count_tokens" | "messages/count_tokens") => {
+                Ok(router_messages::count_tokens(state, &ctx, request, exchange).await)
+            }
             _ => Err(not_found()),
         }
     } else {
