@@ -55,4 +55,3 @@ pub async fn read_limited(response: reqwest::Response, limit: usize) -> Result<B
     }
     Ok(out.freeze())
 }
-
