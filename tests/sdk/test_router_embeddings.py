@@ -22,6 +22,9 @@ pytestmark = pytest.mark.usefixtures("trust_loopback_identity")
 
 EMBEDDERS = tuple(EMBED_MODELS)
 
+# The Bedrock fake listens on 127.0.0.1: trusted like an operator's private endpoint.
+pytestmark = pytest.mark.usefixtures("trust_loopback_identity")
+
 
 def model_of(provider: str) -> str:
     return f"{provider}:{EMBED_MODELS[provider]}"

@@ -30,6 +30,9 @@ def client_for(gw, proxy: str = "ai.team-a") -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=f"{gw.url}/v1/model-router/{proxy}", api_key=CLIENT_KEY, max_retries=0,
                                timeout=15)
 
+# The Bedrock fake listens on 127.0.0.1: trusted like an operator's private endpoint.
+pytestmark = pytest.mark.usefixtures("trust_loopback_identity")
+
 
 def model_of(provider: str) -> str:
     return f"{provider}:{CHAT_MODELS[provider]}"

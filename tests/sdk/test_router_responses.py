@@ -22,6 +22,9 @@ TOOL = {"type": "function", **WEATHER}
 QUESTION = "Weather in Paris?"
 INSTRUCTIONS = "You are a weather bot."
 
+# The Bedrock fake listens on 127.0.0.1: trusted like an operator's private endpoint.
+pytestmark = pytest.mark.usefixtures("trust_loopback_identity")
+
 
 def model_of(provider: str) -> str:
     return f"{provider}:{CHAT_MODELS[provider]}"
