@@ -17,8 +17,6 @@ from router_api_fixtures import (EMBED_MODELS, audit_for, aws_env, control, fake
 from translated_fixtures import anthropic_fake, cohere_fake, gemini_fake  # noqa: F401
 from test_bedrock import assert_gateway_signed
 
-# The Bedrock fake listens on 127.0.0.1: name it as a trusted identity host (process level).
-pytestmark = pytest.mark.usefixtures("trust_loopback_identity")
 
 EMBEDDERS = tuple(EMBED_MODELS)
 

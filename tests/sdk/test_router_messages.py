@@ -18,8 +18,6 @@ from router_api_fixtures import (CHAT_MODELS, FORMATS, WEATHER, audit_for, five_
 from test_router_responses import assert_tool_result_reached
 from translated_fixtures import anthropic_fake, cohere_fake, gemini_fake  # noqa: F401
 
-# The Bedrock fake listens on 127.0.0.1: name it as a trusted identity host (process level).
-pytestmark = pytest.mark.usefixtures("trust_loopback_identity")
 
 TOOL = {"name": WEATHER["name"], "description": WEATHER["description"], "input_schema": WEATHER["parameters"]}
 SYSTEM = "You are a weather bot."

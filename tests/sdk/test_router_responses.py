@@ -15,8 +15,6 @@ from router_api_fixtures import (CHAT_MODELS, FORMATS, WEATHER, audit_for, five_
                                  queue_call, queue_text, runtime, store, sts, usage_of)
 from translated_fixtures import anthropic_fake, cohere_fake, gemini_fake  # noqa: F401
 
-# The Bedrock fake listens on 127.0.0.1: name it as a trusted identity host (process level).
-pytestmark = pytest.mark.usefixtures("trust_loopback_identity")
 
 TOOL = {"type": "function", **WEATHER}
 QUESTION = "Weather in Paris?"
