@@ -223,10 +223,10 @@ fn error(status: StatusCode, message: &str) -> Response {
     respond(status, "application/json", Body::from(body.to_string()))
 }
 
-/// The request body's `"stream"`, or an error response for a body that is not JSON.
-fn wants_stream(body: &[u8]) -> Result<bool, Response> {
-    let request: Value = serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))?;
+/// The request body's `"stream"`, or why the body is not JSON.
+fn wants_stream(body: &[u8]) -> Result<bool, String> {
+    let request: Value =
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
     Ok(request.get("stream").and_then(Value::as_bool) == Some(true))
 }
 
@@ -253,7 +253,7 @@ fn sse(events: Vec<Bytes>, delay: Duration) -> Response {
 
 async fn chat(State(canned): State<Arc<Canned>>, body: Bytes) -> Response {
     match wants_stream(&body) {
-        Err(response) => response,
+        Err(message) => error(StatusCode::BAD_REQUEST, &message),
         Ok(false) => respond(
             StatusCode::OK,
             "application/json",
@@ -265,7 +265,7 @@ async fn chat(State(canned): State<Arc<Canned>>, body: Bytes) -> Response {
 
 async fn messages(State(canned): State<Arc<Canned>>, body: Bytes) -> Response {
     match wants_stream(&body) {
-        Err(response) => response,
+        Err(message) => error(StatusCode::BAD_REQUEST, &message),
         Ok(false) => respond(
             StatusCode::OK,
             "application/json",
