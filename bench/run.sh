@@ -410,6 +410,9 @@ for via in ("native", "router", "translated"):
     per_event = (gs - gj) / chunks
     rows.append((f"gateway CPU per streamed event, {via}", f"{per_event:.2f} µs",
                  f"≤ {EVENT_TARGET:.0f} µs", verdict(per_event, EVENT_TARGET, True, min(tj, ts))))
+    user = lambda r: r["cpu_ticks"]["gateway_user"] * 1e6 / r["cpu_ticks"]["clk_tck"] / r["ok"]
+    user_event = (user(s) - user(j)) / chunks
+    rows.append((f"  of which user space (utime only), {via}", f"{user_event:.2f} µs", "-", "-"))
 for via, direct in VIA.items():
     for mode in ("json", "stream"):
         r, d = runs.get(f"{via}/{mode}"), runs.get(f"{direct}/{mode}")
