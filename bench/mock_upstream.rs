@@ -14,6 +14,9 @@
 //!   `content_block_stop`, `message_delta` (stop reason and usage), `message_stop`. The same N
 //!   as the OpenAI stream, so the gateway handles as many upstream events on both.
 //! - `GET /v1/models`: one model, `bench-model`.
+//! - `POST /v1/traces`: an OTLP/HTTP trace sink (`OTEL=1 bench/run.sh` points the gateway's
+//!   exporter here); the body is read and dropped, the answer is an empty
+//!   `ExportTraceServiceResponse`.
 //!
 //! Responses are rendered once at startup so the mock spends as little CPU as possible per
 //! request: it is the baseline the gateway's overhead is measured against. Part of the
@@ -275,6 +278,11 @@ async fn messages(State(canned): State<Arc<Canned>>, body: Bytes) -> Response {
     }
 }
 
+async fn traces(body: Bytes) -> Response {
+    drop(body);
+    respond(StatusCode::OK, "application/x-protobuf", Body::empty())
+}
+
 async fn models(State(canned): State<Arc<Canned>>) -> Response {
     respond(
         StatusCode::OK,
@@ -297,6 +305,7 @@ async fn main() -> ExitCode {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
+        .route("/v1/traces", post(traces))
         .with_state(state);
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
     let listener = match tokio::net::TcpListener::bind(addr).await {

@@ -12,6 +12,7 @@
 # Knobs (environment): REQUESTS (20000), WARMUP (1000), CONCURRENCY (16), CHUNKS (20),
 # CHUNK_DELAY_MS (0), MAX_SECONDS (120, per load run), AUTH (apiKey | none),
 # PATHS (direct native router direct-anthropic translated), MODES (json stream),
+# OTEL (1 = trace every request, exported over OTLP/HTTP to the mock's /v1/traces sink),
 # SKIP_BUILD (1 = use the binaries already in target/release), KEEP_TMP (1 = keep logs),
 # CALLGRIND (1 = run the gateway under valgrind's callgrind and print, per path, where its
 # instructions go instead of the CPU table), TOP (30, with CALLGRIND), STRACE (1 = count the
@@ -32,6 +33,7 @@ MAX_SECONDS=${MAX_SECONDS:-120}
 AUTH=${AUTH:-apiKey}
 PATHS=${PATHS:-direct native router direct-anthropic translated}
 MODES=${MODES:-json stream}
+OTEL=${OTEL:-0}
 CALLGRIND=${CALLGRIND:-0}
 STRACE=${STRACE:-0}
 TOP=${TOP:-30}
@@ -162,7 +164,15 @@ EOF
 GW_PORT=$(free_port)
 ADMIN_PORT=$(free_port)
 while [ "$ADMIN_PORT" = "$GW_PORT" ] || [ "$ADMIN_PORT" = "$MOCK_PORT" ]; do ADMIN_PORT=$(free_port); done
-say "gateway on 127.0.0.1:$GW_PORT (admin $ADMIN_PORT), auth $AUTH"
+# Tracing: every request sampled and exported to the mock's OTLP sink; or no OTEL_* at all.
+otel_env=()
+if [ "$OTEL" = 1 ]; then
+  # A queue large enough that no span is dropped at bench rates (dropping would hide cost).
+  otel_env=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$MOCK_PORT" OTEL_TRACES_SAMPLER=always_on
+            OTEL_SERVICE_NAME=portcullis-bench OTEL_BSP_MAX_QUEUE_SIZE=65536
+            OTEL_BSP_SCHEDULE_DELAY=500)
+fi
+say "gateway on 127.0.0.1:$GW_PORT (admin $ADMIN_PORT), auth $AUTH, tracing $([ "$OTEL" = 1 ] && echo 100% || echo off)"
 WRAP=()
 if [ "$CALLGRIND" = 1 ]; then
   command -v valgrind >/dev/null && command -v callgrind_control >/dev/null \
@@ -174,10 +184,11 @@ if [ "$CALLGRIND" = 1 ]; then
 elif [ "$STRACE" = 1 ]; then
   say "gateway runs are traced by strace: CPU/req figures are not printed in this mode"
 fi
-# No *_API_KEY from the caller's environment (only the bench config is served), and no HTTP
-# proxy between the gateway and the mock.
+# No *_API_KEY from the caller's environment (only the bench config is served), no HTTP
+# proxy between the gateway and the mock, and no OTEL_* but the ones above.
 # shellcheck disable=SC2046
-env $(env | awk -F= '/_API_KEY=|^(http|https|all|HTTP|HTTPS|ALL)_(proxy|PROXY)=/ { printf "-u %s ", $1 }') \
+env $(env | awk -F= '/_API_KEY=|^(http|https|all|HTTP|HTTPS|ALL)_(proxy|PROXY)=|^OTEL_/ { printf "-u %s ", $1 }') \
+  "${otel_env[@]}" \
   "${WRAP[@]}" "$BIN/portcullis" serve --config "$TMP/config" \
   --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" 2>"$TMP/gateway.log" &
 GW_PID=$!

@@ -30,7 +30,7 @@ pub enum ApiError {
     Unsupported(String),
     /// No such route.
     #[error(
-        "no route for {method} {path}; the gateway serves /v1/model-router/{{proxy}}/chat/completions, /v1/model-router/{{proxy}}/models and /v1/{{prefix}}/{{proxy}}/..."
+        "no route for {method} {path}; the gateway serves /v1/model-router/{{proxy}}/{{chat/completions,responses,embeddings,v1/messages,models}} and /v1/{{prefix}}/{{proxy}}/..."
     )]
     RouteNotFound {
         /// Method.
@@ -60,6 +60,16 @@ pub enum ApiError {
     ProxyNotFound {
         /// The ID in the URL.
         id: String,
+    },
+    /// A bare proxy name that more than one namespace has.
+    #[error(
+        "proxy name `{id}` is ambiguous: more than one namespace has an LlmProxy of that name; use its qualified ID, one of: {candidates}"
+    )]
+    AmbiguousProxy {
+        /// The bare name in the URL.
+        id: String,
+        /// The qualified IDs (`{namespace}.{name}`), comma-separated.
+        candidates: String,
     },
     /// The model's prefix is not one of the proxy's.
     #[error(
@@ -175,6 +185,7 @@ impl ApiError {
             ApiError::RouteNotFound { .. }
             | ApiError::UnknownEndpoint { .. }
             | ApiError::ProxyNotFound { .. }
+            | ApiError::AmbiguousProxy { .. }
             | ApiError::UnknownPrefix { .. }
             | ApiError::ModelNotFound { .. }
             | ApiError::ModelNotServed { .. } => StatusCode::NOT_FOUND,
@@ -209,7 +220,7 @@ impl ApiError {
             ApiError::ClientBody(_) => "invalid_body",
             ApiError::RouteNotFound { .. } => "route_not_found",
             ApiError::UnknownEndpoint { .. } => "unknown_endpoint",
-            ApiError::ProxyNotFound { .. } => "proxy_not_found",
+            ApiError::ProxyNotFound { .. } | ApiError::AmbiguousProxy { .. } => "proxy_not_found",
             ApiError::UnknownPrefix { .. }
             | ApiError::ModelNotFound { .. }
             | ApiError::ModelNotServed { .. } => "model_not_found",
@@ -344,6 +355,21 @@ mod tests {
             e.body_for(Format::OpenAi)["error"]["code"],
             "upstream_timeout"
         );
+    }
+
+    #[test]
+    fn translation_errors_keep_their_param() {
+        let e = ApiError::Translation(crate::formats::TranslateError::Unsupported {
+            param: "response_format".to_owned(),
+            reason: "json_schema has no Converse equivalent".to_owned(),
+        });
+        assert_eq!(e.body()["error"]["param"], "response_format");
+        assert_eq!(e.body()["error"]["code"], "unsupported_request");
+        let e = ApiError::Translation(crate::formats::TranslateError::Unsupported {
+            param: "tools[0].type".to_owned(),
+            reason: "x".to_owned(),
+        });
+        assert_eq!(e.body()["error"]["param"], "tools");
     }
 
     #[test]

@@ -234,10 +234,13 @@ pub async fn chat(
 
     if !status.is_success() {
         let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| upstream::classify(&route.prefix, upstream.timeout, &e))?;
+        let bytes = upstream::read_capped(
+            response,
+            upstream::MAX_ERROR_BODY_BYTES,
+            &route.prefix,
+            upstream.timeout,
+        )
+        .await?;
         let (code, body) = dialect.error(status.as_u16(), &bytes);
         let code = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
         let mut out = json_response(code, serde_json::to_vec(&body).unwrap_or_default(), 0);
@@ -402,9 +405,17 @@ fn decode_error(e: &eventstream::DecodeError) -> StreamOut {
     ))
 }
 
+/// The event that ends a Model Router stream whose upstream broke off: the same
+/// `GatewayError` a final response would carry, rendered by the router's (OpenAI) format.
 fn stream_error(message: &str) -> Vec<u8> {
-    let body = serde_json::json!({"error": {
-        "message": message, "type": "api_error", "param": null, "code": "upstream_stream_error"
-    }});
-    format!("data: {body}\n\n").into_bytes()
+    let error = crate::formats::GatewayError {
+        status: 502,
+        message: message.to_owned(),
+        kind: "api_error".to_owned(),
+        code: "upstream_stream_error".to_owned(),
+        param: None,
+    };
+    Format::OpenAi
+        .stream_error_event(&error)
+        .unwrap_or_default()
 }

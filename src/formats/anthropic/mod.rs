@@ -3,6 +3,8 @@
 
 pub mod chat;
 pub mod endpoints;
+pub mod guard;
+pub mod messages;
 
 pub use chat::*;
 

@@ -3,8 +3,10 @@
 //! ([`endpoints`]).
 
 pub mod chat;
+pub mod embeddings;
 pub mod endpoints;
 pub mod eventstream;
+pub mod guard;
 
 pub use chat::*;
 

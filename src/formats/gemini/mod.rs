@@ -2,7 +2,9 @@
 //! table ([`endpoints`]).
 
 pub mod chat;
+pub mod embeddings;
 pub mod endpoints;
+pub mod guard;
 
 pub use chat::*;
 
