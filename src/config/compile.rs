@@ -773,7 +773,12 @@ fn compile_proxy(
             }
         },
     };
-    let policy = match crate::policy::compile_policy(key, &proxy.spec, index) {
+    let secrets = |name: &str| {
+        index
+            .secret(&ObjectKey::new(&key.namespace, name))
+            .map(|data| &data.0)
+    };
+    let policy = match crate::policy::compile_policy(&key.namespace, &proxy.spec, &secrets) {
         Ok(policy) => policy,
         Err(problems) => {
             for (field, reason, message) in problems {

@@ -2,11 +2,10 @@
 //! tool-call guardrails applied to answers (whole JSON bodies, or SSE streams event by event;
 //! while a call is held back, the data plane's keep-alive wrapper keeps the stream open).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
+
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -16,123 +15,11 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::{AppState, Exchange};
-use crate::config::ProxyTable;
 use crate::formats::Format;
 use crate::policy::audit;
 use crate::policy::guardrails::{self, Decision, ToolPolicy, Trust};
-use crate::policy::identity::AuthFailure;
 use crate::policy::stream::{SseGuard, Usage};
-use crate::telemetry::{AuthFailureLabels, GuardrailLabels};
-
-/// The client's address, when the server recorded it.
-pub fn peer(request: &Request) -> Option<std::net::IpAddr> {
-    request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-}
-
-/// The headers that carry the client's credential. Gemini clients may also send their key
-/// as the `key=` query parameter (which never goes upstream): it counts as `x-goog-api-key`.
-pub fn credential_headers<'a>(
-    table: &ProxyTable,
-    prefix: &str,
-    request: &'a Request,
-) -> std::borrow::Cow<'a, http::HeaderMap> {
-    let headers = request.headers();
-    let gemini =
-        prefix != "model-router" && super::native::format_for(table, prefix) == Format::Gemini;
-    if !gemini || crate::policy::identity::presented(headers).is_some() {
-        return std::borrow::Cow::Borrowed(headers);
-    }
-    let key = request.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| *k == "key")
-            .map(|(_, v)| {
-                percent_encoding::percent_decode_str(v)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-    });
-    match key.and_then(|k| HeaderValue::from_str(&k).ok()) {
-        Some(mut value) => {
-            value.set_sensitive(true);
-            let mut owned = headers.clone();
-            owned.insert("x-goog-api-key", value);
-            std::borrow::Cow::Owned(owned)
-        }
-        None => std::borrow::Cow::Borrowed(headers),
-    }
-}
-
-/// Identify the caller of `table` (or refuse). Sets the exchange's identity.
-pub async fn authenticate(
-    state: &AppState,
-    table: &ProxyTable,
-    headers: &http::HeaderMap,
-    peer: Option<std::net::IpAddr>,
-    exchange: &mut Exchange,
-) -> Result<(), ApiError> {
-    let Some(auth) = &table.policy.auth else {
-        exchange.identity = "anonymous".to_owned();
-        audit::update(&exchange.audit, |d| {
-            d.identity = "anonymous".to_owned();
-            d.auth = "anonymous";
-        });
-        return Ok(());
-    };
-    match state.security.authenticate(auth, headers).await {
-        Ok(identity) => {
-            audit::update(&exchange.audit, |d| {
-                d.identity = identity.name.clone();
-                d.auth = identity.method;
-            });
-            exchange.identity = identity.name;
-            Ok(())
-        }
-        Err(failure) => {
-            let proxy = table.key.proxy_id();
-            state
-                .metrics
-                .auth_failures
-                .get_or_create(&AuthFailureLabels {
-                    proxy: proxy.clone(),
-                    reason: failure.reason(),
-                })
-                .inc();
-            audit::update(&exchange.audit, |d| d.auth = failure.reason());
-            let addr = peer;
-            let delay = state.security.failed(addr).await;
-            tracing::info!(
-                proxy = %proxy,
-                reason = failure.reason(),
-                peer = ?addr,
-                delay_ms = delay.as_millis() as u64,
-                "client authentication failed"
-            );
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            let methods = table.policy.describe_auth();
-            let message = match failure {
-                AuthFailure::Missing => format!(
-                    "proxy `{proxy}` requires client authentication ({methods}): send your key or token as `Authorization: Bearer …` (or `x-api-key` / `api-key` / `x-goog-api-key`)"
-                ),
-                AuthFailure::Invalid => format!(
-                    "the credential sent to proxy `{proxy}` was not accepted ({methods}); check the key or token"
-                ),
-                AuthFailure::Unavailable => format!(
-                    "the credential sent to proxy `{proxy}` could not be verified right now (identity provider or Kubernetes API unreachable); retry later"
-                ),
-            };
-            Err(ApiError::Unauthenticated {
-                message,
-                invalid: failure != AuthFailure::Missing,
-            })
-        }
-    }
-}
+use crate::telemetry::GuardrailLabels;
 
 /// Count a 403 and build it.
 pub fn forbidden(state: &AppState, exchange: &Exchange, target: String) -> ApiError {
@@ -292,19 +179,6 @@ fn carries_usage(data: &str) -> bool {
             .strip_prefix(':')
             .is_some_and(|rest| rest.trim_start().starts_with('{'))
     })
-}
-
-/// Read a request body that the guardrails must see whole: its JSON (when it is JSON) and its
-/// bytes, to send on.
-pub async fn read_json(
-    request: Request,
-    limit: usize,
-) -> Result<(http::request::Parts, Bytes, Option<Value>), ApiError> {
-    let (parts, body) = request.into_parts();
-    let bytes =
-        super::model_router::read_body(Request::from_parts(parts.clone(), body), limit).await?;
-    let value = serde_json::from_slice::<Value>(&bytes).ok();
-    Ok((parts, bytes, value))
 }
 
 /// The request's messages, for audit events with `includeContent`.
