@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::formats::GatewayError;
 pub use crate::formats::guard::Usage;
 use crate::formats::guard::{self, Fault, MAX_EVENT_BYTES, Out, StreamGuard};
 use crate::formats::sse::{SseEvent, SseParser};
@@ -129,13 +130,18 @@ impl SseGuard {
 
     fn fail(&mut self, out: &mut Vec<u8>, fault: &Fault) {
         self.failed = true;
-        out.extend(guard::error_event(
-            self.format,
-            &format!(
+        let error = GatewayError {
+            status: 502,
+            message: format!(
                 "the upstream's answer could not be checked by the tool-call guardrails, so the stream was ended: {}",
                 fault.0
             ),
-        ));
+            kind: "api_error".to_owned(),
+            code: "upstream_invalid_response".to_owned(),
+            param: None,
+        };
+        // Every format this guard streams has an SSE error event; the stream ends either way.
+        out.extend(self.format.stream_error_event(&error).unwrap_or_default());
     }
 
     fn events(&mut self, events: Vec<SseEvent>, last: bool) -> Vec<u8> {
