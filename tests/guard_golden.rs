@@ -2,9 +2,9 @@
 //!
 //! Layout under `tests/fixtures/guard/<format>/`:
 //!
-//! - `<case>.json` (a whole answer) → `<case>.guarded.json`: `{"answer", "refused", "decisions"}`
+//! - `<case>.json` (a whole answer) → `<case>.out.json`: `{"answer", "refused", "decisions"}`
 //!   (`refused` holds the reason when the guard cannot read the answer's shape);
-//! - `<case>.sse` (a native SSE answer) → `<case>.sse.guarded.json`: `{"events", "failed",
+//! - `<case>.sse` (a native SSE answer) → `<case>.stream.out.json`: `{"events", "failed",
 //!   "decisions"}`, the events the client receives (JSON data parsed). The stream is fed in
 //!   several chunk sizes, which must all give the same output;
 //! - `<case>.request.json` (optional): the request's conversation, from which the trust is
@@ -168,17 +168,22 @@ fn cases(dir: &Path, ext: &str) -> Vec<PathBuf> {
     out.retain(|p| {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         name.ends_with(&format!(".{ext}"))
-            && !name.ends_with(".guarded.json")
+            && !name.ends_with(".out.json")
             && !name.ends_with(".request.json")
     });
     out.sort();
     out
 }
 
+/// `<case>.json` → `<case>.out.json`; `<case>.sse` → `<case>.stream.out.json` (a case may
+/// have both, and their results must not share a file).
 fn expected(case: &Path) -> PathBuf {
-    let name = case.file_name().and_then(|s| s.to_str()).unwrap();
-    let name = name.strip_suffix(".json").unwrap_or(name);
-    case.with_file_name(format!("{name}.guarded.json"))
+    let stem = case.file_stem().and_then(|s| s.to_str()).unwrap();
+    let kind = match case.extension().and_then(|e| e.to_str()) {
+        Some("sse") => ".stream",
+        _ => "",
+    };
+    case.with_file_name(format!("{stem}{kind}.out.json"))
 }
 
 #[test]
