@@ -20,6 +20,7 @@ pub mod discovery;
 pub mod policy;
 pub mod providers;
 pub mod proxy;
+pub mod routing;
 pub mod server;
 pub mod source;
 pub mod telemetry;
