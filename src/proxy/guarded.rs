@@ -17,23 +17,12 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::{AppState, Exchange};
 use crate::config::ProxyTable;
+use crate::formats::Format;
 use crate::policy::audit;
-use crate::policy::guardrails::{self, Decision, Format, ToolPolicy, Trust};
+use crate::policy::guardrails::{self, Decision, ToolPolicy, Trust};
 use crate::policy::identity::AuthFailure;
 use crate::policy::stream::{SseGuard, Usage};
-use crate::providers::Protocol;
 use crate::telemetry::{AuthFailureLabels, GuardrailLabels};
-
-/// The guardrail format of a provider protocol.
-pub fn format_of(protocol: Protocol) -> Format {
-    match protocol {
-        Protocol::OpenAi | Protocol::Azure => Format::OpenAi,
-        Protocol::Anthropic => Format::Anthropic,
-        Protocol::Gemini | Protocol::VertexAi => Format::Gemini,
-        Protocol::Cohere => Format::Cohere,
-        Protocol::Bedrock => Format::Bedrock,
-    }
-}
 
 /// The client's address, when the server recorded it.
 pub fn peer(request: &Request) -> Option<std::net::IpAddr> {
@@ -51,11 +40,8 @@ pub fn credential_headers<'a>(
     request: &'a Request,
 ) -> std::borrow::Cow<'a, http::HeaderMap> {
     let headers = request.headers();
-    let gemini = prefix != "model-router"
-        && matches!(
-            super::native::protocol_for(table, prefix),
-            Protocol::Gemini | Protocol::VertexAi
-        );
+    let gemini =
+        prefix != "model-router" && super::native::format_for(table, prefix) == Format::Gemini;
     if !gemini || crate::policy::identity::presented(headers).is_some() {
         return std::borrow::Cow::Borrowed(headers);
     }
@@ -253,12 +239,12 @@ pub async fn record_usage(state: &AppState, exchange: &Exchange, response: Respo
 /// only framed, never parsed as JSON, so an unguarded stream costs little more than a copy.
 fn tap_usage(response: Response, sink: Sink) -> Response {
     struct Tap {
-        parser: crate::translate::sse::SseParser,
+        parser: crate::formats::sse::SseParser,
         usage: Usage,
         sink: Sink,
     }
     impl Tap {
-        fn read(&mut self, events: Vec<crate::translate::sse::SseEvent>) {
+        fn read(&mut self, events: Vec<crate::formats::sse::SseEvent>) {
             for event in events {
                 if carries_usage(&event.data)
                     && let Ok(value) = serde_json::from_str::<Value>(&event.data)
@@ -277,7 +263,7 @@ fn tap_usage(response: Response, sink: Sink) -> Response {
     }
     let (parts, body) = response.into_parts();
     let mut tap = Tap {
-        parser: crate::translate::sse::SseParser::default(),
+        parser: crate::formats::sse::SseParser::default(),
         usage: Usage::default(),
         sink,
     };
@@ -479,39 +465,6 @@ fn guard_stream(response: Response, guard: Guard) -> Response {
     Response::from_parts(parts, Body::from_stream(stream))
 }
 
-/// Native requests whose answers the guardrails cannot read are refused while `spec.tools`
-/// is set, rather than passed unguarded: APIs whose tool calls come in shapes the guard does
-/// not parse (OpenAI Responses, Assistants and Realtime; Bedrock InvokeModel and event
-/// streams) and batch APIs whose results are fetched later.
-pub fn check_native_supported(protocol: Protocol, rest: &str) -> Result<(), ApiError> {
-    let refuse = |what: &str| {
-        Err(ApiError::GuardrailUnsupported(format!(
-            "this proxy has tool-call guardrails (spec.tools), and {what} cannot be inspected by them yet; use the Model Router (/v1/model-router/{{proxy}}/chat/completions)"
-        )))
-    };
-    let segments: Vec<&str> = rest.split('/').collect();
-    let has = |name: &str| segments.contains(&name);
-    match protocol {
-        Protocol::OpenAi | Protocol::Azure if has("responses") => {
-            refuse("the OpenAI Responses API")
-        }
-        Protocol::OpenAi | Protocol::Azure if has("threads") || has("assistants") => {
-            refuse("the OpenAI Assistants API")
-        }
-        Protocol::OpenAi | Protocol::Azure if has("realtime") => refuse("the Realtime API"),
-        Protocol::OpenAi | Protocol::Azure | Protocol::Anthropic if has("batches") => {
-            refuse("a batch API")
-        }
-        Protocol::Gemini | Protocol::VertexAi if rest.contains(":batchGenerateContent") => {
-            refuse("a batch API")
-        }
-        Protocol::Bedrock if has("model") && !rest.ends_with("/converse") => {
-            refuse("Bedrock InvokeModel or an event stream (only Converse is guarded)")
-        }
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
 
@@ -530,41 +483,4 @@ mod tests {
     }
 
     use super::*;
-
-    #[test]
-    fn unreadable_native_apis_are_refused_under_guardrails() {
-        for (protocol, rest) in [
-            (Protocol::OpenAi, "responses"),
-            (Protocol::OpenAi, "responses/resp_1"),
-            (Protocol::Azure, "openai/v1/responses"),
-            (Protocol::OpenAi, "threads/t1/runs"),
-            (Protocol::OpenAi, "batches"),
-            (Protocol::Anthropic, "v1/messages/batches/b1/results"),
-            (
-                Protocol::Gemini,
-                "v1beta/models/gemini-2.5-pro:batchGenerateContent",
-            ),
-            (Protocol::Bedrock, "model/anthropic.claude/invoke"),
-            (
-                Protocol::Bedrock,
-                "model/amazon.nova-pro-v1:0/converse-stream",
-            ),
-        ] {
-            assert!(check_native_supported(protocol, rest).is_err(), "{rest}");
-        }
-        for (protocol, rest) in [
-            (Protocol::OpenAi, "chat/completions"),
-            (Protocol::OpenAi, "models"),
-            (Protocol::OpenAi, "embeddings"),
-            (Protocol::Anthropic, "v1/messages"),
-            (
-                Protocol::Gemini,
-                "v1beta/models/gemini-2.5-pro:streamGenerateContent",
-            ),
-            (Protocol::Cohere, "v2/chat"),
-            (Protocol::Bedrock, "model/amazon.nova-pro-v1:0/converse"),
-        ] {
-            assert!(check_native_supported(protocol, rest).is_ok(), "{rest}");
-        }
-    }
 }

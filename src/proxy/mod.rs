@@ -17,7 +17,7 @@ pub mod headers;
 pub mod keepalive;
 pub mod model_router;
 pub mod native;
-pub mod sse;
+
 pub mod translated;
 pub mod upstream;
 
@@ -250,7 +250,7 @@ async fn route(
             } else {
                 exchange.route = "native";
                 exchange.provider = prefix.to_owned();
-                e.into_response_for(native::protocol_for(table, prefix))
+                e.into_response_for(native::format_for(table, prefix))
             });
         }
     }

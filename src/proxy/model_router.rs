@@ -18,13 +18,13 @@ use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
 use super::guarded;
-use super::sse::ModelRewriter;
 use super::translated::{self, Dialect};
 use super::upstream::{self, Answer};
 use super::{AppState, Exchange};
 use crate::config::snapshot::ModelPolicy;
 use crate::config::{ProxyTable, Route, Snapshot};
 use crate::discovery::{CatalogState, Discovery, ModelEntry};
+use crate::formats::openai::stream::ModelRewriter;
 use crate::policy::guardrails::Format;
 
 /// How long `/models` waits for a provider's first discovery.
@@ -253,7 +253,7 @@ async fn chat_unguarded(
             route.prefix, upstream.provider_type
         )));
     }
-    if let Some(dialect) = Dialect::of(upstream.info.protocol) {
+    if let Some(dialect) = Dialect::of(upstream.info.format) {
         return translated::chat(
             state,
             dialect,
