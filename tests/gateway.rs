@@ -150,7 +150,11 @@ async fn native_paths_cannot_leave_the_base_path() {
         ("DELETE", "/v1/openai/ai.team-a/files/x"),
         ("TRACE", "/v1/openai/ai.team-a/chat/completions"),
     ] {
-        assert_eq!(raw_status(gw.port, method, unknown).await, 404, "{method} {unknown}");
+        assert_eq!(
+            raw_status(gw.port, method, unknown).await,
+            404,
+            "{method} {unknown}"
+        );
     }
     assert!(up.seen().await.is_empty(), "nothing reached the upstream");
 }
@@ -181,7 +185,11 @@ async fn passthrough_rules_forward_named_paths_only() {
         ("GET", "/v1/openai/ai.team-a/files/x/content"),
         ("GET", "/v1/openai/ai.team-a/fil%65s/x"),
     ] {
-        assert_eq!(raw_status(gw.port, method, path).await, 404, "{method} {path}");
+        assert_eq!(
+            raw_status(gw.port, method, path).await,
+            404,
+            "{method} {path}"
+        );
     }
     assert_eq!(up.seen().await.len(), 1);
 }

@@ -10,7 +10,6 @@
 //! only when every other one was tried too; a quota-exhausted target never again), up to
 //! `attempts` tries; then each fallback once, in order (ejected ones last).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -95,15 +94,14 @@ pub struct Finished<R> {
 
 /// Run the attempts of `plan`. `send` is called with the target and the attempt number
 /// (0-based); `on_attempt` sees each record as soon as it is known (metrics).
-pub async fn run<T, R, F, Fut>(
+pub async fn run<T, R, F>(
     plan: &Plan<T>,
     health: &Health,
     mut send: F,
     mut on_attempt: impl FnMut(&AttemptRecord),
 ) -> Option<Finished<R>>
 where
-    F: FnMut(&T, u32) -> Fut,
-    Fut: Future<Output = Attempt<R>>,
+    F: AsyncFnMut(&T, u32) -> Attempt<R>,
 {
     let started = Instant::now();
     let mut rng = fastrand::Rng::new();
@@ -239,7 +237,7 @@ enum Step<R> {
     Failed(Failure, R),
 }
 
-async fn attempt<T, R, F, Fut>(
+async fn attempt<T, R, F>(
     planned: &Planned<T>,
     number: u32,
     send: &mut F,
@@ -248,8 +246,7 @@ async fn attempt<T, R, F, Fut>(
     on_attempt: &mut impl FnMut(&AttemptRecord),
 ) -> Step<R>
 where
-    F: FnMut(&T, u32) -> Fut,
-    Fut: Future<Output = Attempt<R>>,
+    F: AsyncFnMut(&T, u32) -> Attempt<R>,
 {
     let began = Instant::now();
     let result = send(&planned.target, number).await;
@@ -307,14 +304,14 @@ mod tests {
     /// A scripted upstream: each target answers from its queue of outcomes (`ok` when empty).
     fn script(
         answers: &[(&str, &[Option<Failure>])],
-    ) -> impl FnMut(&String, u32) -> std::future::Ready<Attempt<String>> {
+    ) -> impl AsyncFnMut(&String, u32) -> Attempt<String> {
         let mut queues: HashMap<String, Vec<Option<Failure>>> = answers
             .iter()
             .map(|(n, a)| (n.to_string(), a.iter().rev().copied().collect()))
             .collect();
-        move |target: &String, _| {
+        async move |target: &String, _| {
             let next = queues.get_mut(target).and_then(Vec::pop).flatten();
-            std::future::ready(match next {
+            match next {
                 None => Attempt::Served {
                     value: format!("{target} ok"),
                     ttfb: Duration::from_millis(1),
@@ -323,7 +320,7 @@ mod tests {
                     failure,
                     value: format!("{target} {}", failure.kind.as_str()),
                 },
-            })
+            }
         }
     }
 
@@ -439,12 +436,12 @@ mod tests {
         let f = run(
             &p,
             &health,
-            |_: &String, _| {
+            async |_: &String, _| {
                 calls.fetch_add(1, Ordering::SeqCst);
-                std::future::ready(Attempt::Failed {
+                Attempt::Failed {
                     failure: Failure::of(FailureKind::ServerError),
                     value: "x".to_owned(),
-                })
+                }
             },
             |_| {},
         )

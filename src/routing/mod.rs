@@ -18,6 +18,7 @@
 
 pub mod attempt;
 pub mod health;
+pub mod http;
 pub mod policy;
 
 pub use attempt::{Attempt, AttemptRecord, Finished, Plan, Planned, run};
