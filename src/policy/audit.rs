@@ -32,6 +32,8 @@ pub struct Data {
     pub content: Option<Value>,
     /// The model a native request named (body `model`), when the gateway read the body.
     pub model: Option<String>,
+    /// Upstream attempts of a failed-over request (target, outcome, duration), in order.
+    pub attempts: Vec<crate::routing::AttemptRecord>,
 }
 
 /// Shared, lock-light cell for one request's audit data. Writers never contend (one request
@@ -70,6 +72,9 @@ pub struct Record<'a> {
     pub usage: Usage,
     /// Guardrail decisions.
     pub decisions: &'a [Decision],
+    /// Upstream attempts, when the request went through failover.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub attempts: &'a [crate::routing::AttemptRecord],
     /// The request's messages, with `includeContent` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a Value>,
@@ -133,6 +138,7 @@ mod tests {
             status: 200,
             usage: Usage::default(),
             decisions: &[],
+            attempts: &[],
             content: None,
         };
         let v = serde_json::to_value(&r).unwrap_or_default();

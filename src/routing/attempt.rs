@@ -10,6 +10,7 @@
 //! only when every other one was tried too; a quota-exhausted target never again), up to
 //! `attempts` tries; then each fallback once, in order (ejected ones last).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,14 +95,15 @@ pub struct Finished<R> {
 
 /// Run the attempts of `plan`. `send` is called with the target and the attempt number
 /// (0-based); `on_attempt` sees each record as soon as it is known (metrics).
-pub async fn run<T, R, F>(
+pub async fn run<T, R, F, Fut>(
     plan: &Plan<T>,
     health: &Health,
     mut send: F,
     mut on_attempt: impl FnMut(&AttemptRecord),
 ) -> Option<Finished<R>>
 where
-    F: AsyncFnMut(&T, u32) -> Attempt<R>,
+    F: FnMut(&T, u32) -> Fut,
+    Fut: Future<Output = Attempt<R>>,
 {
     let started = Instant::now();
     let mut rng = fastrand::Rng::new();
@@ -237,7 +239,7 @@ enum Step<R> {
     Failed(Failure, R),
 }
 
-async fn attempt<T, R, F>(
+async fn attempt<T, R, F, Fut>(
     planned: &Planned<T>,
     number: u32,
     send: &mut F,
@@ -246,7 +248,8 @@ async fn attempt<T, R, F>(
     on_attempt: &mut impl FnMut(&AttemptRecord),
 ) -> Step<R>
 where
-    F: AsyncFnMut(&T, u32) -> Attempt<R>,
+    F: FnMut(&T, u32) -> Fut,
+    Fut: Future<Output = Attempt<R>>,
 {
     let began = Instant::now();
     let result = send(&planned.target, number).await;
@@ -304,14 +307,14 @@ mod tests {
     /// A scripted upstream: each target answers from its queue of outcomes (`ok` when empty).
     fn script(
         answers: &[(&str, &[Option<Failure>])],
-    ) -> impl AsyncFnMut(&String, u32) -> Attempt<String> {
+    ) -> impl FnMut(&String, u32) -> std::future::Ready<Attempt<String>> {
         let mut queues: HashMap<String, Vec<Option<Failure>>> = answers
             .iter()
             .map(|(n, a)| (n.to_string(), a.iter().rev().copied().collect()))
             .collect();
-        async move |target: &String, _| {
+        move |target: &String, _| {
             let next = queues.get_mut(target).and_then(Vec::pop).flatten();
-            match next {
+            std::future::ready(match next {
                 None => Attempt::Served {
                     value: format!("{target} ok"),
                     ttfb: Duration::from_millis(1),
@@ -320,7 +323,7 @@ mod tests {
                     failure,
                     value: format!("{target} {}", failure.kind.as_str()),
                 },
-            }
+            })
         }
     }
 
@@ -436,12 +439,12 @@ mod tests {
         let f = run(
             &p,
             &health,
-            async |_: &String, _| {
+            |_: &String, _| {
                 calls.fetch_add(1, Ordering::SeqCst);
-                Attempt::Failed {
+                std::future::ready(Attempt::Failed {
                     failure: Failure::of(FailureKind::ServerError),
                     value: "x".to_owned(),
-                }
+                })
             },
             |_| {},
         )
