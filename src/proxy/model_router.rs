@@ -434,11 +434,14 @@ pub async fn models(
     let mut data = Vec::new();
     // A pool's members each list their models; the prefix lists each model once.
     let mut listed = std::collections::HashSet::new();
-    for (route, upstream) in table
-        .routes
-        .iter()
-        .flat_map(|r| r.pool.iter().map(move |u| (r, u)))
-    {
+    let mut members = Vec::new();
+    for route in &table.routes {
+        for upstream in route.pool.iter() {
+            members.push((route, upstream.clone()));
+        }
+    }
+    for (route, upstream) in members {
+        let upstream = &upstream;
         let entries: Vec<ModelEntry> = match &upstream.models {
             ModelPolicy::Static(models) => models
                 .iter()
