@@ -744,8 +744,9 @@ fn compile_proxy(
         }
     }
     // Entries sharing a prefix form a pool; then virtual models, retry and the default model.
-    let routes = virtual_models::pools(entries, &mut p);
-    let (default_model, failover) = virtual_models::compile(&proxy.spec, &routes, &seen, &mut p);
+    let mut routes = virtual_models::pools(entries, &mut p);
+    let (default_model, failover) =
+        virtual_models::compile(&proxy.spec, &mut routes, &seen, &mut p);
     let policy = match crate::policy::compile_policy(key, &proxy.spec, index) {
         Ok(policy) => policy,
         Err(problems) => {

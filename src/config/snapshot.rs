@@ -199,6 +199,9 @@ pub struct Route {
     /// Every provider under this prefix, `upstream` first: more than one is a pool, balanced
     /// and failed over (all of one type).
     pub pool: Arc<[Arc<Upstream>]>,
+    /// Retry rules of requests naming this prefix (the proxy's `retry`, else three tries for
+    /// a pool and one for a single provider).
+    pub retry: crate::routing::RetryPolicy,
 }
 
 impl Route {
@@ -208,6 +211,7 @@ impl Route {
             prefix,
             pool: Arc::from([upstream.clone()]),
             upstream,
+            retry: crate::routing::RetryPolicy::single(),
         }
     }
 

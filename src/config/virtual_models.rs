@@ -81,13 +81,9 @@ pub struct Failover {
 
 impl Failover {
     /// The retry rules of a request to a prefix: the proxy's `retry`, else three tries for a
-    /// pool and one for a single provider.
+    /// pool and one for a single provider (as compiled into [`Route::retry`]).
     pub fn policy_for(&self, route: &Route) -> RetryPolicy {
-        match &self.retry {
-            Some(policy) => policy.clone(),
-            None if route.is_pool() => RetryPolicy::default_multi(),
-            None => RetryPolicy::single(),
-        }
+        route.retry.clone()
     }
 
     /// The virtual model of this name.
@@ -135,6 +131,11 @@ pub(super) fn pools(entries: Vec<(usize, String, Arc<Upstream>)>, p: &mut Proble
         .map(|(prefix, members)| Route {
             prefix,
             upstream: members[0].clone(),
+            retry: if members.len() > 1 {
+                RetryPolicy::default_multi()
+            } else {
+                RetryPolicy::single()
+            },
             pool: members.into(),
         })
         .collect()
@@ -146,7 +147,7 @@ pub(super) fn pools(entries: Vec<(usize, String, Arc<Upstream>)>, p: &mut Proble
 /// settings.
 pub(super) fn compile(
     spec: &LlmProxySpec,
-    routes: &[Route],
+    routes: &mut [Route],
     prefixes: &HashSet<String>,
     p: &mut Problems,
 ) -> (Option<(String, String)>, Failover) {
@@ -158,6 +159,12 @@ pub(super) fn compile(
         retry: retry.clone(),
         ..Failover::default()
     };
+    if let Some(policy) = &retry {
+        for route in routes.iter_mut() {
+            route.retry = policy.clone();
+        }
+    }
+    let routes = &*routes;
 
     let specs = spec.models.as_deref().unwrap_or_default();
     if specs.len() > MAX_VIRTUAL_MODELS {

@@ -370,7 +370,8 @@ impl Relay<'_> {
         let limit = state.max_body_bytes;
         super::model_router::check_declared_length(request.headers(), limit)?;
 
-        let mut url = match &upstream.bedrock {
+        // The URL of this request at a provider (a pool's members each have their own).
+        let base_url = |upstream: &crate::config::Upstream| match &upstream.bedrock {
             Some(b) if crate::providers::bedrock::is_control_plane(rest) => {
                 format!(
                     "{}/{rest}",
@@ -379,16 +380,17 @@ impl Relay<'_> {
             }
             _ => upstream.url(rest),
         };
-        if let Some(query) = request.uri().query() {
-            let query = match format {
-                Format::Gemini => strip_key_param(query),
+        let mut query = String::new();
+        if let Some(raw) = request.uri().query() {
+            let kept = match format {
+                Format::Gemini => strip_key_param(raw),
                 Format::OpenAi | Format::Anthropic | Format::Cohere | Format::Bedrock => {
-                    query.to_owned()
+                    raw.to_owned()
                 }
             };
-            if !query.is_empty() {
-                url.push('?');
-                url.push_str(&query);
+            if !kept.is_empty() {
+                query.push('?');
+                query.push_str(&kept);
             }
         }
         let method = request.method().clone();
@@ -411,11 +413,12 @@ impl Relay<'_> {
         }
 
         // Stream the body upstream, counting bytes against the limit; a credential that signs
-        // the body (SigV4) needs it whole first (requests only: answers still stream).
+        // the body (SigV4) needs it whole first (requests only: answers still stream), and so
+        // does a pool, which may send it more than once.
         let over_limit = Arc::new(AtomicBool::new(false));
         let body = if let Some(bytes) = whole_body {
             reqwest::Body::from(bytes)
-        } else if upstream.credential.needs_body() {
+        } else if upstream.credential.needs_body() || route.is_pool() {
             reqwest::Body::from(super::model_router::read_body(request, limit).await?)
         } else {
             let flag = over_limit.clone();
@@ -431,16 +434,36 @@ impl Relay<'_> {
             });
             reqwest::Body::wrap_stream(body)
         };
-        let sent = upstream::send(
-            &state.client,
-            upstream,
-            &route.prefix,
-            method,
-            &url,
-            headers,
-            body,
-        )
-        .await;
+        let (sent, upstream) = match body.as_bytes() {
+            // A pool: balanced and failed over (crate::routing::pool).
+            Some(bytes) if route.is_pool() => {
+                let bytes = bytes::Bytes::copy_from_slice(bytes);
+                let url_for = |u: &crate::config::Upstream| format!("{}{query}", base_url(u));
+                match crate::routing::pool::send(
+                    state, exchange, route, url_for, method, headers, bytes,
+                )
+                .await
+                {
+                    Ok((answer, member)) => (Ok(answer), member),
+                    Err(e) => (Err(e), upstream.clone()),
+                }
+            }
+            _ => {
+                let url = format!("{}{query}", base_url(upstream));
+                let sent = upstream::send(
+                    &state.client,
+                    upstream,
+                    &route.prefix,
+                    method,
+                    &url,
+                    headers,
+                    body,
+                )
+                .await;
+                (sent, upstream.clone())
+            }
+        };
+        let upstream = &upstream;
         let Answer { response, ttfb } = match sent {
             Ok(answer) => answer,
             Err(_) if over_limit.load(Ordering::Relaxed) => {

@@ -20,6 +20,7 @@ pub mod attempt;
 pub mod health;
 pub mod http;
 pub mod policy;
+pub mod pool;
 pub mod router;
 
 pub use attempt::{Attempt, AttemptRecord, Finished, Plan, Planned, run};
