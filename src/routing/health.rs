@@ -27,6 +27,9 @@ pub const MAX_ENTRIES: usize = 4096;
 /// Weight of the newest sample in the latency average.
 const EWMA_ALPHA: f64 = 0.3;
 
+/// The latency sample a failure counts as, at least (milliseconds).
+const FAILURE_PENALTY_MS: f64 = 1000.0;
+
 /// A target as the health table knows it: the upstream's catalog key and the model (empty
 /// for a pool member chosen for any model).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -128,6 +131,10 @@ impl Health {
                 state.ejected_until = None;
             }
             Err(kind) if kind.counts_against_target() => {
+                // A failure weighs like a slow answer, so latency stops favouring it.
+                let avg = state.ewma_ms.unwrap_or(0.0);
+                let penalty = (avg * 2.0).max(FAILURE_PENALTY_MS);
+                state.ewma_ms = Some(avg + EWMA_ALPHA * (penalty - avg));
                 state.consecutive = state.consecutive.saturating_add(1);
                 // Back from an ejection: one failure sends it out again, for longer.
                 let threshold = if state.ejections > 0 {
@@ -292,6 +299,29 @@ mod tests {
             .count();
         // P2C over two: the faster wins whenever both are drawn, i.e. always here.
         assert_eq!(fast_picks, n);
+    }
+
+    #[test]
+    fn a_failing_target_loses_to_a_measured_one() {
+        let health = Health::default();
+        let (failing, fine) = (key(1), key(2));
+        let now = Instant::now();
+        health.record(&fine, Ok(Duration::from_millis(300)), now);
+        health.record(&failing, Err(FailureKind::ServerError), now);
+        let choices = [
+            Choice {
+                key: &failing,
+                weight: 1.0,
+            },
+            Choice {
+                key: &fine,
+                weight: 1.0,
+            },
+        ];
+        let mut rng = fastrand::Rng::with_seed(5);
+        for _ in 0..100 {
+            assert_eq!(health.pick(&choices, |_| true, now, &mut rng), Some(1));
+        }
     }
 
     #[test]
