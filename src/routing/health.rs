@@ -132,9 +132,10 @@ impl Health {
             }
             Err(kind) if kind.counts_against_target() => {
                 // A failure weighs like a slow answer, so latency stops favouring it.
-                let avg = state.ewma_ms.unwrap_or(0.0);
-                let penalty = (avg * 2.0).max(FAILURE_PENALTY_MS);
-                state.ewma_ms = Some(avg + EWMA_ALPHA * (penalty - avg));
+                state.ewma_ms = Some(match state.ewma_ms {
+                    Some(avg) => avg + EWMA_ALPHA * ((avg * 2.0).max(FAILURE_PENALTY_MS) - avg),
+                    None => FAILURE_PENALTY_MS,
+                });
                 state.consecutive = state.consecutive.saturating_add(1);
                 // Back from an ejection: one failure sends it out again, for longer.
                 let threshold = if state.ejections > 0 {
