@@ -111,7 +111,7 @@ def test_a_500_on_the_first_target_is_served_by_the_second(one, two, claude, sta
     assert raw.headers["x-portcullis-served-by"] == "two:gpt-test"
     assert len(one.chats()) == 1 and len(two.chats()) == 1
     # Each target got the request with its own model name.
-    assert one.chats()[0].json()["model"] == "gpt-test" and two.chats()[0].json()["model"] == "gpt-test"
+    assert one.chats()[0].json["model"] == "gpt-test" and two.chats()[0].json["model"] == "gpt-test"
     line = audit_for(gw, "fo-500")
     assert line["status"] == 200 and line["model"] == "smart" and line["provider"] == "two"
     assert attempts(line) == [("one:gpt-test", "server_error"), ("two:gpt-test", "served")]
@@ -224,7 +224,7 @@ def test_fallback_from_openai_to_anthropic_translates_tool_calls(one, two, claud
     call = r.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
     sent = [q for q in claude.all_requests() if q.path == "/v1/messages"][-1]
-    assert sent.json()["model"] == "claude-test" and sent.json()["tools"][0]["name"] == "get_weather"
+    assert sent.json["model"] == "claude-test" and sent.json["tools"][0]["name"] == "get_weather"
     assert sent.header("x-api-key") == PROVIDER_KEY
 
     # Streamed too.
@@ -253,7 +253,9 @@ def test_weights_three_to_one_over_400_requests(one, two, claude, start_gateway)
 
 
 def test_an_ejected_target_gets_no_traffic_and_is_tried_again_after(one, two, claude, start_gateway):
-    models = [{"name": "smart", "targets": [{"model": "one:gpt-test"}, {"model": "two:gpt-test"}]}]
+    # Different weights, so latency (which soon avoids a failing target) does not decide.
+    models = [{"name": "smart", "targets": [{"model": "one:gpt-test", "weight": 3},
+                                            {"model": "two:gpt-test", "weight": 1}]}]
     gw = start_gateway(config(one, two, claude, models, retry={"attempts": 2}))
     client = gw.router_client()
     one.fail(*[Fault.status(500)] * 50)
@@ -274,7 +276,7 @@ def test_an_ejected_target_gets_no_traffic_and_is_tried_again_after(one, two, cl
         if len(one.chats()) > seen:
             break
     assert len(one.chats()) > seen, "after its ejection the target is tried again"
-    assert one.chats()[-1].json()["model"] == "gpt-test"
+    assert one.chats()[-1].json["model"] == "gpt-test"
 
 
 def test_a_pool_of_two_azure_providers_fails_over_on_the_native_route(one, two, start_gateway):
