@@ -226,7 +226,7 @@ impl Health {
 /// Draw one index of `pool` with probability proportional to its weight.
 fn draw(pool: &[usize], weight: &impl Fn(usize) -> f64, rng: &mut fastrand::Rng) -> Option<usize> {
     let total: f64 = pool.iter().map(|&i| weight(i)).sum();
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return pool.first().copied();
     }
     let mut x = rng.f64() * total;

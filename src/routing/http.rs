@@ -12,7 +12,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::header;
@@ -188,11 +188,6 @@ pub fn end_with_error_event(
             };
             std::future::ready(Some(out))
         })
-}
-
-/// The answer for the client when no attempt could even be made (no target allowed).
-pub fn no_target(e: ApiError) -> Response {
-    e.into_response()
 }
 
 #[cfg(test)]
