@@ -449,7 +449,7 @@ async fn anthropic_models(
 ) -> Result<Vec<ModelEntry>, String> {
     let version = [(
         "anthropic-version",
-        crate::proxy::translated::ANTHROPIC_VERSION,
+        crate::formats::anthropic::ANTHROPIC_VERSION,
     )];
     paged(|after| async move {
         let mut query = vec![("limit", "1000")];

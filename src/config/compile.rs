@@ -747,7 +747,12 @@ fn compile_proxy(
     let mut routes = virtual_models::pools(entries, &mut p);
     let (default_model, failover) =
         virtual_models::compile(&proxy.spec, &mut routes, &seen, &mut p);
-    let policy = match crate::policy::compile_policy(key, &proxy.spec, index) {
+    let secrets = |name: &str| {
+        index
+            .secret(&ObjectKey::new(&key.namespace, name))
+            .map(|data| &data.0)
+    };
+    let policy = match crate::policy::compile_policy(&key.namespace, &proxy.spec, &secrets) {
         Ok(policy) => policy,
         Err(problems) => {
             for (field, reason, message) in problems {

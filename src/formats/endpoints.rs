@@ -163,6 +163,9 @@ pub enum Mismatch {
     /// A fixed segment was percent-encoded (`respons%65s`): it reads differently from how it
     /// decodes, so it is refused rather than guessed at.
     Encoded(String),
+    /// The path has a known endpoint's shape, but its model segment is not a model ID (it
+    /// would smuggle a query, a fragment or another path into the upstream URL).
+    BadModel(String),
 }
 
 /// Whether `model` is a safe model ID for an upstream path segment: letters, digits and
@@ -177,6 +180,17 @@ fn model_segment_ok(model: &str) -> bool {
         && model
             .split('/')
             .all(|part| !matches!(part, "" | "." | ".."))
+}
+
+/// The stricter rule of a `{model}:{method}` segment (Gemini, Vertex AI): letters, digits,
+/// `.`, `_` and `-` only, so nothing can name another method or resource.
+fn plain_model_id(model: &str) -> bool {
+    !model.is_empty()
+        && model.len() <= 256
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !matches!(model, "." | "..")
 }
 
 fn decode(segment: &str) -> Option<String> {
@@ -195,6 +209,7 @@ pub fn match_path(table: &[Endpoint], method: &str, rest: &str) -> Result<Matche
         rest.split('/').collect()
     };
     let mut encoded = None;
+    let mut bad_model = None;
     'rows: for endpoint in table {
         if endpoint.method != method || endpoint.path.len() != raw.len() {
             continue;
@@ -226,17 +241,22 @@ pub fn match_path(table: &[Endpoint], method: &str, rest: &str) -> Result<Matche
                     Ok(ok)
                 }
                 Seg::Model => {
-                    let ok = model_segment_ok(&decoded);
+                    if !model_segment_ok(&decoded) {
+                        bad_model.get_or_insert_with(|| decoded.clone());
+                    }
                     path_model = Some(decoded.clone());
-                    Ok(ok)
+                    Ok(model_segment_ok(&decoded))
                 }
                 Seg::ModelMethod(methods) => match decoded.rsplit_once(':') {
-                    Some((model, m)) if methods.contains(&m) => {
-                        // The method part must read as it decodes; the model may be encoded.
-                        let ok = model_segment_ok(model) && raw.ends_with(m);
+                    // The method part must read as it decodes; the model may be encoded.
+                    Some((model, m)) if methods.contains(&m) && raw.ends_with(m) => {
+                        if !plain_model_id(model) {
+                            bad_model.get_or_insert_with(|| model.to_owned());
+                        }
                         path_model = Some(model.to_owned());
-                        Ok(ok)
+                        Ok(plain_model_id(model))
                     }
+                    Some((_, m)) if methods.contains(&m) => Err(()),
                     _ => Ok(false),
                 },
             };
@@ -255,9 +275,10 @@ pub fn match_path(table: &[Endpoint], method: &str, rest: &str) -> Result<Matche
             any,
         });
     }
-    Err(match encoded {
-        Some(segment) => Mismatch::Encoded(segment),
-        None => Mismatch::Unknown,
+    Err(match (encoded, bad_model) {
+        (Some(segment), _) => Mismatch::Encoded(segment),
+        (None, Some(model)) => Mismatch::BadModel(model),
+        (None, None) => Mismatch::Unknown,
     })
 }
 
@@ -342,9 +363,18 @@ mod tests {
             ("POST", "v2/models/g:generateContent"),
             ("POST", "v1beta/models/g:batchGenerateContent"),
             ("GET", "models/../../x"),
-            ("GET", "models/a%2F..%2Fb"),
         ] {
             assert!(match_path(T, method, path).is_err(), "{method} {path}");
+        }
+        for (method, path) in [
+            ("GET", "models/a%2F..%2Fb"),
+            ("POST", "v1beta/models/gemini%3Fx:generateContent"),
+            ("POST", "v1beta/models/a%23b:generateContent"),
+        ] {
+            assert!(
+                matches!(match_path(T, method, path), Err(Mismatch::BadModel(_))),
+                "{method} {path}"
+            );
         }
     }
 

@@ -15,15 +15,14 @@ use futures_util::StreamExt;
 use http::{HeaderValue, header};
 use percent_encoding::percent_decode_str;
 
+use super::context::{Ctx, format_for, read_whole};
 use super::error::ApiError;
 use super::guarded;
 use super::upstream::{self, Answer};
 use super::{AppState, Exchange};
 use crate::config::Upstream;
-use crate::crd::ProviderType;
 use crate::formats::Format;
 use crate::formats::endpoints::{self, Matched, Mismatch, ModelAt, ToolCalls};
-use crate::providers;
 
 /// Refuse a `rest` path that could leave the base path or change the host: empty segments
 /// (`//`, a leading `/`), `.` and `..` (also percent-encoded), encoded slashes and
@@ -144,44 +143,18 @@ pub fn strip_key_param(query: &str) -> String {
         .join("&")
 }
 
-/// The format whose error shape a native route answers in before its route is known: the
-/// format of the provider type named like the prefix (`/v1/anthropic/...`), else OpenAI's.
-fn format_hint(prefix: &str) -> Format {
-    ProviderType::ALL
-        .into_iter()
-        .find(|t| t.as_str() == prefix)
-        .map_or(Format::OpenAi, |t| providers::info(t).format)
-}
-
-/// The format whose error shape a native route of `table` answers in.
-pub fn format_for(table: &crate::config::ProxyTable, prefix: &str) -> Format {
-    table
-        .route(prefix)
-        .map_or_else(|| format_hint(prefix), |r| r.upstream.info.format)
-}
-
 /// Forward one request; errors the gateway raises are answered in the provider's own shape,
 /// so its SDK raises its usual exception.
 pub async fn forward(
     state: &Arc<AppState>,
+    ctx: &Ctx,
     prefix: &str,
-    proxy_id: &str,
     rest: &str,
     request: Request,
     exchange: &mut Exchange,
 ) -> Response {
-    let mut format = format_hint(prefix);
-    match forward_inner(
-        state,
-        prefix,
-        proxy_id,
-        rest,
-        request,
-        exchange,
-        &mut format,
-    )
-    .await
-    {
+    let mut format = format_for(&ctx.table, prefix);
+    match forward_inner(state, ctx, prefix, rest, request, exchange, &mut format).await {
         Ok(response) => response,
         Err(e) => e.into_response_for(format),
     }
@@ -189,8 +162,8 @@ pub async fn forward(
 
 async fn forward_inner(
     state: &Arc<AppState>,
+    ctx: &Ctx,
     prefix: &str,
-    proxy_id: &str,
     rest: &str,
     request: Request,
     exchange: &mut Exchange,
@@ -198,19 +171,12 @@ async fn forward_inner(
 ) -> Result<Response, ApiError> {
     // A path error comes first, except where the provider's own rules admit the path.
     let path_checked = check_rest(rest);
-    let snapshot = state.store.load();
-    let Some(table) = snapshot.proxy(proxy_id) else {
-        path_checked?;
-        return Err(ApiError::ProxyNotFound {
-            id: proxy_id.to_owned(),
-        });
-    };
-    exchange.proxy = table.key.proxy_id();
+    let table = &ctx.table;
     let Some(route) = table.route(prefix) else {
         path_checked?;
         return Err(ApiError::UnknownPrefix {
             prefix: prefix.to_owned(),
-            model: format!("/v1/{prefix}/{proxy_id}/"),
+            model: format!("/v1/{prefix}/{}/", table.key.proxy_id()),
             available: table.prefixes(),
         });
     };
@@ -225,7 +191,7 @@ async fn forward_inner(
         // Bedrock model IDs may be ARNs, which AWS SDKs send with `/` encoded as `%2F`.
         return Err(e);
     }
-    let policy = table.policy.clone();
+    let policy = &table.policy;
     let method_name = request.method().as_str().to_owned();
 
     // Which endpoint: a known one of the format's table, or a `spec.passthrough` rule.
@@ -234,6 +200,11 @@ async fn forward_inner(
         Err(Mismatch::Encoded(segment)) => {
             return Err(ApiError::InvalidPath(format!(
                 "path segment `{segment}` is percent-encoded where the gateway expects fixed text; send it unencoded"
+            )));
+        }
+        Err(Mismatch::BadModel(model)) => {
+            return Err(ApiError::InvalidPath(format!(
+                "`{model}` is not a model ID (letters, digits, `.`, `_`, `-`, `:`, `/`, `@`)"
             )));
         }
         Err(Mismatch::Unknown) => None,
@@ -275,20 +246,23 @@ async fn forward_inner(
     let mut model = matched.path_model.clone();
     let request = if read {
         let (parts, bytes) = read_whole(request, state.max_body_bytes).await?;
-        let value = match matched.endpoint.model {
-            ModelAt::Multipart => None,
-            ModelAt::Body | ModelAt::BodyOptional | ModelAt::Path | ModelAt::Nowhere => {
-                Some(parse_json_body(&bytes)?)
-            }
+        // One parse: the whole JSON when a guard or the audit reads it, else only `model`.
+        let multipart = matched.endpoint.model == ModelAt::Multipart;
+        let value = if (guarded_endpoint || policy.audit_content) && !multipart {
+            Some(parse_json_body(&bytes)?)
+        } else {
+            None
         };
-        if matched.endpoint.model == ModelAt::Multipart {
+        if multipart {
             model = multipart_model(&parts.headers, bytes.clone()).await?;
         } else if body_model {
-            model = value
-                .as_ref()
-                .and_then(|v| v.get("model"))
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_owned);
+            model = match &value {
+                Some(value) => value
+                    .get("model")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned),
+                None => model_field(&bytes)?,
+            };
         }
         if let Some(value) = &value {
             if let Some(tools) = &policy.tools
@@ -368,7 +342,7 @@ impl Relay<'_> {
             filter_models,
         } = self;
         let limit = state.max_body_bytes;
-        super::model_router::check_declared_length(request.headers(), limit)?;
+        super::context::check_declared_length(request.headers(), limit)?;
 
         // The URL of this request at a provider (a pool's members each have their own).
         let base_url = |upstream: &crate::config::Upstream| match &upstream.bedrock {
@@ -398,7 +372,7 @@ impl Relay<'_> {
         if format == Format::Anthropic && !headers.contains_key("anthropic-version") {
             headers.insert(
                 "anthropic-version",
-                HeaderValue::from_static(super::translated::ANTHROPIC_VERSION),
+                HeaderValue::from_static(crate::formats::anthropic::ANTHROPIC_VERSION),
             );
         }
         if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
@@ -419,7 +393,7 @@ impl Relay<'_> {
         let body = if let Some(bytes) = whole_body {
             reqwest::Body::from(bytes)
         } else if upstream.credential.needs_body() || route.is_pool() {
-            reqwest::Body::from(super::model_router::read_body(request, limit).await?)
+            reqwest::Body::from(super::context::read_body(request, limit).await?)
         } else {
             let flag = over_limit.clone();
             let mut seen = 0usize;
@@ -500,17 +474,6 @@ impl Relay<'_> {
     }
 }
 
-/// Read a request body whole (up to the limit), keeping its head.
-async fn read_whole(
-    request: Request,
-    limit: usize,
-) -> Result<(http::request::Parts, bytes::Bytes), ApiError> {
-    let (parts, body) = request.into_parts();
-    let bytes =
-        super::model_router::read_body(Request::from_parts(parts.clone(), body), limit).await?;
-    Ok((parts, bytes))
-}
-
 /// Parse a JSON request body once. A body the gateway must read (to check its model or guard
 /// its answer) and cannot is refused, never forwarded unread: that includes JSON nested
 /// deeper than the parser's recursion limit.
@@ -520,6 +483,23 @@ fn parse_json_body(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
             "{e}; this endpoint's body must be a JSON object the gateway can read"
         ))
     })
+}
+
+/// The `model` field of a JSON body, read without building the rest of the document (other
+/// fields are skipped, not allocated). A body that is not such a JSON object is refused.
+fn model_field(bytes: &[u8]) -> Result<Option<String>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct ModelOnly<'a> {
+        #[serde(borrow, default)]
+        model: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<ModelOnly<'_>>(bytes)
+        .map(|m| m.model.map(std::borrow::Cow::into_owned))
+        .map_err(|e| {
+            ApiError::InvalidJson(format!(
+                "{e}; this endpoint's body must be a JSON object naming its `model`"
+            ))
+        })
 }
 
 /// The `model` field of a `multipart/form-data` body (audio and image-edit uploads), read

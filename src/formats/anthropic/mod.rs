@@ -3,8 +3,12 @@
 
 pub mod chat;
 pub mod endpoints;
+pub mod guard;
 
 pub use chat::*;
+
+/// `anthropic-version` sent when the client sent none.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Anthropic's error shape: `{"type": "error", "error": {"type", "message"}}`.
 pub fn error_body(e: &super::GatewayError) -> serde_json::Value {
