@@ -216,11 +216,12 @@ async fn failover(
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
     let cell = crate::routing::router::ExchangeCell::new(exchange);
-    crate::routing::router::serve(state, plan, &cell, |hop| {
+    let serve = crate::routing::router::serve(state, plan, &cell, |hop| {
         let (cell, body) = (&cell, body.clone());
         async move {
             let mut exchange = cell.lock().await;
-            send_one(
+            // Boxed: an attempt's future is large, and the loop around it holds it.
+            let send = send_one(
                 state,
                 table,
                 &hop.route,
@@ -228,11 +229,11 @@ async fn failover(
                 asked,
                 body,
                 &mut exchange,
-            )
-            .await
+            );
+            Box::pin(send).await
         }
-    })
-    .await
+    });
+    Box::pin(serve).await
 }
 
 /// Send one Model Router request to one provider (`route.upstream`) as `model`, answering with

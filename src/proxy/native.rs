@@ -413,11 +413,10 @@ impl Relay<'_> {
             Some(bytes) if route.is_pool() => {
                 let bytes = bytes::Bytes::copy_from_slice(bytes);
                 let url_for = |u: &crate::config::Upstream| format!("{}{query}", base_url(u));
-                match crate::routing::pool::send(
+                let send = crate::routing::pool::send(
                     state, exchange, route, url_for, method, headers, bytes,
-                )
-                .await
-                {
+                );
+                match Box::pin(send).await {
                     Ok((answer, member)) => (Ok(answer), member),
                     Err(e) => (Err(e), upstream.clone()),
                 }
