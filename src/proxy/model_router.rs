@@ -92,7 +92,7 @@ pub fn resolve<'a>(
 }
 
 /// Whether a provider is known to list a model (static list or discovered catalog).
-fn lists(discovery: &Discovery, route: &Route, model: &str) -> bool {
+pub fn lists(discovery: &Discovery, route: &Route, model: &str) -> bool {
     route.pool.iter().any(|u| lists_one(discovery, u, model))
 }
 

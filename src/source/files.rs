@@ -172,14 +172,14 @@ pub fn parse(text: &str) -> Result<Vec<Object>, Vec<LoadError>> {
             ("LlmProvider" | "LlmProxy", v) if v != expected => errors.push(fail(format!(
                 "{label}: apiVersion `{v}` is not served; use `{expected}`"
             ))),
-            ("LlmProvider", _) => match typed::<LlmProvider>(value) {
+            ("LlmProvider", _) => match crate::config::strict::typed::<LlmProvider>(value) {
                 Ok(p) if p.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => {
                     objects.push(Object::Provider(Box::new(p)))
                 }
                 Ok(_) => errors.push(fail(format!("{label}: metadata.name is required"))),
                 Err(e) => errors.push(fail(format!("{label}: {e}"))),
             },
-            ("LlmProxy", _) => match typed::<LlmProxy>(value) {
+            ("LlmProxy", _) => match crate::config::strict::typed::<LlmProxy>(value) {
                 Ok(p) if p.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => {
                     objects.push(Object::Proxy(Box::new(p)))
                 }
