@@ -333,6 +333,7 @@ mod tests {
                     routes: Vec::new(),
                     default_model: None,
                     policy: Arc::default(),
+                    failover: Arc::default(),
                 };
                 (key, Arc::new(table))
             })
