@@ -451,6 +451,14 @@ impl Relay<'_> {
         let mut out = Response::new(Body::from_stream(body));
         *out.status_mut() = status;
         *out.headers_mut() = headers;
+        if route.is_pool()
+            && status.is_success()
+            && let Ok(v) =
+                HeaderValue::from_str(&crate::routing::pool::member_label(prefix, upstream))
+        {
+            out.headers_mut()
+                .insert(crate::routing::router::SERVED_BY, v);
+        }
         let mut out = match guard {
             Some(guard) => guarded::guard_response(out, guard, state.max_body_bytes).await,
             None => out,

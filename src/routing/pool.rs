@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, Method};
 
 use super::attempt::{Attempt, Plan, Planned, run};
 use super::health::HealthKey;
@@ -127,16 +127,9 @@ pub async fn send(
     };
     let attempts = finished.attempts;
     crate::policy::audit::update(&exchange.audit, |d| d.attempts = attempts);
-    let mut value = finished.value;
-    if let (Some(label), Ok((answer, _))) = (&finished.served_by, &mut value)
-        && let Ok(v) = HeaderValue::from_str(label)
-    {
-        answer
-            .response
-            .headers_mut()
-            .insert(super::router::SERVED_BY, v);
-    }
-    value
+    // The answer names its member (`x-portcullis-served-by`) where the native route builds
+    // the client's response.
+    finished.value
 }
 
 /// Settle a native answer: success is served, an error is classified and kept whole.
