@@ -118,31 +118,7 @@ pub async fn send(
 /// Largest upstream error answer read into memory (to translate it into the client's shape).
 pub const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
 
-/// Why a capped read stopped.
-#[derive(Debug)]
-pub enum CappedRead {
-    /// The answer is larger than the cap.
-    TooBig,
-    /// The transport failed.
-    Transport(reqwest::Error),
-}
-
-/// Read an upstream answer whole, at most `limit` bytes (never an unbounded buffer).
-pub async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, CappedRead> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(CappedRead::TooBig);
-    }
-    let mut stream = response.bytes_stream();
-    let mut out = bytes::BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(CappedRead::Transport)?;
-        if out.len() + chunk.len() > limit {
-            return Err(CappedRead::TooBig);
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out.freeze())
-}
+pub use crate::net::{CappedRead, read_limited};
 
 /// [`read_limited`] for an upstream error answer: a bigger one is a clear 502.
 pub async fn read_capped(

@@ -142,7 +142,7 @@ pub fn pipeline(
             std::time::Duration::from_millis,
         );
     let client = Client {
-        client: crate::server::http_client(extra_ca_certs)?,
+        client: crate::net::http_client(extra_ca_certs)?,
         runtime,
         timeout,
     };
