@@ -278,8 +278,11 @@ fn check(paths: &[PathBuf], online: Option<Option<PathBuf>>) -> ExitCode {
             "  client auth: {}\n",
             table.policy.describe_auth()
         ));
-        for route in &table.routes {
-            let u = &route.upstream;
+        for (route, u) in table
+            .routes
+            .iter()
+            .flat_map(|r| r.pool.iter().map(move |u| (r, u)))
+        {
             let models = match &u.models {
                 ModelPolicy::Any => "discovered".to_owned(),
                 ModelPolicy::Static(list) => format!("static [{}]", list.join(", ")),
@@ -294,6 +297,21 @@ fn check(paths: &[PathBuf], online: Option<Option<PathBuf>>) -> ExitCode {
                 ty = u.provider_type.as_str(),
                 url = u.base_url,
                 id = key.proxy_id(),
+            ));
+        }
+        for vm in table.failover.models.values() {
+            let targets: Vec<String> = vm
+                .targets
+                .iter()
+                .map(|t| format!("{} (weight {})", t.model, t.weight))
+                .collect();
+            let fallbacks: Vec<String> = vm.fallbacks.iter().map(ToString::to_string).collect();
+            out.push_str(&format!(
+                "  model {:<10} targets: {}; fallbacks: [{}]; attempts {}\n",
+                vm.name,
+                targets.join(", "),
+                fallbacks.join(", "),
+                vm.retry.attempts
             ));
         }
     }

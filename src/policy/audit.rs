@@ -33,6 +33,8 @@ pub struct Data {
     pub content: Option<Value>,
     /// The model a native request named (body `model`), when the gateway read the body.
     pub model: Option<String>,
+    /// Upstream attempts of a failed-over request (target, outcome, duration), in order.
+    pub attempts: Vec<crate::routing::AttemptRecord>,
     /// The Model Router endpoint (`chat/completions`, `responses`, `messages`, `embeddings`,
     /// …); empty on native routes.
     pub endpoint: &'static str,
@@ -77,6 +79,9 @@ pub struct Record<'a> {
     pub usage: Usage,
     /// Guardrail decisions.
     pub decisions: &'a [Decision],
+    /// Upstream attempts, when the request went through failover.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub attempts: &'a [crate::routing::AttemptRecord],
     /// The request's messages, with `includeContent` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a Value>,
@@ -141,6 +146,7 @@ mod tests {
             status: 200,
             usage: Usage::default(),
             decisions: &[],
+            attempts: &[],
             content: None,
         };
         let v = serde_json::to_value(&r).unwrap_or_default();
