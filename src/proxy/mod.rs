@@ -18,6 +18,7 @@
 pub mod context;
 pub mod drain;
 pub mod error;
+pub mod failover;
 pub mod guarded;
 pub mod headers;
 pub mod keepalive;

@@ -187,9 +187,9 @@ async fn chat_unguarded(
         }
     };
     // A virtual model, a pool, or a proxy with `spec.retry`: the failover loop sends each
-    // attempt through `send_one` (crate::routing::router).
+    // attempt through `send_one` (crate::proxy::failover::router).
     if let Some(vm) = table.failover.model(&asked) {
-        let plan = crate::routing::router::plan_virtual(table, vm, &exchange.identity)
+        let plan = crate::proxy::failover::router::plan_virtual(table, vm, &exchange.identity)
             .map_err(|what| guarded::forbidden(state, exchange, what))?;
         exchange.model = asked.clone();
         exchange.model_listed = true;
@@ -200,23 +200,23 @@ async fn chat_unguarded(
     exchange.provider = route.prefix.clone();
     exchange.model = asked.clone();
     exchange.model_listed = lists(&state.discovery, route, &resolved.model);
-    if let Some(plan) = crate::routing::router::plan_route(table, route, &resolved.model) {
+    if let Some(plan) = crate::proxy::failover::router::plan_route(table, route, &resolved.model) {
         return failover(state, table, &plan, &asked, body, exchange).await;
     }
     send_one(state, table, route, resolved.model, &asked, body, exchange).await
 }
 
-/// Serve a failover plan: each attempt goes through `send_one` (crate::routing::router).
+/// Serve a failover plan: each attempt goes through `send_one` (crate::proxy::failover::router).
 async fn failover(
     state: &Arc<AppState>,
     table: &ProxyTable,
-    plan: &crate::routing::Plan<crate::routing::router::Hop>,
+    plan: &crate::routing::Plan<crate::proxy::failover::router::Hop>,
     asked: &str,
     body: Map<String, Value>,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
-    let cell = crate::routing::router::ExchangeCell::new(exchange);
-    let serve = crate::routing::router::serve(state, plan, &cell, |hop| {
+    let cell = crate::proxy::failover::router::ExchangeCell::new(exchange);
+    let serve = crate::proxy::failover::router::serve(state, plan, &cell, |hop| {
         let (cell, body) = (&cell, body.clone());
         async move {
             let mut exchange = cell.lock().await;

@@ -409,11 +409,11 @@ impl Relay<'_> {
             reqwest::Body::wrap_stream(body)
         };
         let (sent, upstream) = match body.as_bytes() {
-            // A pool: balanced and failed over (crate::routing::pool).
+            // A pool: balanced and failed over (crate::proxy::failover::pool).
             Some(bytes) if route.is_pool() => {
                 let bytes = bytes::Bytes::copy_from_slice(bytes);
                 let url_for = |u: &crate::config::Upstream| format!("{}{query}", base_url(u));
-                let send = crate::routing::pool::send(
+                let send = crate::proxy::failover::pool::send(
                     state, exchange, route, url_for, method, headers, bytes,
                 );
                 match Box::pin(send).await {
@@ -453,11 +453,12 @@ impl Relay<'_> {
         *out.headers_mut() = headers;
         if route.is_pool()
             && status.is_success()
-            && let Ok(v) =
-                HeaderValue::from_str(&crate::routing::pool::member_label(prefix, upstream))
+            && let Ok(v) = HeaderValue::from_str(&crate::proxy::failover::pool::member_label(
+                prefix, upstream,
+            ))
         {
             out.headers_mut()
-                .insert(crate::routing::router::SERVED_BY, v);
+                .insert(crate::proxy::failover::router::SERVED_BY, v);
         }
         let mut out = match guard {
             Some(guard) => guarded::guard_response(out, guard, state.max_body_bytes).await,

@@ -18,10 +18,7 @@
 
 pub mod attempt;
 pub mod health;
-pub mod http;
 pub mod policy;
-pub mod pool;
-pub mod router;
 
 pub use attempt::{Attempt, AttemptRecord, Finished, Plan, Planned, run};
 pub use health::{Ejection, Health, HealthKey};

@@ -17,10 +17,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::header;
 
-use super::attempt::Attempt;
-use super::policy::{ERROR_BODY_LIMIT, Failure, FailureKind, classify};
 use crate::crd::ProviderType;
 use crate::proxy::ApiError;
+use crate::routing::attempt::Attempt;
+use crate::routing::policy::{ERROR_BODY_LIMIT, Failure, FailureKind, classify};
 
 /// What the client gets from an attempt: an answer, or the gateway's error.
 pub type Answer = Result<Response, ApiError>;

@@ -1,7 +1,7 @@
 //! Failover on native routes: a request to a pool's prefix goes to one member after another
 //! (same path, same body; each member's own base URL and credential) until one answers with
 //! a success, or with an error that fails at once. The members are balanced and ejected like
-//! any target ([`super::health`]).
+//! any target ([`crate::routing::health`]).
 //!
 //! The body is sent again on each attempt, so the caller buffers it (within the body limit).
 //! A native answer counts as served once its headers arrive with a success status (within
@@ -14,12 +14,12 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderMap, Method};
 
-use super::attempt::{Attempt, Plan, Planned, run};
-use super::health::HealthKey;
-use super::policy::{ERROR_BODY_LIMIT, Failure, FailureKind, classify};
 use crate::config::{Route, Upstream};
 use crate::proxy::upstream::{self, Answer};
 use crate::proxy::{ApiError, AppState, Exchange};
+use crate::routing::attempt::{Attempt, Plan, Planned, run};
+use crate::routing::health::HealthKey;
+use crate::routing::policy::{ERROR_BODY_LIMIT, Failure, FailureKind, classify};
 
 /// How metrics and audit lines name a pool member: `prefix@provider`.
 pub fn member_label(prefix: &str, member: &Upstream) -> String {

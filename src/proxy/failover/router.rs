@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-use super::attempt::{Plan, Planned, run};
-use super::health::HealthKey;
 use super::http::{Answer, settle};
 use crate::config::virtual_models::{ModelRef, VirtualModel};
 use crate::config::{ProxyTable, Route};
 use crate::policy::access::permits_model;
 use crate::proxy::{AppState, Exchange};
+use crate::routing::attempt::{Plan, Planned, run};
+use crate::routing::health::HealthKey;
 
 /// The response header naming the target that served.
 pub const SERVED_BY: &str = "x-portcullis-served-by";
