@@ -8,7 +8,10 @@
 
 pub mod aws;
 pub mod azure;
+pub mod cache;
 pub mod gcp;
+
+pub use cache::CredentialCache;
 
 use std::fmt;
 use std::sync::Arc;

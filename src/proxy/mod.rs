@@ -254,6 +254,23 @@ async fn route(
             });
         }
     }
+    // A provider entry with no good version (contract §5a): 503 naming the problem.
+    if let Some(table) = snapshot.proxy(proxy)
+        && let Some(entry) = table.not_ready(prefix)
+    {
+        exchange.route = "native";
+        exchange.provider = prefix.to_owned();
+        let protocol = entry.provider_type.map_or_else(
+            || native::protocol_for(table, prefix),
+            |t| crate::providers::info(t).protocol,
+        );
+        return Ok(ApiError::ProviderNotReady {
+            prefix: entry.prefix.clone(),
+            proxy: table.key.proxy_id(),
+            message: entry.message.clone(),
+        }
+        .into_response_for(protocol));
+    }
     drop(snapshot);
     if prefix == "model-router" {
         exchange.route = "router";

@@ -47,11 +47,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::index::Kind;
-use crate::config::{
-    ApplyMode, Compiled, Defaults, Index, Object, ObjectKey, SecretData, Snapshot, Store,
-};
+use crate::config::{Compiled, Index, Object, ObjectKey, SecretData, Snapshot, Store};
 use crate::crd::{LlmProvider, LlmProxy};
 use crate::discovery::Discovery;
+use crate::server::Reloader;
 use crate::telemetry::Metrics;
 
 /// Everything the Kubernetes source is told (command line and environment).
@@ -243,7 +242,7 @@ pub fn start(
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     discovery: Arc<Discovery>,
-    defaults: Defaults,
+    reloader: Reloader,
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let scopes = scopes(&settings);
@@ -273,7 +272,7 @@ pub fn start(
     let (world_tx, world_rx) = watch::channel(Arc::new(World::default()));
     let expected = scopes.len() * 3;
     tokio::spawn(applier(
-        rx, expected, store, metrics, defaults, refs_tx, world_tx,
+        rx, expected, store, metrics, reloader, refs_tx, world_tx,
     ));
 
     let lease_namespace = settings
@@ -672,7 +671,7 @@ async fn applier(
     expected_lists: usize,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    defaults: Defaults,
+    mut reloader: Reloader,
     refs_tx: watch::Sender<Refs>,
     world_tx: watch::Sender<Arc<World>>,
 ) {
@@ -734,15 +733,7 @@ async fn applier(
             continue;
         }
         if changed || !initialized {
-            compiled = crate::server::apply_index(
-                &store,
-                &metrics,
-                &defaults,
-                &index,
-                "kubernetes",
-                ApplyMode::PerProxy,
-                arrived,
-            );
+            compiled = reloader.apply_index(&store, &metrics, &index, "kubernetes", 0, arrived);
             if !initialized {
                 tracing::info!(
                     providers = index.providers().len(),
@@ -772,7 +763,7 @@ fn kind_id(kind: Kind) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::compile;
+    use crate::config::{Defaults, compile};
 
     fn provider(ns: &str, name: &str, secret: &str, base: &str) -> Object {
         let yaml = format!(
@@ -849,7 +840,14 @@ mod tests {
             &mut index,
             Op::Delete(Kind::Secret, ObjectKey::new("b", "key"))
         ));
-        assert_eq!(served(&index), ["a.team"]);
+        // b's provider never had a good version here (a fresh compile): its entry is not ready.
+        let compiled = compile(&index, &Defaults::default());
+        let b = &compiled.proxies[&ObjectKey::new("b", "team")];
+        assert!(b.routes.is_empty());
+        assert!(
+            b.not_ready("openai")
+                .is_some_and(|n| n.message.contains("b/key"))
+        );
     }
 
     #[test]

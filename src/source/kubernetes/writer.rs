@@ -201,7 +201,15 @@ impl Writer {
                 None => CredentialState::Unchecked,
             };
             let models = upstream.map_or(ModelsState::NotInUse, |u| self.models_state(u));
-            let desired = status::provider_status(provider, &problems, &credential, &models, &now);
+            let last_good = world.compiled.kept_providers.get(key).map(|u| &**u);
+            let desired = status::provider_status_serving(
+                provider,
+                &problems,
+                &credential,
+                &models,
+                last_good,
+                &now,
+            );
             self.write(key, provider, desired, written, events).await;
         }
         let snapshot = &world.snapshot;
