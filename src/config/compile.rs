@@ -1002,6 +1002,11 @@ fn compile_proxy(
         let prefix = match (&entry.prefix, provider_type) {
             (Some(prefix), _) => Some(prefix.clone()),
             (None, Some(t)) => Some(t.as_str().to_owned()),
+            // A missing provider has no type to name its prefix after: its entry answers
+            // under the provider's name, so a caller learns what is missing.
+            (None, None) if valid_prefix(&entry.provider_ref.name) => {
+                Some(entry.provider_ref.name.clone())
+            }
             (None, None) => None,
         };
         if let Some(prefix) = &prefix {

@@ -163,11 +163,20 @@ struct Change {
 }
 
 /// Connect to the API server (in-cluster, or `KUBECONFIG` / `~/.kube/config`).
+///
+/// kube's default retry layer retries 429/503/504 answers with an exponential backoff of up
+/// to 1000 s between tries, inside a single request, so after an API-server outage a watch
+/// could stay away for many seconds. It is off: every caller retries on its own schedule
+/// (watchers every 400 ms at most, [`QuickBackoff`]; Secret fetches every second; the Lease
+/// on its renewal loop; status on the writer's next pass), so watches are back within a
+/// second of the API server answering again.
 pub async fn client() -> anyhow::Result<Client> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::try_default().await.context(
-        "cannot configure a Kubernetes client: run in a pod, or point KUBECONFIG at a kubeconfig",
-    )
+    let hint =
+        "cannot configure a Kubernetes client: run in a pod, or point KUBECONFIG at a kubeconfig";
+    let mut config = kube::Config::infer().await.context(hint)?;
+    config.default_retry = false;
+    Client::try_from(config).context(hint)
 }
 
 /// Fail clearly when the CRDs are missing or RBAC forbids reading them; retries for a while
@@ -305,14 +314,17 @@ pub fn start(
     lease_task
 }
 
-/// Retry quickly at first, then at most every 5 s (an API server coming back is noticed soon).
+/// Retry quickly at first, then every 400 ms: after an API-server outage ends, the watches are
+/// back within a second (issue 11). A failing list or watch against an API server that is down
+/// fails fast (connection refused, 503), so a retry every 400 ms per watcher (three per watched
+/// namespace) costs the API server little; one that is slow to fail spaces the retries itself.
 struct QuickBackoff {
     next: Duration,
 }
 
 impl QuickBackoff {
     const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
+    const MAX: Duration = Duration::from_millis(400);
 
     fn new() -> Self {
         Self { next: Self::FIRST }
@@ -889,7 +901,8 @@ mod tests {
         let mut b = QuickBackoff::new();
         let first: Vec<_> = (&mut b).take(8).collect();
         assert_eq!(first[0], Duration::from_millis(100));
-        assert_eq!(first[7], Duration::from_secs(5));
+        assert_eq!(first[2], Duration::from_millis(400));
+        assert_eq!(first[7], Duration::from_millis(400));
         b.reset();
         assert_eq!(b.next(), Some(Duration::from_millis(100)));
     }
