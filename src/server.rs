@@ -88,6 +88,9 @@ pub async fn check_credentials_online(
         .collect())
 }
 
+/// How many changed proxies one reload logs route by route.
+const LOGGED_PROXIES: usize = 200;
+
 /// One configuration source's compile state ([`Compiler`]: each object's last good version)
 /// and the problems it has already logged, so a reload logs only what changed.
 pub struct Reloader {
@@ -194,7 +197,9 @@ impl Reloader {
             .iter()
             .filter_map(|k| snapshot.proxies.get(k))
             .collect();
-        for table in &changed {
+        // Each changed proxy's routes, up to a bound: a first load of ten thousand proxies
+        // logs a summary instead of fifty thousand lines (`portcullis check` prints the table).
+        for table in changed.iter().take(LOGGED_PROXIES) {
             if table.policy.auth.is_none() {
                 tracing::warn!(proxy = %table.key.proxy_id(), "proxy accepts anonymous callers (no spec.clientAuth)");
             }
@@ -219,6 +224,24 @@ impl Reloader {
                     entry.message
                 );
             }
+        }
+        if changed.len() > LOGGED_PROXIES {
+            let routes: usize = changed
+                .iter()
+                .skip(LOGGED_PROXIES)
+                .map(|t| t.routes.len())
+                .sum();
+            let anonymous = changed
+                .iter()
+                .skip(LOGGED_PROXIES)
+                .filter(|t| t.policy.auth.is_none())
+                .count();
+            tracing::info!(
+                proxies = changed.len() - LOGGED_PROXIES,
+                routes,
+                anonymous,
+                "more proxies changed than are logged one by one; `portcullis check` prints every route"
+            );
         }
         // Keyless credentials of changed proxies are obtained for real in the background, so
         // the log says at once whether the pod's identity works (Kubernetes status reports the

@@ -126,8 +126,8 @@ type ProxyResult = Result<(Arc<ProxyTable>, Vec<Problem>), Vec<Problem>>;
 
 /// The inputs of one provider's compilation, to recompile only what changed.
 struct ProviderMemo {
-    provider: LlmProvider,
-    secrets: Vec<Option<SecretData>>,
+    provider: Arc<LlmProvider>,
+    secrets: Vec<Option<Arc<SecretData>>>,
     result: ProviderResult,
     /// The newest version that compiled.
     last_good: Option<Arc<Upstream>>,
@@ -179,21 +179,22 @@ impl Resolution {
 
 /// The inputs of one proxy version's compilation.
 struct ProxyInput {
-    proxy: LlmProxy,
+    proxy: Arc<LlmProxy>,
     entries: Vec<Option<Resolution>>,
-    client_keys: Option<SecretData>,
+    client_keys: Option<Arc<SecretData>>,
 }
 
 impl ProxyInput {
     fn matches(
         &self,
-        proxy: &LlmProxy,
+        proxy: &Arc<LlmProxy>,
         entries: &[Option<Resolution>],
-        keys: Option<&SecretData>,
+        keys: Option<&Arc<SecretData>>,
     ) -> bool {
-        self.proxy.spec == proxy.spec
-            && self.proxy.metadata.generation == proxy.metadata.generation
-            && self.client_keys.as_ref() == keys
+        (Arc::ptr_eq(&self.proxy, proxy)
+            || (self.proxy.spec == proxy.spec
+                && self.proxy.metadata.generation == proxy.metadata.generation))
+            && same_secret(self.client_keys.as_ref(), keys)
             && self.entries.len() == entries.len()
             && self.entries.iter().zip(entries).all(|(a, b)| match (a, b) {
                 (None, None) => true,
@@ -253,17 +254,24 @@ impl Compiler {
 
         let mut resolved: BTreeMap<&ObjectKey, Resolution> = BTreeMap::new();
         for (key, provider) in index.providers() {
-            let secrets: Vec<Option<&SecretData>> = provider_secrets(key, provider)
-                .map(|k| index.secret(&k))
+            let secrets: Vec<Option<&Arc<SecretData>>> = provider_secrets(key, provider)
+                .map(|k| index.secret_shared(&k))
                 .collect();
-            let fresh = self.providers.get(key).is_some_and(|m| {
-                m.provider.spec == provider.spec
-                    && m.provider.metadata.generation == provider.metadata.generation
+            let fresh = self.providers.get_mut(key).is_some_and(|m| {
+                let same = (Arc::ptr_eq(&m.provider, provider)
+                    || (m.provider.spec == provider.spec
+                        && m.provider.metadata.generation == provider.metadata.generation))
                     && m.secrets.len() == secrets.len()
                     && m.secrets
                         .iter()
                         .zip(&secrets)
-                        .all(|(a, b)| a.as_ref() == *b)
+                        .all(|(a, b)| same_secret(a.as_ref(), *b));
+                if same {
+                    // Hold the newest copies, so the older ones can go.
+                    m.provider = provider.clone();
+                    m.secrets = secrets.iter().map(|s| s.cloned()).collect();
+                }
+                same
             });
             if !fresh {
                 let result =
@@ -322,14 +330,15 @@ impl Compiler {
         for (key, proxy) in index.proxies() {
             let entries = entries_of(key, proxy, &resolved);
             let keys = client_keys_of(key, proxy, index);
-            let input =
-                |proxy: &LlmProxy, entries: Vec<Option<Resolution>>, keys: Option<&SecretData>| {
-                    ProxyInput {
-                        proxy: proxy.clone(),
-                        entries,
-                        client_keys: keys.cloned(),
-                    }
-                };
+            let input = |proxy: &Arc<LlmProxy>,
+                         entries: Vec<Option<Resolution>>,
+                         keys: Option<&Arc<SecretData>>| {
+                ProxyInput {
+                    proxy: proxy.clone(),
+                    entries,
+                    client_keys: keys.cloned(),
+                }
+            };
             let (newest, mut last_good, served) = match self.proxies.remove(key) {
                 Some(m) if m.newest.0.matches(proxy, &entries, keys) => {
                     (m.newest, m.last_good, m.served)
@@ -414,7 +423,7 @@ fn client_keys_of<'a>(
     key: &ObjectKey,
     proxy: &LlmProxy,
     index: &'a Index,
-) -> Option<&'a SecretData> {
+) -> Option<&'a Arc<SecretData>> {
     let name = &proxy
         .spec
         .client_auth
@@ -423,7 +432,16 @@ fn client_keys_of<'a>(
         .as_ref()?
         .secret_ref
         .name;
-    index.secret(&ObjectKey::new(&key.namespace, name))
+    index.secret_shared(&ObjectKey::new(&key.namespace, name))
+}
+
+/// Whether two versions of a Secret hold the same data.
+fn same_secret(a: Option<&Arc<SecretData>>, b: Option<&Arc<SecretData>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        _ => false,
+    }
 }
 
 /// How each provider entry of a proxy resolves (`None`: no such provider).

@@ -238,11 +238,11 @@ pub fn parse_documents(text: &str) -> Vec<Result<Object, Box<DocError>>> {
                 object,
             )),
             ("LlmProvider", _) => match typed::<LlmProvider>(value) {
-                Ok(p) => out.push(Ok(Object::Provider(Box::new(p)))),
+                Ok(p) => out.push(Ok(Object::Provider(std::sync::Arc::new(p)))),
                 Err(e) => out.push(fail(format!("{label}: {e}"), object)),
             },
             ("LlmProxy", _) => match typed::<LlmProxy>(value) {
-                Ok(p) => out.push(Ok(Object::Proxy(Box::new(p)))),
+                Ok(p) => out.push(Ok(Object::Proxy(std::sync::Arc::new(p)))),
                 Err(e) => out.push(fail(format!("{label}: {e}"), object)),
             },
             ("Secret", "v1") => match typed::<Secret>(value) {
@@ -285,6 +285,62 @@ struct FileState {
     hash: u64,
     objects: Vec<Object>,
     errors: Vec<LoadError>,
+    /// The objects of each document, by the hash of its text (see [`split_documents`]), so an
+    /// edit of one document of a large file parses that document only.
+    docs: DocCache,
+}
+
+/// The objects of each document of a file, by the hash of its text.
+type DocCache = HashMap<u64, Vec<Object>>;
+
+/// Split a YAML stream before each `---` marker line. YAML forbids a document marker at the
+/// start of a line inside content, so each piece is a stream of its own. `None` when the text
+/// has directives (`%`) or document-end markers (`...`), which pieces cannot carry alone.
+pub fn split_documents(text: &str) -> Option<Vec<&str>> {
+    let marker = |line: &str, m: &str| {
+        line.strip_prefix(m)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+    };
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if line.starts_with('%') || marker(line, "...") {
+            return None;
+        }
+        if marker(line, "---") && at > start {
+            pieces.push(&text[start..at]);
+            start = at;
+        }
+        at += line.len();
+    }
+    if at > start {
+        pieces.push(&text[start..at]);
+    }
+    Some(pieces)
+}
+
+/// Parse a file document by document, reusing the objects of documents whose text did not
+/// change; `None` when some document has a problem (the caller parses the whole text then,
+/// for exact error positions).
+fn parse_cached(text: &str, old: Option<&DocCache>) -> Option<(Vec<Object>, DocCache)> {
+    let mut objects = Vec::new();
+    let mut docs = HashMap::new();
+    for piece in split_documents(text)? {
+        let mut hasher = DefaultHasher::new();
+        piece.hash(&mut hasher);
+        let hash = hasher.finish();
+        let found = match old.and_then(|o| o.get(&hash)) {
+            Some(found) => found.clone(),
+            None => parse_documents(piece)
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?,
+        };
+        objects.extend(found.iter().cloned());
+        docs.insert(hash, found);
+    }
+    Some((objects, docs))
 }
 
 /// Reads the manifest files object by object (contract §5a), remembering each file's last
@@ -317,33 +373,21 @@ impl Reader {
         let mut changed = self.list_error.take().is_some()
             || list.len() != self.files.len()
             || list.iter().any(|f| !self.files.contains_key(f));
-        let previous: HashMap<(&'static str, ObjectKey), &Object> = self
-            .files
-            .values()
-            .flat_map(|f| f.objects.iter())
-            .map(|o| {
-                let (kind, key) = o.describe();
-                ((kind, key), o)
-            })
-            .collect();
+        // Files as last read; an unchanged one moves over as it is.
+        let mut old_files = std::mem::take(&mut self.files);
         let mut next = BTreeMap::new();
         for file in &list {
             let bytes = std::fs::read(file);
             let mut hasher = DefaultHasher::new();
             (file, bytes.as_ref().ok()).hash(&mut hasher);
             let hash = hasher.finish();
-            let old = self.files.get(file);
-            if let Some(old) = old.filter(|o| o.hash == hash) {
-                next.insert(
-                    file.clone(),
-                    FileState {
-                        hash,
-                        objects: old.objects.clone(),
-                        errors: old.errors.clone(),
-                    },
-                );
+            if old_files.get(file).is_some_and(|o| o.hash == hash)
+                && let Some(old) = old_files.remove(file)
+            {
+                next.insert(file.clone(), old);
                 continue;
             }
+            let old = old_files.get(file);
             changed = true;
             let last_good = || old.map(|o| o.objects.clone()).unwrap_or_default();
             let text = bytes
@@ -358,8 +402,17 @@ impl Reader {
                         doc: None,
                         message,
                     }],
+                    docs: HashMap::new(),
                 },
-                Ok(text) => {
+                Ok(text) => 'parsed: {
+                    if let Some((objects, docs)) = parse_cached(&text, old.map(|o| &o.docs)) {
+                        break 'parsed FileState {
+                            hash,
+                            objects,
+                            errors: Vec::new(),
+                            docs,
+                        };
+                    }
                     let mut objects = Vec::new();
                     let mut errors = Vec::new();
                     let mut whole_file = false;
@@ -373,8 +426,14 @@ impl Reader {
                                 match affects {
                                     Affects::File => whole_file = true,
                                     Affects::Object(kind, key) => {
-                                        if let Some(good) = previous.get(&(kind, key)) {
-                                            objects.push((*good).clone());
+                                        // Its last good version, from whichever file held it.
+                                        let good = next
+                                            .values()
+                                            .chain(old_files.values())
+                                            .flat_map(|f: &FileState| f.objects.iter())
+                                            .find(|o| o.describe() == (kind, key.clone()));
+                                        if let Some(good) = good {
+                                            objects.push(good.clone());
                                         }
                                     }
                                     Affects::Nothing => {}
@@ -389,6 +448,7 @@ impl Reader {
                         hash,
                         objects,
                         errors,
+                        docs: HashMap::new(),
                     }
                 }
             };
@@ -556,5 +616,130 @@ spec: {providers: [{providerRef: {name: openai}}]}
         assert!(errors[0].message.contains("portcullis.dev/v1alpha1"));
         let errors = parse("kind: [unclosed\n").err().unwrap_or_default();
         assert!(errors[0].message.contains("invalid YAML"));
+    }
+
+    fn provider_doc(name: &str, base: &str) -> String {
+        format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: LlmProvider\nmetadata: {{name: {name}, namespace: ai}}\nspec: {{type: vllm, baseUrl: '{base}'}}\n"
+        )
+    }
+
+    fn bases(read: &Read) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = read
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Provider(p) => Some((
+                    p.metadata.name.clone().unwrap_or_default(),
+                    p.spec.base_url.clone().unwrap_or_default(),
+                )),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn pair(name: &str, base: &str) -> (String, String) {
+        (name.to_owned(), base.to_owned())
+    }
+
+    #[test]
+    fn an_unusable_document_keeps_its_objects_last_good_version_and_others_move_on() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("a.yaml");
+        let paths = [dir.path().to_owned()];
+        let write = |text: String| std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+        let mut reader = Reader::default();
+
+        write(format!(
+            "{}---\n{}",
+            provider_doc("a", "http://a1"),
+            provider_doc("b", "http://b1")
+        ));
+        let read = reader.read(&paths);
+        assert!(read.errors.is_empty() && read.changed, "{:?}", read.errors);
+        assert_eq!(
+            bases(&read),
+            [pair("a", "http://a1"), pair("b", "http://b1")]
+        );
+
+        // Unchanged: nothing to do.
+        assert!(!reader.read(&paths).changed);
+
+        // b's document breaks (an unknown type): b keeps its last good version, a moves on.
+        write(format!(
+            "{}---\n{}",
+            provider_doc("a", "http://a2"),
+            provider_doc("b", "http://b2").replace("type: vllm", "type: nosuch")
+        ));
+        let read = reader.read(&paths);
+        assert_eq!(read.errors.len(), 1, "{:?}", read.errors);
+        assert!(read.errors[0].to_string().contains("LlmProvider b"));
+        assert_eq!(
+            bases(&read),
+            [pair("a", "http://a2"), pair("b", "http://b1")]
+        );
+
+        // A YAML syntax error: the whole file keeps its last good objects.
+        write(format!(
+            "{}---\nkind: [unclosed\n",
+            provider_doc("a", "http://a3")
+        ));
+        let read = reader.read(&paths);
+        assert!(read.errors[0].message.contains("invalid YAML"));
+        assert_eq!(
+            bases(&read),
+            [pair("a", "http://a2"), pair("b", "http://b1")]
+        );
+
+        // Fixed: the newest versions; an object no longer in the files is gone.
+        write(provider_doc("a", "http://a4"));
+        let read = reader.read(&paths);
+        assert!(read.errors.is_empty());
+        assert_eq!(bases(&read), [pair("a", "http://a4")]);
+
+        // A document that is new and broken is left out and reported.
+        write(format!(
+            "{}---\n{}",
+            provider_doc("a", "http://a4"),
+            provider_doc("c", "x").replace("type: vllm", "type: nosuch")
+        ));
+        let read = reader.read(&paths);
+        assert_eq!(read.errors.len(), 1);
+        assert_eq!(bases(&read), [pair("a", "http://a4")]);
+
+        // A deleted file takes its objects with it.
+        std::fs::remove_file(&file).unwrap_or_else(|e| panic!("{e}"));
+        let read = reader.read(&paths);
+        assert!(read.changed && read.objects.is_empty());
+    }
+
+    #[test]
+    fn documents_split_at_markers_and_parse_the_same() {
+        let text = format!(
+            "---\n{}--- \n{}\n---\n# comment\n{}",
+            provider_doc("a", "http://a"),
+            provider_doc("b", "http://b"),
+            provider_doc("c", "http://c")
+        );
+        let pieces = split_documents(&text).unwrap_or_default();
+        assert_eq!(pieces.concat(), text);
+        assert_eq!(pieces.len(), 3);
+        let (objects, docs) = parse_cached(&text, None).unwrap_or_default();
+        assert_eq!(objects.len(), 3);
+        // A second parse with one document changed reuses the other two.
+        let edited = text.replace("http://b", "http://b2");
+        let (again, _) = parse_cached(&edited, Some(&docs)).unwrap_or_default();
+        assert_eq!(again.len(), 3);
+        assert_eq!(
+            parse(&edited).map(|o| o.len()).unwrap_or_default(),
+            again.len()
+        );
+        // Directives and end markers: no splitting (the whole text is parsed).
+        assert!(split_documents("%YAML 1.2\n---\na: 1\n").is_none());
+        assert!(split_documents("a: 1\n...\n").is_none());
+        // Pieces with a problem: the caller parses the whole text for exact positions.
+        assert!(parse_cached("kind: [unclosed\n", None).is_none());
     }
 }

@@ -354,13 +354,13 @@ trait IntoObject {
 
 impl IntoObject for LlmProvider {
     fn into_object(self) -> Object {
-        Object::Provider(Box::new(self))
+        Object::Provider(std::sync::Arc::new(self))
     }
 }
 
 impl IntoObject for LlmProxy {
     fn into_object(self) -> Object {
-        Object::Proxy(Box::new(self))
+        Object::Proxy(std::sync::Arc::new(self))
     }
 }
 
@@ -785,7 +785,7 @@ mod tests {
         let mut p = LlmProvider::new(name, spec);
         p.metadata.namespace = Some(ns.into());
         p.metadata.generation = Some(1);
-        Object::Provider(Box::new(p))
+        Object::Provider(std::sync::Arc::new(p))
     }
 
     fn proxy(ns: &str, name: &str) -> Object {
@@ -794,7 +794,7 @@ mod tests {
         let mut p = LlmProxy::new(name, spec);
         p.metadata.namespace = Some(ns.into());
         p.metadata.generation = Some(1);
-        Object::Proxy(Box::new(p))
+        Object::Proxy(std::sync::Arc::new(p))
     }
 
     fn secret(ns: &str, name: &str) -> Object {
@@ -886,7 +886,7 @@ mod tests {
         guarded.metadata.namespace = Some("a".into());
         let index = Index::from_objects([
             provider("a", "openai", "key-a", "http://127.0.0.1:1/v1"),
-            Object::Proxy(Box::new(guarded)),
+            Object::Proxy(std::sync::Arc::new(guarded)),
             proxy("b", "open"),
         ]);
         let refs: Vec<String> = referenced_secrets(&index)

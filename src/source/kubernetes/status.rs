@@ -603,8 +603,8 @@ mod tests {
     fn healthy_provider_and_programmed_proxy() {
         let index = Index::from_objects([
             secret("key", "sk-1"),
-            Object::Provider(Box::new(provider("openai", OPENAI, 2))),
-            Object::Proxy(Box::new(proxy("team", PROXY, 5))),
+            Object::Provider(std::sync::Arc::new(provider("openai", OPENAI, 2))),
+            Object::Proxy(std::sync::Arc::new(proxy("team", PROXY, 5))),
         ]);
         let compiled = compile(&index, &Defaults::default());
         let store = Store::default();
@@ -652,15 +652,15 @@ mod tests {
     fn programmed_only_once_the_served_table_has_this_generation() {
         let index = Index::from_objects([
             secret("key", "sk-1"),
-            Object::Provider(Box::new(provider("openai", OPENAI, 1))),
-            Object::Proxy(Box::new(proxy("team", PROXY, 1))),
+            Object::Provider(std::sync::Arc::new(provider("openai", OPENAI, 1))),
+            Object::Proxy(std::sync::Arc::new(proxy("team", PROXY, 1))),
         ]);
         let store = Store::default();
         store.apply(&compile(&index, &Defaults::default()));
         let served_gen1 = store.load();
         // Generation 2 compiled cleanly but not swapped in yet.
         let mut next = index.clone();
-        next.apply(Object::Proxy(Box::new(proxy("team", PROXY, 2))));
+        next.apply(Object::Proxy(std::sync::Arc::new(proxy("team", PROXY, 2))));
         let compiled = compile(&next, &Defaults::default());
         let pk = ObjectKey::new("ai", "team");
         let old = served_gen1.proxies.get(&pk).map(|t| &**t);
@@ -686,15 +686,15 @@ mod tests {
     fn missing_secret_is_resolved_refs_false_on_provider_and_proxy() {
         let good = Index::from_objects([
             secret("key", "sk-1"),
-            Object::Provider(Box::new(provider("openai", OPENAI, 1))),
-            Object::Proxy(Box::new(proxy("team", PROXY, 1))),
+            Object::Provider(std::sync::Arc::new(provider("openai", OPENAI, 1))),
+            Object::Proxy(std::sync::Arc::new(proxy("team", PROXY, 1))),
         ]);
         let store = Store::default();
         let mut compiler = crate::config::Compiler::default();
         store.apply(&compiler.compile(&good));
         // The provider now names a Secret that does not exist.
         let mut index = good.clone();
-        index.apply(Object::Provider(Box::new(provider(
+        index.apply(Object::Provider(std::sync::Arc::new(provider(
             "openai",
             &OPENAI.replace("name: key", "name: gone"),
             2,
@@ -776,8 +776,8 @@ mod tests {
         let guarded = "providers: [{providerRef: {name: openai}}]\nclientAuth: {apiKeys: {secretRef: {name: clients}}}\n";
         let index = Index::from_objects([
             secret("key", "sk-1"),
-            Object::Provider(Box::new(provider("openai", OPENAI, 1))),
-            Object::Proxy(Box::new(proxy("team", guarded, 1))),
+            Object::Provider(std::sync::Arc::new(provider("openai", OPENAI, 1))),
+            Object::Proxy(std::sync::Arc::new(proxy("team", guarded, 1))),
         ]);
         let compiled = compile(&index, &Defaults::default());
         let pk = ObjectKey::new("ai", "team");
@@ -795,12 +795,12 @@ mod tests {
     #[test]
     fn invalid_spec_is_accepted_false_and_unserved_proxy_not_programmed() {
         let index = Index::from_objects([
-            Object::Provider(Box::new(provider(
+            Object::Provider(std::sync::Arc::new(provider(
                 "openai",
                 "type: openai-compatible\nauth: {none: {}}\n",
                 1,
             ))),
-            Object::Proxy(Box::new(proxy("team", PROXY, 1))),
+            Object::Proxy(std::sync::Arc::new(proxy("team", PROXY, 1))),
         ]);
         let compiled = compile(&index, &Defaults::default());
         let snapshot = Snapshot::default();
@@ -841,7 +841,8 @@ mod tests {
 
     #[test]
     fn unknown_provider_and_models_states() {
-        let index = Index::from_objects([Object::Proxy(Box::new(proxy("team", PROXY, 3)))]);
+        let index =
+            Index::from_objects([Object::Proxy(std::sync::Arc::new(proxy("team", PROXY, 3)))]);
         let compiled = compile(&index, &Defaults::default());
         let pk = ObjectKey::new("ai", "team");
         let x = proxy_status(&index.proxies()[&pk], &pk, &compiled, None, URL, &now());

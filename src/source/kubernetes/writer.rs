@@ -210,14 +210,14 @@ impl Writer {
                 last_good,
                 &now,
             );
-            self.write(key, provider, desired, written, events).await;
+            self.write(key, &**provider, desired, written, events).await;
         }
         let snapshot = &world.snapshot;
         for (key, proxy) in world.index.proxies() {
             let url = format!("{}/v1/model-router/{}", self.url_base, key.proxy_id());
             let served = snapshot.proxies.get(key).map(|t| &**t);
             let desired = status::proxy_status(proxy, key, &world.compiled, served, &url, &now);
-            self.write(key, proxy, desired, written, events).await;
+            self.write(key, &**proxy, desired, written, events).await;
         }
     }
 
