@@ -248,11 +248,8 @@ impl Compiler {
     /// last good version.
     pub fn compile(&mut self, index: &Index) -> Compiled {
         let mut out = Compiled::default();
-        self.providers
-            .retain(|k, _| index.providers().contains_key(k));
-        self.proxies.retain(|k, _| index.proxies().contains_key(k));
-
-        let mut resolved: BTreeMap<&ObjectKey, Resolution> = BTreeMap::new();
+        let mut resolved: HashMap<&ObjectKey, Resolution> =
+            HashMap::with_capacity(index.providers().len());
         for (key, provider) in index.providers() {
             let secrets: Vec<Option<&Arc<SecretData>>> = provider_secrets(key, provider)
                 .map(|k| index.secret_shared(&k))
@@ -340,7 +337,10 @@ impl Compiler {
                 }
             };
             let (newest, mut last_good, served) = match self.proxies.remove(key) {
-                Some(m) if m.newest.0.matches(proxy, &entries, keys) => {
+                Some(mut m) if m.newest.0.matches(proxy, &entries, keys) => {
+                    // Hold the newest copies, so the older ones can go.
+                    m.newest.0.proxy = proxy.clone();
+                    m.newest.0.client_keys = keys.cloned();
                     (m.newest, m.last_good, m.served)
                 }
                 old => {
@@ -397,6 +397,15 @@ impl Compiler {
                 },
             );
         }
+        // Every object of the index has its entry now: more entries mean deleted objects,
+        // which forget their last good version.
+        if self.providers.len() != index.providers().len() {
+            self.providers
+                .retain(|k, _| index.providers().contains_key(k));
+        }
+        if self.proxies.len() != index.proxies().len() {
+            self.proxies.retain(|k, _| index.proxies().contains_key(k));
+        }
         out
     }
 }
@@ -448,7 +457,7 @@ fn same_secret(a: Option<&Arc<SecretData>>, b: Option<&Arc<SecretData>>) -> bool
 fn entries_of(
     key: &ObjectKey,
     proxy: &LlmProxy,
-    resolved: &BTreeMap<&ObjectKey, Resolution>,
+    resolved: &HashMap<&ObjectKey, Resolution>,
 ) -> Vec<Option<Resolution>> {
     proxy
         .spec
