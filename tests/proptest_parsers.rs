@@ -4,17 +4,19 @@
 //! give the same answer however its input is split.
 //!
 //! The functions under test are reached through the aliases below only, so when a module
-//! moves (the framers are moving to `src/formats/`) only these lines change.
+//! moves (the framers moved to `src/formats/` once already) only these lines change.
 
 use std::sync::Arc;
 
 use proptest::prelude::*;
 
+use portcullis::formats::bedrock::eventstream::{
+    Decoder as EventStreamDecoder, MAX_MESSAGE, crc32,
+};
+use portcullis::formats::sse::SseParser;
 use portcullis::policy::identity::{ClientAuth, JwtAuth, Runtime};
 use portcullis::proxy::native::check_rest;
 use portcullis::source::files::{parse, parse_documents, split_documents};
-use portcullis::translate::eventstream::{Decoder as EventStreamDecoder, MAX_MESSAGE, crc32};
-use portcullis::translate::sse::SseParser;
 
 fn config() -> ProptestConfig {
     ProptestConfig {
