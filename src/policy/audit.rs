@@ -1,7 +1,8 @@
 //! Audit events: one JSON line per request on the log target `portcullis::audit`, written
 //! when the response's last byte has gone (so streamed guardrail decisions are in it).
 //!
-//! Fields: `time`, `request_id`, `proxy`, `identity`, `auth`, `route`, `provider`, `model`,
+//! Fields: `time`, `request_id`, `proxy`, `identity`, `auth`, `route`, `endpoint` (Model
+//! Router only), `provider`, `model`,
 //! `status`, `usage`, `decisions` (tool, action, rule, reason) and, only with
 //! `spec.audit.includeContent: true`, `content` (the request's messages). Never a credential.
 
@@ -32,6 +33,9 @@ pub struct Data {
     pub content: Option<Value>,
     /// The model a native request named (body `model`), when the gateway read the body.
     pub model: Option<String>,
+    /// The Model Router endpoint (`chat/completions`, `responses`, `messages`, `embeddings`,
+    /// …); empty on native routes.
+    pub endpoint: &'static str,
 }
 
 /// Shared, lock-light cell for one request's audit data. Writers never contend (one request
@@ -60,6 +64,9 @@ pub struct Record<'a> {
     pub auth: &'a str,
     /// `router` or `native`.
     pub route: &'a str,
+    /// The Model Router endpoint; absent on native routes.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub endpoint: &'a str,
     /// Provider prefix.
     pub provider: &'a str,
     /// Model as asked.
@@ -128,6 +135,7 @@ mod tests {
             identity: "alice",
             auth: "apiKey",
             route: "router",
+            endpoint: "chat/completions",
             provider: "openai",
             model: "openai:m",
             status: 200,
@@ -138,5 +146,6 @@ mod tests {
         let v = serde_json::to_value(&r).unwrap_or_default();
         assert!(v.get("content").is_none());
         assert_eq!(v["identity"], "alice");
+        assert_eq!(v["endpoint"], "chat/completions");
     }
 }

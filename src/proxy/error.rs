@@ -30,7 +30,7 @@ pub enum ApiError {
     Unsupported(String),
     /// No such route.
     #[error(
-        "no route for {method} {path}; the gateway serves /v1/model-router/{{proxy}}/chat/completions, /v1/model-router/{{proxy}}/models and /v1/{{prefix}}/{{proxy}}/..."
+        "no route for {method} {path}; the gateway serves /v1/model-router/{{proxy}}/{{chat/completions,responses,embeddings,v1/messages,models}} and /v1/{{prefix}}/{{proxy}}/..."
     )]
     RouteNotFound {
         /// Method.
@@ -60,6 +60,16 @@ pub enum ApiError {
     ProxyNotFound {
         /// The ID in the URL.
         id: String,
+    },
+    /// A bare proxy name that more than one namespace has.
+    #[error(
+        "proxy name `{id}` is ambiguous: more than one namespace has an LlmProxy of that name; use its qualified ID, one of: {candidates}"
+    )]
+    AmbiguousProxy {
+        /// The bare name in the URL.
+        id: String,
+        /// The qualified IDs (`{namespace}.{name}`), comma-separated.
+        candidates: String,
     },
     /// The model's prefix is not one of the proxy's.
     #[error(
@@ -185,6 +195,7 @@ impl ApiError {
             ApiError::RouteNotFound { .. }
             | ApiError::UnknownEndpoint { .. }
             | ApiError::ProxyNotFound { .. }
+            | ApiError::AmbiguousProxy { .. }
             | ApiError::UnknownPrefix { .. }
             | ApiError::ModelNotFound { .. }
             | ApiError::ModelNotServed { .. } => StatusCode::NOT_FOUND,
@@ -220,7 +231,7 @@ impl ApiError {
             ApiError::ClientBody(_) => "invalid_body",
             ApiError::RouteNotFound { .. } => "route_not_found",
             ApiError::UnknownEndpoint { .. } => "unknown_endpoint",
-            ApiError::ProxyNotFound { .. } => "proxy_not_found",
+            ApiError::ProxyNotFound { .. } | ApiError::AmbiguousProxy { .. } => "proxy_not_found",
             ApiError::UnknownPrefix { .. }
             | ApiError::ModelNotFound { .. }
             | ApiError::ModelNotServed { .. } => "model_not_found",

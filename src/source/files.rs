@@ -237,11 +237,12 @@ pub fn parse_documents(text: &str) -> Vec<Result<Object, Box<DocError>>> {
                 format!("{label}: apiVersion `{v}` is not served; use `{expected}`"),
                 object,
             )),
-            ("LlmProvider", _) => match typed::<LlmProvider>(value) {
+            // Unknown fields are problems that name the field (config::strict).
+            ("LlmProvider", _) => match crate::config::strict::typed::<LlmProvider>(value) {
                 Ok(p) => out.push(Ok(Object::Provider(std::sync::Arc::new(p)))),
                 Err(e) => out.push(fail(format!("{label}: {e}"), object)),
             },
-            ("LlmProxy", _) => match typed::<LlmProxy>(value) {
+            ("LlmProxy", _) => match crate::config::strict::typed::<LlmProxy>(value) {
                 Ok(p) => out.push(Ok(Object::Proxy(std::sync::Arc::new(p)))),
                 Err(e) => out.push(fail(format!("{label}: {e}"), object)),
             },
