@@ -747,6 +747,7 @@ mod tests {
         };
         Upstream {
             provider: ObjectKey::new("ai", t.as_str()),
+            generation: None,
             provider_type: t,
             info,
             base_url: Url::parse(base).unwrap(),

@@ -1,6 +1,7 @@
 //! `portcullis serve`: wires the configuration source, the store, discovery, the data plane
 //! and the admin endpoints together, and drains gracefully on SIGTERM.
 
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use http::{StatusCode, header};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{ApplyMode, Compiled, Defaults, Index, Object, Store, compile, defaults};
+use crate::config::{
+    Compiled, Compiler, Defaults, Index, Object, ObjectKey, Problem, Store, defaults,
+};
 use crate::discovery::{Discovery, DiscoveryConfig};
 use crate::proxy::{self, AppState};
 use crate::source::{files, kubernetes};
@@ -183,110 +186,208 @@ pub async fn check_credentials_online(
         .collect())
 }
 
-/// Compile objects, swap them in, and log what is served and what is wrong.
-pub fn apply_objects(
-    store: &Store,
-    metrics: &Metrics,
-    defaults: &Defaults,
-    objects: Vec<Object>,
-    source: &'static str,
-    mode: ApplyMode,
-    seen_at: Instant,
-) {
-    apply_index(
-        store,
-        metrics,
-        defaults,
-        &Index::from_objects(objects),
-        source,
-        mode,
-        seen_at,
-    );
+/// How many changed proxies one reload logs route by route.
+const LOGGED_PROXIES: usize = 200;
+
+/// One configuration source's compile state ([`Compiler`]: each object's last good version)
+/// and the problems it has already logged, so a reload logs only what changed.
+pub struct Reloader {
+    /// Compile state of the source.
+    pub compiler: Compiler,
+    reported: HashSet<Problem>,
 }
 
-/// Compile an index, swap it in, log what is served and what is wrong, and return the
-/// compilation (the Kubernetes source derives status from it).
-pub fn apply_index(
-    store: &Store,
-    metrics: &Metrics,
-    defaults: &Defaults,
-    index: &Index,
-    source: &'static str,
-    mode: ApplyMode,
-    seen_at: Instant,
-) -> Compiled {
-    let compiled = compile(index, defaults);
-    for problem in &compiled.problems {
-        tracing::warn!(
-            kind = problem.kind,
-            object = %problem.object,
-            field = %problem.field,
-            reason = problem.reason,
-            "configuration problem: {}",
-            problem.message
-        );
-    }
-    let report = store.apply_with(&compiled, mode);
-    if report.rejected {
-        tracing::warn!(
-            problems = compiled.problems.len(),
-            "configuration rejected, the running one keeps serving; fix the problems above"
-        );
-        metrics.reload(source, "rejected", seen_at.elapsed());
-        return compiled;
-    }
-    for id in &report.kept {
-        tracing::warn!(proxy = %id, "proxy has problems; its last good version keeps serving");
-    }
-    for id in &report.unserved {
-        tracing::warn!(proxy = %id, "proxy has problems and is not served");
-    }
-    let snapshot = store.load();
-    for table in snapshot.proxies.values() {
-        if table.policy.auth.is_none() {
-            tracing::warn!(proxy = %table.key.proxy_id(), "proxy accepts anonymous callers (no spec.clientAuth)");
+impl Reloader {
+    /// A reloader with these process-wide defaults.
+    pub fn new(defaults: Defaults) -> Self {
+        Self {
+            compiler: Compiler::new(defaults),
+            reported: HashSet::new(),
         }
-        for route in &table.routes {
-            tracing::info!(
-                proxy = %table.key.proxy_id(),
-                prefix = %route.prefix,
-                provider = %route.upstream.provider,
-                r#type = %route.upstream.provider_type,
-                upstream = %route.upstream.base_url,
-                router = %format!("/v1/model-router/{}/chat/completions", table.key.proxy_id()),
-                native = %format!("/v1/{}/{}/", route.prefix, table.key.proxy_id()),
-                "serving route"
+    }
+
+    /// Compile objects and swap them in (see [`Reloader::apply_index`]).
+    pub fn apply_objects(
+        &mut self,
+        store: &Store,
+        metrics: &Metrics,
+        objects: Vec<Object>,
+        source: &'static str,
+        source_problems: usize,
+        seen_at: Instant,
+    ) -> Compiled {
+        self.apply_index(
+            store,
+            metrics,
+            &Index::from_objects(objects),
+            source,
+            source_problems,
+            seen_at,
+        )
+    }
+
+    /// Compile an index (each object in its newest version when valid, else its last good
+    /// version), swap it in, log what changed (new problems, routes of changed proxies,
+    /// proxies no longer served) and a summary, and return the compilation (the Kubernetes
+    /// source derives status from it). `source_problems` counts problems the source found
+    /// before compilation (unusable documents), for the reload metric.
+    pub fn apply_index(
+        &mut self,
+        store: &Store,
+        metrics: &Metrics,
+        index: &Index,
+        source: &'static str,
+        source_problems: usize,
+        seen_at: Instant,
+    ) -> Compiled {
+        let compiled = self.compiler.compile(index);
+        let mut fresh_problems: BTreeSet<&ObjectKey> = BTreeSet::new();
+        for problem in &compiled.problems {
+            if self.reported.contains(problem) {
+                continue;
+            }
+            fresh_problems.insert(&problem.object);
+            tracing::warn!(
+                kind = problem.kind,
+                object = %problem.object,
+                field = %problem.field,
+                reason = problem.reason,
+                "configuration problem: {}",
+                problem.message
             );
         }
-    }
-    // Keyless credentials are obtained for real in the background, so the log says at once
-    // whether the pod's identity works (Kubernetes status reports the same as CredentialsReady).
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        let snapshot = snapshot.clone();
-        runtime.spawn(async move {
-            for (provider, result) in check_credentials(&snapshot).await {
-                match result {
-                    Ok(()) => tracing::info!(provider = %provider, "credentials ready"),
-                    Err(e) => {
-                        tracing::warn!(provider = %provider, error = %e, "credentials not ready")
+        let resolved: Vec<&Problem> = self
+            .reported
+            .iter()
+            .filter(|p| !compiled.problems.contains(p))
+            .collect();
+        for problem in resolved {
+            tracing::info!(kind = problem.kind, object = %problem.object, field = %problem.field, reason = problem.reason, "configuration problem resolved");
+        }
+        self.reported = compiled.problems.iter().cloned().collect();
+        for key in compiled.kept.iter().filter(|k| fresh_problems.contains(k)) {
+            let generation = compiled
+                .proxies
+                .get(key)
+                .and_then(|t| t.generation)
+                .map_or_else(|| "?".to_owned(), |g| g.to_string());
+            tracing::warn!(proxy = %key.proxy_id(), %generation, "proxy has problems; its last good version keeps serving");
+        }
+        for key in compiled
+            .unserved
+            .iter()
+            .filter(|k| fresh_problems.contains(k))
+        {
+            tracing::warn!(proxy = %key.proxy_id(), "proxy has problems and never had a good version; not served");
+        }
+        for (key, upstream) in &compiled.kept_providers {
+            if fresh_problems.contains(key) {
+                tracing::warn!(provider = %key, generation = ?upstream.generation, "provider has problems; its last good version keeps serving");
+            }
+        }
+        let report = store.apply(&compiled);
+        let snapshot = store.load();
+        for key in &report.removed {
+            tracing::info!(proxy = %key.proxy_id(), "proxy no longer served");
+        }
+        let changed: Vec<&Arc<crate::config::ProxyTable>> = report
+            .changed
+            .iter()
+            .filter_map(|k| snapshot.proxies.get(k))
+            .collect();
+        // Each changed proxy's routes, up to a bound: a first load of ten thousand proxies
+        // logs a summary instead of fifty thousand lines (`portcullis check` prints the table).
+        for table in changed.iter().take(LOGGED_PROXIES) {
+            if table.policy.auth.is_none() {
+                tracing::warn!(proxy = %table.key.proxy_id(), "proxy accepts anonymous callers (no spec.clientAuth)");
+            }
+            for route in &table.routes {
+                tracing::info!(
+                    proxy = %table.key.proxy_id(),
+                    prefix = %route.prefix,
+                    provider = %route.upstream.provider,
+                    r#type = %route.upstream.provider_type,
+                    upstream = %route.upstream.base_url,
+                    router = %format!("/v1/model-router/{}/chat/completions", table.key.proxy_id()),
+                    native = %format!("/v1/{}/{}/", route.prefix, table.key.proxy_id()),
+                    "serving route"
+                );
+            }
+            for entry in &table.not_ready {
+                tracing::warn!(
+                    proxy = %table.key.proxy_id(),
+                    prefix = %entry.prefix,
+                    provider = %entry.provider,
+                    "provider entry not ready (answers 503 provider_not_ready): {}",
+                    entry.message
+                );
+            }
+        }
+        if changed.len() > LOGGED_PROXIES {
+            let routes: usize = changed
+                .iter()
+                .skip(LOGGED_PROXIES)
+                .map(|t| t.routes.len())
+                .sum();
+            let anonymous = changed
+                .iter()
+                .skip(LOGGED_PROXIES)
+                .filter(|t| t.policy.auth.is_none())
+                .count();
+            tracing::info!(
+                proxies = changed.len() - LOGGED_PROXIES,
+                routes,
+                anonymous,
+                "more proxies changed than are logged one by one; `portcullis check` prints every route"
+            );
+        }
+        // Keyless credentials of changed proxies are obtained for real in the background, so
+        // the log says at once whether the pod's identity works (Kubernetes status reports the
+        // same as CredentialsReady).
+        if !changed.is_empty()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let partial = crate::config::Snapshot::new(
+                changed
+                    .iter()
+                    .map(|t| (t.key.clone(), (*t).clone()))
+                    .collect(),
+                0,
+            );
+            runtime.spawn(async move {
+                for (provider, result) in check_credentials(&partial).await {
+                    match result {
+                        Ok(()) => tracing::info!(provider = %provider, "credentials ready"),
+                        Err(e) => {
+                            tracing::warn!(provider = %provider, error = %e, "credentials not ready")
+                        }
                     }
                 }
-            }
-        });
+            });
+        }
+        let swapped = !(report.changed.is_empty() && report.removed.is_empty());
+        let result = match (
+            compiled.problems.is_empty() && source_problems == 0,
+            swapped,
+        ) {
+            (true, _) => "applied",
+            (false, true) => "partial",
+            (false, false) => "rejected",
+        };
+        metrics.reload(source, result, seen_at.elapsed());
+        tracing::info!(
+            version = report.version,
+            proxies = snapshot.proxies.len(),
+            changed = report.changed.len(),
+            removed = report.removed.len(),
+            problems = compiled.problems.len() + source_problems,
+            kept = compiled.kept.len() + compiled.kept_providers.len(),
+            unserved = compiled.unserved.len(),
+            elapsed_ms = u64::try_from(seen_at.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "configuration applied"
+        );
+        compiled
     }
-    let result = if compiled.problems.is_empty() {
-        "applied"
-    } else {
-        "partial"
-    };
-    metrics.reload(source, result, seen_at.elapsed());
-    tracing::info!(
-        version = report.version,
-        proxies = snapshot.proxies.len(),
-        problems = compiled.problems.len(),
-        "configuration applied"
-    );
-    compiled
 }
 
 /// Obtain every minted credential of a snapshot for real (STS, metadata servers, …), once per
@@ -322,50 +423,42 @@ pub async fn check_credentials(
     futures_util::future::join_all(checks).await
 }
 
-/// Re-read the files whenever the watcher or the poll says they may have changed.
+/// Re-read the files whenever the watcher or the poll says they may have changed, object by
+/// object: a usable document takes effect, an unusable one keeps its object's last good
+/// version (both reported).
 async fn follow_files(
     paths: Vec<PathBuf>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    defaults: Defaults,
+    mut state: (files::Reader, Reloader),
     mut rx: mpsc::Receiver<()>,
-    mut last: u64,
 ) {
     while rx.recv().await.is_some() {
         let seen_at = Instant::now();
         // Let a burst of events (an editor's save, a ConfigMap swap) settle.
         tokio::time::sleep(Duration::from_millis(30)).await;
         while rx.try_recv().is_ok() {}
-        let read = paths.clone();
-        let Ok(loaded) = tokio::task::spawn_blocking(move || files::load(&read)).await else {
-            continue;
-        };
-        match loaded {
-            Ok(loaded) if loaded.fingerprint == last => {}
-            Ok(loaded) => {
-                last = loaded.fingerprint;
-                tracing::info!(files = loaded.files.len(), "configuration files changed");
-                apply_objects(
-                    &store,
-                    &metrics,
-                    &defaults,
-                    loaded.objects,
-                    "files",
-                    ApplyMode::Whole,
-                    seen_at,
-                );
-            }
-            Err(errors) => {
-                let fingerprint = files::fingerprint(&paths);
-                if fingerprint != last {
-                    last = fingerprint;
-                    for e in &errors {
-                        tracing::error!(
-                            "configuration rejected, the running one keeps serving: {e}"
-                        );
-                    }
-                    metrics.reload("files", "rejected", seen_at.elapsed());
+        let (paths_, store_, metrics_) = (paths.clone(), store.clone(), metrics.clone());
+        let (mut reader, mut reloader) = state;
+        // Reading, parsing and compiling a large configuration is CPU work: off the runtime.
+        let done = tokio::task::spawn_blocking(move || {
+            let read = reader.read(&paths_);
+            if read.changed {
+                tracing::info!(files = read.files, "configuration files changed");
+                for e in &read.errors {
+                    tracing::error!("configuration problem (the last good version of what it names keeps serving): {e}");
                 }
+                let problems = read.errors.len();
+                reloader.apply_objects(&store_, &metrics_, read.objects, "files", problems, seen_at);
+            }
+            (reader, reloader)
+        })
+        .await;
+        match done {
+            Ok(back) => state = back,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed; files are no longer followed");
+                return;
             }
         }
     }
@@ -461,7 +554,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             store.clone(),
             metrics.clone(),
             discovery.clone(),
-            defaults.clone(),
+            Reloader::new(defaults.clone()),
             drain_rx.clone(),
         ));
         None
@@ -471,32 +564,25 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             listen = %options.listen,
             "no --config given: serving the embedded default proxy `default` (loopback only unless --listen says otherwise)"
         );
-        apply_objects(
+        Reloader::new(defaults.clone()).apply_objects(
             &store,
             &metrics,
-            &defaults,
             objects,
             "embedded",
-            ApplyMode::Whole,
+            0,
             Instant::now(),
         );
         None
     } else {
         let started = Instant::now();
-        let loaded = files::load(&options.config).map_err(|errors| {
-            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            anyhow::anyhow!("the configuration cannot be read:\n  {}", list.join("\n  "))
-        })?;
-        let fingerprint = loaded.fingerprint;
-        apply_objects(
-            &store,
-            &metrics,
-            &defaults,
-            loaded.objects,
-            "files",
-            ApplyMode::Whole,
-            started,
-        );
+        let mut reader = files::Reader::default();
+        let read = reader.read(&options.config);
+        if !read.errors.is_empty() {
+            let list: Vec<String> = read.errors.iter().map(ToString::to_string).collect();
+            anyhow::bail!("the configuration cannot be read:\n  {}", list.join("\n  "));
+        }
+        let mut reloader = Reloader::new(defaults.clone());
+        reloader.apply_objects(&store, &metrics, read.objects, "files", 0, started);
         let (tx, rx) = mpsc::channel(16);
         let watcher = files::watch(&options.config, tx, options.file_poll)
             .context("watching the configuration files")?;
@@ -504,9 +590,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             options.config.clone(),
             store.clone(),
             metrics.clone(),
-            defaults.clone(),
+            (reader, reloader),
             rx,
-            fingerprint,
         ));
         Some(watcher)
     };

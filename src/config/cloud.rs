@@ -3,8 +3,8 @@
 //! Foundry, and the keyless credentials they use.
 //!
 //! Nothing here does I/O: a credential is only described (source, scope) and shares the token
-//! cache of an unchanged credential of the running configuration; tokens are minted on first
-//! use by `crate::credentials`.
+//! cache of an unchanged credential of the running configuration through the injected
+//! [`CredentialCache`]; tokens are minted on first use by `crate::credentials`.
 
 use url::Url;
 
@@ -12,9 +12,9 @@ use super::compile::Problems;
 use super::snapshot::Cloud;
 use super::{Index, ObjectKey};
 use crate::crd::{LlmProviderSpec, ProviderAuth, ProviderType};
-use crate::credentials::Credential;
-use crate::credentials::azure::{AI_FOUNDRY_SCOPE, COGNITIVE_SERVICES_SCOPE, EntraToken};
-use crate::credentials::gcp::{GcpSource, GcpToken, parse_service_account_key};
+use crate::credentials::azure::{AI_FOUNDRY_SCOPE, COGNITIVE_SERVICES_SCOPE};
+use crate::credentials::gcp::{GcpSource, parse_service_account_key};
+use crate::credentials::{Credential, CredentialCache};
 use crate::providers::AuthForm;
 
 /// `api-version` for Azure deployment URLs when `spec.azure.apiVersion` is not set.
@@ -190,10 +190,11 @@ pub(super) fn credential(
     auth: &ProviderAuth,
     spec: &LlmProviderSpec,
     base: Option<&Url>,
+    creds: &mut CredentialCache,
 ) -> Credential {
     match (t, form) {
         (ProviderType::Vertexai, AuthForm::WorkloadIdentity) => {
-            Credential::Gcp(GcpToken::shared(GcpSource::Adc))
+            Credential::Gcp(creds.gcp(GcpSource::Adc))
         }
         (ProviderType::Vertexai, AuthForm::ServiceAccountKey) => {
             let Some(source) = &auth.service_account_key else {
@@ -221,7 +222,7 @@ pub(super) fn credential(
                 return Credential::None;
             };
             match parse_service_account_key(bytes) {
-                Ok(json) => Credential::Gcp(GcpToken::shared(GcpSource::ServiceAccountKey(json))),
+                Ok(json) => Credential::Gcp(creds.gcp(GcpSource::ServiceAccountKey(json))),
                 Err(e) => {
                     p.add(
                         field,
@@ -251,11 +252,11 @@ pub(super) fn credential(
                     "a scope is one URI such as `https://cognitiveservices.azure.com/.default`",
                 );
             }
-            Credential::Entra(EntraToken::shared(scope))
+            Credential::Entra(creds.entra(&scope))
         }
         (ProviderType::Anthropic, AuthForm::WorkloadIdentity) => match base {
             Some(base) if is_foundry_anthropic(base) => {
-                Credential::Entra(EntraToken::shared(AI_FOUNDRY_SCOPE))
+                Credential::Entra(creds.entra(AI_FOUNDRY_SCOPE))
             }
             Some(_) => {
                 p.add(
@@ -464,7 +465,19 @@ mod tests {
                 m.contains("--trusted-identity-hosts") && m.contains("never sent"),
                 "{m}"
             );
-            assert!(c.proxies.is_empty(), "{spec}");
+            // Per object (contract 5a): the proxy is served, but the provider never was
+            // valid, so it has no route there; its entry answers 503 provider_not_ready.
+            let table = &c.proxies[&ObjectKey::new("ai", "x")];
+            assert!(table.routes.is_empty(), "{spec}");
+            assert!(
+                table
+                    .not_ready
+                    .iter()
+                    .any(|n| n.message.contains("UntrustedIdentityHost")
+                        || n.message.contains("--trusted-identity-hosts")),
+                "{spec}: {:?}",
+                table.not_ready
+            );
         }
         let c = run(
             "{type: bedrock, bedrock: {region: us-east-1, controlPlaneUrl: \"https://evil.example\"}, auth: {workloadIdentity: {}}}",

@@ -1,9 +1,11 @@
-//! `compile()`: a pure function from the [`Index`] to routing tables plus problems.
+//! `compile()`: a pure function from the [`Index`] to routing tables plus problems, and
+//! [`Compiler`], the same with memory: each object's last good version (contract §5a), the
+//! results of unchanged inputs and the token caches of minted credentials.
 //!
 //! Every validation rule lives here, and each problem names the resource, the field, a
 //! CamelCase reason (the one a status condition carries) and what to do about it.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +16,10 @@ use serde::Serialize;
 use url::Url;
 
 use super::cloud;
-use super::snapshot::ModelPolicy;
-use super::{Index, ObjectKey, ProxyTable, Upstream, virtual_models};
+use super::snapshot::{ModelPolicy, NotReady};
+use super::{Index, ObjectKey, ProxyTable, SecretData, Upstream, virtual_models};
 use crate::crd::{LlmProvider, LlmProxy, ProviderAuth, ProviderType};
-use crate::credentials::Credential;
+use crate::credentials::{Credential, CredentialCache};
 use crate::providers::{self, AuthForm};
 
 /// Upstream timeout when `spec.timeout` is not set.
@@ -54,7 +56,7 @@ impl Defaults {
 }
 
 /// One thing wrong with the configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Problem {
     /// `LlmProvider` or `LlmProxy`.
     pub kind: &'static str,
@@ -87,14 +89,21 @@ impl std::fmt::Display for Problem {
 /// The result of compiling an index.
 #[derive(Clone, Debug, Default)]
 pub struct Compiled {
-    /// Proxies that compiled cleanly.
+    /// Every proxy the data plane serves: its newest version when that compiled, else its
+    /// last good version.
     pub proxies: BTreeMap<ObjectKey, Arc<ProxyTable>>,
-    /// Proxies that have problems (they keep their last good version, if any).
+    /// Proxies whose newest version has problems (they serve their last good version, if any).
     pub failed: BTreeSet<ObjectKey>,
+    /// Proxies whose newest version has problems and that serve their last good version.
+    pub kept: BTreeSet<ObjectKey>,
+    /// Proxies that never had a good version (not served).
+    pub unserved: BTreeSet<ObjectKey>,
     /// Every problem, providers' and proxies'.
     pub problems: Vec<Problem>,
-    /// Providers that compiled cleanly, whether or not a proxy uses them (for status).
+    /// Providers whose newest version compiled, whether or not a proxy uses them (for status).
     pub providers: BTreeMap<ObjectKey, Arc<Upstream>>,
+    /// Providers whose newest version has problems and whose last good version serves.
+    pub kept_providers: BTreeMap<ObjectKey, Arc<Upstream>>,
 }
 
 impl Compiled {
@@ -110,39 +119,363 @@ impl Compiled {
     }
 }
 
-/// Compile every proxy and provider of the index.
+/// Compile every proxy and provider of the index, with nothing remembered: objects with
+/// problems are left out (`portcullis check`, first loads, tests).
 pub fn compile(index: &Index, defaults: &Defaults) -> Compiled {
-    let mut out = Compiled::default();
-    let mut upstreams: BTreeMap<&ObjectKey, Result<Arc<Upstream>, ()>> = BTreeMap::new();
-    for (key, provider) in index.providers() {
-        let result = compile_provider(key, provider, index, defaults);
-        upstreams.insert(
-            key,
-            match result {
-                Ok(u) => {
-                    let u = Arc::new(u);
-                    out.providers.insert(key.clone(), u.clone());
-                    Ok(u)
-                }
-                Err(problems) => {
-                    out.problems.extend(problems);
-                    Err(())
-                }
-            },
-        );
-    }
-    for (key, proxy) in index.proxies() {
-        match compile_proxy(key, proxy, &upstreams, index) {
-            Ok(table) => {
-                out.proxies.insert(key.clone(), Arc::new(table));
-            }
-            Err(problems) => {
-                out.problems.extend(problems);
-                out.failed.insert(key.clone());
-            }
+    Compiler::new(defaults.clone()).compile(index)
+}
+
+/// What a provider compiled to.
+type ProviderResult = Result<Arc<Upstream>, Vec<Problem>>;
+/// What a proxy compiled to: its table and the problems of its references (provider entries
+/// that serve a last good version or are not ready), or the problems that make it invalid.
+type ProxyResult = Result<(Arc<ProxyTable>, Vec<Problem>), Vec<Problem>>;
+
+/// The inputs of one provider's compilation, to recompile only what changed.
+struct ProviderMemo {
+    provider: Arc<LlmProvider>,
+    secrets: Vec<Option<Arc<SecretData>>>,
+    result: ProviderResult,
+    /// The newest version that compiled.
+    last_good: Option<Arc<Upstream>>,
+}
+
+/// How a proxy's provider entry resolved, as a proxy's compilation sees it.
+#[derive(Clone)]
+enum Resolution {
+    /// The provider's newest version, or its last good version while the newest has problems.
+    Serving {
+        upstream: Arc<Upstream>,
+        /// Problems of its newest version (empty when the newest serves).
+        broken: Option<String>,
+    },
+    /// The provider exists but never had a good version.
+    NotReady {
+        provider_type: ProviderType,
+        message: String,
+    },
+}
+
+impl Resolution {
+    fn same(&self, other: &Resolution) -> bool {
+        match (self, other) {
+            (
+                Resolution::Serving {
+                    upstream: a,
+                    broken: x,
+                },
+                Resolution::Serving {
+                    upstream: b,
+                    broken: y,
+                },
+            ) => Arc::ptr_eq(a, b) && x == y,
+            (
+                Resolution::NotReady {
+                    provider_type: a,
+                    message: x,
+                },
+                Resolution::NotReady {
+                    provider_type: b,
+                    message: y,
+                },
+            ) => a == b && x == y,
+            _ => false,
         }
     }
-    out
+}
+
+/// The inputs of one proxy version's compilation.
+struct ProxyInput {
+    proxy: Arc<LlmProxy>,
+    entries: Vec<Option<Resolution>>,
+    client_keys: Option<Arc<SecretData>>,
+}
+
+impl ProxyInput {
+    fn matches(
+        &self,
+        proxy: &Arc<LlmProxy>,
+        entries: &[Option<Resolution>],
+        keys: Option<&Arc<SecretData>>,
+    ) -> bool {
+        (Arc::ptr_eq(&self.proxy, proxy)
+            || (self.proxy.spec == proxy.spec
+                && self.proxy.metadata.generation == proxy.metadata.generation))
+            && same_secret(self.client_keys.as_ref(), keys)
+            && self.entries.len() == entries.len()
+            && self.entries.iter().zip(entries).all(|(a, b)| match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same(b),
+                _ => false,
+            })
+    }
+}
+
+struct ProxyMemo {
+    /// The newest version and what it compiled to (the last good one when it compiled).
+    newest: (ProxyInput, ProxyResult),
+    /// While the newest has problems: the last version that compiled, and what it compiles
+    /// to against today's providers.
+    last_good: Option<(ProxyInput, ProxyResult)>,
+    /// The table served last (kept when even the last good version no longer compiles).
+    served: Option<Arc<ProxyTable>>,
+}
+
+/// `compile()` with memory: each object's last good version (contract §5a: a valid object is
+/// served in its newest version, an invalid one keeps serving its last good version, one that
+/// never was valid is left out), the results of unchanged inputs (so a one-object edit of a
+/// large configuration recompiles that object and what uses it, and unchanged tables keep
+/// their identity), and the token caches of minted credentials. One per configuration source.
+///
+/// The output is a function of the index and of what this compiler saw before; nothing here
+/// does I/O.
+#[derive(Default)]
+pub struct Compiler {
+    defaults: Defaults,
+    providers: HashMap<ObjectKey, ProviderMemo>,
+    proxies: HashMap<ObjectKey, ProxyMemo>,
+    credentials: CredentialCache,
+}
+
+impl Compiler {
+    /// A compiler with these process-wide defaults and no memory.
+    pub fn new(defaults: Defaults) -> Self {
+        Self {
+            defaults,
+            ..Self::default()
+        }
+    }
+
+    /// The process-wide defaults compilation uses.
+    pub fn defaults(&self) -> &Defaults {
+        &self.defaults
+    }
+
+    /// Compile the index: every object in its newest version when that is valid, else in its
+    /// last good version.
+    pub fn compile(&mut self, index: &Index) -> Compiled {
+        let mut out = Compiled::default();
+        let mut resolved: HashMap<&ObjectKey, Resolution> =
+            HashMap::with_capacity(index.providers().len());
+        for (key, provider) in index.providers() {
+            let secrets: Vec<Option<&Arc<SecretData>>> = provider_secrets(key, provider)
+                .map(|k| index.secret_shared(&k))
+                .collect();
+            let fresh = self.providers.get_mut(key).is_some_and(|m| {
+                let same = (Arc::ptr_eq(&m.provider, provider)
+                    || (m.provider.spec == provider.spec
+                        && m.provider.metadata.generation == provider.metadata.generation))
+                    && m.secrets.len() == secrets.len()
+                    && m.secrets
+                        .iter()
+                        .zip(&secrets)
+                        .all(|(a, b)| same_secret(a.as_ref(), *b));
+                if same {
+                    // Hold the newest copies, so the older ones can go.
+                    m.provider = provider.clone();
+                    m.secrets = secrets.iter().map(|s| s.cloned()).collect();
+                }
+                same
+            });
+            if !fresh {
+                let result =
+                    compile_provider(key, provider, index, &self.defaults, &mut self.credentials)
+                        .map(Arc::new);
+                let last_good = match (&result, self.providers.remove(key)) {
+                    (Ok(u), _) => Some(u.clone()),
+                    (Err(_), old) => old.and_then(|m| m.last_good),
+                };
+                self.providers.insert(
+                    key.clone(),
+                    ProviderMemo {
+                        provider: provider.clone(),
+                        secrets: secrets.into_iter().map(|s| s.cloned()).collect(),
+                        result,
+                        last_good,
+                    },
+                );
+            }
+            let Some(memo) = self.providers.get(key) else {
+                continue;
+            };
+            let resolution = match (&memo.result, &memo.last_good) {
+                (Ok(u), _) => {
+                    out.providers.insert(key.clone(), u.clone());
+                    Resolution::Serving {
+                        upstream: u.clone(),
+                        broken: None,
+                    }
+                }
+                (Err(problems), last_good) => {
+                    out.problems.extend(problems.iter().cloned());
+                    let message = problems
+                        .iter()
+                        .map(|p| format!("{}: {}", p.field, p.message))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    match last_good {
+                        Some(u) => {
+                            out.kept_providers.insert(key.clone(), u.clone());
+                            Resolution::Serving {
+                                upstream: u.clone(),
+                                broken: Some(message),
+                            }
+                        }
+                        None => Resolution::NotReady {
+                            provider_type: provider.spec.provider_type,
+                            message,
+                        },
+                    }
+                }
+            };
+            resolved.insert(key, resolution);
+        }
+
+        for (key, proxy) in index.proxies() {
+            let entries = entries_of(key, proxy, &resolved);
+            let keys = client_keys_of(key, proxy, index);
+            let input = |proxy: &Arc<LlmProxy>,
+                         entries: Vec<Option<Resolution>>,
+                         keys: Option<&Arc<SecretData>>| {
+                ProxyInput {
+                    proxy: proxy.clone(),
+                    entries,
+                    client_keys: keys.cloned(),
+                }
+            };
+            let (newest, mut last_good, served) = match self.proxies.remove(key) {
+                Some(mut m) if m.newest.0.matches(proxy, &entries, keys) => {
+                    // Hold the newest copies, so the older ones can go.
+                    m.newest.0.proxy = proxy.clone();
+                    m.newest.0.client_keys = keys.cloned();
+                    (m.newest, m.last_good, m.served)
+                }
+                old => {
+                    let result = compile_proxy(key, proxy, &entries, index);
+                    let (last_good, served) = match old {
+                        // The version that compiled until now is the last good one.
+                        Some(m) if m.newest.1.is_ok() => (Some(m.newest), m.served),
+                        Some(m) => (m.last_good, m.served),
+                        None => (None, None),
+                    };
+                    ((input(proxy, entries, keys), result), last_good, served)
+                }
+            };
+            let table = match &newest.1 {
+                Ok((table, ref_problems)) => {
+                    out.problems.extend(ref_problems.iter().cloned());
+                    last_good = None;
+                    Some(table.clone())
+                }
+                Err(problems) => {
+                    out.problems.extend(problems.iter().cloned());
+                    out.failed.insert(key.clone());
+                    // The last good version, compiled against today's providers; if even that
+                    // no longer compiles, the table served last.
+                    if let Some((old, _)) = &last_good {
+                        let good = &old.proxy;
+                        let entries = entries_of(key, good, &resolved);
+                        let keys = client_keys_of(key, good, index);
+                        if !old.matches(good, &entries, keys) {
+                            let result = compile_proxy(key, good, &entries, index);
+                            last_good = Some((input(good, entries, keys), result));
+                        }
+                    }
+                    let table = match &last_good {
+                        Some((_, Ok((table, _)))) => Some(table.clone()),
+                        _ => served.clone(),
+                    };
+                    match &table {
+                        Some(_) => out.kept.insert(key.clone()),
+                        None => out.unserved.insert(key.clone()),
+                    };
+                    table
+                }
+            };
+            if let Some(table) = &table {
+                out.proxies.insert(key.clone(), table.clone());
+            }
+            self.proxies.insert(
+                key.clone(),
+                ProxyMemo {
+                    newest,
+                    last_good,
+                    served: table,
+                },
+            );
+        }
+        // Every object of the index has its entry now: more entries mean deleted objects,
+        // which forget their last good version.
+        if self.providers.len() != index.providers().len() {
+            self.providers
+                .retain(|k, _| index.providers().contains_key(k));
+        }
+        if self.proxies.len() != index.proxies().len() {
+            self.proxies.retain(|k, _| index.proxies().contains_key(k));
+        }
+        out
+    }
+}
+
+/// The Secrets a provider reads (`auth.apiKey`, `auth.serviceAccountKey`).
+fn provider_secrets<'a>(
+    key: &'a ObjectKey,
+    provider: &'a LlmProvider,
+) -> impl Iterator<Item = ObjectKey> + 'a {
+    let auth = provider.spec.auth.as_ref();
+    [
+        auth.and_then(|a| a.api_key.as_ref())
+            .map(|s| &s.secret_ref.name),
+        auth.and_then(|a| a.service_account_key.as_ref())
+            .map(|s| &s.secret_ref.name),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|name| ObjectKey::new(&key.namespace, name))
+}
+
+/// The client-key Secret a proxy reads (`clientAuth.apiKeys`).
+fn client_keys_of<'a>(
+    key: &ObjectKey,
+    proxy: &LlmProxy,
+    index: &'a Index,
+) -> Option<&'a Arc<SecretData>> {
+    let name = &proxy
+        .spec
+        .client_auth
+        .as_ref()?
+        .api_keys
+        .as_ref()?
+        .secret_ref
+        .name;
+    index.secret_shared(&ObjectKey::new(&key.namespace, name))
+}
+
+/// Whether two versions of a Secret hold the same data.
+fn same_secret(a: Option<&Arc<SecretData>>, b: Option<&Arc<SecretData>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        _ => false,
+    }
+}
+
+/// How each provider entry of a proxy resolves (`None`: no such provider).
+fn entries_of(
+    key: &ObjectKey,
+    proxy: &LlmProxy,
+    resolved: &HashMap<&ObjectKey, Resolution>,
+) -> Vec<Option<Resolution>> {
+    proxy
+        .spec
+        .providers
+        .iter()
+        .map(|e| {
+            resolved
+                .get(&ObjectKey::new(&key.namespace, &e.provider_ref.name))
+                .cloned()
+        })
+        .collect()
 }
 
 pub(super) struct Problems {
@@ -206,6 +539,7 @@ fn compile_provider(
     provider: &LlmProvider,
     index: &Index,
     defaults: &Defaults,
+    creds: &mut CredentialCache,
 ) -> Result<Upstream, Vec<Problem>> {
     let spec = &provider.spec;
     let t = spec.provider_type;
@@ -323,7 +657,17 @@ fn compile_provider(
             ProviderType::Vertexai | ProviderType::Azure | ProviderType::Anthropic
         )
     {
-        credential = cloud::credential(&mut p, key, index, t, form, &auth, spec, base_url.as_ref());
+        credential = cloud::credential(
+            &mut p,
+            key,
+            index,
+            t,
+            form,
+            &auth,
+            spec,
+            base_url.as_ref(),
+            creds,
+        );
     } else if cloud_auth {
         p.add(
             format!("spec.auth.{}", form.field()),
@@ -500,6 +844,7 @@ fn compile_provider(
     let catalog_key = hasher.finish();
     p.finish(Upstream {
         provider: key.clone(),
+        generation: provider.metadata.generation,
         provider_type: t,
         info,
         base_url,
@@ -683,10 +1028,12 @@ pub fn valid_prefix(prefix: &str) -> bool {
 fn compile_proxy(
     key: &ObjectKey,
     proxy: &LlmProxy,
-    upstreams: &BTreeMap<&ObjectKey, Result<Arc<Upstream>, ()>>,
+    entries: &[Option<Resolution>],
     index: &Index,
-) -> Result<ProxyTable, Vec<Problem>> {
+) -> ProxyResult {
     let mut p = Problems::new("LlmProxy", key);
+    // Problems of the objects the entries name: reported, but the proxy itself is valid.
+    let mut refs = Problems::new("LlmProxy", key);
     if key.namespace.contains('.') {
         p.add(
             "metadata.namespace",
@@ -701,33 +1048,67 @@ fn compile_proxy(
             "a proxy needs at least one provider in spec.providers",
         );
     }
-    let mut entries = Vec::new();
+    let mut pool_entries = Vec::new();
+    let mut not_ready = Vec::new();
     let mut seen = HashSet::new();
     for (i, entry) in proxy.spec.providers.iter().enumerate() {
         let field = format!("spec.providers[{i}]");
         let provider_key = ObjectKey::new(&key.namespace, &entry.provider_ref.name);
-        let upstream = match upstreams.get(&provider_key) {
+        let resolution = entries.get(i).cloned().flatten();
+        let (upstream, provider_type, problem) = match resolution {
             None => {
-                p.add(
+                let message = format!("LlmProvider {provider_key} not found");
+                refs.add(
                     format!("{field}.providerRef"),
                     "ProviderNotFound",
-                    format!("LlmProvider {provider_key} not found"),
+                    format!("{message}; this entry answers 503 provider_not_ready"),
                 );
-                None
+                (None, None, Some(message))
             }
-            Some(Err(())) => {
-                p.add(
+            Some(Resolution::NotReady {
+                provider_type,
+                message,
+            }) => {
+                refs.add(
                     format!("{field}.providerRef"),
                     "ProviderInvalid",
-                    format!("LlmProvider {provider_key} has problems (see its own messages)"),
+                    format!(
+                        "LlmProvider {provider_key} has no good version ({message}); this entry answers 503 provider_not_ready"
+                    ),
                 );
-                None
+                (
+                    None,
+                    Some(provider_type),
+                    Some(format!(
+                        "LlmProvider {provider_key} is not ready: {message}"
+                    )),
+                )
             }
-            Some(Ok(u)) => Some(u.clone()),
+            Some(Resolution::Serving { upstream, broken }) => {
+                if let Some(message) = broken {
+                    refs.add(
+                        format!("{field}.providerRef"),
+                        "ProviderInvalid",
+                        format!(
+                            "LlmProvider {provider_key} has problems ({message}); its last good version (generation {}) keeps serving",
+                            upstream
+                                .generation
+                                .map_or_else(|| "?".to_owned(), |g| g.to_string())
+                        ),
+                    );
+                }
+                let t = upstream.provider_type;
+                (Some(upstream), Some(t), None)
+            }
         };
-        let prefix = match (&entry.prefix, &upstream) {
+        let prefix = match (&entry.prefix, provider_type) {
             (Some(prefix), _) => Some(prefix.clone()),
-            (None, Some(u)) => Some(u.provider_type.as_str().to_owned()),
+            (None, Some(t)) => Some(t.as_str().to_owned()),
+            // A missing provider has no type to name its prefix after: its entry answers
+            // under the provider's name, so a caller learns what is missing.
+            (None, None) if valid_prefix(&entry.provider_ref.name) => {
+                Some(entry.provider_ref.name.clone())
+            }
             (None, None) => None,
         };
         if let Some(prefix) = &prefix {
@@ -747,12 +1128,19 @@ fn compile_proxy(
                 seen.insert(prefix.clone());
             }
         }
-        if let (Some(prefix), Some(upstream)) = (prefix, upstream) {
-            entries.push((i, prefix, upstream));
+        match (prefix, upstream, problem) {
+            (Some(prefix), Some(upstream), _) => pool_entries.push((i, prefix, upstream)),
+            (Some(prefix), None, Some(message)) => not_ready.push(NotReady {
+                prefix,
+                provider: provider_key,
+                provider_type,
+                message,
+            }),
+            _ => {}
         }
     }
     // Entries sharing a prefix form a pool; then virtual models, retry and the default model.
-    let mut routes = virtual_models::pools(entries, &mut p);
+    let mut routes = virtual_models::pools(pool_entries, &mut p);
     let (default_model, failover) =
         virtual_models::compile(&proxy.spec, &mut routes, &seen, &mut p);
     let secrets = |name: &str| {
@@ -769,21 +1157,22 @@ fn compile_proxy(
             crate::policy::ProxyPolicy::default()
         }
     };
-    p.finish(ProxyTable {
+    let table = p.finish(ProxyTable {
         key: key.clone(),
         generation: proxy.metadata.generation,
         routes,
+        not_ready,
         default_model,
         policy: Arc::new(policy),
         failover: Arc::new(failover),
-    })
+    })?;
+    Ok((Arc::new(table), refs.list))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Store;
-    use crate::config::store::ApplyMode;
     use crate::source::files::parse;
 
     const SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: key, namespace: ai}\nstringData: {apiKey: sk-1}\n---\n";
@@ -1091,53 +1480,269 @@ mod tests {
         assert!(u.models.permits("llama3.2") && !u.models.permits("qwen"));
     }
 
+    /// Compile with memory (as a configuration source does) and swap into a store.
+    fn step(compiler: &mut Compiler, store: &Store, yaml: &str) -> Compiled {
+        let objects = parse(yaml).unwrap_or_else(|e| panic!("{e:?}"));
+        let compiled = compiler.compile(&Index::from_objects(objects));
+        store.apply(&compiled);
+        compiled
+    }
+
+    fn prefixes(store: &Store, proxy: &str) -> Option<Vec<String>> {
+        store
+            .load()
+            .proxy(proxy)
+            .map(|t| t.routes.iter().map(|r| r.prefix.clone()).collect())
+    }
+
     #[test]
     fn a_broken_proxy_keeps_its_last_good_version_and_others_move_on() {
         let store = Store::default();
+        let mut compiler = Compiler::default();
         let good = format!(
             "{}{}{}",
             provider("o", "{type: ollama, models: {static: [a]}}"),
             proxy("p", "[{providerRef: {name: o}}]"),
             proxy("q", "[{providerRef: {name: o}}]")
         );
-        let report = store.apply(&run(&good));
-        assert!(report.kept.is_empty());
+        let c = step(&mut compiler, &store, &good);
+        assert!(c.kept.is_empty() && c.problems.is_empty());
         assert_eq!(store.load().proxies.len(), 2);
 
-        // p breaks (missing provider); q changes prefix; p keeps serving its old table.
+        // p breaks (an invalid prefix); q changes prefix; p keeps serving its old table.
         let edit = format!(
             "{}{}{}",
             provider("o", "{type: ollama, models: {static: [a]}}"),
-            proxy("p", "[{providerRef: {name: gone}}]"),
+            proxy("p", "[{providerRef: {name: o}, prefix: Bad_Prefix}]"),
             proxy("q", "[{providerRef: {name: o}, prefix: local}]")
         );
-        let report = store.apply(&run(&edit));
-        assert_eq!(report.kept, ["ai.p"]);
-        let snap = store.load();
-        assert_eq!(
-            snap.proxy("ai.p").map(|t| t.routes[0].prefix.as_str()),
-            Some("ollama")
-        );
-        assert_eq!(
-            snap.proxy("q").map(|t| t.routes[0].prefix.as_str()),
-            Some("local")
-        );
+        let c = step(&mut compiler, &store, &edit);
+        assert_eq!(c.kept, [ObjectKey::new("ai", "p")].into());
+        assert!(c.failed.contains(&ObjectKey::new("ai", "p")));
+        assert_eq!(prefixes(&store, "ai.p"), Some(vec!["ollama".to_owned()]));
+        assert_eq!(prefixes(&store, "q"), Some(vec!["local".to_owned()]));
 
-        // In whole mode the same edit is refused entirely: q keeps its old prefix too.
-        let whole = Store::default();
-        whole.apply_with(&run(&good), ApplyMode::Whole);
-        let report = whole.apply_with(&run(&edit), ApplyMode::Whole);
-        assert!(report.rejected);
-        assert_eq!(
-            whole.load().proxy("q").map(|t| t.routes[0].prefix.as_str()),
-            Some("ollama")
-        );
+        // Files behave the same as Kubernetes: the same edit from a fresh compiler (a first
+        // load) leaves p out, reported, and serves q.
+        let fresh = Store::default();
+        let c = step(&mut Compiler::default(), &fresh, &edit);
+        assert_eq!(c.unserved, [ObjectKey::new("ai", "p")].into());
+        assert_eq!(prefixes(&fresh, "ai.p"), None);
+        assert_eq!(prefixes(&fresh, "q"), Some(vec!["local".to_owned()]));
 
-        // Deleting a proxy removes it.
-        let report = store.apply(&run(&provider("o", "{type: ollama}")));
-        assert!(report.kept.is_empty());
+        // Deleting a proxy removes it (a deleted object has no last good version).
+        step(&mut compiler, &store, &provider("o", "{type: ollama}"));
         assert!(store.load().proxies.is_empty());
         assert!(store.is_ready());
+    }
+
+    const ALT_SECRET: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: key, namespace: ai}\nstringData: {apiKey: sk-2}\n---\n";
+
+    fn route_of(store: &Store, proxy: &str, prefix: &str) -> Option<crate::config::Route> {
+        store.load().proxy(proxy)?.route(prefix).cloned()
+    }
+
+    fn bearer(route: &crate::config::Route) -> String {
+        match &route.upstream.credential {
+            Credential::Header { value, .. } => value.to_str().unwrap_or_default().to_owned(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_broken_provider_freezes_nothing_else_of_its_proxy() {
+        // The issue-11 scenario: proxy p has a good provider `a` and a provider `b` whose
+        // Secret is missing. Edits of a's baseUrl, p's access, p's client keys and a's Secret
+        // each take effect; b is reported and its entry answers provider_not_ready.
+        let store = Store::default();
+        let mut compiler = Compiler::default();
+        let clients = |key: &str| {
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: clients, namespace: ai}}\nstringData: {{app: {key}}}\n---\n"
+            )
+        };
+        let config = |secret: &str, base: &str, access: &str, client_key: &str| {
+            format!(
+                "{secret}{}{}{}apiVersion: portcullis.dev/v1alpha1\nkind: LlmProxy\nmetadata: {{name: p, namespace: ai}}\nspec: {{providers: [{{providerRef: {{name: a}}}}, {{providerRef: {{name: b}}, prefix: b}}], clientAuth: {{apiKeys: {{secretRef: {{name: clients}}}}}}{access}}}\n---\n",
+                provider(
+                    "a",
+                    &format!(
+                        "{{type: openai, baseUrl: '{base}', auth: {{apiKey: {{secretRef: {{name: key}}}}}}}}"
+                    )
+                ),
+                provider(
+                    "b",
+                    "{type: openai, auth: {apiKey: {secretRef: {name: missing}}}}"
+                ),
+                clients(client_key),
+            )
+        };
+        let c = step(
+            &mut compiler,
+            &store,
+            &config(SECRET, "http://one.example/v1", "", "ck-1"),
+        );
+        assert_eq!(
+            reasons(&c),
+            [
+                ("spec.auth.apiKey.secretRef", "SecretNotFound"),
+                ("spec.providers[1].providerRef", "ProviderInvalid")
+            ]
+        );
+        assert!(c.failed.is_empty(), "the proxy itself is valid");
+        let snap = store.load();
+        let table = snap.proxy("ai.p").unwrap_or_else(|| panic!("p not served"));
+        let b = table
+            .not_ready("b")
+            .unwrap_or_else(|| panic!("b not flagged"));
+        assert!(b.message.contains("ai/missing"), "{}", b.message);
+        assert!(table.route("b").is_none());
+        assert_eq!(
+            route_of(&store, "ai.p", "openai").map(|r| r.upstream.base_url.to_string()),
+            Some("http://one.example/v1".to_owned())
+        );
+        let identify = |store: &Store, key: &str| {
+            store
+                .load()
+                .proxy("ai.p")
+                .and_then(|t| t.policy.auth.clone())
+                .and_then(|a| a.api_keys)
+                .and_then(|k| k.identify(key).map(str::to_owned))
+        };
+        assert_eq!(identify(&store, "ck-1").as_deref(), Some("app"));
+
+        // a's baseUrl moves: served at once.
+        step(
+            &mut compiler,
+            &store,
+            &config(SECRET, "http://two.example/v1", "", "ck-1"),
+        );
+        assert_eq!(
+            route_of(&store, "ai.p", "openai").map(|r| r.upstream.base_url.to_string()),
+            Some("http://two.example/v1".to_owned())
+        );
+        // p's access is tightened: served at once.
+        let access = ", access: [{identities: [app], models: ['openai:gpt-5']}]";
+        step(
+            &mut compiler,
+            &store,
+            &config(SECRET, "http://two.example/v1", access, "ck-1"),
+        );
+        assert_eq!(
+            store.load().proxy("ai.p").map(|t| t.policy.access.len()),
+            Some(1)
+        );
+        // p's client key rotates: served at once.
+        step(
+            &mut compiler,
+            &store,
+            &config(SECRET, "http://two.example/v1", access, "ck-2"),
+        );
+        assert_eq!(identify(&store, "ck-2").as_deref(), Some("app"));
+        assert_eq!(identify(&store, "ck-1"), None);
+        // a's Secret rotates: served at once.
+        step(
+            &mut compiler,
+            &store,
+            &config(ALT_SECRET, "http://two.example/v1", access, "ck-2"),
+        );
+        let a = route_of(&store, "ai.p", "openai").unwrap_or_else(|| panic!("a gone"));
+        assert_eq!(bearer(&a), "Bearer sk-2");
+        // b is still reported and still not ready.
+        assert!(
+            store
+                .load()
+                .proxy("ai.p")
+                .is_some_and(|t| t.not_ready("b").is_some())
+        );
+
+        // Now a breaks (its Secret disappears): its last good version keeps serving, with the
+        // key it had, and the problem is reported on a and on p.
+        let without_a_key = config("", "http://three.example/v1", access, "ck-2");
+        let c = step(&mut compiler, &store, &without_a_key);
+        assert!(c.kept_providers.contains_key(&ObjectKey::new("ai", "a")));
+        let a = route_of(&store, "ai.p", "openai").unwrap_or_else(|| panic!("a gone"));
+        assert_eq!(bearer(&a), "Bearer sk-2");
+        assert_eq!(a.upstream.base_url.as_str(), "http://two.example/v1");
+        assert!(c.problems.iter().any(|p| p.kind == "LlmProxy"
+            && p.reason == "ProviderInvalid"
+            && p.message.contains("last good version")));
+    }
+
+    #[test]
+    fn a_broken_proxy_serves_its_last_good_spec_with_todays_providers() {
+        let store = Store::default();
+        let mut compiler = Compiler::default();
+        let yaml = |base: &str, prefix: &str| {
+            format!(
+                "{}{}",
+                provider("o", &format!("{{type: vllm, baseUrl: '{base}'}}")),
+                proxy(
+                    "p",
+                    &format!("[{{providerRef: {{name: o}}, prefix: {prefix}}}]")
+                )
+            )
+        };
+        step(
+            &mut compiler,
+            &store,
+            &yaml("http://one.example/v1", "good"),
+        );
+        // p breaks; o moves: p's last good spec serves o's newest version.
+        let c = step(
+            &mut compiler,
+            &store,
+            &yaml("http://two.example/v1", "Bad_"),
+        );
+        assert!(c.kept.contains(&ObjectKey::new("ai", "p")));
+        assert_eq!(
+            route_of(&store, "ai.p", "good").map(|r| r.upstream.base_url.to_string()),
+            Some("http://two.example/v1".to_owned())
+        );
+        // Fixed: the newest version serves.
+        step(
+            &mut compiler,
+            &store,
+            &yaml("http://two.example/v1", "fixed"),
+        );
+        assert!(route_of(&store, "ai.p", "fixed").is_some());
+        assert!(route_of(&store, "ai.p", "good").is_none());
+    }
+
+    #[test]
+    fn unchanged_objects_keep_their_compiled_tables() {
+        let store = Store::default();
+        let mut compiler = Compiler::default();
+        let yaml = |static_: &str| {
+            format!(
+                "{}{}{}{}",
+                provider("o", "{type: ollama}"),
+                provider(
+                    "v",
+                    &format!(
+                        "{{type: vllm, baseUrl: 'http://v.example/v1', models: {{static: [{static_}]}}}}"
+                    )
+                ),
+                proxy("p", "[{providerRef: {name: o}}]"),
+                proxy("q", "[{providerRef: {name: v}}]")
+            )
+        };
+        step(&mut compiler, &store, &yaml("m1"));
+        let before = store.load();
+        // The same configuration again: no swap at all.
+        step(&mut compiler, &store, &yaml("m1"));
+        assert!(Arc::ptr_eq(&before, &store.load()));
+        // One provider changes: only the proxy using it gets a new table.
+        let report = {
+            let objects = parse(&yaml("m2")).unwrap_or_default();
+            store.apply(&compiler.compile(&Index::from_objects(objects)))
+        };
+        assert_eq!(report.changed, [ObjectKey::new("ai", "q")]);
+        let after = store.load();
+        assert!(Arc::ptr_eq(
+            &before.proxies[&ObjectKey::new("ai", "p")],
+            &after.proxies[&ObjectKey::new("ai", "p")]
+        ));
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub fn objects(env: impl Fn(&str) -> Option<String>) -> Vec<Object> {
         },
     );
     ollama.metadata = meta("ollama");
-    objects.push(Object::Provider(Box::new(ollama)));
+    objects.push(Object::Provider(std::sync::Arc::new(ollama)));
     entries.push("ollama");
 
     for t in ProviderType::ALL {
@@ -93,7 +93,7 @@ pub fn objects(env: impl Fn(&str) -> Option<String>) -> Vec<Object> {
             },
         );
         p.metadata = meta(name);
-        objects.push(Object::Provider(Box::new(p)));
+        objects.push(Object::Provider(std::sync::Arc::new(p)));
         entries.push(name);
     }
     // Cloud providers only when asked: ambient cloud identity is never picked up by itself.
@@ -113,7 +113,7 @@ pub fn objects(env: impl Fn(&str) -> Option<String>) -> Vec<Object> {
             location: location.trim().to_owned(),
         });
         p.metadata = meta("vertexai");
-        objects.push(Object::Provider(Box::new(p)));
+        objects.push(Object::Provider(std::sync::Arc::new(p)));
         entries.push("vertexai");
     }
     if env("PORTCULLIS_AZURE_OPENAI_BASE_URL").is_some_and(|v| !v.trim().is_empty()) {
@@ -138,7 +138,7 @@ pub fn objects(env: impl Fn(&str) -> Option<String>) -> Vec<Object> {
         };
         let mut p = provider(ProviderType::Azure, auth);
         p.metadata = meta("azure");
-        objects.push(Object::Provider(Box::new(p)));
+        objects.push(Object::Provider(std::sync::Arc::new(p)));
         entries.push("azure");
     }
     if let Some(region) = env(BEDROCK_REGION_ENV).filter(|v| !v.trim().is_empty()) {
@@ -154,7 +154,7 @@ pub fn objects(env: impl Fn(&str) -> Option<String>) -> Vec<Object> {
             ..BedrockSpec::default()
         });
         p.metadata = meta("bedrock");
-        objects.push(Object::Provider(Box::new(p)));
+        objects.push(Object::Provider(std::sync::Arc::new(p)));
         entries.push("bedrock");
     }
     objects.push(Object::Secret(
@@ -184,7 +184,7 @@ pub fn objects(env: impl Fn(&str) -> Option<String>) -> Vec<Object> {
         },
     );
     proxy.metadata = meta(PROXY);
-    objects.push(Object::Proxy(Box::new(proxy)));
+    objects.push(Object::Proxy(std::sync::Arc::new(proxy)));
     objects
 }
 

@@ -1,8 +1,12 @@
 //! The in-memory index of every resource the gateway was given. Sources call
-//! [`Index::apply`], [`Index::delete`] and [`Index::reset`]; nothing here does I/O.
+//! [`Index::apply`], [`Index::delete`] and [`Index::reset`]; nothing here does I/O. Objects
+//! are held behind `Arc`s, so the index is cheap to clone (the Kubernetes source publishes a
+//! copy to the status writer after every change) and a configuration of tens of thousands of
+//! objects is held once.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 
@@ -41,10 +45,11 @@ impl fmt::Debug for SecretData {
 /// Any object the index holds.
 #[derive(Clone, Debug)]
 pub enum Object {
-    /// An `LlmProvider`.
-    Provider(Box<LlmProvider>),
-    /// An `LlmProxy`.
-    Proxy(Box<LlmProxy>),
+    /// An `LlmProvider` (shared: the file source's document cache, the index and the compile
+    /// state hold the same one).
+    Provider(Arc<LlmProvider>),
+    /// An `LlmProxy` (shared likewise).
+    Proxy(Arc<LlmProxy>),
     /// A `v1/Secret`, reduced to its data.
     Secret(ObjectKey, SecretData),
 }
@@ -74,9 +79,9 @@ pub enum Kind {
 /// Every resource, keyed by namespace and name.
 #[derive(Clone, Debug, Default)]
 pub struct Index {
-    pub(crate) providers: BTreeMap<ObjectKey, LlmProvider>,
-    pub(crate) proxies: BTreeMap<ObjectKey, LlmProxy>,
-    pub(crate) secrets: BTreeMap<ObjectKey, SecretData>,
+    pub(crate) providers: BTreeMap<ObjectKey, Arc<LlmProvider>>,
+    pub(crate) proxies: BTreeMap<ObjectKey, Arc<LlmProxy>>,
+    pub(crate) secrets: BTreeMap<ObjectKey, Arc<SecretData>>,
 }
 
 impl Index {
@@ -93,13 +98,13 @@ impl Index {
     pub fn apply(&mut self, object: Object) {
         match object {
             Object::Provider(p) => {
-                self.providers.insert(ObjectKey::of(&p.metadata), *p);
+                self.providers.insert(ObjectKey::of(&p.metadata), p);
             }
             Object::Proxy(p) => {
-                self.proxies.insert(ObjectKey::of(&p.metadata), *p);
+                self.proxies.insert(ObjectKey::of(&p.metadata), p);
             }
             Object::Secret(key, data) => {
-                self.secrets.insert(key, data);
+                self.secrets.insert(key, Arc::new(data));
             }
         }
     }
@@ -126,17 +131,22 @@ impl Index {
     }
 
     /// The providers, by key.
-    pub fn providers(&self) -> &BTreeMap<ObjectKey, LlmProvider> {
+    pub fn providers(&self) -> &BTreeMap<ObjectKey, Arc<LlmProvider>> {
         &self.providers
     }
 
     /// The proxies, by key.
-    pub fn proxies(&self) -> &BTreeMap<ObjectKey, LlmProxy> {
+    pub fn proxies(&self) -> &BTreeMap<ObjectKey, Arc<LlmProxy>> {
         &self.proxies
     }
 
     /// A Secret's data.
     pub fn secret(&self, key: &ObjectKey) -> Option<&SecretData> {
+        self.secrets.get(key).map(|s| &**s)
+    }
+
+    /// A Secret's data, shared (to tell cheaply whether it changed).
+    pub fn secret_shared(&self, key: &ObjectKey) -> Option<&Arc<SecretData>> {
         self.secrets.get(key)
     }
 }

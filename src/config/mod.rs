@@ -4,14 +4,17 @@
 //!  files / Kubernetes API ──> Index (apply / delete / reset, no I/O)
 //!                               │
 //!                               ▼
-//!                  compile(&Index, &Defaults) -> Compiled { proxies, problems }   (pure)
-//!                               │
+//!        Compiler::compile(&Index) -> Compiled { proxies, problems }   (no I/O; remembers
+//!                               │                each object's last good version)
 //!                               ▼
-//!            Store::apply: merge with the last good Snapshot, ArcSwap it in
+//!            Store::apply: ArcSwap the new Snapshot in (only when a table changed)
 //! ```
 //!
-//! A proxy whose compilation has problems keeps serving its last good version; everything
-//! else takes effect at once. Handlers load the current [`Snapshot`] once per request.
+//! The unit of configuration is the object (contract §5a): a valid object is served in its
+//! newest version, an invalid one keeps serving its last good version, one that never was
+//! valid is left out, and each is reported. A proxy entry whose provider has no good version
+//! answers 503 `provider_not_ready`. Files and Kubernetes behave the same. Handlers load the
+//! current [`Snapshot`] once per request.
 
 pub mod cloud;
 pub mod compile;
@@ -24,10 +27,10 @@ pub mod virtual_models;
 
 use std::fmt;
 
-pub use compile::{Compiled, Defaults, Problem, compile};
+pub use compile::{Compiled, Compiler, Defaults, Problem, compile};
 pub use index::{Index, Object, SecretData};
-pub use snapshot::{Cloud, ProxyTable, Route, Snapshot, Upstream};
-pub use store::{ApplyMode, Store};
+pub use snapshot::{Cloud, NotReady, ProxyTable, Route, Snapshot, Upstream};
+pub use store::{ApplyReport, Store};
 
 /// Namespace and name of a namespaced object.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

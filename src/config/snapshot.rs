@@ -50,6 +50,9 @@ impl ModelPolicy {
 pub struct Upstream {
     /// The `LlmProvider` it came from.
     pub provider: ObjectKey,
+    /// `metadata.generation` of the `LlmProvider` compiled (an older one than the newest when
+    /// the newest has problems and this is its last good version).
+    pub generation: Option<i64>,
     /// Provider type.
     pub provider_type: ProviderType,
     /// Static facts of the type.
@@ -221,6 +224,19 @@ impl Route {
     }
 }
 
+/// A provider entry of a proxy whose `LlmProvider` never had a good version (or is missing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotReady {
+    /// The entry's prefix.
+    pub prefix: String,
+    /// The `LlmProvider` the entry names.
+    pub provider: ObjectKey,
+    /// Its type, when it exists (for the error shape of its native route).
+    pub provider_type: Option<ProviderType>,
+    /// What is wrong with it (never a secret).
+    pub message: String,
+}
+
 /// One proxy, compiled.
 #[derive(Clone, Debug)]
 pub struct ProxyTable {
@@ -230,6 +246,9 @@ pub struct ProxyTable {
     pub generation: Option<i64>,
     /// Routes in the order the spec lists them.
     pub routes: Vec<Route>,
+    /// Provider entries that have no good version: their prefix answers 503
+    /// `provider_not_ready` naming the problem.
+    pub not_ready: Vec<NotReady>,
     /// `defaultModel`, split into prefix and model.
     pub default_model: Option<(String, String)>,
     /// Client auth, access rules, tool guardrails and audit settings.
@@ -242,6 +261,11 @@ impl ProxyTable {
     /// The route for a prefix.
     pub fn route(&self, prefix: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.prefix == prefix)
+    }
+
+    /// The entry of a prefix that is not ready (no good version of its provider).
+    pub fn not_ready(&self, prefix: &str) -> Option<&NotReady> {
+        self.not_ready.iter().find(|n| n.prefix == prefix)
     }
 
     /// The prefixes, comma-separated, for error messages.
@@ -331,6 +355,7 @@ mod tests {
                     key: key.clone(),
                     generation: None,
                     routes: Vec::new(),
+                    not_ready: Vec::new(),
                     default_model: None,
                     policy: Arc::default(),
                     failover: Arc::default(),

@@ -1,6 +1,6 @@
 //! The live routing table: one immutable [`Snapshot`] behind an `ArcSwap`, loaded once per
-//! request. [`Store::apply`] merges a compilation into it; subscribers (model discovery,
-//! status writers) follow swaps on a `watch` channel.
+//! request. [`Store::apply`] swaps a compilation in; subscribers (model discovery, status
+//! writers) follow swaps on a `watch` channel.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,31 +8,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use super::{Compiled, Snapshot};
+use super::{Compiled, ObjectKey, Snapshot};
 
 /// What one [`Store::apply`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {
     /// Version of the snapshot now serving.
     pub version: u64,
-    /// Proxies that failed to compile and kept their last good version.
-    pub kept: Vec<String>,
-    /// Proxies that failed to compile and have no good version (not served).
-    pub unserved: Vec<String>,
-    /// The whole compilation was refused and the previous snapshot keeps serving.
-    pub rejected: bool,
-}
-
-/// How a compilation with problems is merged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ApplyMode {
-    /// Object by object (Kubernetes): clean proxies move on, failed ones keep their last good
-    /// version, so one team's mistake never blocks another team's change.
-    PerProxy,
-    /// All or nothing (files): one edit of the files is one change, and an edit with any
-    /// problem is refused whole once something is serving. The first load still serves
-    /// whatever compiled cleanly.
-    Whole,
+    /// Proxies served now that were not served before, or whose table changed.
+    pub changed: Vec<ObjectKey>,
+    /// Proxies no longer served.
+    pub removed: Vec<ObjectKey>,
 }
 
 /// The live snapshot.
@@ -70,37 +56,47 @@ impl Store {
         self.tx.subscribe()
     }
 
-    /// Merge a compilation into the live table and swap it in: clean proxies replace their
-    /// old version, failed ones keep their last good version, proxies no longer configured
-    /// disappear.
+    /// Swap in the proxies of a compilation (each in its newest version, or its last good
+    /// one: see [`super::Compiler`]). Nothing is swapped when no table changed, so a no-op
+    /// reload of a large configuration costs no swap and wakes no subscriber.
     pub fn apply(&self, compiled: &Compiled) -> ApplyReport {
-        self.apply_with(compiled, ApplyMode::PerProxy)
-    }
-
-    /// [`Store::apply`] with an explicit [`ApplyMode`].
-    pub fn apply_with(&self, compiled: &Compiled, mode: ApplyMode) -> ApplyReport {
         let previous = self.load();
-        let mut report = ApplyReport::default();
-        if mode == ApplyMode::Whole && !compiled.problems.is_empty() && self.is_ready() {
-            report.version = previous.version;
-            report.rejected = true;
-            return report;
+        let changed: Vec<ObjectKey> = compiled
+            .proxies
+            .iter()
+            .filter(|(k, t)| {
+                previous
+                    .proxies
+                    .get(*k)
+                    .is_none_or(|old| !Arc::ptr_eq(old, t))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let removed: Vec<ObjectKey> = previous
+            .proxies
+            .keys()
+            .filter(|k| !compiled.proxies.contains_key(*k))
+            .cloned()
+            .collect();
+        if changed.is_empty() && removed.is_empty() && self.is_ready() {
+            return ApplyReport {
+                version: previous.version,
+                changed,
+                removed,
+            };
         }
-        let mut proxies = compiled.proxies.clone();
-        for key in &compiled.failed {
-            match previous.proxies.get(key) {
-                Some(old) => {
-                    proxies.insert(key.clone(), old.clone());
-                    report.kept.push(key.proxy_id());
-                }
-                None => report.unserved.push(key.proxy_id()),
-            }
-        }
-        let next = Arc::new(Snapshot::new(proxies, previous.version + 1));
-        report.version = next.version;
+        let next = Arc::new(Snapshot::new(
+            compiled.proxies.clone(),
+            previous.version + 1,
+        ));
+        let version = next.version;
         self.current.store(next.clone());
         self.ready.store(true, Ordering::Release);
         self.tx.send_replace(next);
-        report
+        ApplyReport {
+            version,
+            changed,
+            removed,
+        }
     }
 }

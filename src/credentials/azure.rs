@@ -143,11 +143,6 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// Token caches alive in the process: a reload that leaves a provider's scope unchanged keeps
-/// its cached token instead of minting a new one.
-static LIVE: std::sync::RwLock<Vec<std::sync::Weak<EntraToken>>> =
-    std::sync::RwLock::new(Vec::new());
-
 impl EntraToken {
     /// A token source for one scope, not yet used.
     pub fn new(scope: impl Into<String>) -> Self {
@@ -156,25 +151,6 @@ impl EntraToken {
             credential: OnceCell::new(),
             cache: RwLock::new(None),
         }
-    }
-
-    /// The live cache for `scope`, or a new one. Only memory is touched: nothing is minted.
-    pub fn shared(scope: impl Into<String>) -> Arc<Self> {
-        let scope = scope.into();
-        let Ok(mut live) = LIVE.write() else {
-            return Arc::new(Self::new(scope));
-        };
-        live.retain(|w| w.strong_count() > 0);
-        if let Some(found) = live
-            .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .find(|t| t.scope == scope)
-        {
-            return found;
-        }
-        let token = Arc::new(Self::new(scope));
-        live.push(Arc::downgrade(&token));
-        token
     }
 
     /// The scope tokens are requested for.

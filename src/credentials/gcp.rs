@@ -14,7 +14,6 @@
 //! names only the source.
 
 use std::fmt;
-use std::sync::{Arc, RwLock, Weak};
 
 use google_cloud_auth::credentials::{self, AccessTokenCredentials};
 use http::header::{AUTHORIZATION, HeaderMap, HeaderValue};
@@ -85,10 +84,6 @@ pub fn parse_service_account_key(bytes: &[u8]) -> Result<Value, InvalidServiceAc
     Ok(value)
 }
 
-/// Token sources alive in the process, by source: a reload that leaves a provider's
-/// credential unchanged keeps its cached token instead of minting a new one.
-static LIVE: RwLock<Vec<Weak<GcpToken>>> = RwLock::new(Vec::new());
-
 impl GcpToken {
     /// A token source, not yet used.
     pub fn new(source: GcpSource) -> Self {
@@ -98,23 +93,9 @@ impl GcpToken {
         }
     }
 
-    /// The live token source for `source`, or a new one. Only memory is touched: nothing is
-    /// minted here.
-    pub fn shared(source: GcpSource) -> Arc<Self> {
-        let Ok(mut live) = LIVE.write() else {
-            return Arc::new(Self::new(source));
-        };
-        live.retain(|w| w.strong_count() > 0);
-        if let Some(found) = live
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|t| t.source == source)
-        {
-            return found;
-        }
-        let token = Arc::new(Self::new(source));
-        live.push(Arc::downgrade(&token));
-        token
+    /// Where the token comes from.
+    pub fn source(&self) -> &GcpSource {
+        &self.source
     }
 
     fn unavailable(detail: String) -> CredentialError {
@@ -212,15 +193,6 @@ mod tests {
             )
             .is_ok()
         );
-    }
-
-    #[test]
-    fn unchanged_sources_share_one_cache() {
-        let a = GcpToken::shared(GcpSource::Adc);
-        let b = GcpToken::shared(GcpSource::Adc);
-        assert!(Arc::ptr_eq(&a, &b));
-        let key = GcpSource::ServiceAccountKey(serde_json::json!({"client_email": "x"}));
-        assert!(!Arc::ptr_eq(&a, &GcpToken::shared(key)));
     }
 
     #[test]

@@ -8,8 +8,11 @@
 
 pub mod aws;
 pub mod azure;
+pub mod cache;
 pub mod gcp;
 pub mod trust;
+
+pub use cache::CredentialCache;
 
 use std::fmt;
 use std::sync::Arc;
@@ -219,7 +222,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_minted_credential_never_goes_to_an_untrusted_host() {
-        let c = Credential::Gcp(gcp::GcpToken::shared(gcp::GcpSource::Adc));
+        let c = Credential::Gcp(Arc::new(gcp::GcpToken::new(gcp::GcpSource::Adc)));
         for url in [
             "https://evil.example/v1/models",
             "http://169.254.169.254/computeMetadata/v1/",

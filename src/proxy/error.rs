@@ -160,6 +160,16 @@ pub enum ApiError {
     /// A guardrail cannot be applied to this request.
     #[error("{0}")]
     GuardrailUnsupported(String),
+    /// The provider entry has no good version (contract §5a).
+    #[error("provider `{prefix}` of proxy `{proxy}` is not ready: {message}")]
+    ProviderNotReady {
+        /// Prefix.
+        prefix: String,
+        /// Proxy ID.
+        proxy: String,
+        /// What is wrong with its `LlmProvider` (never a secret).
+        message: String,
+    },
     /// The upstream answered with something the gateway cannot use.
     #[error("provider `{prefix}` sent an invalid response: {detail}")]
     UpstreamInvalid {
@@ -194,6 +204,7 @@ impl ApiError {
             | ApiError::UpstreamInvalid { .. }
             | ApiError::Credential { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::ProviderNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Translation(e) => {
                 StatusCode::from_u16(e.status_code()).unwrap_or(StatusCode::BAD_REQUEST)
             }
@@ -233,6 +244,7 @@ impl ApiError {
             ApiError::Unauthenticated { .. } => "invalid_api_key",
             ApiError::Forbidden { .. } => "permission_denied",
             ApiError::GuardrailUnsupported(_) => "guardrail_unsupported",
+            ApiError::ProviderNotReady { .. } => "provider_not_ready",
         }
     }
 

@@ -433,6 +433,20 @@ async fn route(
         });
     }
     drop(headers);
+    // A provider entry with no good version (contract §5a): 503 naming the problem.
+    if let Some(entry) = table.not_ready(prefix) {
+        exchange.provider = prefix.to_owned();
+        let format = entry.provider_type.map_or_else(
+            || context::format_for(&table, prefix),
+            |t| crate::providers::info(t).format,
+        );
+        return Ok(ApiError::ProviderNotReady {
+            prefix: entry.prefix.clone(),
+            proxy: table.key.proxy_id(),
+            message: entry.message.clone(),
+        }
+        .into_response_for(format));
+    }
     let ctx = context::Ctx { table };
     if router {
         let endpoint = router_endpoint(rest);

@@ -79,6 +79,14 @@ pub fn resolve<'a>(
         });
     }
     Err(match id.split_once(':') {
+        // A provider entry with no good version (contract §5a).
+        Some((prefix, _)) if let Some(entry) = table.not_ready(prefix) => {
+            ApiError::ProviderNotReady {
+                prefix: entry.prefix.clone(),
+                proxy: table.key.proxy_id(),
+                message: entry.message.clone(),
+            }
+        }
         Some((prefix, _)) => ApiError::UnknownPrefix {
             prefix: prefix.to_owned(),
             model: id.to_owned(),

@@ -5,6 +5,7 @@
 //! ConfigMap's `..data` indirection is read once, through its visible symlinks). Objects of
 //! other kinds are ignored, so a folder of ordinary Kubernetes manifests can be pointed at.
 
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,7 +18,7 @@ use crate::config::{Object, ObjectKey, SecretData};
 use crate::crd::{GROUP, LlmProvider, LlmProxy, VERSION};
 
 /// A manifest that could not be read or parsed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{path}{}: {message}", doc.map(|d| format!(" (document {d})")).unwrap_or_default())]
 pub struct LoadError {
     /// The file (or folder).
@@ -131,22 +132,65 @@ struct TypeMeta {
     metadata: Option<serde_yaml::Value>,
 }
 
+/// A document that could not be used.
+#[derive(Debug)]
+pub struct DocError {
+    /// What is wrong (the path is left empty).
+    pub error: LoadError,
+    /// What keeps its last good version because of it.
+    pub affects: Affects,
+}
+
+/// What an unusable document holds back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Affects {
+    /// The object it describes (kind and key): that object keeps its last good version.
+    Object(&'static str, ObjectKey),
+    /// A document that cannot be attributed (a YAML syntax error, not an object, no name):
+    /// every object of its file keeps its last good version.
+    File,
+    /// Nothing served (an unknown kind of our API group): only reported.
+    Nothing,
+}
+
 /// Parse one multi-document YAML text (the path of each error is left empty).
 pub fn parse(text: &str) -> Result<Vec<Object>, Vec<LoadError>> {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
+    for doc in parse_documents(text) {
+        match doc {
+            Ok(object) => objects.push(object),
+            Err(e) => errors.push(e.error),
+        }
+    }
+    if errors.is_empty() {
+        Ok(objects)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parse one multi-document YAML text document by document: each of our objects, or why a
+/// document cannot be used (and which object it was meant to be). Other kinds are skipped.
+pub fn parse_documents(text: &str) -> Vec<Result<Object, Box<DocError>>> {
+    let mut out = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let doc = Some(i + 1);
-        let fail = |message: String| LoadError {
-            path: PathBuf::new(),
-            doc,
-            message,
+        let fail = |message: String, affects: Affects| {
+            Err(Box::new(DocError {
+                error: LoadError {
+                    path: PathBuf::new(),
+                    doc,
+                    message,
+                },
+                affects,
+            }))
         };
         let value = match serde_yaml::Value::deserialize(document) {
             Ok(serde_yaml::Value::Null) => continue,
             Ok(v) => v,
             Err(e) => {
-                errors.push(fail(format!("invalid YAML: {e}")));
+                out.push(fail(format!("invalid YAML: {e}"), Affects::File));
                 // The rest of the stream cannot be trusted after a syntax error.
                 break;
             }
@@ -154,59 +198,281 @@ pub fn parse(text: &str) -> Result<Vec<Object>, Vec<LoadError>> {
         let meta: TypeMeta = match serde_yaml::from_value(value.clone()) {
             Ok(m) => m,
             Err(e) => {
-                errors.push(fail(format!("not a Kubernetes object: {e}")));
+                out.push(fail(format!("not a Kubernetes object: {e}"), Affects::File));
                 continue;
             }
         };
-        let name = meta
-            .metadata
-            .as_ref()
-            .and_then(|m| m.get("name"))
-            .and_then(|n| n.as_str())
-            .unwrap_or("<unnamed>")
-            .to_owned();
+        let field = |name: &str| {
+            meta.metadata
+                .as_ref()
+                .and_then(|m| m.get(name))
+                .and_then(|n| n.as_str())
+                .filter(|n| !n.is_empty())
+        };
+        let named =
+            field("name").map(|name| ObjectKey::new(field("namespace").unwrap_or("default"), name));
+        let name = field("name").unwrap_or("<unnamed>").to_owned();
         let ours = meta.api_version.split('/').next() == Some(GROUP);
         let expected = format!("{GROUP}/{VERSION}");
         let label = format!("{} {name}", meta.kind);
+        let kind: Option<&'static str> = match meta.kind.as_str() {
+            "LlmProvider" => Some("LlmProvider"),
+            "LlmProxy" => Some("LlmProxy"),
+            "Secret" if meta.api_version == "v1" => Some("Secret"),
+            _ => None,
+        };
+        let object = match (kind, named) {
+            (Some(kind), Some(key)) => Affects::Object(kind, key),
+            (Some(_), None) => {
+                out.push(fail(
+                    format!("{label}: metadata.name is required"),
+                    Affects::File,
+                ));
+                continue;
+            }
+            (None, _) => Affects::Nothing,
+        };
         match (meta.kind.as_str(), meta.api_version.as_str()) {
-            ("LlmProvider" | "LlmProxy", v) if v != expected => errors.push(fail(format!(
-                "{label}: apiVersion `{v}` is not served; use `{expected}`"
-            ))),
+            ("LlmProvider" | "LlmProxy", v) if v != expected => out.push(fail(
+                format!("{label}: apiVersion `{v}` is not served; use `{expected}`"),
+                object,
+            )),
+            // Unknown fields are problems that name the field (config::strict).
             ("LlmProvider", _) => match crate::config::strict::typed::<LlmProvider>(value) {
-                Ok(p) if p.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => {
-                    objects.push(Object::Provider(Box::new(p)))
-                }
-                Ok(_) => errors.push(fail(format!("{label}: metadata.name is required"))),
-                Err(e) => errors.push(fail(format!("{label}: {e}"))),
+                Ok(p) => out.push(Ok(Object::Provider(std::sync::Arc::new(p)))),
+                Err(e) => out.push(fail(format!("{label}: {e}"), object)),
             },
             ("LlmProxy", _) => match crate::config::strict::typed::<LlmProxy>(value) {
-                Ok(p) if p.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => {
-                    objects.push(Object::Proxy(Box::new(p)))
-                }
-                Ok(_) => errors.push(fail(format!("{label}: metadata.name is required"))),
-                Err(e) => errors.push(fail(format!("{label}: {e}"))),
+                Ok(p) => out.push(Ok(Object::Proxy(std::sync::Arc::new(p)))),
+                Err(e) => out.push(fail(format!("{label}: {e}"), object)),
             },
             ("Secret", "v1") => match typed::<Secret>(value) {
-                Ok(s) if s.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => objects.push(
-                    Object::Secret(ObjectKey::of(&s.metadata), SecretData::from_secret(&s)),
-                ),
-                Ok(_) => errors.push(fail(format!("{label}: metadata.name is required"))),
-                // Never echo the document: it may hold key material.
-                Err(e) => errors.push(fail(format!(
-                    "Secret {name}: invalid ({})",
-                    redact_serde_error(&e)
+                Ok(s) => out.push(Ok(Object::Secret(
+                    ObjectKey::of(&s.metadata),
+                    SecretData::from_secret(&s),
                 ))),
+                // Never echo the document: it may hold key material.
+                Err(e) => out.push(fail(
+                    format!("Secret {name}: invalid ({})", redact_serde_error(&e)),
+                    object,
+                )),
             },
-            (kind, _) if ours => errors.push(fail(format!(
-                "unknown kind `{kind}` in {GROUP}; expected LlmProvider or LlmProxy"
-            ))),
+            (kind, _) if ours => out.push(fail(
+                format!("unknown kind `{kind}` in {GROUP}; expected LlmProvider or LlmProxy"),
+                Affects::Nothing,
+            )),
             _ => {}
         }
     }
-    if errors.is_empty() {
-        Ok(objects)
-    } else {
-        Err(errors)
+    out
+}
+
+/// What [`Reader::read`] found.
+#[derive(Debug, Default)]
+pub struct Read {
+    /// Every object to serve: each in its newest version when its document is usable, else
+    /// in its last good version.
+    pub objects: Vec<Object>,
+    /// Every problem of the files (with path and document number).
+    pub errors: Vec<LoadError>,
+    /// Whether any file changed since the last read (or files came or went).
+    pub changed: bool,
+    /// Files read.
+    pub files: usize,
+}
+
+/// One file as last read: its fingerprint, the objects it contributes and its problems.
+struct FileState {
+    hash: u64,
+    objects: Vec<Object>,
+    errors: Vec<LoadError>,
+    /// The objects of each document, by the hash of its text (see [`split_documents`]), so an
+    /// edit of one document of a large file parses that document only.
+    docs: DocCache,
+}
+
+/// The objects of each document of a file, by the hash of its text.
+type DocCache = HashMap<u64, Vec<Object>>;
+
+/// Split a YAML stream before each `---` marker line. YAML forbids a document marker at the
+/// start of a line inside content, so each piece is a stream of its own. `None` when the text
+/// has directives (`%`) or document-end markers (`...`), which pieces cannot carry alone.
+pub fn split_documents(text: &str) -> Option<Vec<&str>> {
+    let marker = |line: &str, m: &str| {
+        line.strip_prefix(m)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+    };
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if line.starts_with('%') || marker(line, "...") {
+            return None;
+        }
+        if marker(line, "---") && at > start {
+            pieces.push(&text[start..at]);
+            start = at;
+        }
+        at += line.len();
+    }
+    if at > start {
+        pieces.push(&text[start..at]);
+    }
+    Some(pieces)
+}
+
+/// Parse a file document by document, reusing the objects of documents whose text did not
+/// change; `None` when some document has a problem (the caller parses the whole text then,
+/// for exact error positions).
+fn parse_cached(text: &str, old: Option<&DocCache>) -> Option<(Vec<Object>, DocCache)> {
+    let mut objects = Vec::new();
+    let mut docs = HashMap::new();
+    for piece in split_documents(text)? {
+        let mut hasher = DefaultHasher::new();
+        piece.hash(&mut hasher);
+        let hash = hasher.finish();
+        let found = match old.and_then(|o| o.get(&hash)) {
+            Some(found) => found.clone(),
+            None => parse_documents(piece)
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?,
+        };
+        objects.extend(found.iter().cloned());
+        docs.insert(hash, found);
+    }
+    Some((objects, docs))
+}
+
+/// Reads the manifest files object by object (contract §5a), remembering each file's last
+/// good objects: a document that cannot be used keeps its object's last good version; a file
+/// that cannot be read or parsed at all keeps all of its last good objects. Unchanged files
+/// are not parsed again.
+#[derive(Default)]
+pub struct Reader {
+    files: BTreeMap<PathBuf, FileState>,
+    list_error: Option<String>,
+}
+
+impl Reader {
+    /// Read every manifest under `paths`.
+    pub fn read(&mut self, paths: &[PathBuf]) -> Read {
+        let list = match manifest_files(paths) {
+            Ok(list) => list,
+            Err(e) => {
+                // A path that cannot be listed: everything keeps serving as it was.
+                let changed = self.list_error.as_deref() != Some(&e.message);
+                self.list_error = Some(e.message.clone());
+                return Read {
+                    objects: self.objects(),
+                    errors: vec![e],
+                    changed,
+                    files: self.files.len(),
+                };
+            }
+        };
+        let mut changed = self.list_error.take().is_some()
+            || list.len() != self.files.len()
+            || list.iter().any(|f| !self.files.contains_key(f));
+        // Files as last read; an unchanged one moves over as it is.
+        let mut old_files = std::mem::take(&mut self.files);
+        let mut next = BTreeMap::new();
+        for file in &list {
+            let bytes = std::fs::read(file);
+            let mut hasher = DefaultHasher::new();
+            (file, bytes.as_ref().ok()).hash(&mut hasher);
+            let hash = hasher.finish();
+            if old_files.get(file).is_some_and(|o| o.hash == hash)
+                && let Some(old) = old_files.remove(file)
+            {
+                next.insert(file.clone(), old);
+                continue;
+            }
+            let old = old_files.get(file);
+            changed = true;
+            let last_good = || old.map(|o| o.objects.clone()).unwrap_or_default();
+            let text = bytes
+                .map_err(|e| e.to_string())
+                .and_then(|b| String::from_utf8(b).map_err(|_| "is not UTF-8 text".to_owned()));
+            let state = match text {
+                Err(message) => FileState {
+                    hash,
+                    objects: last_good(),
+                    errors: vec![LoadError {
+                        path: file.clone(),
+                        doc: None,
+                        message,
+                    }],
+                    docs: HashMap::new(),
+                },
+                Ok(text) => 'parsed: {
+                    if let Some((objects, docs)) = parse_cached(&text, old.map(|o| &o.docs)) {
+                        break 'parsed FileState {
+                            hash,
+                            objects,
+                            errors: Vec::new(),
+                            docs,
+                        };
+                    }
+                    let mut objects = Vec::new();
+                    let mut errors = Vec::new();
+                    let mut whole_file = false;
+                    for doc in parse_documents(&text) {
+                        match doc {
+                            Ok(object) => objects.push(object),
+                            Err(failed) => {
+                                let DocError { mut error, affects } = *failed;
+                                error.path = file.clone();
+                                errors.push(error);
+                                match affects {
+                                    Affects::File => whole_file = true,
+                                    Affects::Object(kind, key) => {
+                                        // Its last good version, from whichever file held it.
+                                        let good = next
+                                            .values()
+                                            .chain(old_files.values())
+                                            .flat_map(|f: &FileState| f.objects.iter())
+                                            .find(|o| o.describe() == (kind, key.clone()));
+                                        if let Some(good) = good {
+                                            objects.push(good.clone());
+                                        }
+                                    }
+                                    Affects::Nothing => {}
+                                }
+                            }
+                        }
+                    }
+                    if whole_file && old.is_some() {
+                        objects = last_good();
+                    }
+                    FileState {
+                        hash,
+                        objects,
+                        errors,
+                        docs: HashMap::new(),
+                    }
+                }
+            };
+            next.insert(file.clone(), state);
+        }
+        self.files = next;
+        Read {
+            objects: self.objects(),
+            errors: self
+                .files
+                .values()
+                .flat_map(|f| f.errors.iter().cloned())
+                .collect(),
+            changed,
+            files: self.files.len(),
+        }
+    }
+
+    fn objects(&self) -> Vec<Object> {
+        self.files
+            .values()
+            .flat_map(|f| f.objects.iter().cloned())
+            .collect()
     }
 }
 
@@ -351,5 +617,130 @@ spec: {providers: [{providerRef: {name: openai}}]}
         assert!(errors[0].message.contains("portcullis.dev/v1alpha1"));
         let errors = parse("kind: [unclosed\n").err().unwrap_or_default();
         assert!(errors[0].message.contains("invalid YAML"));
+    }
+
+    fn provider_doc(name: &str, base: &str) -> String {
+        format!(
+            "apiVersion: portcullis.dev/v1alpha1\nkind: LlmProvider\nmetadata: {{name: {name}, namespace: ai}}\nspec: {{type: vllm, baseUrl: '{base}'}}\n"
+        )
+    }
+
+    fn bases(read: &Read) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = read
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Provider(p) => Some((
+                    p.metadata.name.clone().unwrap_or_default(),
+                    p.spec.base_url.clone().unwrap_or_default(),
+                )),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn pair(name: &str, base: &str) -> (String, String) {
+        (name.to_owned(), base.to_owned())
+    }
+
+    #[test]
+    fn an_unusable_document_keeps_its_objects_last_good_version_and_others_move_on() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("a.yaml");
+        let paths = [dir.path().to_owned()];
+        let write = |text: String| std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+        let mut reader = Reader::default();
+
+        write(format!(
+            "{}---\n{}",
+            provider_doc("a", "http://a1"),
+            provider_doc("b", "http://b1")
+        ));
+        let read = reader.read(&paths);
+        assert!(read.errors.is_empty() && read.changed, "{:?}", read.errors);
+        assert_eq!(
+            bases(&read),
+            [pair("a", "http://a1"), pair("b", "http://b1")]
+        );
+
+        // Unchanged: nothing to do.
+        assert!(!reader.read(&paths).changed);
+
+        // b's document breaks (an unknown type): b keeps its last good version, a moves on.
+        write(format!(
+            "{}---\n{}",
+            provider_doc("a", "http://a2"),
+            provider_doc("b", "http://b2").replace("type: vllm", "type: nosuch")
+        ));
+        let read = reader.read(&paths);
+        assert_eq!(read.errors.len(), 1, "{:?}", read.errors);
+        assert!(read.errors[0].to_string().contains("LlmProvider b"));
+        assert_eq!(
+            bases(&read),
+            [pair("a", "http://a2"), pair("b", "http://b1")]
+        );
+
+        // A YAML syntax error: the whole file keeps its last good objects.
+        write(format!(
+            "{}---\nkind: [unclosed\n",
+            provider_doc("a", "http://a3")
+        ));
+        let read = reader.read(&paths);
+        assert!(read.errors[0].message.contains("invalid YAML"));
+        assert_eq!(
+            bases(&read),
+            [pair("a", "http://a2"), pair("b", "http://b1")]
+        );
+
+        // Fixed: the newest versions; an object no longer in the files is gone.
+        write(provider_doc("a", "http://a4"));
+        let read = reader.read(&paths);
+        assert!(read.errors.is_empty());
+        assert_eq!(bases(&read), [pair("a", "http://a4")]);
+
+        // A document that is new and broken is left out and reported.
+        write(format!(
+            "{}---\n{}",
+            provider_doc("a", "http://a4"),
+            provider_doc("c", "x").replace("type: vllm", "type: nosuch")
+        ));
+        let read = reader.read(&paths);
+        assert_eq!(read.errors.len(), 1);
+        assert_eq!(bases(&read), [pair("a", "http://a4")]);
+
+        // A deleted file takes its objects with it.
+        std::fs::remove_file(&file).unwrap_or_else(|e| panic!("{e}"));
+        let read = reader.read(&paths);
+        assert!(read.changed && read.objects.is_empty());
+    }
+
+    #[test]
+    fn documents_split_at_markers_and_parse_the_same() {
+        let text = format!(
+            "---\n{}--- \n{}\n---\n# comment\n{}",
+            provider_doc("a", "http://a"),
+            provider_doc("b", "http://b"),
+            provider_doc("c", "http://c")
+        );
+        let pieces = split_documents(&text).unwrap_or_default();
+        assert_eq!(pieces.concat(), text);
+        assert_eq!(pieces.len(), 3);
+        let (objects, docs) = parse_cached(&text, None).unwrap_or_default();
+        assert_eq!(objects.len(), 3);
+        // A second parse with one document changed reuses the other two.
+        let edited = text.replace("http://b", "http://b2");
+        let (again, _) = parse_cached(&edited, Some(&docs)).unwrap_or_default();
+        assert_eq!(again.len(), 3);
+        assert_eq!(
+            parse(&edited).map(|o| o.len()).unwrap_or_default(),
+            again.len()
+        );
+        // Directives and end markers: no splitting (the whole text is parsed).
+        assert!(split_documents("%YAML 1.2\n---\na: 1\n").is_none());
+        assert!(split_documents("a: 1\n...\n").is_none());
+        // Pieces with a problem: the caller parses the whole text for exact positions.
+        assert!(parse_cached("kind: [unclosed\n", None).is_none());
     }
 }

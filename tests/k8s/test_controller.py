@@ -195,12 +195,17 @@ def test_missing_secret_reports_secret_not_found_and_old_routes_keep_serving(api
     px = apiserver.get("LlmProxy", NS, "team-a")
     rr = condition(px, "ResolvedRefs")
     assert "ai/missing-key" in rr["message"], rr
-    assert cond_is(px, "Programmed", "False")
+    # Contract section 5a: the proxy's own generation is served; Programmed says that its
+    # `openai` entry uses the provider's last good version.
+    assert cond_is(px, "Programmed", "True", "Programmed"), px["status"]
+    assert "entry `openai` uses the last good version (generation 1) of LlmProvider ai/openai" in \
+        condition(px, "Programmed")["message"], px["status"]
     assert condition(px, "Accepted")["lastTransitionTime"] == accepted_at, "Accepted did not flip: time kept"
     pv = apiserver.get("LlmProvider", NS, "openai")
     assert cond_is(pv, "ResolvedRefs", "False", "SecretNotFound")
     assert "missing-key" in condition(pv, "ResolvedRefs")["message"]
     assert cond_is(pv, "CredentialsReady", "False")
+    assert "its last good version (generation 1) keeps serving" in condition(pv, "ModelsDiscovered")["message"]
     assert pv["status"]["observedGeneration"] == 2
 
     # The previously programmed route keeps serving, with the old key.

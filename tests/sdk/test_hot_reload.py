@@ -131,35 +131,66 @@ def test_hot_reload_under_load(fake, start_gateway, config_dir):
     assert fake.stream_completed >= loads[1].ok
 
 
-def test_broken_edit_keeps_the_last_good_config_serving(fake, start_gateway, config_dir):
-    """A providerRef to a missing provider: the whole edit is refused (contract section 6)."""
+def test_broken_objects_keep_their_last_good_version_and_others_move_on(fake, start_gateway, config_dir):
+    """Contract section 5a, in file mode: the unit of configuration is the object. One edit
+    breaks the provider `openai` (its Secret disappears) and adds a proxy naming a provider
+    that does not exist, while it also changes team-a. `openai` keeps serving its last good
+    version (no request fails), team-a's change and the new proxy take effect, and the entry
+    with no good version answers 503 provider_not_ready naming the problem. (Before, the
+    whole edit was refused.)"""
     main = config_dir / "portcullis.yaml"
-    gw = start_gateway(config(fake, ["gpt-test"], proxies=("team-a", "team-b")))
+    gw = start_gateway(docs(secret_doc("openai-key", PROVIDER_KEY),
+                            provider_doc("openai", fake.base_url, static=["gpt-test"]),
+                            proxy_doc("team-a", ["openai"]), proxy_doc("team-b", ["openai"])))
     load = Load(gw, stream=False, proxy="ai.team-b")
     load.start()
     try:
         assert wait_until(lambda: load.ok > 0, timeout=5.0) is not None, load.failures[:3]
-        # team-b (serving) now names a provider that does not exist; team-a's model list changes.
-        broken = docs(secret_doc("openai-key", PROVIDER_KEY),
-                      provider_doc("openai", fake.base_url, static=["gpt-broken-only"]),
-                      proxy_doc("team-a", ["openai"]), proxy_doc("team-b", ["nosuch-provider"]))
+        broken = docs(provider_doc("openai", fake.base_url, static=["gpt-broken-only"]),
+                      proxy_doc("team-a", ["openai", ("openai", "alias")]), proxy_doc("team-b", ["openai"]),
+                      proxy_doc("team-c", ["nosuch-provider"]))
+        t0 = time.monotonic()
         write_atomically(main, broken)
-        reported = wait_until(lambda: "nosuch-provider" in gw.log_text(), timeout=3.0)
-        assert reported is not None, f"the broken edit was not reported in the log.\n{gw.log_tail()}"
-        time.sleep(max(0.0, 1.5 - reported))
+        elapsed = wait_until(lambda: "alias:gpt-test" in model_ids(gw, "ai.team-a"), timeout=3.0)
+        assert elapsed is not None, f"team-a's change never applied.\n{gw.log_tail()}"
+        assert time.monotonic() - t0 < 1.0 + 0.5, "team-a's change took longer than a second"
+        reported = wait_until(lambda: "nosuch-provider" in gw.log_text() and "openai-key" in gw.log_text(), 3.0)
+        assert reported is not None, f"the broken objects were not reported in the log.\n{gw.log_tail()}"
+        time.sleep(1.0)
 
         chk = run_check(config_dir)
-        assert chk.returncode != 0, f"check accepted a broken config:\n{chk.stdout}\n{chk.stderr}"
-        assert "nosuch-provider" in chk.stdout + chk.stderr, chk.stdout + chk.stderr
-        assert_no_secret(chk.stdout + chk.stderr, "check output")
+        out = chk.stdout + chk.stderr
+        assert chk.returncode != 0, f"check accepted a broken config:\n{out}"
+        assert "nosuch-provider" in out and "openai-key" in out, out
+        assert_no_secret(out, "check output")
 
-        assert model_ids(gw, "ai.team-b") == ["openai:gpt-test"], "team-b stopped serving its last good routes"
-        assert model_ids(gw, "ai.team-a") == ["openai:gpt-test"], \
-            "part of a configuration with problems was applied"
+        # The broken provider serves its last good version (the old static list and key).
+        assert model_ids(gw, "ai.team-b") == ["openai:gpt-test"], "openai stopped serving its last good version"
+        assert sorted(model_ids(gw, "ai.team-a")) == ["alias:gpt-test", "openai:gpt-test"]
+        # The entry whose provider never existed: 503 provider_not_ready, naming it.
+        client = gw.router_client(proxy="ai.team-c", timeout=5)
+        try:
+            client.chat.completions.create(model="nosuch-provider:gpt-test", messages=MESSAGES)
+            raise AssertionError("a provider entry with no good version answered")
+        except openai.APIStatusError as e:
+            assert e.status_code == 503, e
+            assert e.body["code"] == "provider_not_ready", e.body
+            assert "ai/nosuch-provider not found" in e.body["message"], e.body
+        r = gw.raw("POST", "/v1/nosuch-provider/ai.team-c/chat/completions",
+                   {"model": "gpt-test", "messages": MESSAGES})
+        assert r.status == 503 and r.json()["error"]["code"] == "provider_not_ready", r.text
+        assert_no_secret(r.text, "provider_not_ready answer")
+
     finally:
         load.finish()
-    assert load.failures == [], f"{len(load.failures)} requests to team-b failed after the broken edit, " \
+    assert load.failures == [], f"{len(load.failures)} requests to team-b failed while openai was broken, " \
                                 f"first: {load.failures[:3]}"
+    assert load.ok >= 3
+
+    # Fixed: the newest version of openai serves.
+    write_atomically(main, docs(secret_doc("openai-key", PROVIDER_KEY), broken))
+    assert wait_until(lambda: model_ids(gw, "ai.team-b") == ["openai:gpt-broken-only"], 1.5) is not None, \
+        gw.log_tail()
 
 
 def test_check_valid_config_prints_routes(fake, config_dir):

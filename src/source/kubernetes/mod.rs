@@ -47,11 +47,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::index::Kind;
-use crate::config::{
-    ApplyMode, Compiled, Defaults, Index, Object, ObjectKey, SecretData, Snapshot, Store,
-};
+use crate::config::{Compiled, Index, Object, ObjectKey, SecretData, Snapshot, Store};
 use crate::crd::{LlmProvider, LlmProxy};
 use crate::discovery::Discovery;
+use crate::server::Reloader;
 use crate::telemetry::Metrics;
 
 /// Everything the Kubernetes source is told (command line and environment).
@@ -164,11 +163,20 @@ struct Change {
 }
 
 /// Connect to the API server (in-cluster, or `KUBECONFIG` / `~/.kube/config`).
+///
+/// kube's default retry layer retries 429/503/504 answers with an exponential backoff of up
+/// to 1000 s between tries, inside a single request, so after an API-server outage a watch
+/// could stay away for many seconds. It is off: every caller retries on its own schedule
+/// (watchers every 400 ms at most, [`QuickBackoff`]; Secret fetches every second; the Lease
+/// on its renewal loop; status on the writer's next pass), so watches are back within a
+/// second of the API server answering again.
 pub async fn client() -> anyhow::Result<Client> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::try_default().await.context(
-        "cannot configure a Kubernetes client: run in a pod, or point KUBECONFIG at a kubeconfig",
-    )
+    let hint =
+        "cannot configure a Kubernetes client: run in a pod, or point KUBECONFIG at a kubeconfig";
+    let mut config = kube::Config::infer().await.context(hint)?;
+    config.default_retry = false;
+    Client::try_from(config).context(hint)
 }
 
 /// Fail clearly when the CRDs are missing or RBAC forbids reading them; retries for a while
@@ -243,7 +251,7 @@ pub fn start(
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     discovery: Arc<Discovery>,
-    defaults: Defaults,
+    reloader: Reloader,
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let scopes = scopes(&settings);
@@ -273,7 +281,7 @@ pub fn start(
     let (world_tx, world_rx) = watch::channel(Arc::new(World::default()));
     let expected = scopes.len() * 3;
     tokio::spawn(applier(
-        rx, expected, store, metrics, defaults, refs_tx, world_tx,
+        rx, expected, store, metrics, reloader, refs_tx, world_tx,
     ));
 
     let lease_namespace = settings
@@ -306,14 +314,17 @@ pub fn start(
     lease_task
 }
 
-/// Retry quickly at first, then at most every 5 s (an API server coming back is noticed soon).
+/// Retry quickly at first, then every 400 ms: after an API-server outage ends, the watches are
+/// back within a second (issue 11). A failing list or watch against an API server that is down
+/// fails fast (connection refused, 503), so a retry every 400 ms per watcher (three per watched
+/// namespace) costs the API server little; one that is slow to fail spaces the retries itself.
 struct QuickBackoff {
     next: Duration,
 }
 
 impl QuickBackoff {
     const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
+    const MAX: Duration = Duration::from_millis(400);
 
     fn new() -> Self {
         Self { next: Self::FIRST }
@@ -343,13 +354,13 @@ trait IntoObject {
 
 impl IntoObject for LlmProvider {
     fn into_object(self) -> Object {
-        Object::Provider(Box::new(self))
+        Object::Provider(std::sync::Arc::new(self))
     }
 }
 
 impl IntoObject for LlmProxy {
     fn into_object(self) -> Object {
-        Object::Proxy(Box::new(self))
+        Object::Proxy(std::sync::Arc::new(self))
     }
 }
 
@@ -672,7 +683,7 @@ async fn applier(
     expected_lists: usize,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    defaults: Defaults,
+    mut reloader: Reloader,
     refs_tx: watch::Sender<Refs>,
     world_tx: watch::Sender<Arc<World>>,
 ) {
@@ -734,15 +745,7 @@ async fn applier(
             continue;
         }
         if changed || !initialized {
-            compiled = crate::server::apply_index(
-                &store,
-                &metrics,
-                &defaults,
-                &index,
-                "kubernetes",
-                ApplyMode::PerProxy,
-                arrived,
-            );
+            compiled = reloader.apply_index(&store, &metrics, &index, "kubernetes", 0, arrived);
             if !initialized {
                 tracing::info!(
                     providers = index.providers().len(),
@@ -772,7 +775,7 @@ fn kind_id(kind: Kind) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::compile;
+    use crate::config::{Defaults, compile};
 
     fn provider(ns: &str, name: &str, secret: &str, base: &str) -> Object {
         let yaml = format!(
@@ -782,7 +785,7 @@ mod tests {
         let mut p = LlmProvider::new(name, spec);
         p.metadata.namespace = Some(ns.into());
         p.metadata.generation = Some(1);
-        Object::Provider(Box::new(p))
+        Object::Provider(std::sync::Arc::new(p))
     }
 
     fn proxy(ns: &str, name: &str) -> Object {
@@ -791,7 +794,7 @@ mod tests {
         let mut p = LlmProxy::new(name, spec);
         p.metadata.namespace = Some(ns.into());
         p.metadata.generation = Some(1);
-        Object::Proxy(Box::new(p))
+        Object::Proxy(std::sync::Arc::new(p))
     }
 
     fn secret(ns: &str, name: &str) -> Object {
@@ -849,7 +852,14 @@ mod tests {
             &mut index,
             Op::Delete(Kind::Secret, ObjectKey::new("b", "key"))
         ));
-        assert_eq!(served(&index), ["a.team"]);
+        // b's provider never had a good version here (a fresh compile): its entry is not ready.
+        let compiled = compile(&index, &Defaults::default());
+        let b = &compiled.proxies[&ObjectKey::new("b", "team")];
+        assert!(b.routes.is_empty());
+        assert!(
+            b.not_ready("openai")
+                .is_some_and(|n| n.message.contains("b/key"))
+        );
     }
 
     #[test]
@@ -876,7 +886,7 @@ mod tests {
         guarded.metadata.namespace = Some("a".into());
         let index = Index::from_objects([
             provider("a", "openai", "key-a", "http://127.0.0.1:1/v1"),
-            Object::Proxy(Box::new(guarded)),
+            Object::Proxy(std::sync::Arc::new(guarded)),
             proxy("b", "open"),
         ]);
         let refs: Vec<String> = referenced_secrets(&index)
@@ -891,7 +901,8 @@ mod tests {
         let mut b = QuickBackoff::new();
         let first: Vec<_> = (&mut b).take(8).collect();
         assert_eq!(first[0], Duration::from_millis(100));
-        assert_eq!(first[7], Duration::from_secs(5));
+        assert_eq!(first[2], Duration::from_millis(400));
+        assert_eq!(first[7], Duration::from_millis(400));
         b.reset();
         assert_eq!(b.next(), Some(Duration::from_millis(100)));
     }

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::config::compile::Problem;
-use crate::config::{Compiled, ObjectKey, ProxyTable};
+use crate::config::{Compiled, ObjectKey, ProxyTable, Upstream};
 use crate::crd::{LlmProvider, LlmProviderStatus, LlmProxy, LlmProxyStatus};
 
 /// Condition types.
@@ -141,12 +141,25 @@ fn with_field(p: &Problem) -> String {
     format!("{}: {}", p.field, p.message)
 }
 
-/// The status of one provider.
+/// The status of one provider that has no last good version serving.
 pub fn provider_status(
     provider: &LlmProvider,
     problems: &[&Problem],
     credential: &CredentialState,
     models: &ModelsState,
+    now: &Time,
+) -> LlmProviderStatus {
+    provider_status_serving(provider, problems, credential, models, None, now)
+}
+
+/// The status of one provider; `last_good` is the version serving while the newest has
+/// problems.
+pub fn provider_status_serving(
+    provider: &LlmProvider,
+    problems: &[&Problem],
+    credential: &CredentialState,
+    models: &ModelsState,
+    last_good: Option<&Upstream>,
     now: &Time,
 ) -> LlmProviderStatus {
     let generation = provider.metadata.generation;
@@ -205,9 +218,16 @@ pub fn provider_status(
                 MODELS_DISCOVERED,
                 Some(false),
                 reason,
-                format!(
-                    "this generation is not served: {why}; proxies using it keep their last good version"
-                ),
+                match last_good {
+                    Some(u) => format!(
+                        "this generation is not served: {why}; its last good version (generation {}) keeps serving",
+                        u.generation
+                            .map_or_else(|| "?".to_owned(), |g| g.to_string())
+                    ),
+                    None => format!(
+                        "this generation is not served: {why}; it never had a good version, so proxy entries naming it answer 503 provider_not_ready"
+                    ),
+                },
                 generation,
                 now,
             ),
@@ -396,22 +416,70 @@ pub fn proxy_status(
             now,
         )
     });
-    let has_problems = !(refs.is_empty() && spec.is_empty());
+    // Problems of this proxy's own spec: its last good version serves (if any). Problems of
+    // the providers it names only hold back those entries.
+    let invalid = compiled.failed.contains(key);
     let programmed = match served {
-        Some(table) if table.generation == generation && !has_problems => condition(
-            PROGRAMMED,
-            Some(true),
-            "Programmed",
-            format!("the data plane serves this generation at {url}"),
-            generation,
-            now,
-        ),
-        Some(table) if has_problems => condition(
+        Some(table) if table.generation == generation && !invalid => {
+            let last_good: Vec<String> = table
+                .routes
+                .iter()
+                .filter(|r| {
+                    compiled
+                        .providers
+                        .get(&r.upstream.provider)
+                        .is_none_or(|newest| !std::sync::Arc::ptr_eq(newest, &r.upstream))
+                })
+                .map(|r| {
+                    format!(
+                        "entry `{}` uses the last good version (generation {}) of LlmProvider {}",
+                        r.prefix,
+                        r.upstream
+                            .generation
+                            .map_or_else(|| "?".to_owned(), |g| g.to_string()),
+                        r.upstream.provider
+                    )
+                })
+                .collect();
+            let last_good = if last_good.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", last_good.join("; "))
+            };
+            if table.not_ready.is_empty() {
+                condition(
+                    PROGRAMMED,
+                    Some(true),
+                    "Programmed",
+                    format!("the data plane serves this generation at {url}{last_good}"),
+                    generation,
+                    now,
+                )
+            } else {
+                let entries: Vec<String> = table
+                    .not_ready
+                    .iter()
+                    .map(|n| format!("`{}` ({})", n.prefix, n.message))
+                    .collect();
+                condition(
+                    PROGRAMMED,
+                    Some(false),
+                    "ProviderNotReady",
+                    format!(
+                        "the data plane serves this generation at {url}, but these provider entries answer 503 provider_not_ready: {}{last_good}",
+                        entries.join("; ")
+                    ),
+                    generation,
+                    now,
+                )
+            }
+        }
+        Some(table) if invalid => condition(
             PROGRAMMED,
             Some(false),
             "Invalid",
             format!(
-                "this generation has problems (see Accepted and ResolvedRefs); generation {} keeps serving",
+                "this generation has problems (see Accepted and ResolvedRefs); its last good version, generation {}, keeps serving",
                 table
                     .generation
                     .map_or_else(|| "?".to_owned(), |g| g.to_string())
@@ -419,11 +487,11 @@ pub fn proxy_status(
             generation,
             now,
         ),
-        None if has_problems => condition(
+        None if invalid => condition(
             PROGRAMMED,
             Some(false),
             "Invalid",
-            "not served: fix the problems in Accepted and ResolvedRefs",
+            "not served: this generation has problems (see Accepted and ResolvedRefs) and no earlier one was good",
             generation,
             now,
         ),
@@ -535,8 +603,8 @@ mod tests {
     fn healthy_provider_and_programmed_proxy() {
         let index = Index::from_objects([
             secret("key", "sk-1"),
-            Object::Provider(Box::new(provider("openai", OPENAI, 2))),
-            Object::Proxy(Box::new(proxy("team", PROXY, 5))),
+            Object::Provider(std::sync::Arc::new(provider("openai", OPENAI, 2))),
+            Object::Proxy(std::sync::Arc::new(proxy("team", PROXY, 5))),
         ]);
         let compiled = compile(&index, &Defaults::default());
         let store = Store::default();
@@ -584,15 +652,15 @@ mod tests {
     fn programmed_only_once_the_served_table_has_this_generation() {
         let index = Index::from_objects([
             secret("key", "sk-1"),
-            Object::Provider(Box::new(provider("openai", OPENAI, 1))),
-            Object::Proxy(Box::new(proxy("team", PROXY, 1))),
+            Object::Provider(std::sync::Arc::new(provider("openai", OPENAI, 1))),
+            Object::Proxy(std::sync::Arc::new(proxy("team", PROXY, 1))),
         ]);
         let store = Store::default();
         store.apply(&compile(&index, &Defaults::default()));
         let served_gen1 = store.load();
         // Generation 2 compiled cleanly but not swapped in yet.
         let mut next = index.clone();
-        next.apply(Object::Proxy(Box::new(proxy("team", PROXY, 2))));
+        next.apply(Object::Proxy(std::sync::Arc::new(proxy("team", PROXY, 2))));
         let compiled = compile(&next, &Defaults::default());
         let pk = ObjectKey::new("ai", "team");
         let old = served_gen1.proxies.get(&pk).map(|t| &**t);
@@ -618,19 +686,20 @@ mod tests {
     fn missing_secret_is_resolved_refs_false_on_provider_and_proxy() {
         let good = Index::from_objects([
             secret("key", "sk-1"),
-            Object::Provider(Box::new(provider("openai", OPENAI, 1))),
-            Object::Proxy(Box::new(proxy("team", PROXY, 1))),
+            Object::Provider(std::sync::Arc::new(provider("openai", OPENAI, 1))),
+            Object::Proxy(std::sync::Arc::new(proxy("team", PROXY, 1))),
         ]);
         let store = Store::default();
-        store.apply(&compile(&good, &Defaults::default()));
+        let mut compiler = crate::config::Compiler::default();
+        store.apply(&compiler.compile(&good));
         // The provider now names a Secret that does not exist.
         let mut index = good.clone();
-        index.apply(Object::Provider(Box::new(provider(
+        index.apply(Object::Provider(std::sync::Arc::new(provider(
             "openai",
             &OPENAI.replace("name: key", "name: gone"),
             2,
         ))));
-        let compiled = compile(&index, &Defaults::default());
+        let compiled = compiler.compile(&index);
         store.apply(&compiled);
         let snapshot = store.load();
         let pk = ObjectKey::new("ai", "team");
@@ -643,18 +712,40 @@ mod tests {
             ("False", "SecretNotFound")
         );
         assert!(r.message.contains("ai/gone"), "{}", r.message);
-        // Its own spec did not change, so it is programmed with generation 1 still.
+        // Its own spec did not change: this generation is served, and the status says which
+        // provider entry uses its provider's last good version.
         assert_eq!(cond(&x.conditions, ACCEPTED).status, "True");
         let prog = cond(&x.conditions, PROGRAMMED);
         assert_eq!(
             (prog.status.as_str(), prog.reason.as_str()),
-            ("False", "Invalid")
+            ("True", "Programmed")
         );
         assert!(
-            prog.message.contains("generation 1 keeps serving"),
+            prog.message.contains(
+                "entry `openai` uses the last good version (generation 1) of LlmProvider ai/openai"
+            ),
             "{}",
             prog.message
         );
+        // With no good version ever (a fresh start), the entry is not ready and says why.
+        let fresh = compile(&index, &Defaults::default());
+        let fresh_store = Store::default();
+        fresh_store.apply(&fresh);
+        let snap = fresh_store.load();
+        let x = proxy_status(
+            &index.proxies()[&pk],
+            &pk,
+            &fresh,
+            snap.proxies.get(&pk).map(|t| &**t),
+            URL,
+            &now(),
+        );
+        let prog = cond(&x.conditions, PROGRAMMED);
+        assert_eq!(
+            (prog.status.as_str(), prog.reason.as_str()),
+            ("False", "ProviderNotReady")
+        );
+        assert!(prog.message.contains("ai/gone"), "{}", prog.message);
 
         let key = ObjectKey::new("ai", "openai");
         let problems: Vec<_> = compiled.problems_of("LlmProvider", &key).collect();
@@ -685,8 +776,8 @@ mod tests {
         let guarded = "providers: [{providerRef: {name: openai}}]\nclientAuth: {apiKeys: {secretRef: {name: clients}}}\n";
         let index = Index::from_objects([
             secret("key", "sk-1"),
-            Object::Provider(Box::new(provider("openai", OPENAI, 1))),
-            Object::Proxy(Box::new(proxy("team", guarded, 1))),
+            Object::Provider(std::sync::Arc::new(provider("openai", OPENAI, 1))),
+            Object::Proxy(std::sync::Arc::new(proxy("team", guarded, 1))),
         ]);
         let compiled = compile(&index, &Defaults::default());
         let pk = ObjectKey::new("ai", "team");
@@ -704,12 +795,12 @@ mod tests {
     #[test]
     fn invalid_spec_is_accepted_false_and_unserved_proxy_not_programmed() {
         let index = Index::from_objects([
-            Object::Provider(Box::new(provider(
+            Object::Provider(std::sync::Arc::new(provider(
                 "openai",
                 "type: openai-compatible\nauth: {none: {}}\n",
                 1,
             ))),
-            Object::Proxy(Box::new(proxy("team", PROXY, 1))),
+            Object::Proxy(std::sync::Arc::new(proxy("team", PROXY, 1))),
         ]);
         let compiled = compile(&index, &Defaults::default());
         let snapshot = Snapshot::default();
@@ -750,7 +841,8 @@ mod tests {
 
     #[test]
     fn unknown_provider_and_models_states() {
-        let index = Index::from_objects([Object::Proxy(Box::new(proxy("team", PROXY, 3)))]);
+        let index =
+            Index::from_objects([Object::Proxy(std::sync::Arc::new(proxy("team", PROXY, 3)))]);
         let compiled = compile(&index, &Defaults::default());
         let pk = ObjectKey::new("ai", "team");
         let x = proxy_status(&index.proxies()[&pk], &pk, &compiled, None, URL, &now());

@@ -201,15 +201,23 @@ impl Writer {
                 None => CredentialState::Unchecked,
             };
             let models = upstream.map_or(ModelsState::NotInUse, |u| self.models_state(u));
-            let desired = status::provider_status(provider, &problems, &credential, &models, &now);
-            self.write(key, provider, desired, written, events).await;
+            let last_good = world.compiled.kept_providers.get(key).map(|u| &**u);
+            let desired = status::provider_status_serving(
+                provider,
+                &problems,
+                &credential,
+                &models,
+                last_good,
+                &now,
+            );
+            self.write(key, &**provider, desired, written, events).await;
         }
         let snapshot = &world.snapshot;
         for (key, proxy) in world.index.proxies() {
             let url = format!("{}/v1/model-router/{}", self.url_base, key.proxy_id());
             let served = snapshot.proxies.get(key).map(|t| &**t);
             let desired = status::proxy_status(proxy, key, &world.compiled, served, &url, &now);
-            self.write(key, proxy, desired, written, events).await;
+            self.write(key, &**proxy, desired, written, events).await;
         }
     }
 
