@@ -50,7 +50,7 @@ use crate::config::index::Kind;
 use crate::config::{Compiled, Index, Object, ObjectKey, SecretData, Snapshot, Store};
 use crate::crd::{LlmProvider, LlmProxy};
 use crate::discovery::Discovery;
-use crate::server::Reloader;
+use crate::source::reload::Reloader;
 use crate::telemetry::Metrics;
 
 /// Everything the Kubernetes source is told (command line and environment).
