@@ -615,9 +615,30 @@ pub fn crd_files() -> Result<BTreeMap<String, String>, serde_yaml::Error> {
         .into_iter()
         .map(|crd| {
             let name = format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default());
-            serde_yaml::to_string(&crd).map(|yaml| (name, yaml))
+            serde_yaml::to_string(&crd).map(|yaml| (name, quote_yaml11_keys(&yaml)))
         })
         .collect()
+}
+
+/// Quote mapping keys that a YAML 1.1 parser reads as booleans (`on`, `off`, `yes`, `no`,
+/// `y`, `n`): kubectl and the API server parse YAML 1.1-style, so an unquoted `on:` (the
+/// LlmProxy `retry.on` property) would become the key `true` there. serde_yaml writes YAML
+/// 1.2, which leaves them bare.
+fn quote_yaml11_keys(yaml: &str) -> String {
+    const BOOLISH: [&str; 6] = ["on", "off", "yes", "no", "y", "n"];
+    let mut out = String::with_capacity(yaml.len());
+    for line in yaml.split_inclusive('\n') {
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        let quoted = BOOLISH.iter().find_map(|key| {
+            body.strip_prefix(key)
+                .and_then(|rest| rest.strip_prefix(':'))
+                .filter(|rest| rest.is_empty() || rest.starts_with([' ', '\n']))
+                .map(|rest| format!("{indent}'{key}':{rest}"))
+        });
+        out.push_str(quoted.as_deref().unwrap_or(line));
+    }
+    out
 }
 
 /// The CRDs as one multi-document YAML stream, as `portcullis crds` prints it.
