@@ -13,6 +13,7 @@
 //!
 //! `translate` and `providers` hold no kube or axum types, so they could become a crate of
 //! their own.
+pub mod budget;
 pub mod config;
 pub mod crd;
 pub mod credentials;

@@ -88,6 +88,8 @@ pub struct Compiled {
     pub problems: Vec<Problem>,
     /// Providers that compiled cleanly, whether or not a proxy uses them (for status).
     pub providers: BTreeMap<ObjectKey, Arc<Upstream>>,
+    /// `LlmBudget`s (compiled by [`crate::budget::compile`]).
+    pub budgets: crate::budget::Compiled,
 }
 
 impl Compiled {
@@ -135,6 +137,7 @@ pub fn compile(index: &Index, defaults: &Defaults) -> Compiled {
             }
         }
     }
+    out.budgets = crate::budget::compile(index, &mut out.problems);
     out
 }
 

@@ -7,7 +7,7 @@ use std::fmt;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::ObjectKey;
-use crate::crd::{LlmProvider, LlmProxy};
+use crate::crd::{LlmBudget, LlmProvider, LlmProxy};
 
 /// The data of one Secret: key → bytes. Debug output never shows the values.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -47,6 +47,8 @@ pub enum Object {
     Proxy(Box<LlmProxy>),
     /// A `v1/Secret`, reduced to its data.
     Secret(ObjectKey, SecretData),
+    /// An `LlmBudget`.
+    Budget(Box<LlmBudget>),
 }
 
 impl Object {
@@ -56,6 +58,7 @@ impl Object {
             Object::Provider(p) => ("LlmProvider", ObjectKey::of(&p.metadata)),
             Object::Proxy(p) => ("LlmProxy", ObjectKey::of(&p.metadata)),
             Object::Secret(key, _) => ("Secret", key.clone()),
+            Object::Budget(b) => ("LlmBudget", ObjectKey::of(&b.metadata)),
         }
     }
 }
@@ -69,6 +72,8 @@ pub enum Kind {
     Proxy,
     /// `Secret`.
     Secret,
+    /// `LlmBudget`.
+    Budget,
 }
 
 /// Every resource, keyed by namespace and name.
@@ -77,6 +82,7 @@ pub struct Index {
     pub(crate) providers: BTreeMap<ObjectKey, LlmProvider>,
     pub(crate) proxies: BTreeMap<ObjectKey, LlmProxy>,
     pub(crate) secrets: BTreeMap<ObjectKey, SecretData>,
+    pub(crate) budgets: BTreeMap<ObjectKey, LlmBudget>,
 }
 
 impl Index {
@@ -101,6 +107,9 @@ impl Index {
             Object::Secret(key, data) => {
                 self.secrets.insert(key, data);
             }
+            Object::Budget(b) => {
+                self.budgets.insert(ObjectKey::of(&b.metadata), *b);
+            }
         }
     }
 
@@ -110,6 +119,7 @@ impl Index {
             Kind::Provider => self.providers.remove(key).map(drop),
             Kind::Proxy => self.proxies.remove(key).map(drop),
             Kind::Secret => self.secrets.remove(key).map(drop),
+            Kind::Budget => self.budgets.remove(key).map(drop),
         };
     }
 
@@ -119,6 +129,7 @@ impl Index {
             Kind::Provider => self.providers.clear(),
             Kind::Proxy => self.proxies.clear(),
             Kind::Secret => self.secrets.clear(),
+            Kind::Budget => self.budgets.clear(),
         }
         for object in objects {
             self.apply(object);
@@ -133,6 +144,11 @@ impl Index {
     /// The proxies, by key.
     pub fn proxies(&self) -> &BTreeMap<ObjectKey, LlmProxy> {
         &self.proxies
+    }
+
+    /// The budgets, by key.
+    pub fn budgets(&self) -> &BTreeMap<ObjectKey, LlmBudget> {
+        &self.budgets
     }
 
     /// A Secret's data.

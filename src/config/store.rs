@@ -96,7 +96,10 @@ impl Store {
                 None => report.unserved.push(key.proxy_id()),
             }
         }
-        let next = Arc::new(Snapshot::new(proxies, previous.version + 1));
+        let budgets = crate::budget::merge(&previous.budgets, &compiled.budgets, proxies.keys());
+        let mut next = Snapshot::new(proxies, previous.version + 1);
+        next.budgets = Arc::new(budgets);
+        let next = Arc::new(next);
         report.version = next.version;
         self.current.store(next.clone());
         self.ready.store(true, Ordering::Release);

@@ -2,7 +2,8 @@
 //! when the response's last byte has gone (so streamed guardrail decisions are in it).
 //!
 //! Fields: `time`, `request_id`, `proxy`, `identity`, `auth`, `route`, `provider`, `model`,
-//! `status`, `usage`, `decisions` (tool, action, rule, reason) and, only with
+//! `status`, `usage`, `decisions` (tool, action, rule, reason), `budget_limit` (the
+//! `LlmBudget` limit that refused it, if one did) and, only with
 //! `spec.audit.includeContent: true`, `content` (the request's messages). Never a credential.
 
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct Data {
     pub content: Option<Value>,
     /// The model a native request named (body `model`), when the gateway read the body.
     pub model: Option<String>,
+    /// The budget limit that refused the request (`namespace/budget/limit`).
+    pub budget: Option<String>,
 }
 
 /// Shared, lock-light cell for one request's audit data. Writers never contend (one request
@@ -73,6 +76,9 @@ pub struct Record<'a> {
     /// The request's messages, with `includeContent` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a Value>,
+    /// The `LlmBudget` limit that refused the request (`namespace/budget/limit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_limit: Option<&'a str>,
 }
 
 impl Record<'_> {
@@ -134,6 +140,7 @@ mod tests {
             usage: Usage::default(),
             decisions: &[],
             content: None,
+            budget_limit: None,
         };
         let v = serde_json::to_value(&r).unwrap_or_default();
         assert!(v.get("content").is_none());

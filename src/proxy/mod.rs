@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http::{HeaderValue, Method};
 
+use crate::budget::gate::Refused;
 use crate::config::Store;
 use crate::discovery::Discovery;
 use crate::telemetry::{Metrics, RequestLabels, RouteLabels};
@@ -156,6 +157,7 @@ impl Drop for Exchange {
                 usage: data.usage,
                 decisions: &data.decisions,
                 content: data.content.as_ref(),
+                budget_limit: data.budget.as_deref(),
             }
             .emit();
         }
@@ -254,8 +256,35 @@ async fn route(
             });
         }
     }
+    // Budgets (LlmBudget): reserve before any byte goes upstream, or refuse.
+    let mut request = request;
+    let mut gate = None;
+    if let Some(table) = snapshot.proxy(proxy) {
+        let admitted = crate::budget::gate::admit(
+            state,
+            &snapshot.budgets,
+            table,
+            prefix,
+            rest,
+            request,
+            &exchange.identity,
+        )
+        .await;
+        match admitted {
+            Ok((r, g)) => (request, gate) = (r, g),
+            Err(refused) => {
+                exchange.route = if prefix == "model-router" { "router" } else { "native" };
+                if prefix != "model-router" {
+                    exchange.provider = prefix.to_owned();
+                }
+                let Refused { response, limit } = *refused;
+                crate::policy::audit::update(&exchange.audit, |d| d.budget = limit);
+                return Ok(response);
+            }
+        }
+    }
     drop(snapshot);
-    if prefix == "model-router" {
+    let response = if prefix == "model-router" {
         exchange.route = "router";
         match (request.method(), rest) {
             (&Method::POST, "chat/completions") => {
@@ -267,5 +296,10 @@ async fn route(
     } else {
         exchange.route = "native";
         Ok(native::forward(state, prefix, proxy, rest, request, exchange).await)
+    };
+    // The reservation settles when the response body ends (an error drops and releases it).
+    match (response, gate) {
+        (Ok(response), Some(gate)) => Ok(gate.wrap(response, exchange.ttfb.is_some())),
+        (response, _) => response,
     }
 }

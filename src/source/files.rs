@@ -169,7 +169,7 @@ pub fn parse(text: &str) -> Result<Vec<Object>, Vec<LoadError>> {
         let expected = format!("{GROUP}/{VERSION}");
         let label = format!("{} {name}", meta.kind);
         match (meta.kind.as_str(), meta.api_version.as_str()) {
-            ("LlmProvider" | "LlmProxy", v) if v != expected => errors.push(fail(format!(
+            ("LlmProvider" | "LlmProxy" | "LlmBudget", v) if v != expected => errors.push(fail(format!(
                 "{label}: apiVersion `{v}` is not served; use `{expected}`"
             ))),
             ("LlmProvider", _) => match typed::<LlmProvider>(value) {
@@ -186,6 +186,13 @@ pub fn parse(text: &str) -> Result<Vec<Object>, Vec<LoadError>> {
                 Ok(_) => errors.push(fail(format!("{label}: metadata.name is required"))),
                 Err(e) => errors.push(fail(format!("{label}: {e}"))),
             },
+            ("LlmBudget", _) => match typed::<crate::crd::LlmBudget>(value) {
+                Ok(b) if b.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => {
+                    objects.push(Object::Budget(Box::new(b)))
+                }
+                Ok(_) => errors.push(fail(format!("{label}: metadata.name is required"))),
+                Err(e) => errors.push(fail(format!("{label}: {e}"))),
+            },
             ("Secret", "v1") => match typed::<Secret>(value) {
                 Ok(s) if s.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => objects.push(
                     Object::Secret(ObjectKey::of(&s.metadata), SecretData::from_secret(&s)),
@@ -198,7 +205,7 @@ pub fn parse(text: &str) -> Result<Vec<Object>, Vec<LoadError>> {
                 ))),
             },
             (kind, _) if ours => errors.push(fail(format!(
-                "unknown kind `{kind}` in {GROUP}; expected LlmProvider or LlmProxy"
+                "unknown kind `{kind}` in {GROUP}; expected LlmProvider, LlmProxy or LlmBudget"
             ))),
             _ => {}
         }

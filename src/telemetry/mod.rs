@@ -72,6 +72,16 @@ pub struct GuardrailLabels {
     pub action: &'static str,
 }
 
+/// Labels of budget metrics: the `LlmBudget` (`namespace/name`) and the limit's name, both
+/// from configuration (bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    /// `namespace/name` of the `LlmBudget`.
+    pub budget: String,
+    /// Limit name (`store` for store-unavailable refusals).
+    pub limit: String,
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -91,6 +101,11 @@ pub struct Metrics {
     pub access_denials: Family<DenialLabels, Counter>,
     /// `portcullis_guardrail_decisions_total`.
     pub guardrail_decisions: Family<GuardrailLabels, Counter>,
+    /// `portcullis_budget_refusals_total`.
+    pub budget_refusals: Family<BudgetLabels, Counter>,
+    /// `portcullis_budget_consumed_total`: settled usage, in each limit's unit (requests,
+    /// tokens, millionths of a dollar).
+    pub budget_consumed: Family<BudgetLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -152,7 +167,21 @@ impl Default for Metrics {
             "Tool-call guardrail decisions by proxy, rule and action",
             guardrail_decisions.clone(),
         );
+        let budget_refusals = Family::<BudgetLabels, Counter>::default();
+        registry.register(
+            "budget_refusals",
+            "Requests refused by an LlmBudget, by budget and limit",
+            budget_refusals.clone(),
+        );
+        let budget_consumed = Family::<BudgetLabels, Counter>::default();
+        registry.register(
+            "budget_consumed",
+            "Settled usage counted by an LlmBudget, by budget and limit, in the limit's unit (requests, tokens, micro-USD)",
+            budget_consumed.clone(),
+        );
         Self {
+            budget_refusals,
+            budget_consumed,
             registry,
             auth_failures,
             access_denials,

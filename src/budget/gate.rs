@@ -1,0 +1,193 @@
+//! The request-path hook: before a request goes upstream, read what it asks (model, input
+//! estimate, output allowance), reserve it in every budget of the proxy or answer the refusal
+//! in the route's error shape; afterwards, wrap the response so the reservation settles when
+//! its body ends.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Method, header};
+use serde_json::Value;
+
+use super::{Ask, BudgetTable, Reservation};
+use crate::config::ProxyTable;
+use crate::config::snapshot::ModelPolicy;
+use crate::providers::Protocol;
+use crate::proxy::AppState;
+
+/// A reservation on its way to the response.
+pub struct Gate {
+    reservation: Reservation,
+    hide: bool,
+}
+
+impl Gate {
+    /// Settle the reservation when the response's body ends. `reached`: the upstream answered.
+    pub fn wrap(self, response: Response, reached: bool) -> Response {
+        super::tap::wrap(response, self.reservation, reached, self.hide)
+    }
+}
+
+/// Endpoints that cost nothing upstream (token counting), which no budget counts.
+fn free(rest: &str) -> bool {
+    rest.ends_with("count_tokens") || rest.ends_with(":countTokens")
+}
+
+/// The output allowance a request names, in any format.
+pub fn max_output(body: &Value) -> Option<u64> {
+    [
+        "/max_completion_tokens",
+        "/max_tokens",
+        "/max_output_tokens",
+        "/generationConfig/maxOutputTokens",
+        "/inferenceConfig/maxTokens",
+    ]
+    .iter()
+    .find_map(|p| body.pointer(p).and_then(Value::as_u64))
+}
+
+/// A request that does not go on.
+pub struct Refused {
+    /// The answer, in the route's error shape.
+    pub response: Response,
+    /// The limit that refused (`namespace/budget/limit`), for the audit event.
+    pub limit: Option<String>,
+}
+
+/// Reserve before the request goes on. `Ok((request, None))`: no budget counts it.
+/// `Err(refused)`: refused (or unreadable), in the route's error shape.
+pub async fn admit(
+    state: &AppState,
+    budgets: &BudgetTable,
+    table: &ProxyTable,
+    prefix: &str,
+    rest: &str,
+    request: Request,
+    identity: &str,
+) -> Result<(Request, Option<Gate>), Box<Refused>> {
+    if !budgets.applies(&table.key) || request.method() != Method::POST || free(rest) {
+        return Ok((request, None));
+    }
+    let router = prefix == "model-router";
+    let protocol = if router {
+        matches!(rest, "v1/messages" | "messages").then_some(Protocol::Anthropic)
+    } else {
+        Some(crate::proxy::native::protocol_for(table, prefix))
+    };
+    let (mut parts, body) = request.into_parts();
+    let bytes = match crate::proxy::model_router::read_body(
+        Request::from_parts(parts.clone(), body),
+        state.max_body_bytes,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            let response = match protocol {
+                Some(p) => e.into_response_for(p),
+                None => e.into_response(),
+            };
+            return Err(Box::new(Refused {
+                response,
+                limit: None,
+            }));
+        }
+    };
+    let mut json = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .filter(Value::is_object);
+    // The model and its provider prefix.
+    let named = json
+        .as_ref()
+        .and_then(|v| v.get("model"))
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned);
+    let target = if router {
+        let asked = named.or_else(|| {
+            table
+                .default_model
+                .as_ref()
+                .map(|(p, m)| format!("{p}:{m}"))
+        });
+        asked.and_then(|asked| {
+            crate::proxy::model_router::resolve(table, &asked, |r| match &r.upstream.models {
+                ModelPolicy::Static(models) => models.iter().any(|m| m == &asked),
+                policy => {
+                    policy.permits(&asked)
+                        && state.discovery.catalog(&r.upstream).is_some_and(|c| {
+                            matches!(c.state(), crate::discovery::CatalogState::Ready { models, .. }
+                                if models.iter().any(|m| m.id == asked))
+                        })
+                }
+            })
+            .ok()
+            .map(|r| (r.route.prefix.clone(), r.model))
+        })
+    } else {
+        table.route(prefix).map(|route| {
+            let model = named
+                .or_else(|| {
+                    crate::proxy::native::model_in_path(route.upstream.info.protocol, rest)
+                })
+                .unwrap_or_default();
+            (route.prefix.clone(), model)
+        })
+    };
+    // Unresolvable: the handler answers its own 404; nothing goes upstream.
+    let Some((route_prefix, model)) = target else {
+        return Ok((Request::from_parts(parts, Body::from(bytes)), None));
+    };
+    // Streams in OpenAI's format: ask for usage when the client did not, and hide it.
+    let openai_chat = router && rest == "chat/completions"
+        || matches!(protocol, Some(Protocol::OpenAi | Protocol::Azure))
+            && rest.ends_with("chat/completions");
+    let mut hide = false;
+    let mut bytes = bytes;
+    if openai_chat
+        && let Some(Value::Object(map)) = json.as_mut()
+        && map.get("stream").and_then(Value::as_bool) == Some(true)
+        && map
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            != Some(true)
+    {
+        let options = map
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Value::Object(o) = options {
+            o.insert("include_usage".to_owned(), Value::Bool(true));
+            if let Ok(v) = serde_json::to_vec(map) {
+                bytes = v.into();
+                hide = true;
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            }
+        }
+    }
+    let ask = Ask {
+        proxy: table.key.clone(),
+        identity: identity.to_owned(),
+        prefix: route_prefix,
+        model,
+        input_tokens: if json.is_some() {
+            (bytes.len() as u64).div_ceil(4)
+        } else {
+            0
+        },
+        max_output: json.as_ref().and_then(max_output),
+    };
+    match budgets.admit(ask, Some(state.metrics.clone())).await {
+        Ok(reservation) => Ok((
+            Request::from_parts(parts, Body::from(bytes)),
+            reservation.map(|reservation| Gate { reservation, hide }),
+        )),
+        Err(refusal) => Err(Box::new(Refused {
+            response: refusal.response(protocol),
+            limit: Some(refusal.limit()),
+        })),
+    }
+}
