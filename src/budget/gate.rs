@@ -52,6 +52,8 @@ pub struct Refused {
     pub response: Response,
     /// The limit that refused (`namespace/budget/limit`), for the audit event.
     pub limit: Option<String>,
+    /// Provider prefix and provider-qualified model asked for, for the audit event.
+    pub target: Option<(String, String)>,
 }
 
 /// Reserve before the request goes on. `Ok((request, None))`: no budget counts it.
@@ -90,6 +92,7 @@ pub async fn admit(
             return Err(Box::new(Refused {
                 response,
                 limit: None,
+                target: None,
             }));
         }
     };
@@ -168,6 +171,7 @@ pub async fn admit(
             }
         }
     }
+    let target = Some((route_prefix.clone(), format!("{route_prefix}:{model}")));
     let ask = Ask {
         proxy: table.key.clone(),
         identity: identity.to_owned(),
@@ -188,6 +192,7 @@ pub async fn admit(
         Err(refusal) => Err(Box::new(Refused {
             response: refusal.response(protocol),
             limit: Some(refusal.limit()),
+            target,
         })),
     }
 }

@@ -106,6 +106,30 @@ fn memfind(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Copy an event, without the `"usage":null` member that asking for usage adds to every
+/// chunk (the client did not ask for it).
+fn strip_null_usage(raw: &[u8], out: &mut Vec<u8>) {
+    const FORMS: [&[u8]; 4] = [
+        b",\"usage\":null",
+        b",\"usage\": null",
+        b"\"usage\":null,",
+        b"\"usage\": null,",
+    ];
+    let mut i = 0;
+    'scan: while i < raw.len() {
+        if raw[i] == b',' || raw[i] == b'"' {
+            for form in FORMS {
+                if raw[i..].starts_with(form) {
+                    i += form.len();
+                    continue 'scan;
+                }
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+}
+
 /// An OpenAI chunk that carries only usage (`"choices": []`): the one the gateway asked for.
 fn usage_only_chunk(v: &Value) -> bool {
     v.get("usage").is_some_and(Value::is_object)
@@ -213,7 +237,7 @@ impl Tap {
         while let Some(end) = event_end(&pending, start) {
             let raw = &pending[start..end];
             if self.event(raw) && emit {
-                out.extend_from_slice(raw);
+                strip_null_usage(raw, &mut out);
             }
             start = end;
         }
@@ -363,6 +387,19 @@ mod tests {
             a(0, 0, 9)
         );
         assert_eq!(usage(json!({"choices": []})), None);
+    }
+
+    #[test]
+    fn null_usage_members_are_stripped() {
+        let mut out = Vec::new();
+        strip_null_usage(
+            br#"data: {"id":"x","choices":[{"delta":{"content":"a"}}],"usage":null}"#,
+            &mut out,
+        );
+        assert_eq!(out, br#"data: {"id":"x","choices":[{"delta":{"content":"a"}}]}"#);
+        out.clear();
+        strip_null_usage(br#"data: {"usage": null, "id":"x"}"#, &mut out);
+        assert_eq!(out, br#"data: { "id":"x"}"#);
     }
 
     #[test]

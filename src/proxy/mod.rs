@@ -273,11 +273,20 @@ async fn route(
         match admitted {
             Ok((r, g)) => (request, gate) = (r, g),
             Err(refused) => {
-                exchange.route = if prefix == "model-router" { "router" } else { "native" };
-                if prefix != "model-router" {
-                    exchange.provider = prefix.to_owned();
+                exchange.route = if prefix == "model-router" {
+                    "router"
+                } else {
+                    "native"
+                };
+                let Refused {
+                    response,
+                    limit,
+                    target,
+                } = *refused;
+                if let Some((provider, model)) = target {
+                    exchange.provider = provider;
+                    exchange.model = model;
                 }
-                let Refused { response, limit } = *refused;
                 crate::policy::audit::update(&exchange.audit, |d| d.budget = limit);
                 return Ok(response);
             }
