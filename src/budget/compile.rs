@@ -62,7 +62,11 @@ pub fn parse_micros(raw: &str) -> Option<u64> {
     {
         return None;
     }
-    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
     let frac: u64 = if frac.is_empty() {
         0
     } else {
@@ -84,7 +88,9 @@ pub fn format_micros(micros: u64) -> String {
 fn globs(patterns: &[String]) -> Result<GlobSet, String> {
     let mut builder = GlobSetBuilder::new();
     for p in patterns {
-        builder.add(Glob::new(p.trim()).map_err(|e| format!("`{p}` is not a valid glob: {}", e.kind()))?);
+        builder.add(
+            Glob::new(p.trim()).map_err(|e| format!("`{p}` is not a valid glob: {}", e.kind()))?,
+        );
     }
     builder.build().map_err(|e| e.to_string())
 }
@@ -190,7 +196,10 @@ fn compile_one(
             add(
                 format!("{field}.name"),
                 "InvalidSpec",
-                format!("limit name `{}` must be lowercase letters, digits and `-`", l.name),
+                format!(
+                    "limit name `{}` must be lowercase letters, digits and `-`",
+                    l.name
+                ),
             );
         } else if !names.insert(l.name.clone()) {
             add(
@@ -278,7 +287,11 @@ fn compile_one(
                         .is_none_or(|m| m.is_match(format!("{prefix}:{model}")))
                 };
                 let price = prices.get(&(proxy.clone(), prefix.clone()));
-                let statics = provider.spec.models.as_ref().and_then(|m| m.r#static.as_ref());
+                let statics = provider
+                    .spec
+                    .models
+                    .as_ref()
+                    .and_then(|m| m.r#static.as_ref());
                 let missing: Vec<String> = match (statics, price) {
                     (Some(list), p) => list
                         .iter()

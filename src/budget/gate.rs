@@ -131,9 +131,7 @@ pub async fn admit(
     } else {
         table.route(prefix).map(|route| {
             let model = named
-                .or_else(|| {
-                    crate::proxy::native::model_in_path(route.upstream.info.protocol, rest)
-                })
+                .or_else(|| crate::proxy::native::model_in_path(route.upstream.info.protocol, rest))
                 .unwrap_or_default();
             (route.prefix.clone(), model)
         })

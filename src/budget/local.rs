@@ -26,7 +26,11 @@ impl Slot {
         if self.bucket == bucket {
             return;
         }
-        self.prev = if self.bucket + 1 == bucket { self.cur } else { 0 };
+        self.prev = if self.bucket + 1 == bucket {
+            self.cur
+        } else {
+            0
+        };
         self.cur = 0;
         self.bucket = bucket;
     }

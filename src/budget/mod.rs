@@ -109,7 +109,9 @@ pub struct Limit {
 
 impl Limit {
     fn counts(&self, identity: &str, model: &str) -> bool {
-        self.identities.as_ref().is_none_or(|g| g.is_match(identity))
+        self.identities
+            .as_ref()
+            .is_none_or(|g| g.is_match(identity))
             && self.models.as_ref().is_none_or(|g| g.is_match(model))
     }
 }
@@ -132,7 +134,10 @@ pub struct Prices(pub Vec<(GlobSet, Price)>);
 impl Prices {
     /// The price of a model (the provider's own name).
     pub fn get(&self, model: &str) -> Option<Price> {
-        self.0.iter().find(|(g, _)| g.is_match(model)).map(|(_, p)| *p)
+        self.0
+            .iter()
+            .find(|(g, _)| g.is_match(model))
+            .map(|(_, p)| *p)
     }
 }
 
@@ -199,8 +204,8 @@ pub fn merge<'a>(
             .limits
             .iter()
             .map(|l| {
-                let carried = old
-                    .and_then(|o| o.limits.iter().find(|p| p.identity_hash == l.identity_hash));
+                let carried =
+                    old.and_then(|o| o.limits.iter().find(|p| p.identity_hash == l.identity_hash));
                 match carried {
                     Some(p) => Arc::new(Limit {
                         counters: p.counters.clone(),

@@ -142,18 +142,22 @@ impl RedisStore {
                 .arg((pos.prev_weight * 1_000_000.0) as u64)
                 .arg(e.limit.window.ttl_ms());
         }
-        let reply: Vec<i64> =
-            match tokio::time::timeout(TIMEOUT, invocation.invoke_async(&mut conn)).await {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(e)) => {
-                    tracing::warn!(budget = %budget, error = ?e.kind(), "budget store (Redis) failed");
-                    return Err(());
-                }
-                Err(_) => {
-                    tracing::warn!(budget = %budget, "budget store (Redis) timed out");
-                    return Err(());
-                }
-            };
+        let reply: Vec<i64> = match tokio::time::timeout(
+            TIMEOUT,
+            invocation.invoke_async(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                tracing::warn!(budget = %budget, error = ?e.kind(), "budget store (Redis) failed");
+                return Err(());
+            }
+            Err(_) => {
+                tracing::warn!(budget = %budget, "budget store (Redis) timed out");
+                return Err(());
+            }
+        };
         let at = |i: usize| reply.get(i).copied().unwrap_or_default().max(0) as u64;
         if at(0) == 1 {
             for (i, e) in entries.iter().enumerate() {

@@ -55,9 +55,14 @@ pub fn read_usage(v: &Value, acc: &mut Option<Actual>) {
         );
         return;
     }
-    let usage = ["/usage", "/response/usage", "/message/usage", "/delta/usage"]
-        .iter()
-        .find_map(|p| v.pointer(p).filter(|u| u.is_object()));
+    let usage = [
+        "/usage",
+        "/response/usage",
+        "/message/usage",
+        "/delta/usage",
+    ]
+    .iter()
+    .find_map(|p| v.pointer(p).filter(|u| u.is_object()));
     let Some(usage) = usage else {
         return;
     };
@@ -364,8 +369,10 @@ mod tests {
             })
         };
         assert_eq!(
-            usage(json!({"usage": {"prompt_tokens": 10, "completion_tokens": 5,
-                "prompt_tokens_details": {"cached_tokens": 4}}})),
+            usage(
+                json!({"usage": {"prompt_tokens": 10, "completion_tokens": 5,
+                "prompt_tokens_details": {"cached_tokens": 4}}})
+            ),
             a(6, 4, 5)
         );
         assert_eq!(
@@ -374,12 +381,16 @@ mod tests {
             a(17, 100, 5)
         );
         assert_eq!(
-            usage(json!({"usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5,
-                "cachedContentTokenCount": 3}})),
+            usage(
+                json!({"usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5,
+                "cachedContentTokenCount": 3}})
+            ),
             a(7, 3, 5)
         );
         assert_eq!(
-            usage(json!({"usage": {"inputTokens": 10, "outputTokens": 5, "cacheReadInputTokens": 2}})),
+            usage(
+                json!({"usage": {"inputTokens": 10, "outputTokens": 5, "cacheReadInputTokens": 2}})
+            ),
             a(10, 2, 5)
         );
         assert_eq!(
@@ -396,7 +407,10 @@ mod tests {
             br#"data: {"id":"x","choices":[{"delta":{"content":"a"}}],"usage":null}"#,
             &mut out,
         );
-        assert_eq!(out, br#"data: {"id":"x","choices":[{"delta":{"content":"a"}}]}"#);
+        assert_eq!(
+            out,
+            br#"data: {"id":"x","choices":[{"delta":{"content":"a"}}]}"#
+        );
         out.clear();
         strip_null_usage(br#"data: {"usage": null, "id":"x"}"#, &mut out);
         assert_eq!(out, br#"data: { "id":"x"}"#);

@@ -42,9 +42,11 @@ impl Window {
             .find(|c: char| !c.is_ascii_digit())
             .ok_or_else(|| format!("window `{raw}` needs a unit (s, m, h, d)"))?;
         let (digits, unit) = raw.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("window `{raw}` must be a whole number and a unit (`1m`, `1d`) or `day` / `month`"))?;
+        let n: u64 = digits.parse().map_err(|_| {
+            format!(
+                "window `{raw}` must be a whole number and a unit (`1m`, `1d`) or `day` / `month`"
+            )
+        })?;
         let secs = match unit {
             "s" => n,
             "m" => n.saturating_mul(60),

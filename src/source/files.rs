@@ -169,9 +169,9 @@ pub fn parse(text: &str) -> Result<Vec<Object>, Vec<LoadError>> {
         let expected = format!("{GROUP}/{VERSION}");
         let label = format!("{} {name}", meta.kind);
         match (meta.kind.as_str(), meta.api_version.as_str()) {
-            ("LlmProvider" | "LlmProxy" | "LlmBudget", v) if v != expected => errors.push(fail(format!(
-                "{label}: apiVersion `{v}` is not served; use `{expected}`"
-            ))),
+            ("LlmProvider" | "LlmProxy" | "LlmBudget", v) if v != expected => errors.push(fail(
+                format!("{label}: apiVersion `{v}` is not served; use `{expected}`"),
+            )),
             ("LlmProvider", _) => match typed::<LlmProvider>(value) {
                 Ok(p) if p.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => {
                     objects.push(Object::Provider(Box::new(p)))

@@ -25,6 +25,7 @@
 //! or an `LlmProxy` (by `clientAuth.apiKeys.secretRef`) references it: when the reference appears and whenever the Secret's
 //! `resourceVersion` changes. The data of other Secrets never reaches the process.
 
+pub mod budget_status;
 pub mod lease;
 pub mod status;
 mod writer;
