@@ -408,3 +408,153 @@ fn prefix_counted(models: Option<&[String]>, prefix: &str) -> bool {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Defaults, Store};
+    use crate::source::files::parse;
+
+    const BASE: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: key, namespace: ai}\nstringData: {apiKey: sk-1}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: redis, namespace: ai}\nstringData: {url: 'redis://:pw-SECRET@10.0.0.1:6379/0', bad: 'http://x'}\n---\napiVersion: portcullis.dev/v1alpha1\nkind: LlmProvider\nmetadata: {name: openai, namespace: ai}\nspec: {type: openai, auth: {apiKey: {secretRef: {name: key}}}, models: {static: [gpt-a, gpt-b]}, pricing: [{models: ['gpt-a'], input: '1.25', output: '10'}]}\n---\napiVersion: portcullis.dev/v1alpha1\nkind: LlmProxy\nmetadata: {name: team-a, namespace: ai}\nspec: {providers: [{providerRef: {name: openai}}]}\n---\n";
+
+    fn budget(spec: &str) -> String {
+        format!(
+            "{BASE}apiVersion: portcullis.dev/v1alpha1\nkind: LlmBudget\nmetadata: {{name: b, namespace: ai, generation: 1}}\nspec: {spec}\n"
+        )
+    }
+
+    fn index(yaml: &str) -> Index {
+        match parse(yaml) {
+            Ok(o) => Index::from_objects(o),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    fn problems(spec: &str) -> Vec<(String, &'static str, String)> {
+        let mut list = Vec::new();
+        compile(&index(&budget(spec)), &mut list);
+        list.into_iter()
+            .map(|p| (p.field, p.reason, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_budget_compiles() {
+        let mut list = Vec::new();
+        let c = compile(
+            &index(&budget(
+                "{limits: [{name: rpm, per: identity, requests: 60, window: 1m}, {name: spend, per: proxy, usd: '500.00', window: month, models: ['openai:gpt-a']}], store: {redis: {urlSecretRef: {name: redis, key: url}}}}",
+            )),
+            &mut list,
+        );
+        assert!(list.is_empty(), "{list:?}");
+        let b = &c.good[&ObjectKey::new("ai", "b")];
+        assert_eq!(b.limits.len(), 2);
+        assert_eq!(b.limits[1].max, 500_000_000);
+        assert_eq!(b.limits[1].unit, Unit::MicroUsd);
+        assert!(matches!(&b.store, StoreSpec::Redis(u) if u.starts_with("redis://")));
+        assert!(!format!("{b:?}").contains("pw-SECRET"), "Debug never shows the URL");
+    }
+
+    #[test]
+    fn every_bad_field_is_a_problem_with_its_reason() {
+        let found = problems(
+            "{targetRefs: [{name: team-a}, {name: ghost}], limits: [{name: a, per: team, requests: 5, window: 1m}, {name: b, per: identity, requests: 0, window: 1m}, {name: c, per: identity, tokens: -3, window: 1m}, {name: d, per: proxy, tokens: 5, window: 31d}, {name: e, per: proxy, tokens: 5, window: 0s}, {name: f, per: proxy, usd: '1', window: month}, {name: f, per: proxy, requests: 1, tokens: 2, window: day}], store: {redis: {urlSecretRef: {name: nope}}}}",
+        );
+        let reasons: Vec<(&str, &str)> = found
+            .iter()
+            .map(|(f, r, _)| (f.as_str(), *r))
+            .collect();
+        for expected in [
+            ("spec.targetRefs[1]", "ProxyNotFound"),
+            ("spec.limits[0].per", "InvalidSpec"),
+            ("spec.limits[1].requests", "InvalidSpec"),
+            ("spec.limits[2].tokens", "InvalidSpec"),
+            ("spec.limits[3].window", "InvalidSpec"),
+            ("spec.limits[4].window", "InvalidSpec"),
+            ("spec.limits[5].usd", "PriceNotFound"),
+            ("spec.limits[6].name", "InvalidSpec"),
+            ("spec.limits[6]", "InvalidSpec"),
+            ("spec.store.redis.urlSecretRef", "SecretNotFound"),
+        ] {
+            assert!(reasons.contains(&expected), "{expected:?} not in {reasons:?}");
+        }
+        // gpt-b has no price; gpt-a has one.
+        let price = found.iter().find(|(_, r, _)| *r == "PriceNotFound");
+        assert!(
+            price.is_some_and(|(_, _, m)| m.contains("openai:gpt-b") && !m.contains("gpt-a,")),
+            "{price:?}"
+        );
+    }
+
+    #[test]
+    fn redis_urls_are_checked_and_never_shown() {
+        let found = problems(
+            "{limits: [{name: a, per: proxy, requests: 5, window: 1m}], store: {redis: {urlSecretRef: {name: redis, key: bad}}}}",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].1, "InvalidRedisUrl");
+        assert!(!found[0].2.contains("http://x"));
+        let found = problems(
+            "{limits: [{name: a, per: proxy, requests: 5, window: 1m}], store: {redis: {urlSecretRef: {name: redis, key: missing}}}}",
+        );
+        assert_eq!(found[0].1, "SecretNotFound");
+    }
+
+    #[test]
+    fn usd_limits_narrowed_to_priced_models_are_fine() {
+        assert!(
+            problems(
+                "{limits: [{name: a, per: proxy, usd: '5', window: day, models: ['openai:gpt-a']}]}"
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn decimals_parse_to_millionths() {
+        assert_eq!(parse_micros("500.00"), Some(500_000_000));
+        assert_eq!(parse_micros("0.125"), Some(125_000));
+        assert_eq!(parse_micros("10"), Some(10_000_000));
+        assert_eq!(parse_micros(".5"), Some(500_000));
+        for bad in ["", ".", "-1", "1.2345678", "1e3", "abc", "1.2.3"] {
+            assert_eq!(parse_micros(bad), None, "{bad}");
+        }
+        assert_eq!(format_micros(123_450_000), "123.45");
+        assert_eq!(format_micros(12_000), "0.012");
+        assert_eq!(format_micros(5_000_000), "5.00");
+    }
+
+    #[test]
+    fn a_broken_budget_keeps_its_last_good_version_and_counters_carry_over() {
+        let store = Store::default();
+        let good = budget("{limits: [{name: rpm, per: proxy, requests: 2, window: 1m}]}");
+        let compiled = crate::config::compile(&index(&good), &Defaults::default());
+        store.apply(&compiled);
+        let first = store.load().budgets.budgets[&ObjectKey::new("ai", "b")].clone();
+        // Count one request in the served version.
+        first.limits[0].counters.adjust("x", 0, 0);
+        let bad = budget("{limits: [{name: rpm, per: nobody, requests: 2, window: 1m}]}");
+        let compiled = crate::config::compile(&index(&bad), &Defaults::default());
+        assert_eq!(compiled.problems.len(), 1);
+        store.apply(&compiled);
+        let kept = store.load().budgets.budgets[&ObjectKey::new("ai", "b")].clone();
+        assert!(Arc::ptr_eq(&first, &kept), "the last good version keeps counting");
+        assert!(store.load().budgets.applies(&ObjectKey::new("ai", "team-a")));
+        // An unrelated edit (another limit added) keeps the counters of the unchanged limit.
+        let edited = budget(
+            "{limits: [{name: rpm, per: proxy, requests: 2, window: 1m}, {name: tpm, per: proxy, tokens: 9, window: 1m}]}",
+        );
+        store.apply(&crate::config::compile(&index(&edited), &Defaults::default()));
+        let next = store.load().budgets.budgets[&ObjectKey::new("ai", "b")].clone();
+        assert!(Arc::ptr_eq(&first.limits[0].counters, &next.limits[0].counters));
+        // A changed limit starts afresh.
+        let changed = budget("{limits: [{name: rpm, per: proxy, requests: 3, window: 1m}]}");
+        store.apply(&crate::config::compile(&index(&changed), &Defaults::default()));
+        let last = store.load().budgets.budgets[&ObjectKey::new("ai", "b")].clone();
+        assert!(!Arc::ptr_eq(&first.limits[0].counters, &last.limits[0].counters));
+        // Deleted: nothing counts any more.
+        store.apply(&crate::config::compile(&index(BASE), &Defaults::default()));
+        assert!(!store.load().budgets.applies(&ObjectKey::new("ai", "team-a")));
+    }
+}

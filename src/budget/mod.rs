@@ -142,12 +142,21 @@ impl Prices {
 }
 
 /// Where a budget's counters live, as compiled.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreSpec {
     /// In this process.
     InProcess,
     /// A Redis server at this URL (never logged: it may hold a password).
     Redis(String),
+}
+
+impl std::fmt::Debug for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreSpec::InProcess => f.write_str("InProcess"),
+            StoreSpec::Redis(_) => f.write_str("Redis(<url redacted>)"),
+        }
+    }
 }
 
 /// One compiled `LlmBudget`.
@@ -764,4 +773,164 @@ fn refused(metrics: &Option<Arc<crate::telemetry::Metrics>>, refusal: Refusal) -
             .inc();
     }
     refusal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(name: &str, unit: Unit, max: u64) -> Arc<Limit> {
+        Arc::new(Limit {
+            name: name.to_owned(),
+            per: Per::Proxy,
+            unit,
+            max,
+            window: Window::Rolling(60_000),
+            models: None,
+            identities: None,
+            default_output: 100,
+            identity_hash: 0,
+            counters: Arc::default(),
+        })
+    }
+
+    fn table(limits: Vec<Arc<Limit>>) -> BudgetTable {
+        let key = ObjectKey::new("ai", "b");
+        let budget = Budget {
+            key: key.clone(),
+            generation: Some(1),
+            targets: None,
+            limits,
+            prices: HashMap::new(),
+            store: StoreSpec::InProcess,
+            redis: None,
+            on_unavailable: StoreUnavailable::Deny,
+        };
+        let compiled = Compiled {
+            good: [(key, Arc::new(budget))].into_iter().collect(),
+            failed: Default::default(),
+        };
+        merge(&BudgetTable::default(), &compiled, [ObjectKey::new("ai", "p")].iter())
+    }
+
+    fn ask(input: u64, max_output: Option<u64>) -> Ask {
+        Ask {
+            proxy: ObjectKey::new("ai", "p"),
+            identity: "alice".into(),
+            prefix: "openai".into(),
+            model: "m".into(),
+            input_tokens: input,
+            max_output,
+        }
+    }
+
+    fn used(l: &Limit) -> u64 {
+        l.counters
+            .top(l.window, window::now_ms(), 1)
+            .first()
+            .map_or(0, |u| u.used)
+    }
+
+    #[tokio::test]
+    async fn reservations_settle_to_usage_and_are_never_counted_twice() {
+        let t = table(vec![limit("tokens", Unit::Tokens, 1000)]);
+        let l = t.budgets.values().next().map(|b| b.limits[0].clone());
+        let Some(l) = l else { panic!("no limit") };
+        let r = t.admit(ask(50, Some(500)), None).await;
+        let Ok(Some(r)) = r else { panic!("{r:?}") };
+        assert_eq!(used(&l), 550);
+        r.settle(Outcome {
+            reached_upstream: true,
+            usage: Some(Actual {
+                input: 40,
+                cached_input: 10,
+                output: 20,
+            }),
+            bytes_out: 0,
+        });
+        assert_eq!(used(&l), 70);
+        // A reservation dropped without a response counts nothing.
+        let r = t.admit(ask(50, Some(500)), None).await;
+        assert!(matches!(r, Ok(Some(_))));
+        drop(r);
+        assert_eq!(used(&l), 70);
+        // No usage reported: the input estimate and the bytes sent (4 per token).
+        let Ok(Some(r)) = t.admit(ask(50, Some(500)), None).await else {
+            panic!()
+        };
+        r.settle(Outcome {
+            reached_upstream: true,
+            usage: None,
+            bytes_out: 400,
+        });
+        assert_eq!(used(&l), 70 + 50 + 100);
+        // Without max_tokens the limit's default allowance is reserved; a request that cannot
+        // fit is refused with the time until it would.
+        let refused = t.admit(ask(900, None), None).await;
+        let Err(Refusal::Limited {
+            used: now,
+            max,
+            retry_after_ms,
+            ..
+        }) = refused
+        else {
+            panic!("{refused:?}")
+        };
+        assert_eq!((now, max), (220, 1000));
+        assert!(retry_after_ms > 0);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_by_one_limit_releases_what_the_others_took() {
+        let t = table(vec![
+            limit("requests", Unit::Requests, 10),
+            limit("tokens", Unit::Tokens, 100),
+        ]);
+        let Some(b) = t.budgets.values().next().cloned() else {
+            panic!()
+        };
+        let r = t.admit(ask(10, Some(200)), None).await;
+        assert!(matches!(&r, Err(Refusal::Limited { limit, .. }) if limit == "tokens"), "{r:?}");
+        assert_eq!(used(&b.limits[0]), 0, "the request count was given back");
+        assert!(matches!(t.admit(ask(10, Some(20)), None).await, Ok(Some(_))));
+    }
+
+    #[test]
+    fn refusals_speak_each_routes_shape() {
+        let r = Refusal::Limited {
+            budget: ObjectKey::new("ai", "b"),
+            limit: "rpm".into(),
+            unit: Unit::Requests,
+            max: 5,
+            used: 5,
+            retry_after_ms: 1500,
+        };
+        let openai = r.response(None);
+        assert_eq!(openai.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = openai.headers();
+        assert_eq!(h["retry-after"], "2");
+        assert_eq!(h["x-ratelimit-limit-requests"], "5");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+        assert_eq!(h["x-ratelimit-reset-requests"], "2s");
+        let bedrock = r.response(Some(Protocol::Bedrock));
+        assert_eq!(bedrock.headers()["x-amzn-errortype"], "ThrottlingException");
+        let down = Refusal::StoreUnavailable {
+            budget: ObjectKey::new("ai", "b"),
+        };
+        assert_eq!(
+            down.response(Some(Protocol::Gemini)).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(openai_duration(360_000), "6m0s");
+        assert_eq!(openai_duration(20), "20ms");
+    }
+
+    #[test]
+    fn counter_keys_are_bounded() {
+        let long = "x".repeat(10_000);
+        let key = bounded_key(long.clone());
+        assert!(key.len() < 210);
+        assert_ne!(bounded_key(format!("{long}y")), key);
+        assert_eq!(bounded_key("alice".into()), "alice");
+    }
 }
