@@ -285,8 +285,10 @@ def test_identity_with_an_existing_service_account_is_refused():
 # --- RBAC -----------------------------------------------------------------------
 
 WATCH_RULES = [
-    {"apiGroups": ["portcullis.dev"], "resources": ["llmproviders", "llmproxies"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["portcullis.dev"], "resources": ["llmproviders/status", "llmproxies/status"], "verbs": ["get", "patch", "update"]},
+    {"apiGroups": ["portcullis.dev"], "resources": ["llmproviders", "llmproxies", "llmbudgets"],
+     "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["portcullis.dev"], "resources": ["llmproviders/status", "llmproxies/status", "llmbudgets/status"],
+     "verbs": ["get", "patch", "update"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
@@ -338,6 +340,8 @@ def test_rbac_is_narrow(name):
         ("portcullis.dev", "llmproxies"): {"get", "list", "watch"},
         ("portcullis.dev", "llmproviders/status"): {"get", "patch", "update"},
         ("portcullis.dev", "llmproxies/status"): {"get", "patch", "update"},
+        ("portcullis.dev", "llmbudgets"): {"get", "list", "watch"},
+        ("portcullis.dev", "llmbudgets/status"): {"get", "patch", "update"},
         ("", "secrets"): {"get", "list", "watch"},
         ("", "events"): {"create", "patch"},
         ("events.k8s.io", "events"): {"create", "patch"},
