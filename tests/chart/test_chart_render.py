@@ -47,6 +47,7 @@ EVERYTHING_ON = {
     "extraVolumes": [{"name": "ca", "configMap": {"name": "extra-ca"}}],
     "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/extra", "readOnly": True}],
     "service": {"type": "LoadBalancer"},
+    "budgets": {"redis": {"url": "redis://redis.shared.svc:6379/0", "namespaces": ["ai"]}},
 }
 
 VALUE_SETS = {
@@ -567,3 +568,21 @@ def test_helm_lint_strict(values):
     assert report["errors"] == [], report
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert problems == [], report
+
+
+# --- LlmBudget Redis ------------------------------------------------------------------------
+
+
+def test_budget_redis_url_becomes_a_secret_in_each_budget_namespace():
+    url = "redis://redis.shared.svc:6379/2"
+    r = render({"budgets": {"redis": {"url": url, "namespaces": ["team-a", "team-b"]}}})
+    secrets = [o for o in r.manifests if o["kind"] == "Secret"]
+    assert sorted(s["metadata"]["namespace"] for s in secrets) == ["team-a", "team-b"]
+    for s in secrets:
+        assert s["metadata"]["name"] == "portcullis-budget-redis"
+        assert s["stringData"] == {"url": url}
+    # Without a URL, nothing is created (the Secret is then the user's to manage).
+    assert not [o for o in render({"budgets": {"redis": {"namespaces": ["team-a"]}}}).manifests
+                if o["kind"] == "Secret"]
+    with pytest.raises(Exception):
+        render({"budgets": {"redis": {"url": "http://not-redis"}}})
