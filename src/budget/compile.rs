@@ -158,7 +158,7 @@ fn compile_one(
             .collect(),
     };
     // Prices of every (proxy, prefix) the budget covers.
-    let mut prices: HashMap<(ObjectKey, String), Arc<Prices>> = HashMap::new();
+    let mut prices: HashMap<ObjectKey, HashMap<String, Arc<Prices>>> = HashMap::new();
     let mut unpriced_providers: Vec<(ObjectKey, String, &LlmProvider)> = Vec::new();
     for proxy_key in &proxies {
         let Some(proxy) = index.proxies().get(proxy_key) else {
@@ -175,7 +175,10 @@ fn compile_one(
                 .unwrap_or_else(|| provider.spec.provider_type.as_str().to_owned());
             match provider.spec.pricing.as_deref().map(compile_prices) {
                 Some(Ok(p)) => {
-                    prices.insert(((*proxy_key).clone(), prefix.clone()), Arc::new(p));
+                    prices
+                        .entry((*proxy_key).clone())
+                        .or_default()
+                        .insert(prefix.clone(), Arc::new(p));
                 }
                 Some(Err(e)) => add(
                     "spec.limits".to_owned(),
@@ -286,7 +289,7 @@ fn compile_one(
                         .as_ref()
                         .is_none_or(|m| m.is_match(format!("{prefix}:{model}")))
                 };
-                let price = prices.get(&(proxy.clone(), prefix.clone()));
+                let price = prices.get(proxy).and_then(|p| p.get(prefix));
                 let statics = provider
                     .spec
                     .models
@@ -453,7 +456,10 @@ mod tests {
         assert_eq!(b.limits[1].max, 500_000_000);
         assert_eq!(b.limits[1].unit, Unit::MicroUsd);
         assert!(matches!(&b.store, StoreSpec::Redis(u) if u.starts_with("redis://")));
-        assert!(!format!("{b:?}").contains("pw-SECRET"), "Debug never shows the URL");
+        assert!(
+            !format!("{b:?}").contains("pw-SECRET"),
+            "Debug never shows the URL"
+        );
     }
 
     #[test]
@@ -461,10 +467,7 @@ mod tests {
         let found = problems(
             "{targetRefs: [{name: team-a}, {name: ghost}], limits: [{name: a, per: team, requests: 5, window: 1m}, {name: b, per: identity, requests: 0, window: 1m}, {name: c, per: identity, tokens: -3, window: 1m}, {name: d, per: proxy, tokens: 5, window: 31d}, {name: e, per: proxy, tokens: 5, window: 0s}, {name: f, per: proxy, usd: '1', window: month}, {name: f, per: proxy, requests: 1, tokens: 2, window: day}], store: {redis: {urlSecretRef: {name: nope}}}}",
         );
-        let reasons: Vec<(&str, &str)> = found
-            .iter()
-            .map(|(f, r, _)| (f.as_str(), *r))
-            .collect();
+        let reasons: Vec<(&str, &str)> = found.iter().map(|(f, r, _)| (f.as_str(), *r)).collect();
         for expected in [
             ("spec.targetRefs[1]", "ProxyNotFound"),
             ("spec.limits[0].per", "InvalidSpec"),
@@ -477,7 +480,10 @@ mod tests {
             ("spec.limits[6]", "InvalidSpec"),
             ("spec.store.redis.urlSecretRef", "SecretNotFound"),
         ] {
-            assert!(reasons.contains(&expected), "{expected:?} not in {reasons:?}");
+            assert!(
+                reasons.contains(&expected),
+                "{expected:?} not in {reasons:?}"
+            );
         }
         // gpt-b has no price; gpt-a has one.
         let price = found.iter().find(|(_, r, _)| *r == "PriceNotFound");
@@ -539,22 +545,47 @@ mod tests {
         assert_eq!(compiled.problems.len(), 1);
         store.apply(&compiled);
         let kept = store.load().budgets.budgets[&ObjectKey::new("ai", "b")].clone();
-        assert!(Arc::ptr_eq(&first, &kept), "the last good version keeps counting");
-        assert!(store.load().budgets.applies(&ObjectKey::new("ai", "team-a")));
+        assert!(
+            Arc::ptr_eq(&first, &kept),
+            "the last good version keeps counting"
+        );
+        assert!(
+            store
+                .load()
+                .budgets
+                .applies(&ObjectKey::new("ai", "team-a"))
+        );
         // An unrelated edit (another limit added) keeps the counters of the unchanged limit.
         let edited = budget(
             "{limits: [{name: rpm, per: proxy, requests: 2, window: 1m}, {name: tpm, per: proxy, tokens: 9, window: 1m}]}",
         );
-        store.apply(&crate::config::compile(&index(&edited), &Defaults::default()));
+        store.apply(&crate::config::compile(
+            &index(&edited),
+            &Defaults::default(),
+        ));
         let next = store.load().budgets.budgets[&ObjectKey::new("ai", "b")].clone();
-        assert!(Arc::ptr_eq(&first.limits[0].counters, &next.limits[0].counters));
+        assert!(Arc::ptr_eq(
+            &first.limits[0].counters,
+            &next.limits[0].counters
+        ));
         // A changed limit starts afresh.
         let changed = budget("{limits: [{name: rpm, per: proxy, requests: 3, window: 1m}]}");
-        store.apply(&crate::config::compile(&index(&changed), &Defaults::default()));
+        store.apply(&crate::config::compile(
+            &index(&changed),
+            &Defaults::default(),
+        ));
         let last = store.load().budgets.budgets[&ObjectKey::new("ai", "b")].clone();
-        assert!(!Arc::ptr_eq(&first.limits[0].counters, &last.limits[0].counters));
+        assert!(!Arc::ptr_eq(
+            &first.limits[0].counters,
+            &last.limits[0].counters
+        ));
         // Deleted: nothing counts any more.
         store.apply(&crate::config::compile(&index(BASE), &Defaults::default()));
-        assert!(!store.load().budgets.applies(&ObjectKey::new("ai", "team-a")));
+        assert!(
+            !store
+                .load()
+                .budgets
+                .applies(&ObjectKey::new("ai", "team-a"))
+        );
     }
 }

@@ -90,7 +90,12 @@ impl Counters {
                 return Err((max, 0, max));
             }
         }
-        let slot = map.entry(key.to_owned()).or_default();
+        if !map.contains_key(key) {
+            map.insert(key.to_owned(), Slot::default());
+        }
+        let Some(slot) = map.get_mut(key) else {
+            return Err((max, 0, max));
+        };
         slot.roll(bucket);
         let used = (slot.prev as f64 * prev_weight).ceil() as u64 + slot.cur;
         if used.saturating_add(need) > max {

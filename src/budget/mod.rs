@@ -170,8 +170,8 @@ pub struct Budget {
     pub targets: Option<Vec<ObjectKey>>,
     /// Limits.
     pub limits: Vec<Arc<Limit>>,
-    /// Prices by (proxy, prefix).
-    pub prices: HashMap<(ObjectKey, String), Arc<Prices>>,
+    /// Prices by proxy and prefix.
+    pub prices: HashMap<ObjectKey, HashMap<String, Arc<Prices>>>,
     /// Store, as compiled.
     pub store: StoreSpec,
     /// The Redis client (set when the budget enters a snapshot).
@@ -253,6 +253,50 @@ pub fn merge<'a>(
     BudgetTable { budgets, by_proxy }
 }
 
+/// The lines `portcullis check` prints for a budget.
+pub fn describe(budget: &Budget) -> String {
+    let targets = match &budget.targets {
+        Some(t) => t
+            .iter()
+            .map(ObjectKey::proxy_id)
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => format!("every LlmProxy of namespace {}", budget.key.namespace),
+    };
+    let store = match budget.store {
+        StoreSpec::InProcess => "in-process",
+        StoreSpec::Redis(_) => "redis",
+    };
+    let mut out = format!(
+        "LlmBudget {}: counts {targets}; store {store}\n",
+        budget.key
+    );
+    for l in &budget.limits {
+        let window = match l.window {
+            Window::Rolling(ms) => format!("rolling {}s", ms / 1000),
+            Window::Day => "calendar day (UTC)".to_owned(),
+            Window::Month => "calendar month (UTC)".to_owned(),
+        };
+        out.push_str(&format!(
+            "  {:<24} {} {} per {}, {window}\n",
+            l.name,
+            l.unit.show(l.max),
+            match l.unit {
+                Unit::Requests => "requests",
+                Unit::Tokens => "tokens",
+                Unit::MicroUsd => "USD",
+            },
+            match l.per {
+                Per::Identity => "identity",
+                Per::Proxy => "proxy",
+                Per::Model => "model",
+                Per::IdentityModel => "identityModel",
+            }
+        ));
+    }
+    out
+}
+
 /// What a request asks of the budgets.
 #[derive(Clone, Debug)]
 pub struct Ask {
@@ -275,7 +319,7 @@ impl Ask {
         format!("{}:{}", self.prefix, self.model)
     }
 
-    fn key(&self, per: Per) -> String {
+    fn key(&self, per: Per, qualified: &str) -> String {
         let identity = if self.identity.is_empty() {
             "anonymous"
         } else {
@@ -284,8 +328,8 @@ impl Ask {
         let key = match per {
             Per::Identity => identity.to_owned(),
             Per::Proxy => self.proxy.proxy_id(),
-            Per::Model => self.qualified(),
-            Per::IdentityModel => format!("{identity}/{}", self.qualified()),
+            Per::Model => qualified.to_owned(),
+            Per::IdentityModel => format!("{identity}/{qualified}"),
         };
         bounded_key(key)
     }
@@ -442,6 +486,34 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         // Never settled: the request never produced a response, so nothing is counted.
         self.settle_inner(Outcome::default());
+    }
+}
+
+/// Give back everything a hold reserved (a later budget refused the request).
+fn release(hold: Hold) {
+    match hold.backend {
+        Backend::Local => {
+            for e in &hold.entries {
+                e.limit.counters.adjust(&e.key, e.bucket, -(e.need as i64));
+            }
+        }
+        Backend::Redis => {
+            if let (Some(store), Ok(rt)) = (
+                hold.budget.redis.clone(),
+                tokio::runtime::Handle::try_current(),
+            ) {
+                let budget = hold.budget.key.clone();
+                let deltas: Vec<(Entry, i64)> = hold
+                    .entries
+                    .into_iter()
+                    .map(|e| {
+                        let d = -(e.need as i64);
+                        (e, d)
+                    })
+                    .collect();
+                rt.spawn(async move { store.settle(&budget, &deltas).await });
+            }
+        }
     }
 }
 
@@ -674,18 +746,23 @@ impl BudgetTable {
         } else {
             ask.identity.as_str()
         };
-        let mut reservation = Reservation {
-            holds: Vec::new(),
-            prices: None,
-            settled: false,
-            metrics: metrics.clone(),
-            ask: ask.clone(),
-        };
+        let mut holds: Vec<Hold> = Vec::new();
+        let mut reservation_prices = None;
+        // Dropped on a refusal: releases what earlier budgets held.
+        struct Release(Vec<Hold>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                for hold in self.0.drain(..) {
+                    release(hold);
+                }
+            }
+        }
         let now = window::now_ms();
         for budget in budgets {
             let prices = budget
                 .prices
-                .get(&(ask.proxy.clone(), ask.prefix.clone()))
+                .get(&ask.proxy)
+                .and_then(|p| p.get(&ask.prefix))
                 .cloned();
             let price = prices.as_ref().and_then(|p| p.get(&ask.model));
             let mut entries = Vec::new();
@@ -707,6 +784,7 @@ impl BudgetTable {
                             },
                         ),
                         None => {
+                            drop(Release(holds));
                             return Err(refused(
                                 &metrics,
                                 Refusal::Unpriced {
@@ -720,7 +798,7 @@ impl BudgetTable {
                 };
                 entries.push(Entry {
                     limit: limit.clone(),
-                    key: ask.key(limit.per),
+                    key: ask.key(limit.per, &qualified),
                     need,
                     bucket: 0,
                 });
@@ -728,8 +806,8 @@ impl BudgetTable {
             if entries.is_empty() {
                 continue;
             }
-            if reservation.prices.is_none() {
-                reservation.prices = prices;
+            if reservation_prices.is_none() {
+                reservation_prices = prices;
             }
             let backend = match &budget.redis {
                 None => local::admit(&budget.key, &mut entries, now).map(|()| Backend::Local),
@@ -747,16 +825,27 @@ impl BudgetTable {
                 },
             };
             match backend {
-                Ok(backend) => reservation.holds.push(Hold {
+                Ok(backend) => holds.push(Hold {
                     budget: budget.clone(),
                     backend,
                     entries,
                 }),
-                // Dropping the reservation releases what earlier budgets held.
-                Err(refusal) => return Err(refused(&metrics, refusal)),
+                Err(refusal) => {
+                    drop(Release(holds));
+                    return Err(refused(&metrics, refusal));
+                }
             }
         }
-        Ok((!reservation.holds.is_empty()).then_some(reservation))
+        if holds.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Reservation {
+            holds,
+            prices: reservation_prices,
+            settled: false,
+            metrics,
+            ask,
+        }))
     }
 }
 
@@ -810,7 +899,11 @@ mod tests {
             good: [(key, Arc::new(budget))].into_iter().collect(),
             failed: Default::default(),
         };
-        merge(&BudgetTable::default(), &compiled, [ObjectKey::new("ai", "p")].iter())
+        merge(
+            &BudgetTable::default(),
+            &compiled,
+            [ObjectKey::new("ai", "p")].iter(),
+        )
     }
 
     fn ask(input: u64, max_output: Option<u64>) -> Ask {
@@ -890,9 +983,15 @@ mod tests {
             panic!()
         };
         let r = t.admit(ask(10, Some(200)), None).await;
-        assert!(matches!(&r, Err(Refusal::Limited { limit, .. }) if limit == "tokens"), "{r:?}");
+        assert!(
+            matches!(&r, Err(Refusal::Limited { limit, .. }) if limit == "tokens"),
+            "{r:?}"
+        );
         assert_eq!(used(&b.limits[0]), 0, "the request count was given back");
-        assert!(matches!(t.admit(ask(10, Some(20)), None).await, Ok(Some(_))));
+        assert!(matches!(
+            t.admit(ask(10, Some(20)), None).await,
+            Ok(Some(_))
+        ));
     }
 
     #[test]

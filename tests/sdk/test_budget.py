@@ -235,3 +235,28 @@ def test_check_reports_every_kind_of_bad_budget(tmp_path):
                    "LlmProxy ai/nope not found", "SecretNotFound", "PriceNotFound", "openai:gpt-test"]:
         assert needle in text, f"{needle!r} missing from:\n{text}"
     assert "LlmBudget ai/limits" in text
+
+
+def test_a_client_that_disconnects_mid_stream_is_charged_what_was_produced(fake, start_gateway):
+    import http.client
+    import threading
+
+    from budget_support import wait_for
+    gw = start_gateway(openai_config(fake, budget_doc([
+        {"name": "tokens", "per": "proxy", "tokens": 100000, "window": "1h"}])))
+    fake.stream_gate = threading.Event()
+    body = json.dumps({"model": "openai:gpt-test", "stream": True, "max_tokens": 5000,
+                       "messages": [{"role": "user", "content": "a long answer please"}]})
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    conn.request("POST", "/v1/model-router/ai.team-a/chat/completions", body,
+                 {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.fp.readline()  # the first bytes of the stream arrived
+    conn.close()  # the client goes away mid-stream
+    fake.stream_gate.set()
+    consumed = wait_for(lambda: metric(gw, "portcullis_budget_consumed_total", budget="ai/limits", limit="tokens"),
+                        10, "the reservation to settle")
+    # Settled with what was produced (reported usage or an estimate from the bytes sent):
+    # neither nothing nor the whole 5000-token allowance.
+    assert 0 < consumed < 1000, consumed
