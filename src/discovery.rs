@@ -25,8 +25,9 @@ use tokio::sync::watch;
 
 use url::Url;
 
+use crate::config::Cloud;
 use crate::config::{Snapshot, Upstream};
-use crate::providers::Protocol;
+use crate::formats::Format;
 
 /// One model an upstream lists.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -221,14 +222,18 @@ pub async fn fetch_models(
     client: &reqwest::Client,
     upstream: &Upstream,
 ) -> Result<Vec<ModelEntry>, String> {
-    match upstream.info.protocol {
-        Protocol::Anthropic => anthropic_models(client, upstream).await,
-        Protocol::Gemini => gemini_models(client, upstream).await,
-        Protocol::Cohere => cohere_models(client, upstream).await,
-        Protocol::VertexAi => vertex_models(client, upstream).await,
-        Protocol::Azure => azure_models(client, upstream).await,
-        Protocol::Bedrock => fetch_bedrock_profiles(client, upstream).await,
-        Protocol::OpenAi => openai_models(client, upstream).await,
+    match (upstream.info.format, &upstream.cloud) {
+        (Format::Anthropic, _) => anthropic_models(client, upstream).await,
+        (Format::Gemini, Cloud::Vertex { .. }) => vertex_models(client, upstream).await,
+        (Format::Gemini, Cloud::None | Cloud::Azure { .. }) => {
+            gemini_models(client, upstream).await
+        }
+        (Format::Cohere, _) => cohere_models(client, upstream).await,
+        (Format::OpenAi, Cloud::Azure { .. }) => azure_models(client, upstream).await,
+        (Format::OpenAi, Cloud::None | Cloud::Vertex { .. }) => {
+            openai_models(client, upstream).await
+        }
+        (Format::Bedrock, _) => fetch_bedrock_profiles(client, upstream).await,
     }
 }
 
@@ -444,7 +449,7 @@ async fn anthropic_models(
 ) -> Result<Vec<ModelEntry>, String> {
     let version = [(
         "anthropic-version",
-        crate::proxy::translated::ANTHROPIC_VERSION,
+        crate::formats::anthropic::ANTHROPIC_VERSION,
     )];
     paged(|after| async move {
         let mut query = vec![("limit", "1000")];
@@ -738,6 +743,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             catalog_key: 1,
             cloud: crate::config::Cloud::None,
+            passthrough: Vec::new().into(),
             bedrock: None,
         }
     }

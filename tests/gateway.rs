@@ -143,14 +143,55 @@ async fn native_paths_cannot_leave_the_base_path() {
     ] {
         assert_eq!(raw_status(gw.port, "GET", bad).await, 400, "{bad}");
     }
+    // A clean path that is no known endpoint is refused too: native routes forward known
+    // endpoints only (before: `files/x` was forwarded).
+    for (method, unknown) in [
+        ("GET", "/v1/openai/ai.team-a/files/x?limit=2"),
+        ("DELETE", "/v1/openai/ai.team-a/files/x"),
+        ("TRACE", "/v1/openai/ai.team-a/chat/completions"),
+    ] {
+        assert_eq!(
+            raw_status(gw.port, method, unknown).await,
+            404,
+            "{method} {unknown}"
+        );
+    }
     assert!(up.seen().await.is_empty(), "nothing reached the upstream");
-    // A clean path reaches {baseUrl}/{rest}, query included.
+}
+
+#[tokio::test]
+async fn passthrough_rules_forward_named_paths_only() {
+    let up = FakeUpstream::start(Mode::Json {
+        delay: Duration::ZERO,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        &up.base_url(),
+        "  passthrough: [{methods: [GET], path: \"files/*\"}]",
+    );
+    let gw = Gateway::start(dir.path(), &[]).await;
+    // A clean path the provider opts in to reaches {baseUrl}/{rest}, query included.
     assert_eq!(
         raw_status(gw.port, "GET", "/v1/openai/ai.team-a/files/x?limit=2").await,
         200
     );
     let seen = up.seen().await;
     assert_eq!(seen[0].path, "/v1/files/x?limit=2");
+    // Another method, a deeper path, or an encoded spelling is not admitted.
+    for (method, path) in [
+        ("DELETE", "/v1/openai/ai.team-a/files/x"),
+        ("GET", "/v1/openai/ai.team-a/files/x/content"),
+        ("GET", "/v1/openai/ai.team-a/fil%65s/x"),
+    ] {
+        assert_eq!(
+            raw_status(gw.port, method, path).await,
+            404,
+            "{method} {path}"
+        );
+    }
+    assert_eq!(up.seen().await.len(), 1);
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Golden tests for `portcullis::translate`.
+//! Golden tests for `portcullis::formats`.
 //!
 //! Layout under `tests/fixtures/translate/`:
 //!
@@ -26,10 +26,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use portcullis::translate::eventstream::Decoder;
-use portcullis::translate::openai::{ChatRequest, ChatResponse, ErrorBody};
-use portcullis::translate::sse::SseParser;
-use portcullis::translate::{
+use portcullis::formats::bedrock::eventstream::Decoder;
+use portcullis::formats::openai::{ChatRequest, ChatResponse, ErrorBody};
+use portcullis::formats::sse::SseParser;
+use portcullis::formats::{
     StreamOut, TranslateError, Translated, anthropic, bedrock, cohere, gemini,
 };
 use serde_json::{Value, json};
@@ -101,7 +101,7 @@ fn translate_stream(provider: &str, input: &[u8], size: usize, include_usage: bo
     };
     let mut parser = SseParser::default();
     let mut outs: Vec<StreamOut> = Vec::new();
-    let mut feed = |t: &mut T, events: Vec<portcullis::translate::sse::SseEvent>| {
+    let mut feed = |t: &mut T, events: Vec<portcullis::formats::sse::SseEvent>| {
         for e in &events {
             outs.extend(match t {
                 T::A(t) => t.push(e),

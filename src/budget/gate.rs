@@ -12,7 +12,8 @@ use serde_json::Value;
 use super::{Ask, BudgetTable, Reservation};
 use crate::config::ProxyTable;
 use crate::config::snapshot::ModelPolicy;
-use crate::providers::Protocol;
+use crate::formats::Format;
+use crate::formats::endpoints::{self, Mismatch};
 use crate::proxy::AppState;
 
 /// A reservation on its way to the response.
@@ -71,13 +72,29 @@ pub async fn admit(
         return Ok((request, None));
     }
     let router = prefix == "model-router";
-    let protocol = if router {
-        matches!(rest, "v1/messages" | "messages").then_some(Protocol::Anthropic)
+    let format = if router {
+        matches!(rest, "v1/messages" | "messages").then_some(Format::Anthropic)
     } else {
-        Some(crate::proxy::native::protocol_for(table, prefix))
+        Some(crate::proxy::context::format_for(table, prefix))
+    };
+    // On a native route, the endpoint the request names (and the model in its path). A path
+    // the route will refuse is left to the handler: nothing goes upstream.
+    let matched = match table.route(prefix).filter(|_| !router) {
+        None => None,
+        Some(route) => {
+            match endpoints::match_path(route.upstream.endpoints(), request.method().as_str(), rest)
+            {
+                Ok(m) => Some(Some(m)),
+                // `spec.passthrough` (or refused): counted as a request without a model.
+                Err(Mismatch::Unknown) => Some(None),
+                Err(Mismatch::Encoded(_) | Mismatch::BadModel(_)) => {
+                    return Ok((request, None));
+                }
+            }
+        }
     };
     let (mut parts, body) = request.into_parts();
-    let bytes = match crate::proxy::model_router::read_body(
+    let bytes = match crate::proxy::context::read_body(
         Request::from_parts(parts.clone(), body),
         state.max_body_bytes,
     )
@@ -85,8 +102,8 @@ pub async fn admit(
     {
         Ok(b) => b,
         Err(e) => {
-            let response = match protocol {
-                Some(p) => e.into_response_for(p),
+            let response = match format {
+                Some(f) => e.into_response_for(f),
                 None => e.into_response(),
             };
             return Err(Box::new(Refused {
@@ -107,43 +124,46 @@ pub async fn admit(
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .map(str::to_owned);
-    let target = if router {
-        let asked = named.or_else(|| {
-            table
-                .default_model
-                .as_ref()
-                .map(|(p, m)| format!("{p}:{m}"))
-        });
-        asked.and_then(|asked| {
-            crate::proxy::model_router::resolve(table, &asked, |r| match &r.upstream.models {
-                ModelPolicy::Static(models) => models.iter().any(|m| m == &asked),
-                policy => {
-                    policy.permits(&asked)
+    let target =
+        if router {
+            let asked = named.or_else(|| {
+                table
+                    .default_model
+                    .as_ref()
+                    .map(|(p, m)| format!("{p}:{m}"))
+            });
+            asked.and_then(|asked| {
+                crate::proxy::model_router::resolve(table, &asked, |r| match &r.upstream.models {
+                    ModelPolicy::Static(models) => models.iter().any(|m| m == &asked),
+                    policy => policy.permits(&asked)
                         && state.discovery.catalog(&r.upstream).is_some_and(|c| {
                             matches!(c.state(), crate::discovery::CatalogState::Ready { models, .. }
                                 if models.iter().any(|m| m.id == asked))
-                        })
-                }
+                        }),
+                })
+                .ok()
+                .map(|r| (r.route.prefix.clone(), r.model))
             })
-            .ok()
-            .map(|r| (r.route.prefix.clone(), r.model))
-        })
-    } else {
-        table.route(prefix).map(|route| {
-            let model = named
-                .or_else(|| crate::proxy::native::model_in_path(route.upstream.info.protocol, rest))
-                .unwrap_or_default();
-            (route.prefix.clone(), model)
-        })
-    };
+        } else {
+            table.route(prefix).map(|route| {
+                let path_model = matched
+                    .as_ref()
+                    .and_then(|m| m.as_ref()?.path_model.clone());
+                let model = path_model.or(named).unwrap_or_default();
+                (route.prefix.clone(), model)
+            })
+        };
     // Unresolvable: the handler answers its own 404; nothing goes upstream.
     let Some((route_prefix, model)) = target else {
         return Ok((Request::from_parts(parts, Body::from(bytes)), None));
     };
     // Streams in OpenAI's format: ask for usage when the client did not, and hide it.
     let openai_chat = router && rest == "chat/completions"
-        || matches!(protocol, Some(Protocol::OpenAi | Protocol::Azure))
-            && rest.ends_with("chat/completions");
+        || format == Some(Format::OpenAi)
+            && matched
+                .as_ref()
+                .and_then(Option::as_ref)
+                .is_some_and(|m| m.endpoint.name == "chat/completions");
     let mut hide = false;
     let mut bytes = bytes;
     if openai_chat
@@ -188,7 +208,7 @@ pub async fn admit(
             reservation.map(|reservation| Gate { reservation, hide }),
         )),
         Err(refusal) => Err(Box::new(Refused {
-            response: refusal.response(protocol),
+            response: refusal.response(format),
             limit: Some(refusal.limit()),
             target,
         })),

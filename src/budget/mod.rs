@@ -37,7 +37,7 @@ use window::Window;
 
 use crate::config::ObjectKey;
 use crate::crd::StoreUnavailable;
-use crate::providers::Protocol;
+use crate::formats::Format;
 
 /// What one counter is kept for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -638,11 +638,11 @@ impl Refusal {
     }
 
     /// The refusal in the error shape of a route (`None`: the Model Router's OpenAI shape).
-    pub fn response(&self, protocol: Option<Protocol>) -> Response {
+    pub fn response(&self, format: Option<Format>) -> Response {
         let status = self.status();
         let message = self.message();
-        let body = match protocol {
-            None | Some(Protocol::OpenAi) | Some(Protocol::Azure) => json!({"error": {
+        let body = match format {
+            None | Some(Format::OpenAi) => json!({"error": {
                 "message": message,
                 "type": match self {
                     Refusal::Limited { unit: Unit::Requests, .. } => "requests",
@@ -654,16 +654,16 @@ impl Refusal {
                 "param": null,
                 "code": self.code(),
             }}),
-            Some(Protocol::Anthropic) => json!({"type": "error", "error": {
+            Some(Format::Anthropic) => json!({"type": "error", "error": {
                 "type": match status.as_u16() { 429 => "rate_limit_error", 403 => "permission_error", _ => "api_error" },
                 "message": message,
             }}),
-            Some(Protocol::Gemini) | Some(Protocol::VertexAi) => json!({"error": {
+            Some(Format::Gemini) => json!({"error": {
                 "code": status.as_u16(),
                 "message": message,
                 "status": match status.as_u16() { 429 => "RESOURCE_EXHAUSTED", 403 => "PERMISSION_DENIED", _ => "UNAVAILABLE" },
             }}),
-            Some(Protocol::Bedrock) | Some(Protocol::Cohere) => json!({"message": message}),
+            Some(Format::Bedrock) | Some(Format::Cohere) => json!({"message": message}),
         };
         let mut response = (status, body.to_string()).into_response();
         let h = response.headers_mut();
@@ -671,7 +671,7 @@ impl Refusal {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if protocol == Some(Protocol::Bedrock) {
+        if format == Some(Format::Bedrock) {
             h.insert(
                 "x-amzn-errortype",
                 HeaderValue::from_static(match status.as_u16() {
@@ -1011,13 +1011,13 @@ mod tests {
         assert_eq!(h["x-ratelimit-limit-requests"], "5");
         assert_eq!(h["x-ratelimit-remaining-requests"], "0");
         assert_eq!(h["x-ratelimit-reset-requests"], "2s");
-        let bedrock = r.response(Some(Protocol::Bedrock));
+        let bedrock = r.response(Some(Format::Bedrock));
         assert_eq!(bedrock.headers()["x-amzn-errortype"], "ThrottlingException");
         let down = Refusal::StoreUnavailable {
             budget: ObjectKey::new("ai", "b"),
         };
         assert_eq!(
-            down.response(Some(Protocol::Gemini)).status(),
+            down.response(Some(Format::Gemini)).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(openai_duration(360_000), "6m0s");

@@ -153,7 +153,7 @@ struct Tap {
     pending: Vec<u8>,
     json: Vec<u8>,
     overflow: bool,
-    decoder: crate::translate::eventstream::Decoder,
+    decoder: crate::formats::bedrock::eventstream::Decoder,
 }
 
 /// Index just past the first SSE event separator (blank line) at or after `from`.

@@ -474,6 +474,8 @@ fn compile_provider(
         }
     }
 
+    let passthrough = compile_passthrough(spec.passthrough.as_deref().unwrap_or_default(), &mut p);
+
     let Some(base_url) = base_url else {
         return Err(p.list);
     };
@@ -503,7 +505,72 @@ fn compile_provider(
         bedrock,
         catalog_key,
         cloud,
+        passthrough,
     })
+}
+
+/// `spec.passthrough`: known methods and path globs that cannot climb out of the base path.
+fn compile_passthrough(
+    rules: &[crate::crd::PassthroughRule],
+    p: &mut Problems,
+) -> Arc<[crate::config::snapshot::Passthrough]> {
+    const METHODS: [&str; 6] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
+    let mut out = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let field = format!("spec.passthrough[{i}]");
+        let mut ok = true;
+        if rule.methods.is_empty() {
+            p.add(
+                format!("{field}.methods"),
+                "InvalidSpec",
+                "list at least one method",
+            );
+            ok = false;
+        }
+        for m in &rule.methods {
+            if !METHODS.contains(&m.to_ascii_uppercase().as_str()) {
+                p.add(
+                    format!("{field}.methods"),
+                    "InvalidSpec",
+                    format!("`{m}` is not one of {}", METHODS.join(", ")),
+                );
+                ok = false;
+            }
+        }
+        let path = rule.path.trim_matches('/');
+        let climbs = path
+            .split('/')
+            .any(|s| matches!(s, "" | "." | "..") || s.contains(['%', '\\', '?', '#']));
+        if climbs {
+            p.add(
+                format!("{field}.path"),
+                "InvalidSpec",
+                format!("`{}` is not a relative path glob such as `files/*` (no empty, `.`, `..` or encoded segments)", rule.path),
+            );
+            ok = false;
+        }
+        let glob = globset::GlobBuilder::new(path)
+            .literal_separator(true)
+            .build()
+            .map(|g| g.compile_matcher());
+        match glob {
+            Ok(glob) if ok => out.push(crate::config::snapshot::Passthrough {
+                methods: rule
+                    .methods
+                    .iter()
+                    .map(|m| m.to_ascii_uppercase())
+                    .collect(),
+                path: glob,
+            }),
+            Ok(_) => {}
+            Err(e) => p.add(
+                format!("{field}.path"),
+                "InvalidSpec",
+                format!("`{}` is not a valid glob: {}", rule.path, e.kind()),
+            ),
+        }
+    }
+    out.into()
 }
 
 /// `spec.bedrock`: the region is required (it names the endpoints and the signing region).
@@ -709,7 +776,12 @@ fn compile_proxy(
             }
         },
     };
-    let policy = match crate::policy::compile_policy(key, &proxy.spec, index) {
+    let secrets = |name: &str| {
+        index
+            .secret(&ObjectKey::new(&key.namespace, name))
+            .map(|data| &data.0)
+    };
+    let policy = match crate::policy::compile_policy(&key.namespace, &proxy.spec, &secrets) {
         Ok(policy) => policy,
         Err(problems) => {
             for (field, reason, message) in problems {

@@ -49,6 +49,7 @@ fn provider(t: ProviderType, auth: ProviderAuth) -> LlmProvider {
             azure: None,
             openrouter: None,
             pricing: None,
+            passthrough: None,
         },
     )
 }

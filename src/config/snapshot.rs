@@ -71,6 +71,43 @@ pub struct Upstream {
     pub catalog_key: u64,
     /// Cloud-specific addressing (Vertex AI project and location, Azure URL style).
     pub cloud: Cloud,
+    /// `spec.passthrough`: native endpoints forwarded unread besides the known ones.
+    pub passthrough: Arc<[Passthrough]>,
+}
+
+/// One compiled `spec.passthrough` rule.
+#[derive(Clone, Debug)]
+pub struct Passthrough {
+    /// Upper-case methods.
+    pub methods: Vec<String>,
+    /// The path glob.
+    pub path: globset::GlobMatcher,
+}
+
+impl Upstream {
+    /// The API surface of the upstream's format (Azure resource URLs and Vertex AI have
+    /// their own paths).
+    pub fn surface(&self) -> crate::formats::Surface {
+        use crate::formats::Surface;
+        match &self.cloud {
+            Cloud::None => Surface::Standard,
+            Cloud::Vertex { .. } => Surface::Vertex,
+            Cloud::Azure { v1: true, .. } => Surface::Standard,
+            Cloud::Azure { v1: false, .. } => Surface::AzureResource,
+        }
+    }
+
+    /// The native endpoints this upstream knows.
+    pub fn endpoints(&self) -> &'static [crate::formats::endpoints::Endpoint] {
+        self.info.format.endpoints(self.surface())
+    }
+
+    /// Whether a `spec.passthrough` rule admits `method` on `rest`.
+    pub fn passes_through(&self, method: &str, rest: &str) -> bool {
+        self.passthrough.iter().any(|rule| {
+            crate::formats::endpoints::passthrough_matches(&rule.methods, &rule.path, method, rest)
+        })
+    }
 }
 
 /// Addressing that only some provider types have.

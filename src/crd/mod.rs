@@ -97,6 +97,22 @@ pub struct LlmProviderSpec {
     /// glob matches a model prices it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<Vec<ModelPrice>>,
+
+    /// Native-route endpoints forwarded unread besides the ones the gateway knows for this
+    /// type (`files/*`, say). Never served on a proxy with `spec.tools`, and only to callers
+    /// whose access rules cover every model of the prefix (`prefix:*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passthrough: Option<Vec<PassthroughRule>>,
+}
+
+/// One `spec.passthrough` rule: methods and a path glob, matched after percent-decoding.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PassthroughRule {
+    /// HTTP methods (`GET`, `POST`, `PUT`, `PATCH`, `DELETE`, `HEAD`).
+    pub methods: Vec<String>,
+    /// Path glob relative to the native route's base (`files/*`, `batches/**`).
+    pub path: String,
 }
 
 /// The provider types Portcullis knows. Lowercase names, as users write them in model IDs.

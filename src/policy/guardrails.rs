@@ -29,20 +29,7 @@ const MAX_SHOWN: usize = 128;
 /// A rule's action.
 pub type Action = ToolAction;
 
-/// A wire format whose conversations and tool calls the guardrails can read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// OpenAI Chat Completions (also the Model Router and the OpenAI-compatible family).
-    OpenAi,
-    /// Anthropic Messages (`tool_use` / `tool_result`).
-    Anthropic,
-    /// Gemini `generateContent` (`functionCall` / `functionResponse`).
-    Gemini,
-    /// Cohere v2 Chat (`tool_calls` / `tool` role).
-    Cohere,
-    /// Bedrock Converse (`toolUse` / `toolResult`).
-    Bedrock,
-}
+pub use crate::formats::Format;
 
 /// One compiled rule.
 #[derive(Clone, Debug)]

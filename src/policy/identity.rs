@@ -18,7 +18,6 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Mutex;
 
 use super::PolicyProblem;
-use crate::config::{Index, ObjectKey};
 use crate::crd::ClientAuthSpec;
 
 /// Longest a `TokenReview` answer is trusted.
@@ -133,9 +132,9 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 
 /// Compile `clientAuth`; problems name the field and never a key.
 pub fn compile(
-    key: &ObjectKey,
+    namespace: &str,
     spec: &ClientAuthSpec,
-    index: &Index,
+    secrets: super::SecretLookup<'_>,
     problems: &mut Vec<PolicyProblem>,
 ) -> ClientAuth {
     let mut out = ClientAuth::default();
@@ -148,8 +147,8 @@ pub fn compile(
     }
     if let Some(api_keys) = &spec.api_keys {
         let field = "spec.clientAuth.apiKeys.secretRef";
-        let secret = ObjectKey::new(&key.namespace, &api_keys.secret_ref.name);
-        match index.secret(&secret) {
+        let secret = format!("{namespace}/{}", api_keys.secret_ref.name);
+        match secrets(&api_keys.secret_ref.name) {
             None => problems.push((
                 field.to_owned(),
                 "SecretNotFound",
@@ -157,7 +156,7 @@ pub fn compile(
             )),
             Some(data) => {
                 let mut keys = Vec::new();
-                for (identity, value) in &data.0 {
+                for (identity, value) in data {
                     match std::str::from_utf8(value).map(str::trim) {
                         Ok(v) if !v.is_empty() => keys.push((identity.clone(), sha256(v.as_bytes()))),
                         _ => problems.push((
@@ -167,7 +166,7 @@ pub fn compile(
                         )),
                     }
                 }
-                if data.0.is_empty() {
+                if data.is_empty() {
                     problems.push((
                         field.to_owned(),
                         "InvalidSecret",

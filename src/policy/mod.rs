@@ -30,7 +30,6 @@ use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use crate::config::{Index, ObjectKey};
 use crate::crd::LlmProxySpec;
 
 pub use access::AccessRule;
@@ -97,17 +96,22 @@ pub(crate) fn globs(
     builder.build().unwrap_or_else(|_| GlobSet::empty())
 }
 
-/// Compile `clientAuth`, `access`, `tools` and `audit` of a proxy.
+/// The data of a Secret in the proxy's namespace, by name (entries decoded to bytes). The
+/// caller (`config::compile`) looks Secrets up; policy never reaches into the index.
+pub type SecretLookup<'a> =
+    &'a dyn Fn(&str) -> Option<&'a std::collections::BTreeMap<String, Vec<u8>>>;
+
+/// Compile `clientAuth`, `access`, `tools` and `audit` of a proxy in `namespace`.
 pub fn compile_policy(
-    key: &ObjectKey,
+    namespace: &str,
     spec: &LlmProxySpec,
-    index: &Index,
+    secrets: SecretLookup<'_>,
 ) -> Result<ProxyPolicy, Vec<PolicyProblem>> {
     let mut problems = Vec::new();
     let auth = spec
         .client_auth
         .as_ref()
-        .map(|auth| identity::compile(key, auth, index, &mut problems));
+        .map(|auth| identity::compile(namespace, auth, secrets, &mut problems));
     let access = spec
         .access
         .as_deref()

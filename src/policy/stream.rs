@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::guardrails::{Arguments, Decision, Format, ToolPolicy, Trust, guard_gemini_json};
-use crate::translate::sse::{SseEvent, SseParser};
+use crate::formats::sse::{SseEvent, SseParser};
 
 /// Token usage seen in an answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]

@@ -1,5 +1,5 @@
 //! What the gateway knows about each provider type: default base URL, how its key is sent,
-//! which auth forms it accepts, and which wire protocol it speaks.
+//! which auth forms it accepts, and which wire format it speaks.
 //!
 //! The OpenAI-compatible family shares one protocol and differs only in the data of its
 //! [`ProviderInfo`] row; adding a provider of that family is a row in [`info`], not a module.
@@ -7,25 +7,7 @@
 pub mod bedrock;
 
 use crate::crd::ProviderType;
-
-/// The wire protocol a provider speaks natively.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    /// OpenAI Chat Completions and friends (`/chat/completions`, `/models`, `/embeddings`).
-    OpenAi,
-    /// Anthropic Messages.
-    Anthropic,
-    /// Gemini `generateContent` (AI Studio).
-    Gemini,
-    /// Gemini on Vertex AI.
-    VertexAi,
-    /// Azure OpenAI (deployment or v1 URLs).
-    Azure,
-    /// Bedrock Converse.
-    Bedrock,
-    /// Cohere v2 Chat.
-    Cohere,
-}
+use crate::formats::Format;
 
 /// Auth forms a provider type may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,8 +46,8 @@ pub enum KeyHeader {
 /// The static facts of one provider type.
 #[derive(Clone, Copy, Debug)]
 pub struct ProviderInfo {
-    /// Native protocol.
-    pub protocol: Protocol,
+    /// Native wire format.
+    pub format: Format,
     /// Public default base URL, if the type has one.
     pub default_base_url: Option<&'static str>,
     /// Environment variable that overrides the default base URL.
@@ -90,7 +72,7 @@ const fn openai_compatible(
     key_env: Option<&'static str>,
 ) -> ProviderInfo {
     ProviderInfo {
-        protocol: Protocol::OpenAi,
+        format: Format::OpenAi,
         default_base_url,
         base_url_env: None,
         auth_forms: KEY,
@@ -147,7 +129,7 @@ pub fn info(provider_type: ProviderType) -> ProviderInfo {
             ..openai_compatible(None, None)
         },
         T::Anthropic => ProviderInfo {
-            protocol: Protocol::Anthropic,
+            format: Format::Anthropic,
             default_base_url: Some("https://api.anthropic.com"),
             base_url_env: None,
             auth_forms: &[AuthForm::ApiKey, AuthForm::WorkloadIdentity],
@@ -157,7 +139,7 @@ pub fn info(provider_type: ProviderType) -> ProviderInfo {
             implemented: true,
         },
         T::Gemini => ProviderInfo {
-            protocol: Protocol::Gemini,
+            format: Format::Gemini,
             default_base_url: Some("https://generativelanguage.googleapis.com"),
             base_url_env: None,
             auth_forms: KEY,
@@ -167,7 +149,7 @@ pub fn info(provider_type: ProviderType) -> ProviderInfo {
             implemented: true,
         },
         T::Vertexai => ProviderInfo {
-            protocol: Protocol::VertexAi,
+            format: Format::Gemini,
             default_base_url: None,
             base_url_env: None,
             auth_forms: &[AuthForm::WorkloadIdentity, AuthForm::ServiceAccountKey],
@@ -177,7 +159,7 @@ pub fn info(provider_type: ProviderType) -> ProviderInfo {
             implemented: true,
         },
         T::Azure => ProviderInfo {
-            protocol: Protocol::Azure,
+            format: Format::OpenAi,
             default_base_url: None,
             base_url_env: Some("PORTCULLIS_AZURE_OPENAI_BASE_URL"),
             auth_forms: &[AuthForm::ApiKey, AuthForm::WorkloadIdentity],
@@ -187,7 +169,7 @@ pub fn info(provider_type: ProviderType) -> ProviderInfo {
             implemented: true,
         },
         T::Bedrock => ProviderInfo {
-            protocol: Protocol::Bedrock,
+            format: Format::Bedrock,
             default_base_url: None,
             base_url_env: None,
             auth_forms: &[AuthForm::WorkloadIdentity, AuthForm::ApiKey],
@@ -197,7 +179,7 @@ pub fn info(provider_type: ProviderType) -> ProviderInfo {
             implemented: true,
         },
         T::Cohere => ProviderInfo {
-            protocol: Protocol::Cohere,
+            format: Format::Cohere,
             default_base_url: Some("https://api.cohere.com"),
             base_url_env: None,
             auth_forms: KEY,
@@ -218,7 +200,7 @@ mod tests {
         for t in ProviderType::ALL {
             let i = info(t);
             assert!(!i.auth_forms.is_empty(), "{t} accepts no auth form");
-            if i.implemented && i.protocol == Protocol::OpenAi {
+            if i.implemented && i.format == Format::OpenAi && !matches!(t, ProviderType::Azure) {
                 let required = matches!(t, ProviderType::Vllm | ProviderType::OpenaiCompatible);
                 assert_eq!(i.default_base_url.is_none(), required, "{t}");
             }

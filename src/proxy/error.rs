@@ -5,9 +5,8 @@
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
-use serde_json::json;
 
-use crate::providers::Protocol;
+use crate::formats::{Format, GatewayError};
 
 /// Something the gateway itself refuses or fails at.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +37,21 @@ pub enum ApiError {
         method: String,
         /// Path (without query).
         path: String,
+    },
+    /// A native route was asked for an endpoint its format does not know (and no
+    /// `spec.passthrough` rule of the provider admits it).
+    #[error(
+        "{method} {path} is not an endpoint the gateway forwards for provider prefix `{prefix}`; known endpoints: {known}. A provider can opt in to other paths with spec.passthrough"
+    )]
+    UnknownEndpoint {
+        /// Method.
+        method: String,
+        /// The path after the proxy ID.
+        path: String,
+        /// The prefix.
+        prefix: String,
+        /// The known endpoints.
+        known: String,
     },
     /// No such proxy.
     #[error(
@@ -106,7 +120,7 @@ pub enum ApiError {
     },
     /// The request cannot be expressed in the provider's format, or its answer in OpenAI's.
     #[error("{0}")]
-    Translation(#[from] crate::translate::TranslateError),
+    Translation(#[from] crate::formats::TranslateError),
     /// The gateway could not obtain or apply its own credential for the provider.
     #[error("provider `{prefix}`: {detail}")]
     Credential {
@@ -159,6 +173,7 @@ impl ApiError {
             ApiError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::RouteNotFound { .. }
+            | ApiError::UnknownEndpoint { .. }
             | ApiError::ProxyNotFound { .. }
             | ApiError::UnknownPrefix { .. }
             | ApiError::ModelNotFound { .. }
@@ -193,6 +208,7 @@ impl ApiError {
             ApiError::Unsupported(_) => "unsupported_parameter",
             ApiError::ClientBody(_) => "invalid_body",
             ApiError::RouteNotFound { .. } => "route_not_found",
+            ApiError::UnknownEndpoint { .. } => "unknown_endpoint",
             ApiError::ProxyNotFound { .. } => "proxy_not_found",
             ApiError::UnknownPrefix { .. }
             | ApiError::ModelNotFound { .. }
@@ -221,80 +237,52 @@ impl ApiError {
 
     /// The JSON body, in OpenAI's shape.
     pub fn body(&self) -> serde_json::Value {
-        if let ApiError::Translation(e) = self {
-            return serde_json::to_value(e.to_error_body()).unwrap_or_default();
-        }
-        json!({"error": {
-            "message": self.to_string(),
-            "type": self.error_type(),
-            "param": self.param(),
-            "code": self.code(),
-        }})
+        self.body_for(Format::OpenAi)
     }
 }
 
 impl ApiError {
-    /// The body in the error shape of a provider's own API, for native routes: the provider's
-    /// SDK then raises its usual exception.
-    pub fn body_for(&self, protocol: Protocol) -> serde_json::Value {
-        let status = self.status_code();
-        let message = self.to_string();
-        match protocol {
-            Protocol::OpenAi | Protocol::Azure => self.body(),
-            Protocol::Anthropic => {
-                let kind = match status.as_u16() {
-                    400 => "invalid_request_error",
-                    401 => "authentication_error",
-                    403 => "permission_error",
-                    404 => "not_found_error",
-                    413 => "request_too_large",
-                    429 => "rate_limit_error",
-                    504 => "timeout_error",
-                    _ => "api_error",
-                };
-                json!({"type": "error", "error": {"type": kind, "message": message}})
-            }
-            Protocol::Gemini | Protocol::VertexAi => {
-                let grpc = match status.as_u16() {
-                    400 | 413 => "INVALID_ARGUMENT",
-                    401 => "UNAUTHENTICATED",
-                    403 => "PERMISSION_DENIED",
-                    404 => "NOT_FOUND",
-                    429 => "RESOURCE_EXHAUSTED",
-                    502 => "UNAVAILABLE",
-                    504 => "DEADLINE_EXCEEDED",
-                    _ => "INTERNAL",
-                };
-                json!({"error": {"code": status.as_u16(), "message": message, "status": grpc}})
-            }
-            Protocol::Cohere | Protocol::Bedrock => json!({"message": message}),
+    /// This error as every format renders it.
+    pub fn gateway_error(&self) -> GatewayError {
+        if let ApiError::Translation(e) = self {
+            let body = e.to_error_body().error;
+            return GatewayError {
+                status: self.status_code().as_u16(),
+                message: body.message,
+                kind: body.kind,
+                code: body.code.unwrap_or_else(|| self.code().to_owned()),
+                param: body.param,
+            };
+        }
+        GatewayError {
+            status: self.status_code().as_u16(),
+            message: self.to_string(),
+            kind: self.error_type().to_owned(),
+            code: self.code().to_owned(),
+            param: self.param().map(str::to_owned),
         }
     }
 
-    /// A response in a provider's own error shape.
-    pub fn into_response_for(self, protocol: Protocol) -> Response {
-        let body = self.body_for(protocol).to_string();
-        let status = self.status_code();
-        let mut response = (status, body).into_response();
+    /// The body in the error shape of a format, for native routes: the provider's SDK then
+    /// raises its usual exception.
+    pub fn body_for(&self, format: Format) -> serde_json::Value {
+        format.error_body(&self.gateway_error())
+    }
+
+    /// A response in a format's own error shape.
+    pub fn into_response_for(self, format: Format) -> Response {
+        let error = self.gateway_error();
+        let body = format.error_body(&error).to_string();
+        let mut response = (self.status_code(), body).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
         self.add_challenge(&mut response);
-        if protocol == Protocol::Bedrock {
-            // AWS SDKs read the exception name from this header (restJson1).
-            let exception = match status.as_u16() {
-                400 | 413 => "ValidationException",
-                401 | 403 => "AccessDeniedException",
-                404 => "ResourceNotFoundException",
-                429 => "ThrottlingException",
-                502 | 503 => "ServiceUnavailableException",
-                504 => "ModelTimeoutException",
-                _ => "InternalServerException",
-            };
+        if let Some((name, value)) = format.error_header(&error) {
             response
                 .headers_mut()
-                .insert("x-amzn-errortype", HeaderValue::from_static(exception));
+                .insert(name, HeaderValue::from_static(value));
         }
         response
     }
@@ -316,13 +304,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status_code(), self.body().to_string()).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        self.add_challenge(&mut response);
-        response
+        self.into_response_for(Format::OpenAi)
     }
 }
 
@@ -351,15 +333,15 @@ mod tests {
             prefix: "a".into(),
             secs: 3,
         };
-        let a = e.body_for(Protocol::Anthropic);
+        let a = e.body_for(Format::Anthropic);
         assert_eq!(a["type"], "error");
         assert_eq!(a["error"]["type"], "timeout_error");
-        let g = e.body_for(Protocol::Gemini);
+        let g = e.body_for(Format::Gemini);
         assert_eq!(g["error"]["code"], 504);
         assert_eq!(g["error"]["status"], "DEADLINE_EXCEEDED");
-        assert!(e.body_for(Protocol::Cohere)["message"].is_string());
+        assert!(e.body_for(Format::Cohere)["message"].is_string());
         assert_eq!(
-            e.body_for(Protocol::OpenAi)["error"]["code"],
+            e.body_for(Format::OpenAi)["error"]["code"],
             "upstream_timeout"
         );
     }

@@ -2,11 +2,10 @@
 //! tool-call guardrails applied to answers (whole JSON bodies, or SSE streams event by event;
 //! while a call is held back, the data plane's keep-alive wrapper keeps the stream open).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
+
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -16,137 +15,11 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::{AppState, Exchange};
-use crate::config::ProxyTable;
+use crate::formats::Format;
 use crate::policy::audit;
-use crate::policy::guardrails::{self, Decision, Format, ToolPolicy, Trust};
-use crate::policy::identity::AuthFailure;
+use crate::policy::guardrails::{self, Decision, ToolPolicy, Trust};
 use crate::policy::stream::{SseGuard, Usage};
-use crate::providers::Protocol;
-use crate::telemetry::{AuthFailureLabels, GuardrailLabels};
-
-/// The guardrail format of a provider protocol.
-pub fn format_of(protocol: Protocol) -> Format {
-    match protocol {
-        Protocol::OpenAi | Protocol::Azure => Format::OpenAi,
-        Protocol::Anthropic => Format::Anthropic,
-        Protocol::Gemini | Protocol::VertexAi => Format::Gemini,
-        Protocol::Cohere => Format::Cohere,
-        Protocol::Bedrock => Format::Bedrock,
-    }
-}
-
-/// The client's address, when the server recorded it.
-pub fn peer(request: &Request) -> Option<std::net::IpAddr> {
-    request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-}
-
-/// The headers that carry the client's credential. Gemini clients may also send their key
-/// as the `key=` query parameter (which never goes upstream): it counts as `x-goog-api-key`.
-pub fn credential_headers<'a>(
-    table: &ProxyTable,
-    prefix: &str,
-    request: &'a Request,
-) -> std::borrow::Cow<'a, http::HeaderMap> {
-    let headers = request.headers();
-    let gemini = prefix != "model-router"
-        && matches!(
-            super::native::protocol_for(table, prefix),
-            Protocol::Gemini | Protocol::VertexAi
-        );
-    if !gemini || crate::policy::identity::presented(headers).is_some() {
-        return std::borrow::Cow::Borrowed(headers);
-    }
-    let key = request.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| *k == "key")
-            .map(|(_, v)| {
-                percent_encoding::percent_decode_str(v)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-    });
-    match key.and_then(|k| HeaderValue::from_str(&k).ok()) {
-        Some(mut value) => {
-            value.set_sensitive(true);
-            let mut owned = headers.clone();
-            owned.insert("x-goog-api-key", value);
-            std::borrow::Cow::Owned(owned)
-        }
-        None => std::borrow::Cow::Borrowed(headers),
-    }
-}
-
-/// Identify the caller of `table` (or refuse). Sets the exchange's identity.
-pub async fn authenticate(
-    state: &AppState,
-    table: &ProxyTable,
-    headers: &http::HeaderMap,
-    peer: Option<std::net::IpAddr>,
-    exchange: &mut Exchange,
-) -> Result<(), ApiError> {
-    let Some(auth) = &table.policy.auth else {
-        exchange.identity = "anonymous".to_owned();
-        audit::update(&exchange.audit, |d| {
-            d.identity = "anonymous".to_owned();
-            d.auth = "anonymous";
-        });
-        return Ok(());
-    };
-    match state.security.authenticate(auth, headers).await {
-        Ok(identity) => {
-            audit::update(&exchange.audit, |d| {
-                d.identity = identity.name.clone();
-                d.auth = identity.method;
-            });
-            exchange.identity = identity.name;
-            Ok(())
-        }
-        Err(failure) => {
-            let proxy = table.key.proxy_id();
-            state
-                .metrics
-                .auth_failures
-                .get_or_create(&AuthFailureLabels {
-                    proxy: proxy.clone(),
-                    reason: failure.reason(),
-                })
-                .inc();
-            audit::update(&exchange.audit, |d| d.auth = failure.reason());
-            let addr = peer;
-            let delay = state.security.failed(addr).await;
-            tracing::info!(
-                proxy = %proxy,
-                reason = failure.reason(),
-                peer = ?addr,
-                delay_ms = delay.as_millis() as u64,
-                "client authentication failed"
-            );
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            let methods = table.policy.describe_auth();
-            let message = match failure {
-                AuthFailure::Missing => format!(
-                    "proxy `{proxy}` requires client authentication ({methods}): send your key or token as `Authorization: Bearer …` (or `x-api-key` / `api-key` / `x-goog-api-key`)"
-                ),
-                AuthFailure::Invalid => format!(
-                    "the credential sent to proxy `{proxy}` was not accepted ({methods}); check the key or token"
-                ),
-                AuthFailure::Unavailable => format!(
-                    "the credential sent to proxy `{proxy}` could not be verified right now (identity provider or Kubernetes API unreachable); retry later"
-                ),
-            };
-            Err(ApiError::Unauthenticated {
-                message,
-                invalid: failure != AuthFailure::Missing,
-            })
-        }
-    }
-}
+use crate::telemetry::GuardrailLabels;
 
 /// Count a 403 and build it.
 pub fn forbidden(state: &AppState, exchange: &Exchange, target: String) -> ApiError {
@@ -253,12 +126,12 @@ pub async fn record_usage(state: &AppState, exchange: &Exchange, response: Respo
 /// only framed, never parsed as JSON, so an unguarded stream costs little more than a copy.
 fn tap_usage(response: Response, sink: Sink) -> Response {
     struct Tap {
-        parser: crate::translate::sse::SseParser,
+        parser: crate::formats::sse::SseParser,
         usage: Usage,
         sink: Sink,
     }
     impl Tap {
-        fn read(&mut self, events: Vec<crate::translate::sse::SseEvent>) {
+        fn read(&mut self, events: Vec<crate::formats::sse::SseEvent>) {
             for event in events {
                 if carries_usage(&event.data)
                     && let Ok(value) = serde_json::from_str::<Value>(&event.data)
@@ -277,7 +150,7 @@ fn tap_usage(response: Response, sink: Sink) -> Response {
     }
     let (parts, body) = response.into_parts();
     let mut tap = Tap {
-        parser: crate::translate::sse::SseParser::default(),
+        parser: crate::formats::sse::SseParser::default(),
         usage: Usage::default(),
         sink,
     };
@@ -299,19 +172,6 @@ fn carries_usage(data: &str) -> bool {
             .strip_prefix(':')
             .is_some_and(|rest| rest.trim_start().starts_with('{'))
     })
-}
-
-/// Read a request body that the guardrails must see whole: its JSON (when it is JSON) and its
-/// bytes, to send on.
-pub async fn read_json(
-    request: Request,
-    limit: usize,
-) -> Result<(http::request::Parts, Bytes, Option<Value>), ApiError> {
-    let (parts, body) = request.into_parts();
-    let bytes =
-        super::model_router::read_body(Request::from_parts(parts.clone(), body), limit).await?;
-    let value = serde_json::from_slice::<Value>(&bytes).ok();
-    Ok((parts, bytes, value))
 }
 
 /// The request's messages, for audit events with `includeContent`.
@@ -479,39 +339,6 @@ fn guard_stream(response: Response, guard: Guard) -> Response {
     Response::from_parts(parts, Body::from_stream(stream))
 }
 
-/// Native requests whose answers the guardrails cannot read are refused while `spec.tools`
-/// is set, rather than passed unguarded: APIs whose tool calls come in shapes the guard does
-/// not parse (OpenAI Responses, Assistants and Realtime; Bedrock InvokeModel and event
-/// streams) and batch APIs whose results are fetched later.
-pub fn check_native_supported(protocol: Protocol, rest: &str) -> Result<(), ApiError> {
-    let refuse = |what: &str| {
-        Err(ApiError::GuardrailUnsupported(format!(
-            "this proxy has tool-call guardrails (spec.tools), and {what} cannot be inspected by them yet; use the Model Router (/v1/model-router/{{proxy}}/chat/completions)"
-        )))
-    };
-    let segments: Vec<&str> = rest.split('/').collect();
-    let has = |name: &str| segments.contains(&name);
-    match protocol {
-        Protocol::OpenAi | Protocol::Azure if has("responses") => {
-            refuse("the OpenAI Responses API")
-        }
-        Protocol::OpenAi | Protocol::Azure if has("threads") || has("assistants") => {
-            refuse("the OpenAI Assistants API")
-        }
-        Protocol::OpenAi | Protocol::Azure if has("realtime") => refuse("the Realtime API"),
-        Protocol::OpenAi | Protocol::Azure | Protocol::Anthropic if has("batches") => {
-            refuse("a batch API")
-        }
-        Protocol::Gemini | Protocol::VertexAi if rest.contains(":batchGenerateContent") => {
-            refuse("a batch API")
-        }
-        Protocol::Bedrock if has("model") && !rest.ends_with("/converse") => {
-            refuse("Bedrock InvokeModel or an event stream (only Converse is guarded)")
-        }
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
 
@@ -530,41 +357,4 @@ mod tests {
     }
 
     use super::*;
-
-    #[test]
-    fn unreadable_native_apis_are_refused_under_guardrails() {
-        for (protocol, rest) in [
-            (Protocol::OpenAi, "responses"),
-            (Protocol::OpenAi, "responses/resp_1"),
-            (Protocol::Azure, "openai/v1/responses"),
-            (Protocol::OpenAi, "threads/t1/runs"),
-            (Protocol::OpenAi, "batches"),
-            (Protocol::Anthropic, "v1/messages/batches/b1/results"),
-            (
-                Protocol::Gemini,
-                "v1beta/models/gemini-2.5-pro:batchGenerateContent",
-            ),
-            (Protocol::Bedrock, "model/anthropic.claude/invoke"),
-            (
-                Protocol::Bedrock,
-                "model/amazon.nova-pro-v1:0/converse-stream",
-            ),
-        ] {
-            assert!(check_native_supported(protocol, rest).is_err(), "{rest}");
-        }
-        for (protocol, rest) in [
-            (Protocol::OpenAi, "chat/completions"),
-            (Protocol::OpenAi, "models"),
-            (Protocol::OpenAi, "embeddings"),
-            (Protocol::Anthropic, "v1/messages"),
-            (
-                Protocol::Gemini,
-                "v1beta/models/gemini-2.5-pro:streamGenerateContent",
-            ),
-            (Protocol::Cohere, "v2/chat"),
-            (Protocol::Bedrock, "model/amazon.nova-pro-v1:0/converse"),
-        ] {
-            assert!(check_native_supported(protocol, rest).is_ok(), "{rest}");
-        }
-    }
 }

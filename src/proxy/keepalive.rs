@@ -25,21 +25,12 @@ use futures_util::Stream;
 use http::{HeaderMap, StatusCode, header};
 use tokio::time::{Instant, Sleep};
 
-use crate::providers::Protocol;
-
 /// The comment sent on an idle stream.
 pub const COMMENT: &[u8] = b": keep-alive\n\n";
 
 /// Response extension: never inject keep-alive comments into this response.
 #[derive(Clone, Copy, Debug)]
 pub struct NoKeepAlive;
-
-/// Whether the official SDK of a native protocol tolerates SSE comment lines. The
-/// `google-genai` SDK reads Gemini / Vertex streams line by line and parses every line that
-/// is not `data: …` as JSON, so a comment would break it: those native streams get none.
-pub fn comments_safe(protocol: Protocol) -> bool {
-    !matches!(protocol, Protocol::Gemini | Protocol::VertexAi)
-}
 
 /// Whether a response gets keep-alive comments: a successful `text/event-stream` that no
 /// handler opted out of.
@@ -238,10 +229,11 @@ mod tests {
         let mut off = http::Extensions::new();
         off.insert(NoKeepAlive);
         assert!(!applies(StatusCode::OK, &sse("text/event-stream"), &off));
-        assert!(!comments_safe(Protocol::Gemini));
-        assert!(!comments_safe(Protocol::VertexAi));
-        assert!(comments_safe(Protocol::OpenAi));
-        assert!(comments_safe(Protocol::Anthropic));
+        use crate::formats::Format;
+        assert!(!Format::Gemini.sse_comments_safe());
+        assert!(!Format::Bedrock.sse_comments_safe());
+        assert!(Format::OpenAi.sse_comments_safe());
+        assert!(Format::Anthropic.sse_comments_safe());
     }
 
     type Tx = mpsc::UnboundedSender<Result<Bytes, std::io::Error>>;

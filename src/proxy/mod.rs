@@ -11,13 +11,14 @@
 //! successful `text/event-stream` body gets SSE keep-alive comments while it is idle
 //! ([`keepalive`]).
 
+pub mod context;
 pub mod error;
 pub mod guarded;
 pub mod headers;
 pub mod keepalive;
 pub mod model_router;
 pub mod native;
-pub mod sse;
+
 pub mod translated;
 pub mod upstream;
 
@@ -237,74 +238,79 @@ async fn route(
     if prefix.is_empty() || proxy.is_empty() {
         return Err(not_found());
     }
-    // Who is calling, before anything else happens (unknown proxies get their 404 below).
+    let router = prefix == "model-router";
+    exchange.route = if router { "router" } else { "native" };
+    // The one snapshot load of this request.
     let snapshot = state.store.load();
-    if let Some(table) = snapshot.proxy(proxy) {
-        exchange.proxy = table.key.proxy_id();
-        if prefix == "model-router" {
-            exchange.route = "router";
-        }
-        let peer = guarded::peer(&request);
-        let headers = guarded::credential_headers(table, prefix, &request);
-        if let Err(e) = guarded::authenticate(state, table, &headers, peer, exchange).await {
-            return Ok(if prefix == "model-router" {
-                e.into_response()
-            } else {
-                exchange.route = "native";
-                exchange.provider = prefix.to_owned();
-                e.into_response_for(native::protocol_for(table, prefix))
+    let table = snapshot.proxy(proxy).cloned();
+    let Some(table) = table else {
+        if router {
+            return Err(ApiError::ProxyNotFound {
+                id: proxy.to_owned(),
             });
         }
+        // A path error comes first on native routes, then the unknown proxy, in the shape of
+        // the provider type the prefix names.
+        let shape = context::format_hint(prefix);
+        let error = native::check_rest(rest)
+            .err()
+            .unwrap_or_else(|| ApiError::ProxyNotFound {
+                id: proxy.to_owned(),
+            });
+        return Ok(error.into_response_for(shape));
+    };
+    exchange.proxy = table.key.proxy_id();
+    // Who is calling, before anything else happens.
+    let peer = context::peer(&request);
+    let headers = context::credential_headers(&table, prefix, &request);
+    if let Err(e) = context::authenticate(state, &table, &headers, peer, exchange).await {
+        return Ok(if router {
+            e.into_response()
+        } else {
+            exchange.provider = prefix.to_owned();
+            e.into_response_for(context::format_for(&table, prefix))
+        });
     }
+    drop(headers);
     // Budgets (LlmBudget): reserve before any byte goes upstream, or refuse.
-    let mut request = request;
-    let mut gate = None;
-    if let Some(table) = snapshot.proxy(proxy) {
-        let admitted = crate::budget::gate::admit(
-            state,
-            &snapshot.budgets,
-            table,
-            prefix,
-            rest,
-            request,
-            &exchange.identity,
-        )
-        .await;
-        match admitted {
-            Ok((r, g)) => (request, gate) = (r, g),
-            Err(refused) => {
-                exchange.route = if prefix == "model-router" {
-                    "router"
-                } else {
-                    "native"
-                };
-                let Refused {
-                    response,
-                    limit,
-                    target,
-                } = *refused;
-                if let Some((provider, model)) = target {
-                    exchange.provider = provider;
-                    exchange.model = model;
-                }
-                crate::policy::audit::update(&exchange.audit, |d| d.budget = limit);
-                return Ok(response);
-            }
-        }
-    }
+    let admitted = crate::budget::gate::admit(
+        state,
+        &snapshot.budgets,
+        &table,
+        prefix,
+        rest,
+        request,
+        &exchange.identity,
+    )
+    .await;
     drop(snapshot);
-    let response = if prefix == "model-router" {
-        exchange.route = "router";
+    let (request, gate) = match admitted {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            let Refused {
+                response,
+                limit,
+                target,
+            } = *refused;
+            if let Some((provider, model)) = target {
+                exchange.provider = provider;
+                exchange.model = model;
+            }
+            crate::policy::audit::update(&exchange.audit, |d| d.budget = limit);
+            return Ok(response);
+        }
+    };
+    let ctx = context::Ctx { table };
+    let response = if router {
         match (request.method(), rest) {
             (&Method::POST, "chat/completions") => {
-                model_router::chat(state, proxy, request, exchange).await
+                model_router::chat(state, &ctx, request, exchange).await
             }
-            (&Method::GET, "models") => model_router::models(state, proxy, exchange).await,
+            (&Method::GET, "models") => model_router::models(state, &ctx, exchange).await,
             _ => Err(not_found()),
         }
     } else {
-        exchange.route = "native";
-        Ok(native::forward(state, prefix, proxy, rest, request, exchange).await)
+        Ok(native::forward(state, &ctx, prefix, rest, request, exchange).await)
     };
     // The reservation settles when the response body ends (an error drops and releases it).
     match (response, gate) {

@@ -16,15 +16,16 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Map, Value, json};
 
+use super::context::{Ctx, read_body};
 use super::error::ApiError;
 use super::guarded;
-use super::sse::ModelRewriter;
 use super::translated::{self, Dialect};
 use super::upstream::{self, Answer};
 use super::{AppState, Exchange};
 use crate::config::snapshot::ModelPolicy;
-use crate::config::{ProxyTable, Route, Snapshot};
+use crate::config::{ProxyTable, Route};
 use crate::discovery::{CatalogState, Discovery, ModelEntry};
+use crate::formats::openai::stream::ModelRewriter;
 use crate::policy::guardrails::Format;
 
 /// How long `/models` waits for a provider's first discovery.
@@ -107,101 +108,57 @@ fn lists(discovery: &Discovery, route: &Route, model: &str) -> bool {
     }
 }
 
-/// The proxy a Model Router request names; the exchange records it for logs and metrics.
-fn proxy_table<'a>(
-    snapshot: &'a Snapshot,
-    proxy_id: &str,
-    exchange: &mut Exchange,
-) -> Result<&'a ProxyTable, ApiError> {
-    let table = snapshot
-        .proxy(proxy_id)
-        .ok_or_else(|| ApiError::ProxyNotFound {
-            id: proxy_id.to_owned(),
-        })?;
-    exchange.proxy = table.key.proxy_id();
-    Ok(table)
-}
-
-/// Refuse a body whose declared `content-length` is over the limit, before reading any of it.
-pub fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    Ok(())
-}
-
-/// Read a body up to the limit.
-pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
-    check_declared_length(request.headers(), limit)?;
-    use http_body_util::BodyExt;
-    match http_body_util::Limited::new(request.into_body(), limit)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::BodyTooLarge { limit })
-        }
-        Err(e) => Err(ApiError::ClientBody(e.to_string())),
-    }
-}
-
 /// `POST /v1/model-router/{proxy}/chat/completions`: the request's conversation is read for
 /// the tool-call guardrails (when the proxy has `spec.tools`), and the answer guarded.
 pub async fn chat(
     state: &Arc<AppState>,
-    proxy_id: &str,
+    ctx: &Ctx,
     request: Request,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
-    let policy = state.store.load().proxy(proxy_id).map(|t| t.policy.clone());
-    let Some(policy) = policy.filter(|p| p.tools.is_some() || p.audit_content) else {
-        let response = chat_unguarded(state, proxy_id, request, exchange).await?;
-        return Ok(guarded::record_usage(state, exchange, response).await);
+    // The body is read once and parsed once; the guard, the audit and the handler share it.
+    let bytes = read_body(request, state.max_body_bytes).await?;
+    let body: Map<String, Value> = match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(ApiError::InvalidJson("expected a JSON object".to_owned())),
+        Err(e) => return Err(ApiError::InvalidJson(e.to_string())),
     };
-    let (parts, bytes, value) = guarded::read_json(request, state.max_body_bytes).await?;
+    drop(bytes);
+    let policy = &ctx.table.policy;
     let mut guard = None;
-    if let Some(value) = &value {
+    if policy.tools.is_some() || policy.audit_content {
+        let value = Value::Object(body);
         if policy.audit_content {
-            let content = guarded::content_of(Format::OpenAi, value);
+            let content = guarded::content_of(Format::OpenAi, &value);
             crate::policy::audit::update(&exchange.audit, |d| d.content = content);
         }
         if let Some(tools) = &policy.tools {
             guard = Some(guarded::Guard {
                 policy: tools.clone(),
-                trust: tools.trust(Format::OpenAi, value),
+                trust: tools.trust(Format::OpenAi, &value),
                 format: Format::OpenAi,
                 sink: guarded::Sink::new(state, exchange),
             });
         }
+        let Value::Object(map) = value else {
+            return Err(ApiError::InvalidJson("expected a JSON object".to_owned()));
+        };
+        let response = chat_unguarded(state, &ctx.table, map, exchange).await?;
+        return Ok(match guard {
+            Some(guard) => guarded::guard_response(response, guard, state.max_body_bytes).await,
+            None => guarded::record_usage(state, exchange, response).await,
+        });
     }
-    let request = Request::from_parts(parts, Body::from(bytes));
-    let response = chat_unguarded(state, proxy_id, request, exchange).await?;
-    Ok(match guard {
-        Some(guard) => guarded::guard_response(response, guard, state.max_body_bytes).await,
-        None => guarded::record_usage(state, exchange, response).await,
-    })
+    let response = chat_unguarded(state, &ctx.table, body, exchange).await?;
+    Ok(guarded::record_usage(state, exchange, response).await)
 }
 
 async fn chat_unguarded(
     state: &Arc<AppState>,
-    proxy_id: &str,
-    request: Request,
+    table: &ProxyTable,
+    mut body: Map<String, Value>,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
-    let snapshot = state.store.load();
-    let table = proxy_table(&snapshot, proxy_id, exchange)?;
-
-    let body = read_body(request, state.max_body_bytes).await?;
-    let mut body: Map<String, Value> = match serde_json::from_slice(&body) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => return Err(ApiError::InvalidJson("expected a JSON object".to_owned())),
-        Err(e) => return Err(ApiError::InvalidJson(e.to_string())),
-    };
     let asked = match body.get("model") {
         Some(Value::String(m)) if !m.trim().is_empty() => m.trim().to_owned(),
         None | Some(Value::Null) if table.default_model.is_some() => table
@@ -253,7 +210,7 @@ async fn chat_unguarded(
             route.prefix, upstream.provider_type
         )));
     }
-    if let Some(dialect) = Dialect::of(upstream.info.protocol) {
+    if let Some(dialect) = Dialect::of(upstream.info.format) {
         return translated::chat(
             state,
             dialect,
@@ -357,11 +314,10 @@ fn build(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
 /// `GET /v1/model-router/{proxy}/models`: every model the proxy reaches, provider-qualified.
 pub async fn models(
     state: &Arc<AppState>,
-    proxy_id: &str,
+    ctx: &Ctx,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
-    let snapshot = state.store.load();
-    let table = proxy_table(&snapshot, proxy_id, exchange)?;
+    let table = &ctx.table;
     let mut data = Vec::new();
     for route in &table.routes {
         let upstream = &route.upstream;

@@ -15,12 +15,14 @@ use futures_util::StreamExt;
 use http::{HeaderValue, header};
 use percent_encoding::percent_decode_str;
 
+use super::context::{Ctx, format_for, read_whole};
 use super::error::ApiError;
 use super::guarded;
 use super::upstream::{self, Answer};
 use super::{AppState, Exchange};
-use crate::crd::ProviderType;
-use crate::providers::{self, Protocol};
+use crate::config::Upstream;
+use crate::formats::Format;
+use crate::formats::endpoints::{self, Matched, Mismatch, ModelAt, ToolCalls};
 
 /// Refuse a `rest` path that could leave the base path or change the host: empty segments
 /// (`//`, a leading `/`), `.` and `..` (also percent-encoded), encoded slashes and
@@ -131,31 +133,6 @@ pub fn check_bedrock_model_path(rest: &str) -> bool {
     id_ok && tail.is_none_or(|t| check_rest(t).is_ok())
 }
 
-/// The model a native request names in its path, for the audit event: Bedrock
-/// `model/{modelId}/…` (percent-decoded, ARNs included), Gemini and Vertex `…/models/{m}:method`,
-/// Azure deployment URLs `openai/deployments/{d}/…`. Other protocols name it in the body.
-pub fn model_in_path(protocol: Protocol, rest: &str) -> Option<String> {
-    let segments: Vec<&str> = rest.split('/').collect();
-    let after = |name: &str| {
-        segments
-            .iter()
-            .position(|s| *s == name)
-            .and_then(|i| segments.get(i + 1))
-            .copied()
-    };
-    let model = match protocol {
-        Protocol::Bedrock if segments.first() == Some(&"model") => segments
-            .get(1)
-            .map(|id| percent_decode_str(id).decode_utf8_lossy().into_owned()),
-        Protocol::Gemini | Protocol::VertexAi => after("models")
-            .map(|t| t.split_once(':').map_or(t, |(m, _)| m))
-            .map(str::to_owned),
-        Protocol::Azure => after("deployments").map(str::to_owned),
-        _ => None,
-    };
-    model.filter(|m| !m.is_empty())
-}
-
 /// Drop `key=` parameters from a query: a Gemini client may send its own key there, and it
 /// must never reach the upstream (the provider's key goes in `x-goog-api-key`).
 pub fn strip_key_param(query: &str) -> String {
@@ -166,267 +143,474 @@ pub fn strip_key_param(query: &str) -> String {
         .join("&")
 }
 
-/// The protocol whose error shape a native route answers in before its route is known: the
-/// protocol of the provider type named like the prefix (`/v1/anthropic/...`), else OpenAI's.
-fn protocol_hint(prefix: &str) -> Protocol {
-    ProviderType::ALL
-        .into_iter()
-        .find(|t| t.as_str() == prefix)
-        .map_or(Protocol::OpenAi, |t| providers::info(t).protocol)
-}
-
-/// The protocol whose error shape a native route of `table` answers in.
-pub fn protocol_for(table: &crate::config::ProxyTable, prefix: &str) -> Protocol {
-    table
-        .route(prefix)
-        .map_or_else(|| protocol_hint(prefix), |r| r.upstream.info.protocol)
-}
-
 /// Forward one request; errors the gateway raises are answered in the provider's own shape,
 /// so its SDK raises its usual exception.
 pub async fn forward(
     state: &Arc<AppState>,
+    ctx: &Ctx,
     prefix: &str,
-    proxy_id: &str,
     rest: &str,
     request: Request,
     exchange: &mut Exchange,
 ) -> Response {
-    let mut protocol = protocol_hint(prefix);
-    match forward_inner(
-        state,
-        prefix,
-        proxy_id,
-        rest,
-        request,
-        exchange,
-        &mut protocol,
-    )
-    .await
-    {
+    let mut format = format_for(&ctx.table, prefix);
+    match forward_inner(state, ctx, prefix, rest, request, exchange, &mut format).await {
         Ok(response) => response,
-        Err(e) => e.into_response_for(protocol),
+        Err(e) => e.into_response_for(format),
     }
 }
 
 async fn forward_inner(
     state: &Arc<AppState>,
+    ctx: &Ctx,
     prefix: &str,
-    proxy_id: &str,
     rest: &str,
     request: Request,
     exchange: &mut Exchange,
-    protocol: &mut Protocol,
+    format: &mut Format,
 ) -> Result<Response, ApiError> {
     // A path error comes first, except where the provider's own rules admit the path.
     let path_checked = check_rest(rest);
-    let snapshot = state.store.load();
-    let Some(table) = snapshot.proxy(proxy_id) else {
-        path_checked?;
-        return Err(ApiError::ProxyNotFound {
-            id: proxy_id.to_owned(),
-        });
-    };
-    exchange.proxy = table.key.proxy_id();
+    let table = &ctx.table;
     let Some(route) = table.route(prefix) else {
         path_checked?;
         return Err(ApiError::UnknownPrefix {
             prefix: prefix.to_owned(),
-            model: format!("/v1/{prefix}/{proxy_id}/"),
+            model: format!("/v1/{prefix}/{}/", table.key.proxy_id()),
             available: table.prefixes(),
         });
     };
     exchange.provider = route.prefix.clone();
     let upstream = &route.upstream;
-    *protocol = upstream.info.protocol;
-    let protocol = *protocol;
-    if let Err(e) = path_checked {
+    *format = upstream.info.format;
+    let format = *format;
+    let bedrock_arn = format == Format::Bedrock && check_bedrock_model_path(rest);
+    if let Err(e) = path_checked
+        && !bedrock_arn
+    {
         // Bedrock model IDs may be ARNs, which AWS SDKs send with `/` encoded as `%2F`.
-        if !(protocol == Protocol::Bedrock && check_bedrock_model_path(rest)) {
-            return Err(e);
-        }
+        return Err(e);
     }
-    if !crate::policy::access::permits_prefix(&table.policy.access, &exchange.identity, prefix) {
+    let policy = &table.policy;
+    let method_name = request.method().as_str().to_owned();
+
+    // Which endpoint: a known one of the format's table, or a `spec.passthrough` rule.
+    let matched = match endpoints::match_path(upstream.endpoints(), &method_name, rest) {
+        Ok(matched) => Some(matched),
+        Err(Mismatch::Encoded(segment)) => {
+            return Err(ApiError::InvalidPath(format!(
+                "path segment `{segment}` is percent-encoded where the gateway expects fixed text; send it unencoded"
+            )));
+        }
+        Err(Mismatch::BadModel(model)) => {
+            return Err(ApiError::InvalidPath(format!(
+                "`{model}` is not a model ID (letters, digits, `.`, `_`, `-`, `:`, `/`, `@`)"
+            )));
+        }
+        Err(Mismatch::Unknown) => None,
+    };
+    let Some(matched) = matched else {
+        return passthrough(state, table, route, prefix, rest, request, exchange).await;
+    };
+    if !crate::policy::access::permits_prefix(&policy.access, &exchange.identity, prefix) {
         return Err(guarded::forbidden(
             state,
             exchange,
             format!("the native route of prefix `{prefix}`"),
         ));
     }
-    if matches!(protocol, Protocol::Gemini | Protocol::VertexAi) {
-        check_gemini_path(rest)?;
-    }
     if let crate::config::Cloud::Vertex { project, location } = &upstream.cloud {
         check_vertex_scope(rest, project, location)?;
     }
-
-    let path_model = model_in_path(protocol, rest).map(|m| format!("{prefix}:{m}"));
-    if path_model.is_some() {
-        crate::policy::audit::update(&exchange.audit, |d| d.model = path_model.clone());
+    if policy.tools.is_some() && matched.endpoint.tool_calls == ToolCalls::Unreadable {
+        return Err(ApiError::GuardrailUnsupported(format!(
+            "this proxy has tool-call guardrails (spec.tools), and answers of `{} {}` can carry tool calls the guardrails cannot inspect yet; use the Model Router (/v1/model-router/{{proxy}}/chat/completions)",
+            matched.endpoint.method, matched.endpoint.name
+        )));
     }
 
-    // With guardrails (or content auditing), the request body is read whole to learn the
-    // conversation's trust, and the answer is parsed; otherwise bytes pass untouched.
-    let policy = table.policy.clone();
-    if policy.tools.is_some() {
-        guarded::check_native_supported(protocol, rest)?;
-    }
-    let format = guarded::format_of(protocol);
+    // The model: named in the path, or in the body (then the body is read once, and parsed
+    // once, when a check, a guard or the audit needs it).
+    let guarded_endpoint =
+        policy.tools.is_some() && matched.endpoint.tool_calls == ToolCalls::Guarded;
+    let restricted = !policy.access.is_empty()
+        || !matches!(upstream.models, crate::config::snapshot::ModelPolicy::Any);
+    let body_model = matches!(
+        matched.endpoint.model,
+        ModelAt::Body | ModelAt::BodyOptional | ModelAt::Multipart
+    );
+    let read = request.method() == http::Method::POST
+        && (guarded_endpoint || policy.audit_content || (body_model && restricted));
     let mut guard = None;
     let mut whole_body = None;
-    let inspect =
-        (policy.tools.is_some() || policy.audit_content) && request.method() == http::Method::POST;
-    let request = if inspect {
-        let (parts, bytes, value) = guarded::read_json(request, state.max_body_bytes).await?;
-        if let Some(tools) = &policy.tools {
-            let trust = value
+    let mut model = matched.path_model.clone();
+    let request = if read {
+        let (parts, bytes) = read_whole(request, state.max_body_bytes).await?;
+        let value = match matched.endpoint.model {
+            ModelAt::Multipart => None,
+            ModelAt::Body | ModelAt::BodyOptional | ModelAt::Path | ModelAt::Nowhere => {
+                Some(parse_json_body(&bytes)?)
+            }
+        };
+        if matched.endpoint.model == ModelAt::Multipart {
+            model = multipart_model(&parts.headers, bytes.clone()).await?;
+        } else if body_model {
+            model = value
                 .as_ref()
-                .map(|v| tools.trust(format, v))
-                .unwrap_or_default();
-            guard = Some(guarded::Guard {
-                policy: tools.clone(),
-                trust,
-                format,
-                sink: guarded::Sink::new(state, exchange),
-            });
+                .and_then(|v| v.get("model"))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned);
         }
-        let model = value
-            .as_ref()
-            .and_then(|v| v.get("model"))
-            .and_then(serde_json::Value::as_str)
-            .map(|m| format!("{prefix}:{m}"))
-            .or(path_model);
-        crate::policy::audit::update(&exchange.audit, |d| d.model = model);
-        if policy.audit_content
-            && let Some(v) = &value
-        {
-            let content = guarded::content_of(format, v);
-            crate::policy::audit::update(&exchange.audit, |d| d.content = content);
+        if let Some(value) = &value {
+            if let Some(tools) = &policy.tools
+                && guarded_endpoint
+            {
+                guard = Some(guarded::Guard {
+                    policy: tools.clone(),
+                    trust: tools.trust(format, value),
+                    format,
+                    sink: guarded::Sink::new(state, exchange),
+                });
+            }
+            if policy.audit_content {
+                let content = guarded::content_of(format, value);
+                crate::policy::audit::update(&exchange.audit, |d| d.content = content);
+            }
         }
         whole_body = Some(bytes);
         Request::from_parts(parts, Body::empty())
     } else {
         request
     };
-
-    let limit = state.max_body_bytes;
-    super::model_router::check_declared_length(request.headers(), limit)?;
-
-    let mut url = match &upstream.bedrock {
-        Some(b) if crate::providers::bedrock::is_control_plane(rest) => {
-            format!(
-                "{}/{rest}",
-                b.control_plane_url.as_str().trim_end_matches('/')
-            )
-        }
-        _ => upstream.url(rest),
-    };
-    if let Some(query) = request.uri().query() {
-        let query = match protocol {
-            Protocol::Gemini | Protocol::VertexAi => strip_key_param(query),
-            _ => query.to_owned(),
-        };
-        if !query.is_empty() {
-            url.push('?');
-            url.push_str(&query);
-        }
-    }
-    let method = request.method().clone();
-    let mut headers = super::headers::to_upstream(request.headers());
-    if protocol == Protocol::Anthropic && !headers.contains_key("anthropic-version") {
-        headers.insert(
-            "anthropic-version",
-            HeaderValue::from_static(super::translated::ANTHROPIC_VERSION),
-        );
-    }
-    if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
-        headers.insert("x-request-id", id);
-    }
-    // With access rules, a model list is filtered to what the caller may use.
-    let filter_models =
-        !policy.access.is_empty() && method == http::Method::GET && is_model_list(protocol, rest);
-    if guard.is_some() || filter_models {
-        // The guard (or the model-list filter) reads the answer: ask for it uncompressed.
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
-    }
-
-    // Stream the body upstream, counting bytes against the limit; a credential that signs
-    // the body (SigV4) needs it whole first (requests only: answers still stream).
-    let over_limit = Arc::new(AtomicBool::new(false));
-    let body = if let Some(bytes) = whole_body {
-        reqwest::Body::from(bytes)
-    } else if upstream.credential.needs_body() {
-        reqwest::Body::from(super::model_router::read_body(request, limit).await?)
-    } else {
-        let flag = over_limit.clone();
-        let mut seen = 0usize;
-        let body = request.into_body().into_data_stream().map(move |chunk| {
-            let chunk = chunk.map_err(std::io::Error::other)?;
-            seen += chunk.len();
-            if seen > limit {
-                flag.store(true, Ordering::Relaxed);
-                return Err(std::io::Error::other("request body over the limit"));
-            }
-            Ok(chunk)
-        });
-        reqwest::Body::wrap_stream(body)
-    };
-    let sent = upstream::send(
-        &state.client,
+    check_model(
+        state,
+        exchange,
+        &policy.access,
+        &matched,
         upstream,
-        &route.prefix,
-        method,
-        &url,
-        headers,
-        body,
-    )
-    .await;
-    let Answer { response, ttfb } = match sent {
-        Ok(answer) => answer,
-        Err(_) if over_limit.load(Ordering::Relaxed) => {
-            return Err(ApiError::BodyTooLarge { limit });
-        }
-        Err(e) => return Err(e),
-    };
-    exchange.ttfb = Some(ttfb);
-    let status = response.status();
-    let headers = super::headers::to_client(response.headers());
-    let body = upstream::body_stream(response, upstream.timeout);
-    let mut out = Response::new(Body::from_stream(body));
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    let mut out = match guard {
-        Some(guard) => guarded::guard_response(out, guard, state.max_body_bytes).await,
-        None => out,
-    };
-    if filter_models {
-        out = filter_model_list(
-            out,
-            &policy.access,
-            &exchange.identity,
-            prefix,
-            state.max_body_bytes,
-        )
-        .await?;
+        prefix,
+        model.as_deref(),
+        read || !body_model,
+    )?;
+    if let Some(m) = &model {
+        let qualified = format!("{prefix}:{m}");
+        exchange.model = qualified.clone();
+        crate::policy::audit::update(&exchange.audit, |d| d.model = Some(qualified));
     }
-    if !super::keepalive::comments_safe(protocol) {
-        out.extensions_mut().insert(super::keepalive::NoKeepAlive);
-    }
-    Ok(out)
+
+    // With access rules, a model list is filtered to what the caller may use.
+    let filter_models = !policy.access.is_empty() && matched.endpoint.model_list;
+    let relay = Relay {
+        guard,
+        whole_body,
+        filter_models: filter_models.then_some(&policy.access[..]),
+    };
+    relay
+        .send(state, route, prefix, rest, request, exchange, format)
+        .await
 }
 
-/// Whether `rest` is the provider's model list: `models` for the OpenAI family, `v1/models`
-/// for Anthropic (both answer `{"data": [{"id": …}, …], …}`).
-fn is_model_list(protocol: Protocol, rest: &str) -> bool {
-    let rest = rest.trim_end_matches('/');
-    match protocol {
-        Protocol::OpenAi => rest == "models",
-        Protocol::Anthropic => rest == "v1/models",
-        _ => false,
+/// How one native request goes upstream and its answer comes back.
+struct Relay<'a> {
+    /// The guard of the answer (tool-call guardrails).
+    guard: Option<guarded::Guard>,
+    /// The request body, when it was read.
+    whole_body: Option<bytes::Bytes>,
+    /// Filter a model list by these access rules.
+    filter_models: Option<&'a [crate::policy::access::AccessRule]>,
+}
+
+impl Relay<'_> {
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        self,
+        state: &Arc<AppState>,
+        route: &crate::config::Route,
+        prefix: &str,
+        rest: &str,
+        request: Request,
+        exchange: &mut Exchange,
+        format: Format,
+    ) -> Result<Response, ApiError> {
+        let upstream = &route.upstream;
+        let Relay {
+            guard,
+            whole_body,
+            filter_models,
+        } = self;
+        let limit = state.max_body_bytes;
+        super::context::check_declared_length(request.headers(), limit)?;
+
+        let mut url = match &upstream.bedrock {
+            Some(b) if crate::providers::bedrock::is_control_plane(rest) => {
+                format!(
+                    "{}/{rest}",
+                    b.control_plane_url.as_str().trim_end_matches('/')
+                )
+            }
+            _ => upstream.url(rest),
+        };
+        if let Some(query) = request.uri().query() {
+            let query = match format {
+                Format::Gemini => strip_key_param(query),
+                Format::OpenAi | Format::Anthropic | Format::Cohere | Format::Bedrock => {
+                    query.to_owned()
+                }
+            };
+            if !query.is_empty() {
+                url.push('?');
+                url.push_str(&query);
+            }
+        }
+        let method = request.method().clone();
+        let mut headers = super::headers::to_upstream(request.headers());
+        if format == Format::Anthropic && !headers.contains_key("anthropic-version") {
+            headers.insert(
+                "anthropic-version",
+                HeaderValue::from_static(crate::formats::anthropic::ANTHROPIC_VERSION),
+            );
+        }
+        if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
+            headers.insert("x-request-id", id);
+        }
+        if guard.is_some() || filter_models.is_some() {
+            // The guard (or the model-list filter) reads the answer: ask for it uncompressed.
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+
+        // Stream the body upstream, counting bytes against the limit; a credential that signs
+        // the body (SigV4) needs it whole first (requests only: answers still stream).
+        let over_limit = Arc::new(AtomicBool::new(false));
+        let body = if let Some(bytes) = whole_body {
+            reqwest::Body::from(bytes)
+        } else if upstream.credential.needs_body() {
+            reqwest::Body::from(super::context::read_body(request, limit).await?)
+        } else {
+            let flag = over_limit.clone();
+            let mut seen = 0usize;
+            let body = request.into_body().into_data_stream().map(move |chunk| {
+                let chunk = chunk.map_err(std::io::Error::other)?;
+                seen += chunk.len();
+                if seen > limit {
+                    flag.store(true, Ordering::Relaxed);
+                    return Err(std::io::Error::other("request body over the limit"));
+                }
+                Ok(chunk)
+            });
+            reqwest::Body::wrap_stream(body)
+        };
+        let sent = upstream::send(
+            &state.client,
+            upstream,
+            &route.prefix,
+            method,
+            &url,
+            headers,
+            body,
+        )
+        .await;
+        let Answer { response, ttfb } = match sent {
+            Ok(answer) => answer,
+            Err(_) if over_limit.load(Ordering::Relaxed) => {
+                return Err(ApiError::BodyTooLarge { limit });
+            }
+            Err(e) => return Err(e),
+        };
+        exchange.ttfb = Some(ttfb);
+        let status = response.status();
+        let headers = super::headers::to_client(response.headers());
+        let body = upstream::body_stream(response, upstream.timeout);
+        let mut out = Response::new(Body::from_stream(body));
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        let mut out = match guard {
+            Some(guard) => guarded::guard_response(out, guard, state.max_body_bytes).await,
+            None => out,
+        };
+        if let Some(access) = filter_models {
+            out = filter_model_list(
+                out,
+                format,
+                access,
+                &exchange.identity,
+                prefix,
+                state.max_body_bytes,
+            )
+            .await?;
+        }
+        if !format.sse_comments_safe() {
+            out.extensions_mut().insert(super::keepalive::NoKeepAlive);
+        }
+        Ok(out)
     }
+}
+
+/// Parse a JSON request body once. A body the gateway must read (to check its model or guard
+/// its answer) and cannot is refused, never forwarded unread: that includes JSON nested
+/// deeper than the parser's recursion limit.
+fn parse_json_body(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::InvalidJson(format!(
+            "{e}; this endpoint's body must be a JSON object the gateway can read"
+        ))
+    })
+}
+
+/// The `model` field of a `multipart/form-data` body (audio and image-edit uploads), read
+/// with `multer`; file parts are skipped.
+async fn multipart_model(
+    headers: &http::HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Option<String>, ApiError> {
+    let invalid = |why: String| ApiError::InvalidField {
+        param: "model",
+        message: format!("the multipart body could not be read for its `model` field: {why}"),
+    };
+    let boundary = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| multer::parse_boundary(v).ok())
+        .ok_or_else(|| invalid("no multipart/form-data boundary".to_owned()))?;
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+    let mut parts = multer::Multipart::new(stream, boundary);
+    let mut found = None;
+    while let Some(field) = parts
+        .next_field()
+        .await
+        .map_err(|e| invalid(e.to_string()))?
+    {
+        if field.name() != Some("model") {
+            continue;
+        }
+        let text = field.text().await.map_err(|e| invalid(e.to_string()))?;
+        if found.replace(text.trim().to_owned()).is_some() {
+            return Err(invalid("`model` is given twice".to_owned()));
+        }
+    }
+    Ok(found)
+}
+
+/// The model a native request names goes through the same checks as on the Model Router:
+/// the provider's `models.static` / `models.allow` (404), then `spec.access` (403). `known`
+/// is false when the body was not read because no rule restricts models.
+#[allow(clippy::too_many_arguments)]
+fn check_model(
+    state: &AppState,
+    exchange: &Exchange,
+    table_access: &[crate::policy::access::AccessRule],
+    matched: &Matched,
+    upstream: &Upstream,
+    prefix: &str,
+    model: Option<&str>,
+    known: bool,
+) -> Result<(), ApiError> {
+    let model = match (matched.endpoint.model, model) {
+        (_, Some(m)) if !m.trim().is_empty() => m.trim(),
+        (ModelAt::Nowhere, _) => return Ok(()),
+        (ModelAt::Body | ModelAt::BodyOptional | ModelAt::Multipart, _) if !known => {
+            return Ok(());
+        }
+        (ModelAt::BodyOptional, _) => {
+            // The provider picks its default model: only for callers who may use them all.
+            if crate::policy::access::permits_model(
+                table_access,
+                &exchange.identity,
+                &format!("{prefix}:*"),
+            ) {
+                return Ok(());
+            }
+            return Err(ApiError::InvalidField {
+                param: "model",
+                message: format!(
+                    "name the model of `{}`: this proxy's access rules allow you only some models of prefix `{prefix}`",
+                    matched.endpoint.name
+                ),
+            });
+        }
+        (ModelAt::Body | ModelAt::Multipart | ModelAt::Path, _) => {
+            return Err(ApiError::InvalidField {
+                param: "model",
+                message: format!("`{}` requires a `model`", matched.endpoint.name),
+            });
+        }
+    };
+    if !upstream.models.permits(model) {
+        return Err(ApiError::ModelNotServed {
+            prefix: prefix.to_owned(),
+            model: model.to_owned(),
+        });
+    }
+    let qualified = format!("{prefix}:{model}");
+    if !crate::policy::access::permits_model(table_access, &exchange.identity, &qualified) {
+        return Err(guarded::forbidden(
+            state,
+            exchange,
+            format!("model `{qualified}`"),
+        ));
+    }
+    Ok(())
+}
+
+/// A path that no known endpoint matches: forwarded unread only where the provider's
+/// `spec.passthrough` admits it, never under `spec.tools`, and only to callers whose access
+/// covers every model of the prefix. Otherwise 404 `unknown_endpoint`.
+async fn passthrough(
+    state: &Arc<AppState>,
+    table: &crate::config::ProxyTable,
+    route: &crate::config::Route,
+    prefix: &str,
+    rest: &str,
+    request: Request,
+    exchange: &mut Exchange,
+) -> Result<Response, ApiError> {
+    let upstream = &route.upstream;
+    let method = request.method().as_str().to_owned();
+    let unknown = || ApiError::UnknownEndpoint {
+        method: method.clone(),
+        path: rest.to_owned(),
+        prefix: prefix.to_owned(),
+        known: endpoints::describe(upstream.endpoints()),
+    };
+    if !upstream.passes_through(&method, rest) {
+        return Err(unknown());
+    }
+    if table.policy.tools.is_some() {
+        return Err(ApiError::GuardrailUnsupported(format!(
+            "{method} {rest} is a spec.passthrough endpoint, which is never served on a proxy with tool-call guardrails (spec.tools)"
+        )));
+    }
+    if !crate::policy::access::permits_model(
+        &table.policy.access,
+        &exchange.identity,
+        &format!("{prefix}:*"),
+    ) {
+        return Err(guarded::forbidden(
+            state,
+            exchange,
+            format!(
+                "pass-through endpoint `{method} {rest}` of prefix `{prefix}` (it needs access to `{prefix}:*`)"
+            ),
+        ));
+    }
+    let relay = Relay {
+        guard: None,
+        whole_body: None,
+        filter_models: None,
+    };
+    relay
+        .send(
+            state,
+            route,
+            prefix,
+            rest,
+            request,
+            exchange,
+            upstream.info.format,
+        )
+        .await
 }
 
 /// Keep in a model list's `data` only the models `identity` may use (`{prefix}:{id}` against
@@ -435,6 +619,7 @@ fn is_model_list(protocol: Protocol, rest: &str) -> bool {
 /// passed on unfiltered.
 async fn filter_model_list(
     response: Response,
+    format: Format,
     access: &[crate::policy::access::AccessRule],
     identity: &str,
     prefix: &str,
@@ -463,22 +648,35 @@ async fn filter_model_list(
         .await
         .map_err(|e| invalid(format!("the model list could not be read: {e}")))?
         .to_bytes();
-    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return Ok(Response::from_parts(parts, Body::from(bytes)));
+    let unreadable = || {
+        invalid(
+            "the model list is not in the provider's list shape; it is not passed on unfiltered"
+                .to_owned(),
+        )
     };
-    let Some(data) = value
-        .get_mut("data")
-        .and_then(serde_json::Value::as_array_mut)
+    let mut value =
+        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|_| unreadable())?;
+    let Some((key, field)) = format
+        .model_list_keys()
+        .iter()
+        .find(|(key, _)| value.get(key).is_some_and(serde_json::Value::is_array))
     else {
-        return Ok(Response::from_parts(parts, Body::from(bytes)));
+        return Err(unreadable());
     };
-    data.retain(|m| {
-        m.get("id")
-            .and_then(serde_json::Value::as_str)
-            .is_some_and(|id| {
-                crate::policy::access::permits_model(access, identity, &format!("{prefix}:{id}"))
-            })
-    });
+    if let Some(data) = value.get_mut(key).and_then(serde_json::Value::as_array_mut) {
+        data.retain(|m| {
+            m.get(field)
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|name| {
+                    let id = format.model_id_of(name);
+                    crate::policy::access::permits_model(
+                        access,
+                        identity,
+                        &format!("{prefix}:{id}"),
+                    )
+                })
+        });
+    }
     let body = serde_json::to_vec(&value)
         .map_err(|e| invalid(format!("the filtered model list could not be written: {e}")))?;
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -557,55 +755,6 @@ mod tests {
         ] {
             assert!(!check_bedrock_model_path(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn models_named_in_paths_are_found_for_the_audit() {
-        let cases = [
-            (
-                Protocol::Bedrock,
-                "model/us.anthropic.claude-v1:0/converse",
-                Some("us.anthropic.claude-v1:0"),
-            ),
-            (
-                Protocol::Bedrock,
-                "model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Aapplication-inference-profile%2Fabc/converse",
-                Some("arn:aws:bedrock:us-east-1:1:application-inference-profile/abc"),
-            ),
-            (Protocol::Bedrock, "inference-profiles", None),
-            (
-                Protocol::Gemini,
-                "v1beta/models/gemini-2.5-flash:streamGenerateContent",
-                Some("gemini-2.5-flash"),
-            ),
-            (
-                Protocol::VertexAi,
-                "v1beta1/projects/p/locations/l/publishers/google/models/gemini-2.5-pro:generateContent",
-                Some("gemini-2.5-pro"),
-            ),
-            (Protocol::Gemini, "v1beta/models", None),
-            (
-                Protocol::Azure,
-                "openai/deployments/gpt-4o-prod/chat/completions",
-                Some("gpt-4o-prod"),
-            ),
-            (Protocol::Azure, "openai/v1/chat/completions", None),
-            (Protocol::OpenAi, "chat/completions", None),
-            (Protocol::Anthropic, "v1/models/claude-x", None),
-        ];
-        for (protocol, rest, want) in cases {
-            assert_eq!(model_in_path(protocol, rest).as_deref(), want, "{rest}");
-        }
-    }
-
-    #[test]
-    fn model_lists_are_known_per_protocol() {
-        assert!(is_model_list(Protocol::OpenAi, "models"));
-        assert!(is_model_list(Protocol::OpenAi, "models/"));
-        assert!(!is_model_list(Protocol::OpenAi, "models/gpt-5"));
-        assert!(is_model_list(Protocol::Anthropic, "v1/models"));
-        assert!(!is_model_list(Protocol::Anthropic, "models"));
-        assert!(!is_model_list(Protocol::Gemini, "v1beta/models"));
     }
 
     #[test]

@@ -17,105 +17,108 @@ use super::error::ApiError;
 use super::upstream::{self, Answer};
 use super::{AppState, Exchange};
 use crate::config::{Route, Upstream};
-use crate::providers::Protocol;
-use crate::translate::eventstream;
-use crate::translate::openai::{ChatRequest, ChatResponse, ErrorBody};
-use crate::translate::sse::{DONE, SseEvent, SseParser};
-use crate::translate::{StreamOut, TranslateError, Translated, anthropic, bedrock, cohere, gemini};
+use crate::formats::Format;
+use crate::formats::bedrock::eventstream;
+use crate::formats::openai::{ChatRequest, ChatResponse, ErrorBody};
+use crate::formats::sse::{DONE, SseEvent, SseParser};
+use crate::formats::{StreamOut, TranslateError, Translated, anthropic, bedrock, cohere, gemini};
 
-/// `anthropic-version` sent when the client sent none.
-pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+pub use crate::formats::anthropic::ANTHROPIC_VERSION;
 
-/// A native format the Model Router translates to.
+/// The translation of one format, chosen by the closed [`Format`] enum. The OpenAI format
+/// is never translated (the router forwards it), so its arms refuse rather than guess.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    /// Anthropic Messages.
-    Anthropic,
-    /// Gemini `generateContent` (AI Studio).
-    Gemini,
-    /// Gemini on Vertex AI: the Gemini translation, Vertex paths.
-    Vertex,
-    /// Cohere v2 Chat.
-    Cohere,
-    /// Bedrock Converse / ConverseStream.
-    Bedrock,
+pub struct Dialect(pub Format);
+
+fn forwarded() -> TranslateError {
+    TranslateError::Unsupported {
+        param: "model".to_owned(),
+        reason: "the OpenAI format is forwarded, not translated".to_owned(),
+    }
 }
 
 impl Dialect {
-    /// The dialect of a protocol, if it is translated.
-    pub fn of(protocol: Protocol) -> Option<Self> {
-        match protocol {
-            Protocol::Anthropic => Some(Self::Anthropic),
-            Protocol::Gemini => Some(Self::Gemini),
-            Protocol::Cohere => Some(Self::Cohere),
-            Protocol::VertexAi => Some(Self::Vertex),
-            Protocol::Bedrock => Some(Self::Bedrock),
-            Protocol::OpenAi | Protocol::Azure => None,
+    /// The dialect of a format, if the router translates it.
+    pub fn of(format: Format) -> Option<Self> {
+        match format {
+            Format::OpenAi => None,
+            Format::Anthropic | Format::Gemini | Format::Cohere | Format::Bedrock => {
+                Some(Self(format))
+            }
         }
     }
 
     fn request(self, req: &ChatRequest, model: &str) -> Result<Translated, TranslateError> {
-        match self {
-            Self::Anthropic => anthropic::request(req, model),
-            Self::Gemini | Self::Vertex => gemini::request(req, model),
-            Self::Cohere => cohere::request(req, model),
-            Self::Bedrock => bedrock::request(req, model),
+        match self.0 {
+            Format::Anthropic => anthropic::request(req, model),
+            Format::Gemini => gemini::request(req, model),
+            Format::Cohere => cohere::request(req, model),
+            Format::Bedrock => bedrock::request(req, model),
+            Format::OpenAi => Err(forwarded()),
         }
     }
 
     /// The native endpoint, relative to the provider's base URL.
     fn path(self, upstream: &Upstream, model: &str, stream: bool) -> String {
-        match (self, stream) {
-            (Self::Vertex, _) => upstream.vertex_path(model, stream),
-            (Self::Anthropic, _) => "v1/messages".to_owned(),
-            (Self::Gemini, false) => format!("v1beta/models/{model}:generateContent"),
-            (Self::Gemini, true) => format!("v1beta/models/{model}:streamGenerateContent?alt=sse"),
-            (Self::Cohere, _) => "v2/chat".to_owned(),
-            (Self::Bedrock, stream) => bedrock::path(model, stream),
+        if let (Format::Gemini, crate::config::Cloud::Vertex { .. }) = (self.0, &upstream.cloud) {
+            return upstream.vertex_path(model, stream);
+        }
+        match (self.0, stream) {
+            (Format::Anthropic, _) => "v1/messages".to_owned(),
+            (Format::Gemini, false) => format!("v1beta/models/{model}:generateContent"),
+            (Format::Gemini, true) => {
+                format!("v1beta/models/{model}:streamGenerateContent?alt=sse")
+            }
+            (Format::Cohere, _) => "v2/chat".to_owned(),
+            (Format::Bedrock, stream) => bedrock::path(model, stream),
+            (Format::OpenAi, _) => "chat/completions".to_owned(),
         }
     }
 
     fn response(self, body: &[u8], client_model: &str) -> Result<ChatResponse, TranslateError> {
-        match self {
-            Self::Anthropic => anthropic::response(body, client_model),
-            Self::Gemini | Self::Vertex => gemini::response(body, client_model),
-            Self::Cohere => cohere::response(body, client_model),
-            Self::Bedrock => bedrock::response(body, client_model),
+        match self.0 {
+            Format::Anthropic => anthropic::response(body, client_model),
+            Format::Gemini => gemini::response(body, client_model),
+            Format::Cohere => cohere::response(body, client_model),
+            Format::Bedrock => bedrock::response(body, client_model),
+            Format::OpenAi => Err(forwarded()),
         }
     }
 
     fn error(self, status: u16, body: &[u8]) -> (u16, ErrorBody) {
-        match self {
-            Self::Anthropic => anthropic::error(status, body),
-            Self::Gemini | Self::Vertex => gemini::error(status, body),
-            Self::Cohere => cohere::error(status, body),
-            Self::Bedrock => bedrock::error(status, body),
+        match self.0 {
+            Format::Anthropic => anthropic::error(status, body),
+            Format::Gemini => gemini::error(status, body),
+            Format::Cohere => cohere::error(status, body),
+            Format::Bedrock => bedrock::error(status, body),
+            Format::OpenAi => (502, forwarded().to_error_body()),
         }
     }
 
-    fn stream(self, client_model: &str, include_usage: bool, created: u64) -> Translator {
-        match self {
-            Self::Anthropic => {
+    fn stream(self, client_model: &str, include_usage: bool, created: u64) -> Option<Translator> {
+        Some(match self.0 {
+            Format::OpenAi => return None,
+            Format::Anthropic => {
                 let mut t = anthropic::StreamTranslator::new(client_model, include_usage);
                 t.set_created(created);
                 Translator::Anthropic(t)
             }
-            Self::Gemini | Self::Vertex => {
+            Format::Gemini => {
                 let mut t = gemini::StreamTranslator::new(client_model, include_usage);
                 t.set_created(created);
                 Translator::Gemini(t)
             }
-            Self::Cohere => {
+            Format::Cohere => {
                 let mut t = cohere::StreamTranslator::new(client_model, include_usage);
                 t.set_created(created);
                 Translator::Cohere(t)
             }
-            Self::Bedrock => {
+            Format::Bedrock => {
                 let mut t = bedrock::StreamTranslator::new(client_model, include_usage);
                 t.set_created(created);
                 Translator::Bedrock(t)
             }
-        }
+        })
     }
 }
 
@@ -193,9 +196,7 @@ pub async fn chat(
     let request: ChatRequest = serde_json::from_value(Value::Object(body))
         .map_err(|e| ApiError::InvalidJson(format!("not a chat completions request: {e}")))?;
     let streaming = request.is_stream();
-    if matches!(dialect, Dialect::Gemini | Dialect::Vertex)
-        && !crate::config::snapshot::is_model_segment(model)
-    {
+    if dialect.0 == Format::Gemini && !crate::config::snapshot::is_model_segment(model) {
         // Gemini and Vertex name the model in the URL path: nothing but a model ID may stand there.
         return Err(ApiError::InvalidField {
             param: "model",
@@ -210,9 +211,9 @@ pub async fn chat(
         serde_json::to_vec(&translated.body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
 
     let accept =
-        (dialect == Dialect::Bedrock && streaming).then_some("application/vnd.amazon.eventstream");
+        (dialect.0 == Format::Bedrock && streaming).then_some("application/vnd.amazon.eventstream");
     let mut headers = upstream::json_headers(accept, &exchange.request_id);
-    if dialect == Dialect::Anthropic {
+    if dialect.0 == Format::Anthropic {
         headers.insert(
             "anthropic-version",
             HeaderValue::from_static(ANTHROPIC_VERSION),
@@ -265,7 +266,9 @@ pub async fn chat(
     }
 
     let include_usage = request.include_usage();
-    let mut translator = dialect.stream(asked, include_usage, now());
+    let Some(mut translator) = dialect.stream(asked, include_usage, now()) else {
+        return Err(ApiError::Translation(forwarded()));
+    };
     // Bedrock chunks carry no ID; its request ID (for support cases) is the closest thing.
     if let (Translator::Bedrock(t), Some(id)) = (
         &mut translator,
@@ -279,7 +282,7 @@ pub async fn chat(
     }
     let state = StreamState {
         body: upstream::body_stream(response, upstream.timeout).boxed(),
-        input: if dialect == Dialect::Bedrock {
+        input: if dialect.0 == Format::Bedrock {
             Input::EventStream(eventstream::Decoder::default())
         } else {
             Input::Sse(SseParser::default())
@@ -392,7 +395,7 @@ impl StreamState {
 }
 
 fn decode_error(e: &eventstream::DecodeError) -> StreamOut {
-    StreamOut::Error(crate::translate::openai::ErrorBody::new(
+    StreamOut::Error(crate::formats::openai::ErrorBody::new(
         format!("the upstream event stream could not be read: {e}"),
         "server_error",
         Some("bad_upstream_response".to_owned()),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import threading
 
-from harness import CLIENT_KEY, PROVIDER_KEY
+import openai
+import pytest
+
+from harness import CLIENT_KEY, PROVIDER_KEY, docs, provider_doc, proxy_doc, secret_doc
 
 MESSAGES = [{"role": "user", "content": "native hello"}]
 
@@ -59,8 +62,22 @@ def test_native_stream_is_not_buffered(fake, gw):
     assert "".join(pieces) == "one two three"
 
 
-def test_native_embeddings(fake, gw):
-    client = gw.native_client()
+EMBEDDING_MODELS = ("gpt-test", "gpt-test-mini", "text-embedding-3-small")
+
+
+@pytest.fixture
+def gw_embed(fake, start_gateway):
+    """The standard gateway, with the embedding model among the provider's static models:
+    native routes check the model an endpoint names against `models.static`."""
+    return start_gateway(docs(
+        secret_doc("openai-key", PROVIDER_KEY),
+        provider_doc("openai", fake.base_url, static=EMBEDDING_MODELS),
+        proxy_doc("team-a", ["openai"]),
+    ))
+
+
+def test_native_embeddings(fake, gw_embed):
+    client = gw_embed.native_client()
     resp = client.embeddings.create(model="text-embedding-3-small", input=["abc", "hello"])
     assert [d.index for d in resp.data] == [0, 1]
     assert resp.data[0].embedding == [3.0, 0.5, -0.25, 0.0]
@@ -71,10 +88,24 @@ def test_native_embeddings(fake, gw):
     assert_upstream_auth(up[0])
 
 
-def test_native_embeddings_float_format(fake, gw):
-    resp = gw.native_client().embeddings.create(model="text-embedding-3-small", input="xy",
+def test_native_embeddings_float_format(fake, gw_embed):
+    resp = gw_embed.native_client().embeddings.create(model="text-embedding-3-small", input="xy",
                                                 encoding_format="float")
     assert resp.data[0].embedding == [2.0, 0.5, -0.25, 0.0]
+
+
+def test_native_models_outside_the_providers_list_are_404(fake, gw):
+    """`models.static` holds on every native endpoint that names a model, as on the router."""
+    client = gw.native_client()
+    for call in (
+        lambda: client.embeddings.create(model="text-embedding-3-small", input="x"),
+        lambda: client.chat.completions.create(model="o3-pro", messages=MESSAGES),
+    ):
+        with pytest.raises(openai.NotFoundError) as info:
+            call()
+        assert info.value.body["code"] == "model_not_found", info.value.body
+    assert not fake.requests_to("/v1/embeddings", "POST")
+    assert not fake.requests_to("/v1/chat/completions", "POST")
 
 
 def test_native_models_list_and_query_passthrough(fake, gw):

@@ -73,7 +73,7 @@ class _Server:
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
 
-            do_POST = do_GET
+            do_POST = do_DELETE = do_PUT = do_PATCH = do_TRACE = do_GET
 
         self._server = serving.serve(Handler)
         return self

@@ -20,18 +20,18 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::openai::{
+use crate::formats::openai::{
     self, ChatRequest, ChatResponse, ErrorBody, FunctionCall, FunctionDelta, Role, ToolCall,
     ToolCallDelta, Usage,
 };
-use super::sse::SseEvent;
-use super::{Choice, StreamLife, StreamOut, TranslateError, Translated};
+use crate::formats::sse::SseEvent;
+use crate::formats::translate::{Choice, StreamLife, StreamOut, TranslateError, Translated};
 
 /// Translate an OpenAI request into a Cohere v2 Chat request body.
 pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, TranslateError> {
-    super::check_single_choice(req)?;
-    super::check_last_user_turn(req, "Cohere")?;
-    let mut calls = super::ToolCallIndex::default();
+    crate::formats::translate::check_single_choice(req)?;
+    crate::formats::translate::check_last_user_turn(req, "Cohere")?;
+    let mut calls = crate::formats::translate::ToolCallIndex::default();
     let mut messages: Vec<Value> = Vec::new();
     let mut dropped = 0;
 
@@ -76,7 +76,11 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
                     let mut native = Vec::new();
                     for call in tool_calls {
                         // Validated, then sent as the client wrote it.
-                        super::parse_arguments(index, &call.id, &call.function.arguments)?;
+                        crate::formats::translate::parse_arguments(
+                            index,
+                            &call.id,
+                            &call.function.arguments,
+                        )?;
                         let arguments = match call.function.arguments.trim() {
                             "" => "{}",
                             _ => call.function.arguments.as_str(),
@@ -103,7 +107,7 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
                 };
                 messages.push(json!({"role": "tool", "tool_call_id": id, "content": content}));
             }
-            Role::Function => return Err(super::function_role_error(index)),
+            Role::Function => return Err(crate::formats::translate::function_role_error(index)),
         }
     }
 
@@ -118,8 +122,8 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
     body.insert("model".into(), json!(upstream_model));
     body.insert("messages".into(), Value::Array(messages));
 
-    let tools = super::function_tools(req)?;
-    let choice = super::tool_choice(req, &tools)?;
+    let tools = crate::formats::translate::function_tools(req)?;
+    let choice = crate::formats::translate::tool_choice(req, &tools)?;
     if !tools.is_empty() {
         let only = match &choice {
             Some(Choice::Function(name)) => Some(name.as_str()),
@@ -154,7 +158,7 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
         }
     }
 
-    let names = super::Sampling {
+    let names = crate::formats::translate::Sampling {
         max_tokens: "max_tokens",
         temperature: "temperature",
         top_p: "p",
@@ -163,8 +167,8 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
         presence_penalty: "presence_penalty",
         frequency_penalty: "frequency_penalty",
     };
-    super::copy_sampling(req, &names, &mut body);
-    match super::output_format(req)? {
+    crate::formats::translate::copy_sampling(req, &names, &mut body);
+    match crate::formats::translate::output_format(req)? {
         Some(openai::OutputFormat::JsonObject) => {
             body.insert("response_format".into(), json!({"type": "json_object"}));
         }
@@ -282,7 +286,7 @@ fn finish_reason(reason: &str) -> &'static str {
 
 /// Translate a Cohere v2 Chat response into a `chat.completion`.
 pub fn response(body: &[u8], client_model: &str) -> Result<ChatResponse, TranslateError> {
-    let parsed: ChatResponseV2 = super::upstream_parse(body)?;
+    let parsed: ChatResponseV2 = crate::formats::translate::upstream_parse(body)?;
     let message = parsed.message.unwrap_or_default();
     let text: String = message
         .content
@@ -313,7 +317,7 @@ pub fn response(body: &[u8], client_model: &str) -> Result<ChatResponse, Transla
         None => "stop",
     };
     Ok(openai::completion(
-        super::chat_id(parsed.id.as_deref(), body),
+        crate::formats::translate::chat_id(parsed.id.as_deref(), body),
         0,
         client_model,
         text,
@@ -390,7 +394,8 @@ impl StreamTranslator {
         let parsed: StreamEvent = match serde_json::from_str(&event.data) {
             Ok(e) => e,
             Err(e) => {
-                self.life.fail(&mut out, super::bad_event(&e));
+                self.life
+                    .fail(&mut out, crate::formats::translate::bad_event(&e));
                 return out;
             }
         };
@@ -466,11 +471,15 @@ impl StreamTranslator {
                     };
                     let message = delta.error.map_or_else(
                         || format!("the Cohere API ended the stream with {reason}"),
-                        |e| super::redact(&e),
+                        |e| crate::formats::translate::redact(&e),
                     );
                     self.life.fail(
                         &mut out,
-                        ErrorBody::new(message, super::error_type(status), Some(code.to_owned())),
+                        ErrorBody::new(
+                            message,
+                            crate::formats::translate::error_type(status),
+                            Some(code.to_owned()),
+                        ),
                     );
                     return out;
                 }
@@ -511,7 +520,7 @@ struct NativeError {
 pub fn error(status: u16, body: &[u8]) -> (u16, ErrorBody) {
     let mapped = match status {
         498 => 401,
-        s => super::map_status(s),
+        s => crate::formats::translate::map_status(s),
     };
     let message = serde_json::from_slice::<NativeError>(body)
         .ok()
@@ -519,11 +528,11 @@ pub fn error(status: u16, body: &[u8]) -> (u16, ErrorBody) {
         .filter(|m| !m.is_empty())
         .map_or_else(
             || format!("the Cohere API answered with HTTP {status}"),
-            |m| super::redact(&m),
+            |m| crate::formats::translate::redact(&m),
         );
     (
         mapped,
-        ErrorBody::new(message, super::error_type(mapped), None),
+        ErrorBody::new(message, crate::formats::translate::error_type(mapped), None),
     )
 }
 

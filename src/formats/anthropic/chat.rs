@@ -27,12 +27,12 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::openai::{
+use crate::formats::openai::{
     self, ChatRequest, ChatResponse, ErrorBody, FunctionCall, FunctionDelta, Role, ToolCall,
     ToolCallDelta, Usage,
 };
-use super::sse::SseEvent;
-use super::{Choice, StreamLife, StreamOut, TranslateError, Translated};
+use crate::formats::sse::SseEvent;
+use crate::formats::translate::{Choice, StreamLife, StreamOut, TranslateError, Translated};
 
 /// `max_tokens` sent when the client set neither `max_completion_tokens`
 /// nor `max_tokens` (Anthropic requires it; 4096 fits every current model).
@@ -58,7 +58,7 @@ const STRICT_UNSUPPORTED: [&str; 8] = [
 /// string and array constraints (`minItems` is kept only as 0 or 1).
 fn strict_schema(schema: &Value) -> Value {
     let mut schema = schema.clone();
-    super::walk_schema(&mut schema, &mut |map| {
+    crate::formats::translate::walk_schema(&mut schema, &mut |map| {
         for key in STRICT_UNSUPPORTED {
             map.remove(key);
         }
@@ -75,9 +75,9 @@ fn strict_schema(schema: &Value) -> Value {
 
 /// Translate an OpenAI request into an Anthropic Messages request body.
 pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, TranslateError> {
-    super::check_single_choice(req)?;
-    super::check_last_user_turn(req, "Anthropic")?;
-    let mut calls = super::ToolCallIndex::default();
+    crate::formats::translate::check_single_choice(req)?;
+    crate::formats::translate::check_last_user_turn(req, "Anthropic")?;
+    let mut calls = crate::formats::translate::ToolCallIndex::default();
     let mut system: Vec<String> = Vec::new();
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
     let mut dropped = 0;
@@ -103,10 +103,14 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
                 calls.record(message);
                 let mut blocks = text_blocks(message.content.as_ref());
                 for call in message.tool_calls.iter().flatten() {
-                    let input = super::parse_arguments(index, &call.id, &call.function.arguments)?;
+                    let input = crate::formats::translate::parse_arguments(
+                        index,
+                        &call.id,
+                        &call.function.arguments,
+                    )?;
                     blocks.push(json!({
                         "type": "tool_use",
-                        "id": super::tool_id(&call.id),
+                        "id": crate::formats::translate::tool_id(&call.id),
                         "name": call.function.name,
                         "input": input,
                     }));
@@ -115,13 +119,13 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
             }
             Role::Tool => {
                 let (id, _) = calls.resolve(index, message)?;
-                let mut block = json!({"type": "tool_result", "tool_use_id": super::tool_id(id)});
+                let mut block = json!({"type": "tool_result", "tool_use_id": crate::formats::translate::tool_id(id)});
                 if !text.is_empty() {
                     block["content"] = Value::String(text);
                 }
                 push_turn(&mut turns, "user", vec![block]);
             }
-            Role::Function => return Err(super::function_role_error(index)),
+            Role::Function => return Err(crate::formats::translate::function_role_error(index)),
         }
     }
 
@@ -147,7 +151,7 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
         .collect();
     body.insert("messages".into(), Value::Array(messages));
 
-    let tools = super::function_tools(req)?;
+    let tools = crate::formats::translate::function_tools(req)?;
     if !tools.is_empty() {
         let defs: Vec<Value> = tools
             .iter()
@@ -170,7 +174,7 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
             .collect();
         body.insert("tools".into(), Value::Array(defs));
         let no_parallel = req.parallel_tool_calls == Some(false);
-        let choice = match super::tool_choice(req, &tools)? {
+        let choice = match crate::formats::translate::tool_choice(req, &tools)? {
             Some(Choice::None) => Some(json!({"type": "none"})),
             Some(Choice::Required) => Some(json!({"type": "any"})),
             Some(Choice::Function(name)) => Some(json!({"type": "tool", "name": name})),
@@ -186,7 +190,7 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
         }
     } else {
         // Validate tool_choice even without tools, so typos are reported.
-        super::tool_choice(req, &tools)?;
+        crate::formats::translate::tool_choice(req, &tools)?;
     }
 
     if let Some(t) = req.temperature {
@@ -202,7 +206,9 @@ pub fn request(req: &ChatRequest, upstream_model: &str) -> Result<Translated, Tr
             body.insert("stop_sequences".into(), json!(stops));
         }
     }
-    if let Some(openai::OutputFormat::JsonSchema(schema)) = super::output_format(req)? {
+    if let Some(openai::OutputFormat::JsonSchema(schema)) =
+        crate::formats::translate::output_format(req)?
+    {
         body.insert(
             "output_config".into(),
             json!({"format": {"type": "json_schema", "schema": strict_schema(schema)}}),
@@ -339,7 +345,7 @@ fn finish_reason(stop_reason: Option<&str>) -> &'static str {
 
 /// Translate an Anthropic Messages response body into a `chat.completion`.
 pub fn response(body: &[u8], client_model: &str) -> Result<ChatResponse, TranslateError> {
-    let message: Message = super::upstream_parse(body)?;
+    let message: Message = crate::formats::translate::upstream_parse(body)?;
     let mut text = String::new();
     let mut calls = Vec::new();
     for block in message.content {
@@ -350,7 +356,9 @@ pub fn response(body: &[u8], client_model: &str) -> Result<ChatResponse, Transla
                 kind: "function".to_owned(),
                 function: FunctionCall {
                     name: block.name.unwrap_or_default(),
-                    arguments: super::arguments_string(&block.input.unwrap_or(Value::Null)),
+                    arguments: crate::formats::translate::arguments_string(
+                        &block.input.unwrap_or(Value::Null),
+                    ),
                 },
                 rest: Map::new(),
             }),
@@ -358,7 +366,7 @@ pub fn response(body: &[u8], client_model: &str) -> Result<ChatResponse, Transla
         }
     }
     Ok(openai::completion(
-        super::chat_id(Some(&message.id), body),
+        crate::formats::translate::chat_id(Some(&message.id), body),
         0,
         client_model,
         text,
@@ -468,7 +476,8 @@ impl StreamTranslator {
         let parsed: Event = match serde_json::from_str(&event.data) {
             Ok(e) => e,
             Err(e) => {
-                self.life.fail(&mut out, super::bad_event(&e));
+                self.life
+                    .fail(&mut out, crate::formats::translate::bad_event(&e));
                 return out;
             }
         };
@@ -595,27 +604,28 @@ fn status_of(kind: &str) -> u16 {
 }
 
 fn native_error(status: Option<u16>, error: NativeError) -> ErrorBody {
-    let status = super::map_status(status.unwrap_or_else(|| status_of(&error.kind)));
+    let status =
+        crate::formats::translate::map_status(status.unwrap_or_else(|| status_of(&error.kind)));
     let message = if error.message.is_empty() {
         format!("the Anthropic API answered with {}", error.kind)
     } else {
-        super::redact(&error.message)
+        crate::formats::translate::redact(&error.message)
     };
     let code = (!error.kind.is_empty()).then_some(error.kind);
-    ErrorBody::new(message, super::error_type(status), code)
+    ErrorBody::new(message, crate::formats::translate::error_type(status), code)
 }
 
 /// Map an Anthropic error response to the status and body the Model Router
 /// answers with (529 overloaded → 503). The caller passes `retry-after` on.
 pub fn error(status: u16, body: &[u8]) -> (u16, ErrorBody) {
-    let mapped = super::map_status(status);
+    let mapped = crate::formats::translate::map_status(status);
     match serde_json::from_slice::<ErrorEnvelope>(body) {
         Ok(envelope) => (mapped, native_error(Some(status), envelope.error)),
         Err(_) => (
             mapped,
             ErrorBody::new(
                 format!("the Anthropic API answered with HTTP {status}"),
-                super::error_type(mapped),
+                crate::formats::translate::error_type(mapped),
                 None,
             ),
         ),

@@ -27,12 +27,12 @@
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::openai::{
+use crate::formats::openai::{
     self, ChatRequest, ChatResponse, ErrorBody, FunctionCall, FunctionDelta, Role, ToolCall,
     ToolCallDelta, Usage,
 };
-use super::sse::SseEvent;
-use super::{Choice, StreamLife, StreamOut, TranslateError, Translated};
+use crate::formats::sse::SseEvent;
+use crate::formats::translate::{Choice, StreamLife, StreamOut, TranslateError, Translated};
 
 /// The thought signature Google documents for function calls that did not
 /// come from Gemini (or lost theirs).
@@ -70,9 +70,9 @@ const MAX_REF_DEPTH: usize = 8;
 /// Translate an OpenAI request into a Gemini `generateContent` body. The
 /// model is not part of the body; `_upstream_model` goes into the URL.
 pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, TranslateError> {
-    super::check_single_choice(req)?;
-    super::check_last_user_turn(req, "Gemini")?;
-    let mut calls = super::ToolCallIndex::default();
+    crate::formats::translate::check_single_choice(req)?;
+    crate::formats::translate::check_last_user_turn(req, "Gemini")?;
+    let mut calls = crate::formats::translate::ToolCallIndex::default();
     let mut system: Vec<String> = Vec::new();
     let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();
     let mut dropped = 0;
@@ -103,7 +103,11 @@ pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, T
                 let tool_calls = message.tool_calls.as_deref().unwrap_or_default();
                 let has_signature = tool_calls.iter().any(|c| thought_signature(c).is_some());
                 for (i, call) in tool_calls.iter().enumerate() {
-                    let args = super::parse_arguments(index, &call.id, &call.function.arguments)?;
+                    let args = crate::formats::translate::parse_arguments(
+                        index,
+                        &call.id,
+                        &call.function.arguments,
+                    )?;
                     let mut part =
                         json!({"functionCall": {"name": call.function.name, "args": args}});
                     match thought_signature(call) {
@@ -131,7 +135,7 @@ pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, T
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 );
             }
-            Role::Function => return Err(super::function_role_error(index)),
+            Role::Function => return Err(crate::formats::translate::function_role_error(index)),
         }
     }
 
@@ -159,8 +163,8 @@ pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, T
         );
     }
 
-    let tools = super::function_tools(req)?;
-    let choice = super::tool_choice(req, &tools)?;
+    let tools = crate::formats::translate::function_tools(req)?;
+    let choice = crate::formats::translate::tool_choice(req, &tools)?;
     if !tools.is_empty() {
         let declarations: Vec<Value> = tools
             .iter()
@@ -199,7 +203,7 @@ pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, T
     }
 
     let mut generation = Map::new();
-    let names = super::Sampling {
+    let names = crate::formats::translate::Sampling {
         max_tokens: "maxOutputTokens",
         temperature: "temperature",
         top_p: "topP",
@@ -208,8 +212,8 @@ pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, T
         presence_penalty: "presencePenalty",
         frequency_penalty: "frequencyPenalty",
     };
-    super::copy_sampling(req, &names, &mut generation);
-    match super::output_format(req)? {
+    crate::formats::translate::copy_sampling(req, &names, &mut generation);
+    match crate::formats::translate::output_format(req)? {
         Some(openai::OutputFormat::JsonObject) => {
             generation.insert("responseMimeType".into(), json!("application/json"));
         }
@@ -274,7 +278,7 @@ fn has_properties(schema: &Value) -> bool {
 pub fn clean_schema(schema: &Value) -> Value {
     let root = schema.clone();
     let mut out = inline_refs(schema, &root, 0);
-    super::walk_schema(&mut out, &mut clean_node);
+    crate::formats::translate::walk_schema(&mut out, &mut clean_node);
     out
 }
 
@@ -533,7 +537,9 @@ fn tool_call(
         kind: "function".to_owned(),
         function: FunctionCall {
             name: part_call.name,
-            arguments: super::arguments_string(&part_call.args.unwrap_or(Value::Null)),
+            arguments: crate::formats::translate::arguments_string(
+                &part_call.args.unwrap_or(Value::Null),
+            ),
         },
         rest,
     }
@@ -541,11 +547,11 @@ fn tool_call(
 
 /// Translate a Gemini `generateContent` response into a `chat.completion`.
 pub fn response(body: &[u8], client_model: &str) -> Result<ChatResponse, TranslateError> {
-    let parsed: GenerateContentResponse = super::upstream_parse(body)?;
+    let parsed: GenerateContentResponse = crate::formats::translate::upstream_parse(body)?;
     let response_id = parsed
         .response_id
         .clone()
-        .unwrap_or_else(|| format!("{:016x}", super::fnv1a(body)));
+        .unwrap_or_else(|| format!("{:016x}", crate::formats::translate::fnv1a(body)));
     let mut text = String::new();
     let mut calls = Vec::new();
     let mut finish = "stop";
@@ -634,10 +640,12 @@ impl StreamTranslator {
             return out;
         }
         if self.response_id.is_none() {
-            let id = parsed
-                .response_id
-                .clone()
-                .unwrap_or_else(|| format!("{:016x}", super::fnv1a(event.data.as_bytes())));
+            let id = parsed.response_id.clone().unwrap_or_else(|| {
+                format!(
+                    "{:016x}",
+                    crate::formats::translate::fnv1a(event.data.as_bytes())
+                )
+            });
             self.life.chunks.id = format!("chatcmpl-{id}");
             self.response_id = Some(id);
         }
@@ -727,19 +735,23 @@ struct ErrorEnvelope {
 }
 
 fn native_error(status: Option<u16>, error: NativeError) -> ErrorBody {
-    let status = super::map_status(status.or(error.code).unwrap_or(500));
+    let status = crate::formats::translate::map_status(status.or(error.code).unwrap_or(500));
     let message = if error.message.is_empty() {
         "the Gemini API answered with an error".to_owned()
     } else {
-        super::redact(&error.message)
+        crate::formats::translate::redact(&error.message)
     };
-    ErrorBody::new(message, super::error_type(status), error.status)
+    ErrorBody::new(
+        message,
+        crate::formats::translate::error_type(status),
+        error.status,
+    )
 }
 
 /// Map a Gemini error response (`{"error": {"code", "message", "status"}}`)
 /// to the status and body the Model Router answers with.
 pub fn error(status: u16, body: &[u8]) -> (u16, ErrorBody) {
-    let mapped = super::map_status(status);
+    let mapped = crate::formats::translate::map_status(status);
     let envelope = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Array(mut items)) if !items.is_empty() => {
             serde_json::from_value::<ErrorEnvelope>(items.swap_remove(0)).ok()
@@ -753,7 +765,7 @@ pub fn error(status: u16, body: &[u8]) -> (u16, ErrorBody) {
             mapped,
             ErrorBody::new(
                 format!("the Gemini API answered with HTTP {status}"),
-                super::error_type(mapped),
+                crate::formats::translate::error_type(mapped),
                 None,
             ),
         ),

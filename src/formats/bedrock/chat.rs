@@ -1,5 +1,5 @@
 //! OpenAI Chat Completions ⇄ Bedrock Converse (`POST /model/{modelId}/converse`) and
-//! ConverseStream (`/converse-stream`, AWS event-stream framing, see [`super::eventstream`]).
+//! ConverseStream (`/converse-stream`, AWS event-stream framing, see [`crate::formats::translate::eventstream`]).
 //!
 //! Request: system and developer messages become `system` text blocks; user and assistant
 //! turns become `messages` with content blocks, consecutive same-role turns merged (Bedrock
@@ -25,12 +25,12 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::eventstream::Message as Frame;
-use super::openai::{
+use crate::formats::bedrock::eventstream::Message as Frame;
+use crate::formats::openai::{
     self, ChatRequest, ChatResponse, ErrorBody, FunctionCall, FunctionDelta, Role, ToolCall,
     ToolCallDelta, Usage,
 };
-use super::{Choice, StreamLife, StreamOut, TranslateError, Translated};
+use crate::formats::translate::{Choice, StreamLife, StreamOut, TranslateError, Translated};
 
 /// Bedrock's `temperature` range is 0..=1 for the models it serves (OpenAI's is 0..=2).
 const MAX_TEMPERATURE: f64 = 1.0;
@@ -138,8 +138,8 @@ fn push_turn(turns: &mut Vec<(&'static str, Vec<Value>)>, role: &'static str, bl
 
 /// Translate an OpenAI request into a Converse request body (the model goes in the URL).
 pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, TranslateError> {
-    super::check_single_choice(req)?;
-    let mut calls = super::ToolCallIndex::default();
+    crate::formats::translate::check_single_choice(req)?;
+    let mut calls = crate::formats::translate::ToolCallIndex::default();
     let mut system: Vec<Value> = Vec::new();
     let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
     let mut dropped = 0;
@@ -169,9 +169,13 @@ pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, T
                 dropped += n;
                 for call in message.tool_calls.iter().flatten() {
                     has_tool_blocks = true;
-                    let input = super::parse_arguments(index, &call.id, &call.function.arguments)?;
+                    let input = crate::formats::translate::parse_arguments(
+                        index,
+                        &call.id,
+                        &call.function.arguments,
+                    )?;
                     blocks.push(json!({"toolUse": {
-                        "toolUseId": super::tool_id(&call.id),
+                        "toolUseId": crate::formats::translate::tool_id(&call.id),
                         "name": call.function.name,
                         "input": input,
                     }}));
@@ -188,12 +192,12 @@ pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, T
                     .unwrap_or_default();
                 dropped += n;
                 let block = json!({"toolResult": {
-                    "toolUseId": super::tool_id(id),
+                    "toolUseId": crate::formats::translate::tool_id(id),
                     "content": [{"text": text}],
                 }});
                 push_turn(&mut turns, "user", vec![block]);
             }
-            Role::Function => return Err(super::function_role_error(index)),
+            Role::Function => return Err(crate::formats::translate::function_role_error(index)),
         }
     }
 
@@ -235,8 +239,8 @@ pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, T
         body.insert("inferenceConfig".into(), Value::Object(inference));
     }
 
-    let tools = super::function_tools(req)?;
-    let choice = super::tool_choice(req, &tools)?;
+    let tools = crate::formats::translate::function_tools(req)?;
+    let choice = crate::formats::translate::tool_choice(req, &tools)?;
     let keep_tools = !tools.is_empty() && (choice != Some(Choice::None) || has_tool_blocks);
     if keep_tools {
         let specs: Vec<Value> = tools
@@ -263,7 +267,9 @@ pub fn request(req: &ChatRequest, _upstream_model: &str) -> Result<Translated, T
         body.insert("toolConfig".into(), config);
     }
 
-    if let Some(openai::OutputFormat::JsonSchema(_)) = super::output_format(req)? {
+    if let Some(openai::OutputFormat::JsonSchema(_)) =
+        crate::formats::translate::output_format(req)?
+    {
         return Err(TranslateError::Unsupported {
             param: "response_format".to_owned(),
             reason: "Bedrock Converse has no structured-output schema; describe the JSON in the prompt, or use a tool whose parameters are the schema".to_owned(),
@@ -358,7 +364,7 @@ fn finish_reason(stop_reason: Option<&str>) -> &'static str {
 
 /// Translate a Converse response body into a `chat.completion`.
 pub fn response(body: &[u8], client_model: &str) -> Result<ChatResponse, TranslateError> {
-    let parsed: ConverseResponse = super::upstream_parse(body)?;
+    let parsed: ConverseResponse = crate::formats::translate::upstream_parse(body)?;
     let mut text = String::new();
     let mut calls = Vec::new();
     let blocks = parsed
@@ -376,14 +382,14 @@ pub fn response(body: &[u8], client_model: &str) -> Result<ChatResponse, Transla
                 kind: "function".to_owned(),
                 function: FunctionCall {
                     name: tool.name,
-                    arguments: super::arguments_string(&tool.input),
+                    arguments: crate::formats::translate::arguments_string(&tool.input),
                 },
                 rest: Map::new(),
             });
         }
     }
     Ok(openai::completion(
-        super::chat_id(None, body),
+        crate::formats::translate::chat_id(None, body),
         0,
         client_model,
         text,
@@ -476,7 +482,8 @@ impl StreamTranslator {
         let event = match parsed {
             Ok(e) => e,
             Err(e) => {
-                self.life.fail(&mut out, super::bad_event(&e));
+                self.life
+                    .fail(&mut out, crate::formats::translate::bad_event(&e));
                 return out;
             }
         };
@@ -579,12 +586,16 @@ fn status_of(kind: &str) -> u16 {
 }
 
 fn stream_exception(kind: &str, message: Option<&str>) -> ErrorBody {
-    let status = super::map_status(status_of(kind));
+    let status = crate::formats::translate::map_status(status_of(kind));
     let message = match message.filter(|m| !m.is_empty()) {
-        Some(m) => super::redact(m),
+        Some(m) => crate::formats::translate::redact(m),
         None => format!("Bedrock ended the stream with {kind}"),
     };
-    ErrorBody::new(message, super::error_type(status), Some(kind.to_owned()))
+    ErrorBody::new(
+        message,
+        crate::formats::translate::error_type(status),
+        Some(kind.to_owned()),
+    )
 }
 
 // ---- errors ----
@@ -600,20 +611,20 @@ struct NativeError {
 /// Map a Bedrock error response (`{"message": …}`) to the status and body the Model Router
 /// answers with. The caller passes `retry-after` on.
 pub fn error(status: u16, body: &[u8]) -> (u16, ErrorBody) {
-    let mapped = super::map_status(status);
+    let mapped = crate::formats::translate::map_status(status);
     let parsed = serde_json::from_slice::<NativeError>(body).ok();
     let message = parsed
         .as_ref()
         .and_then(|e| e.message.as_deref())
         .filter(|m| !m.is_empty())
-        .map(super::redact)
+        .map(crate::formats::translate::redact)
         .unwrap_or_else(|| format!("Bedrock answered with HTTP {status}"));
     let code = parsed
         .and_then(|e| e.kind)
         .map(|k| k.rsplit('#').next().unwrap_or(&k).to_owned());
     (
         mapped,
-        ErrorBody::new(message, super::error_type(mapped), code),
+        ErrorBody::new(message, crate::formats::translate::error_type(mapped), code),
     )
 }
 

@@ -29,15 +29,9 @@
 //! otherwise — the caller sets the wall clock (`ChatResponse::created`,
 //! [`anthropic::StreamTranslator::set_created`] and friends).
 
-pub mod anthropic;
-pub mod bedrock;
-pub mod cohere;
-pub mod eventstream;
-pub mod gemini;
-pub mod openai;
-pub mod sse;
-
-use openai::{ChatChunk, ErrorBody};
+use crate::formats::openai;
+use crate::formats::openai::{ChatChunk, ErrorBody};
+use crate::formats::sse;
 use serde_json::Value;
 
 /// A translated request body, ready to send upstream.
@@ -123,17 +117,34 @@ impl TranslateError {
             TranslateError::InvalidUpstream(_) => ("server_error", "bad_upstream_response"),
             _ => ("invalid_request_error", "unsupported_request"),
         };
-        ErrorBody::new(self.to_string(), kind, Some(code.to_owned()))
+        let mut body = ErrorBody::new(self.to_string(), kind, Some(code.to_owned()));
+        body.error.param = self.param().map(str::to_owned);
+        body
+    }
+
+    /// The request field at fault, when the error names one (`response_format`, `tools`).
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            TranslateError::Unsupported { param, .. } => {
+                // `tools[0].type` names the field `tools`; `messages[3]…` the field `messages`.
+                let end = param.find(['[', '.']).unwrap_or(param.len());
+                Some(&param[..end])
+            }
+            TranslateError::InvalidToolArguments { .. }
+            | TranslateError::UnknownToolCallId { .. }
+            | TranslateError::InvalidMessage { .. } => Some("messages"),
+            TranslateError::InvalidUpstream(_) => None,
+        }
     }
 }
 
-fn upstream_json(body: &[u8]) -> Result<Value, TranslateError> {
+pub(crate) fn upstream_json(body: &[u8]) -> Result<Value, TranslateError> {
     serde_json::from_slice(body).map_err(|e| TranslateError::InvalidUpstream(e.to_string()))
 }
 
 /// `chatcmpl-` + a stable id: the upstream's id when it has one, else a hash
 /// of the upstream body (so golden tests stay stable).
-fn chat_id(upstream_id: Option<&str>, body: &[u8]) -> String {
+pub(crate) fn chat_id(upstream_id: Option<&str>, body: &[u8]) -> String {
     match upstream_id {
         Some(id) if !id.is_empty() => format!("chatcmpl-{id}"),
         _ => format!("chatcmpl-{:016x}", fnv1a(body)),
@@ -142,7 +153,7 @@ fn chat_id(upstream_id: Option<&str>, body: &[u8]) -> String {
 
 /// FNV-1a, 64 bit: a tiny stable hash (std's hasher is not guaranteed stable
 /// across Rust versions).
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         hash ^= u64::from(*b);
@@ -152,7 +163,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Map an upstream HTTP status to the status the Model Router answers with.
-fn map_status(status: u16) -> u16 {
+pub(crate) fn map_status(status: u16) -> u16 {
     match status {
         400 | 401 | 403 | 404 | 413 | 429 | 500 | 502 | 503 | 504 => status,
         408 => 504,
@@ -165,7 +176,7 @@ fn map_status(status: u16) -> u16 {
 }
 
 /// The OpenAI error `type` for a (mapped) status.
-fn error_type(status: u16) -> &'static str {
+pub(crate) fn error_type(status: u16) -> &'static str {
     match status {
         401 => "authentication_error",
         403 => "permission_error",
@@ -178,7 +189,7 @@ fn error_type(status: u16) -> &'static str {
 
 /// Remove anything that looks like a credential from an upstream message, so
 /// no error ever echoes a secret.
-fn redact(message: &str) -> String {
+pub(crate) fn redact(message: &str) -> String {
     const PREFIXES: [&str; 5] = ["sk-", "AIza", "ya29.", "Bearer ", "key="];
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
@@ -210,7 +221,7 @@ fn redact(message: &str) -> String {
 }
 
 /// The error used when the upstream stream ends before its final event.
-fn truncated_stream_error() -> ErrorBody {
+pub(crate) fn truncated_stream_error() -> ErrorBody {
     ErrorBody::new(
         "the upstream stream ended before the response was complete; retry the request".to_owned(),
         "server_error",
@@ -219,13 +230,15 @@ fn truncated_stream_error() -> ErrorBody {
 }
 
 /// An upstream answer body parsed into a native wire type.
-fn upstream_parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, TranslateError> {
+pub(crate) fn upstream_parse<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, TranslateError> {
     serde_json::from_value(upstream_json(body)?)
         .map_err(|e| TranslateError::InvalidUpstream(e.to_string()))
 }
 
 /// The error used when one stream event cannot be parsed.
-fn bad_event(e: &serde_json::Error) -> ErrorBody {
+pub(crate) fn bad_event(e: &serde_json::Error) -> ErrorBody {
     ErrorBody::new(
         format!("the upstream sent a stream event that could not be read: {e}"),
         "server_error",
@@ -239,17 +252,17 @@ fn bad_event(e: &serde_json::Error) -> ErrorBody {
 /// truncation when the upstream stream stops before its finish reason. Each
 /// translator embeds one and keeps only its provider's event handling.
 #[derive(Debug)]
-struct StreamLife {
-    chunks: openai::ChunkBuilder,
-    include_usage: bool,
-    started: bool,
-    finished: bool,
-    done: bool,
+pub(crate) struct StreamLife {
+    pub(crate) chunks: openai::ChunkBuilder,
+    pub(crate) include_usage: bool,
+    pub(crate) started: bool,
+    pub(crate) finished: bool,
+    pub(crate) done: bool,
 }
 
 impl StreamLife {
     /// `id` is the chunk id until the upstream names its own.
-    fn new(id: &str, client_model: &str, include_usage: bool) -> Self {
+    pub(crate) fn new(id: &str, client_model: &str, include_usage: bool) -> Self {
         StreamLife {
             chunks: openai::ChunkBuilder {
                 id: id.to_owned(),
@@ -265,12 +278,12 @@ impl StreamLife {
 
     /// Whether an SSE event is to be ignored: the stream is over, or it is
     /// the OpenAI-style `[DONE]` terminator some upstreams add.
-    fn ignores(&self, data: &str) -> bool {
+    pub(crate) fn ignores(&self, data: &str) -> bool {
         self.done || data.trim() == "[DONE]"
     }
 
     /// The role chunk, the first time only.
-    fn start(&mut self, out: &mut Vec<StreamOut>) {
+    pub(crate) fn start(&mut self, out: &mut Vec<StreamOut>) {
         if !self.started {
             self.started = true;
             out.push(StreamOut::Chunk(self.chunks.role_chunk()));
@@ -278,7 +291,7 @@ impl StreamLife {
     }
 
     /// The finish chunk, the first time only.
-    fn finish_reason(&mut self, out: &mut Vec<StreamOut>, reason: &str) {
+    pub(crate) fn finish_reason(&mut self, out: &mut Vec<StreamOut>, reason: &str) {
         if !self.finished {
             self.finished = true;
             out.push(StreamOut::Chunk(self.chunks.finish_chunk(reason)));
@@ -286,7 +299,7 @@ impl StreamLife {
     }
 
     /// The stream is over: the usage chunk when the client asked for it.
-    fn end(&mut self, out: &mut Vec<StreamOut>, usage: impl FnOnce() -> openai::Usage) {
+    pub(crate) fn end(&mut self, out: &mut Vec<StreamOut>, usage: impl FnOnce() -> openai::Usage) {
         self.done = true;
         if self.include_usage {
             out.push(StreamOut::Chunk(self.chunks.usage_chunk(usage())));
@@ -294,14 +307,14 @@ impl StreamLife {
     }
 
     /// The stream ends with an error.
-    fn fail(&mut self, out: &mut Vec<StreamOut>, error: ErrorBody) {
+    pub(crate) fn fail(&mut self, out: &mut Vec<StreamOut>, error: ErrorBody) {
         self.done = true;
         out.push(StreamOut::Error(error));
     }
 
     /// End of the upstream stream: the usage chunk after a finish reason,
     /// else the truncated-stream error; nothing once the stream is over.
-    fn close(&mut self, usage: impl FnOnce() -> openai::Usage) -> Vec<StreamOut> {
+    pub(crate) fn close(&mut self, usage: impl FnOnce() -> openai::Usage) -> Vec<StreamOut> {
         let mut out = Vec::new();
         if self.done {
             return out;
@@ -316,7 +329,11 @@ impl StreamLife {
 }
 
 /// Parse tool call arguments (a JSON string) into the object native APIs want.
-fn parse_arguments(index: usize, id: &str, arguments: &str) -> Result<Value, TranslateError> {
+pub(crate) fn parse_arguments(
+    index: usize,
+    id: &str,
+    arguments: &str,
+) -> Result<Value, TranslateError> {
     if arguments.trim().is_empty() {
         return Ok(Value::Object(serde_json::Map::new()));
     }
@@ -336,7 +353,7 @@ fn parse_arguments(index: usize, id: &str, arguments: &str) -> Result<Value, Tra
 }
 
 /// Serialize native tool input back into an OpenAI `arguments` string.
-fn arguments_string(input: &Value) -> String {
+pub(crate) fn arguments_string(input: &Value) -> String {
     match input {
         Value::Null => "{}".to_owned(),
         v => v.to_string(),
@@ -344,7 +361,9 @@ fn arguments_string(input: &Value) -> String {
 }
 
 /// The function tools of a request (other tool types cannot be translated).
-fn function_tools(req: &openai::ChatRequest) -> Result<Vec<&openai::FunctionDef>, TranslateError> {
+pub(crate) fn function_tools(
+    req: &openai::ChatRequest,
+) -> Result<Vec<&openai::FunctionDef>, TranslateError> {
     let mut out = Vec::new();
     for (i, tool) in req.tools.iter().flatten().enumerate() {
         match (tool.kind.as_str(), &tool.function) {
@@ -364,7 +383,7 @@ fn function_tools(req: &openai::ChatRequest) -> Result<Vec<&openai::FunctionDef>
 
 /// The provider-neutral tool choice.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Choice {
+pub(crate) enum Choice {
     Auto,
     None,
     Required,
@@ -372,7 +391,7 @@ enum Choice {
 }
 
 /// The tool choice of a request, checked against its tools.
-fn tool_choice(
+pub(crate) fn tool_choice(
     req: &openai::ChatRequest,
     tools: &[&openai::FunctionDef],
 ) -> Result<Option<Choice>, TranslateError> {
@@ -402,7 +421,7 @@ fn tool_choice(
 }
 
 /// The requested output format (`None` for plain text).
-fn output_format(
+pub(crate) fn output_format(
     req: &openai::ChatRequest,
 ) -> Result<Option<openai::OutputFormat<'_>>, TranslateError> {
     let Some(format) = &req.response_format else {
@@ -419,19 +438,19 @@ fn output_format(
 }
 
 /// The native names of the OpenAI sampling parameters a provider takes unchanged.
-struct Sampling {
-    max_tokens: &'static str,
-    temperature: &'static str,
-    top_p: &'static str,
-    stop: &'static str,
-    seed: &'static str,
-    presence_penalty: &'static str,
-    frequency_penalty: &'static str,
+pub(crate) struct Sampling {
+    pub(crate) max_tokens: &'static str,
+    pub(crate) temperature: &'static str,
+    pub(crate) top_p: &'static str,
+    pub(crate) stop: &'static str,
+    pub(crate) seed: &'static str,
+    pub(crate) presence_penalty: &'static str,
+    pub(crate) frequency_penalty: &'static str,
 }
 
 /// Copy the sampling parameters a request sets under their native names (stop sequences
 /// only when there is at least one).
-fn copy_sampling(
+pub(crate) fn copy_sampling(
     req: &openai::ChatRequest,
     names: &Sampling,
     out: &mut serde_json::Map<String, Value>,
@@ -463,7 +482,7 @@ fn copy_sampling(
 }
 
 /// Only one choice can be produced: `n` must be absent or 1.
-fn check_single_choice(req: &openai::ChatRequest) -> Result<(), TranslateError> {
+pub(crate) fn check_single_choice(req: &openai::ChatRequest) -> Result<(), TranslateError> {
     match req.n {
         None | Some(1) => Ok(()),
         Some(n) => Err(TranslateError::Unsupported {
@@ -480,7 +499,10 @@ fn check_single_choice(req: &openai::ChatRequest) -> Result<(), TranslateError> 
 /// Without this check a final user turn of only images would vanish and the request would
 /// end on the previous assistant message, which Anthropic takes as a prefill to continue and
 /// the others answer as if the user had said nothing: refuse it instead, naming the message.
-fn check_last_user_turn(req: &openai::ChatRequest, provider: &str) -> Result<(), TranslateError> {
+pub(crate) fn check_last_user_turn(
+    req: &openai::ChatRequest,
+    provider: &str,
+) -> Result<(), TranslateError> {
     let last = req
         .messages
         .iter()
@@ -514,12 +536,12 @@ fn check_last_user_turn(req: &openai::ChatRequest, provider: &str) -> Result<(),
 /// Tool call id → function name, filled in message order, so a tool result
 /// resolves to the nearest earlier assistant tool call with its id.
 #[derive(Debug, Default)]
-struct ToolCallIndex<'a> {
-    names: std::collections::HashMap<&'a str, &'a str>,
+pub(crate) struct ToolCallIndex<'a> {
+    pub(crate) names: std::collections::HashMap<&'a str, &'a str>,
 }
 
 impl<'a> ToolCallIndex<'a> {
-    fn record(&mut self, message: &'a openai::Message) {
+    pub(crate) fn record(&mut self, message: &'a openai::Message) {
         for call in message.tool_calls.iter().flatten() {
             self.names
                 .insert(call.id.as_str(), call.function.name.as_str());
@@ -527,7 +549,7 @@ impl<'a> ToolCallIndex<'a> {
     }
 
     /// The `tool_call_id` of a tool message and the function it answers.
-    fn resolve(
+    pub(crate) fn resolve(
         &self,
         index: usize,
         message: &'a openai::Message,
@@ -548,7 +570,7 @@ impl<'a> ToolCallIndex<'a> {
     }
 }
 
-fn function_role_error(index: usize) -> TranslateError {
+pub(crate) fn function_role_error(index: usize) -> TranslateError {
     TranslateError::InvalidMessage {
         index,
         reason: "the deprecated \"function\" role is not translated; send tool results as \"tool\" messages with a tool_call_id".to_owned(),
@@ -558,7 +580,10 @@ fn function_role_error(index: usize) -> TranslateError {
 /// Visit every (sub)schema object of a JSON Schema, parents first. Only
 /// keywords that hold schemas are followed, so a property *named* like a
 /// keyword is never mistaken for one.
-fn walk_schema(schema: &mut Value, visit: &mut dyn FnMut(&mut serde_json::Map<String, Value>)) {
+pub(crate) fn walk_schema(
+    schema: &mut Value,
+    visit: &mut dyn FnMut(&mut serde_json::Map<String, Value>),
+) {
     let Value::Object(map) = schema else {
         return;
     };
