@@ -260,3 +260,18 @@ def test_a_client_that_disconnects_mid_stream_is_charged_what_was_produced(fake,
     # Settled with what was produced (reported usage or an estimate from the bytes sent):
     # neither nothing nor the whole 5000-token allowance.
     assert 0 < consumed < 1000, consumed
+
+
+def test_translated_router_stream_is_counted_and_keeps_usage_from_the_client(anthropic_fake, gemini_fake,  # noqa: F811
+                                                                              start_gateway):
+    from fakes.base import Reply
+    gw = start_gateway(native_config(anthropic_fake, gemini_fake, [
+        {"name": "tokens", "per": "proxy", "tokens": 100000, "window": "1h"}]))
+    anthropic_fake.queue(Reply(text="translated", input_tokens=21, output_tokens=8))
+    chunks = list(client(gw).chat.completions.create(
+        model=f"anthropic:{MODELS['anthropic']}", messages=[{"role": "user", "content": "x"}], stream=True,
+        max_tokens=64))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "translated"
+    assert all(c.usage is None and c.choices for c in chunks), "no usage chunk the client did not ask for"
+    time.sleep(0.1)
+    assert metric(gw, "portcullis_budget_consumed_total", budget="ai/limits", limit="tokens") == 29
