@@ -16,6 +16,7 @@ from google.genai import types as genai_types
 
 from budget_support import ALICE_KEY, BOB_KEY, audit_lines, budget_doc, client_keys, metric
 from harness import CLIENT_KEY, PROVIDER_KEY, docs, portcullis_bin, provider_doc, secret_doc
+from test_bedrock import aws_env, control, store  # noqa: F401
 from translated_fixtures import MODELS, anthropic_fake, gemini_fake  # noqa: F401
 
 KEYS = {"apiKeys": {"secretRef": {"name": "client-keys"}}}
@@ -275,3 +276,31 @@ def test_translated_router_stream_is_counted_and_keeps_usage_from_the_client(ant
     assert all(c.usage is None and c.choices for c in chunks), "no usage chunk the client did not ask for"
     time.sleep(0.1)
     assert metric(gw, "portcullis_budget_consumed_total", budget="ai/limits", limit="tokens") == 29
+
+
+def test_native_bedrock_refuses_with_throttling_exception(aws_env, store, control, start_gateway):  # noqa: F811
+    import botocore.exceptions
+    from fakes.aws import FakeBedrock
+    from test_bedrock import CLAUDE, REGION, bedrock_provider, runtime_client
+    fake_bedrock = FakeBedrock(store, REGION, bearer=PROVIDER_KEY).start()
+    try:
+        gw = start_gateway(docs(
+            secret_doc("bedrock-key", PROVIDER_KEY),
+            bedrock_provider("bedrock-us", fake_bedrock.url, control.url,
+                             auth="{apiKey: {secretRef: {name: bedrock-key}}}"),
+            json.dumps({"apiVersion": "portcullis.dev/v1alpha1", "kind": "LlmProxy",
+                        "metadata": {"name": "team-a", "namespace": "ai"},
+                        "spec": {"providers": [{"providerRef": {"name": "bedrock-us"}}]}}) + "\n",
+            budget_doc([{"name": "per-model", "per": "model", "requests": 1, "window": "1m",
+                         "models": ["bedrock:*"]}])))
+        client_ = runtime_client(gw)
+        messages = [{"role": "user", "content": [{"text": "k"}]}]
+        client_.converse(modelId=CLAUDE, messages=messages)
+        with pytest.raises(botocore.exceptions.ClientError) as err:
+            client_.converse(modelId=CLAUDE, messages=messages)
+        assert err.value.response["Error"]["Code"] == "ThrottlingException"
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+        assert "per-model" in err.value.response["Error"]["Message"]
+        assert len(fake_bedrock.requests) == 1
+    finally:
+        fake_bedrock.stop()
