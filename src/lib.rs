@@ -5,13 +5,15 @@
 //!        │  source::*
 //!        ▼
 //!  config::Index ──compile()──▶ config::Snapshot ──ArcSwap──▶ proxy (axum data plane)
-//!                                      │                          │  native pass-through
-//!                                      ▼                          │  Model Router ──translate::*──▶ native formats
-//!                               discovery (model lists)           ▼
+//!                                      │                          │  proxy::context: snapshot once,
+//!                                      │                          │    identity, body read once
+//!                                      ▼                          │  native route ──formats::<f>::endpoints
+//!                               discovery (model lists)           │  Model Router ──formats::<f>::chat
+//!                                                                 ▼
 //!                                                           providers' APIs (credentials injected)
 //! ```
 //!
-//! `translate` and `providers` hold no kube or axum types, so they could become a crate of
+//! `formats` and `providers` hold no kube or axum types, so they could become a crate of
 //! their own.
 pub mod budget;
 pub mod config;

@@ -115,100 +115,73 @@ pub struct PassthroughRule {
     pub path: String,
 }
 
-/// The provider types Portcullis knows. Lowercase names, as users write them in model IDs.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProviderType {
-    /// OpenAI.
-    Openai,
-    /// Anthropic Messages API (also Claude on Azure AI Foundry).
-    Anthropic,
-    /// Gemini on Google AI Studio.
-    Gemini,
-    /// Gemini on Google Cloud Vertex AI.
-    Vertexai,
-    /// Azure OpenAI / Azure AI Foundry.
-    Azure,
-    /// AWS Bedrock (Converse / ConverseStream).
-    Bedrock,
-    /// Cohere v2 Chat.
-    Cohere,
-    /// Groq (OpenAI-compatible).
-    Groq,
-    /// xAI (OpenAI-compatible).
-    Xai,
-    /// OpenRouter (OpenAI-compatible).
-    Openrouter,
-    /// Cerebras (OpenAI-compatible).
-    Cerebras,
-    /// DeepSeek (OpenAI-compatible).
-    Deepseek,
-    /// Mistral (OpenAI-compatible).
-    Mistral,
-    /// MiniMax (OpenAI-compatible).
-    Minimax,
-    /// Perplexity (OpenAI-compatible; no tool calling).
-    Perplexity,
-    /// Zhipu AI (OpenAI-compatible).
-    Zhipuai,
-    /// vLLM server (OpenAI-compatible; base URL required).
-    Vllm,
-    /// Ollama (OpenAI-compatible).
-    Ollama,
-    /// Any other OpenAI-compatible server (base URL required).
-    OpenaiCompatible,
+/// Declares [`ProviderType`]: each line is a variant, its doc and the name users write (also
+/// the default model-ID prefix). Adding a provider type is one line here and one row in
+/// `providers::info`; the enum, its serde names, [`ProviderType::ALL`] and
+/// [`ProviderType::as_str`] all come from this list.
+macro_rules! provider_types {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal, )*) => {
+        /// The provider types Portcullis knows. Lowercase names, as users write them in model IDs.
+        #[derive(
+            Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+        )]
+        pub enum ProviderType {
+            $( $(#[$doc])* #[serde(rename = $name)] $variant, )*
+        }
+
+        impl ProviderType {
+            /// Every type, in declaration order.
+            pub const ALL: [ProviderType; [$($name),*].len()] = [$(Self::$variant),*];
+
+            /// The name users write (`openai-compatible`), also the default model-ID prefix.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-impl ProviderType {
-    /// Every type, in declaration order.
-    pub const ALL: [ProviderType; 19] = [
-        Self::Openai,
-        Self::Anthropic,
-        Self::Gemini,
-        Self::Vertexai,
-        Self::Azure,
-        Self::Bedrock,
-        Self::Cohere,
-        Self::Groq,
-        Self::Xai,
-        Self::Openrouter,
-        Self::Cerebras,
-        Self::Deepseek,
-        Self::Mistral,
-        Self::Minimax,
-        Self::Perplexity,
-        Self::Zhipuai,
-        Self::Vllm,
-        Self::Ollama,
-        Self::OpenaiCompatible,
-    ];
-
-    /// The name users write (`openai-compatible`), also the default model-ID prefix.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Openai => "openai",
-            Self::Anthropic => "anthropic",
-            Self::Gemini => "gemini",
-            Self::Vertexai => "vertexai",
-            Self::Azure => "azure",
-            Self::Bedrock => "bedrock",
-            Self::Cohere => "cohere",
-            Self::Groq => "groq",
-            Self::Xai => "xai",
-            Self::Openrouter => "openrouter",
-            Self::Cerebras => "cerebras",
-            Self::Deepseek => "deepseek",
-            Self::Mistral => "mistral",
-            Self::Minimax => "minimax",
-            Self::Perplexity => "perplexity",
-            Self::Zhipuai => "zhipuai",
-            Self::Vllm => "vllm",
-            Self::Ollama => "ollama",
-            Self::OpenaiCompatible => "openai-compatible",
-        }
-    }
+provider_types! {
+    /// OpenAI.
+    Openai = "openai",
+    /// Anthropic Messages API (also Claude on Azure AI Foundry).
+    Anthropic = "anthropic",
+    /// Gemini on Google AI Studio.
+    Gemini = "gemini",
+    /// Gemini on Google Cloud Vertex AI.
+    Vertexai = "vertexai",
+    /// Azure OpenAI / Azure AI Foundry.
+    Azure = "azure",
+    /// AWS Bedrock (Converse / ConverseStream).
+    Bedrock = "bedrock",
+    /// Cohere v2 Chat.
+    Cohere = "cohere",
+    /// Groq (OpenAI-compatible).
+    Groq = "groq",
+    /// xAI (OpenAI-compatible).
+    Xai = "xai",
+    /// OpenRouter (OpenAI-compatible).
+    Openrouter = "openrouter",
+    /// Cerebras (OpenAI-compatible).
+    Cerebras = "cerebras",
+    /// DeepSeek (OpenAI-compatible).
+    Deepseek = "deepseek",
+    /// Mistral (OpenAI-compatible).
+    Mistral = "mistral",
+    /// MiniMax (OpenAI-compatible).
+    Minimax = "minimax",
+    /// Perplexity (OpenAI-compatible; no tool calling).
+    Perplexity = "perplexity",
+    /// Zhipu AI (OpenAI-compatible).
+    Zhipuai = "zhipuai",
+    /// vLLM server (OpenAI-compatible; base URL required).
+    Vllm = "vllm",
+    /// Ollama (OpenAI-compatible).
+    Ollama = "ollama",
+    /// Any other OpenAI-compatible server (base URL required).
+    OpenaiCompatible = "openai-compatible",
 }
 
 impl std::fmt::Display for ProviderType {

@@ -24,6 +24,7 @@ pub mod bedrock;
 pub mod cohere;
 pub mod endpoints;
 pub mod gemini;
+pub mod guard;
 pub mod openai;
 pub mod sse;
 pub mod translate;
@@ -172,6 +173,83 @@ impl Format {
         match self {
             Format::Gemini => name.rsplit_once("models/").map_or(name, |(_, id)| id),
             Format::OpenAi | Format::Anthropic | Format::Cohere | Format::Bedrock => name,
+        }
+    }
+}
+
+impl Format {
+    /// `error` as the event that ends a stream of this format, so the format's SDK raises it:
+    /// OpenAI `data: {"error": …}`, Anthropic `event: error`, Gemini `data: {"error": …}`,
+    /// Cohere an `error`-typed event. Bedrock streams are AWS event-stream frames, not SSE:
+    /// `None` (the caller ends such a stream by failing the body).
+    pub fn stream_error_event(self, error: &GatewayError) -> Option<Vec<u8>> {
+        let body = self.error_body(error);
+        match self {
+            Format::OpenAi | Format::Gemini => Some(sse::encode_data(&body.to_string())),
+            Format::Anthropic => {
+                let mut out = b"event: error\n".to_vec();
+                out.extend(sse::encode_data(&body.to_string()));
+                Some(out)
+            }
+            Format::Cohere => {
+                let event = serde_json::json!({"type": "error", "message": error.message});
+                Some(sse::encode_data(&event.to_string()))
+            }
+            Format::Bedrock => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error() -> GatewayError {
+        GatewayError {
+            status: 502,
+            message: "the upstream stream broke off".to_owned(),
+            kind: "api_error".to_owned(),
+            code: "upstream_stream_error".to_owned(),
+            param: None,
+        }
+    }
+
+    #[test]
+    fn one_error_renders_as_each_formats_body_and_stream_event() {
+        let e = error();
+        assert_eq!(
+            Format::OpenAi.error_body(&e)["error"]["code"],
+            "upstream_stream_error"
+        );
+        assert_eq!(
+            Format::Anthropic.error_body(&e)["error"]["type"],
+            "api_error"
+        );
+        assert_eq!(
+            Format::Gemini.error_body(&e)["error"]["status"],
+            "UNAVAILABLE"
+        );
+        assert_eq!(Format::Cohere.error_body(&e)["message"], e.message);
+        assert_eq!(
+            Format::Bedrock.error_header(&e),
+            Some(("x-amzn-errortype", "ServiceUnavailableException"))
+        );
+        let openai = Format::OpenAi.stream_error_event(&e).unwrap_or_default();
+        assert!(openai.starts_with(b"data: {\"error\""));
+        let anthropic = Format::Anthropic.stream_error_event(&e).unwrap_or_default();
+        assert!(anthropic.starts_with(b"event: error\ndata: {\"type\":\"error\""));
+        assert!(Format::Bedrock.stream_error_event(&e).is_none());
+    }
+
+    #[test]
+    fn every_format_has_endpoints_on_every_surface() {
+        for format in Format::ALL {
+            for surface in [Surface::Standard, Surface::AzureResource, Surface::Vertex] {
+                assert!(
+                    !format.endpoints(surface).is_empty(),
+                    "{format:?} {surface:?}"
+                );
+            }
         }
     }
 }

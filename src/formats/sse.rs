@@ -95,6 +95,12 @@ impl SseParser {
         }
     }
 
+    /// Bytes held for the event being read (its unfinished line and data so far), so a
+    /// caller can cap what one upstream event may make it buffer.
+    pub fn buffered(&self) -> usize {
+        self.line.len() + self.data.len()
+    }
+
     /// End of stream: a last event without its closing blank line is still
     /// dispatched (some upstreams close the connection right after it).
     pub fn finish(&mut self) -> Vec<SseEvent> {

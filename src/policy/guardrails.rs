@@ -1,30 +1,34 @@
 //! Tool-call guardrails, pure and stateless: everything is decided from the request's
-//! conversation and the model's answer, with no store.
+//! conversation and the model's answer, with no store. This module holds the rules and the
+//! decision; what a call looks like in each wire format is `formats::<format>::guard`'s
+//! business, which reaches the rules through [`Decide`] (implemented by [`Judge`]).
 //!
-//! 1. [`ToolPolicy::trust`] reads the conversation of a request in its own format and finds
-//!    the results of *untrusted* tools (matched to the assistant's call through the tool-call
-//!    ID). A result whose ID matches no call is untrusted too: the safe reading.
+//! 1. [`ToolPolicy::trust`] reads the conversation of a request (through its format's
+//!    `read_conversation`) and finds the results of *untrusted* tools (matched to the
+//!    assistant's call through the tool-call ID). A result whose ID matches no call is
+//!    untrusted too: the safe reading. When several calls share an ID, the result counts as
+//!    the output of each of them.
 //! 2. [`ToolPolicy::decide`] evaluates the rules on one tool call of the answer: first match
-//!    wins, then the default.
-//! 3. The `guard_*_json` functions apply the decisions to a whole answer in each format: a
-//!    blocked call is removed and replaced by text that names the tool and the reason, and
-//!    the stop reason is adjusted when no call is left, so the client's agent loop ends
-//!    cleanly. Streams are handled in [`super::stream`].
+//!    wins, then the default. Arguments that cannot be read satisfy every blocking condition
+//!    and no allowing one.
+//! 3. [`guard_json`] applies the decisions to a whole answer in its format (the format's
+//!    guard removes a blocked call and puts text in its place). Streams are handled in
+//!    [`super::stream`].
 
 use std::collections::HashMap;
 
 use globset::GlobSet;
 use regex::Regex;
-use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::PolicyProblem;
 use crate::crd::{ToolAction, ToolsSpec};
+pub use crate::formats::guard::{Arguments, Decide, Decision, Decisions, Fault};
+use crate::formats::guard::{Conversation, clip};
+use crate::formats::{anthropic, bedrock, cohere, gemini, openai};
 
 /// Largest regex program accepted (bytes of compiled automaton).
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
-/// Tool-call IDs and names are clipped to this length in decisions and messages.
-const MAX_SHOWN: usize = 128;
 
 /// A rule's action.
 pub type Action = ToolAction;
@@ -142,148 +146,14 @@ impl Trust {
     }
 }
 
-/// The verdict on one tool call.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Decision {
-    /// Tool name.
-    pub tool: String,
-    /// `allow` or `block`.
-    pub action: &'static str,
-    /// The rule that decided (`default` when none matched).
-    pub rule: String,
-    /// Why a call was blocked.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-impl Decision {
-    /// Whether the call is blocked.
-    pub fn blocked(&self) -> bool {
-        self.action == "block"
-    }
-
-    /// The text the client receives instead of a blocked call.
-    pub fn refusal(&self) -> String {
-        format!(
-            "[portcullis] The call to tool `{}` was blocked: {}.",
-            self.tool,
-            self.reason.as_deref().unwrap_or("blocked by policy")
-        )
-    }
-}
-
-fn clip(s: &str) -> String {
-    if s.len() <= MAX_SHOWN {
-        return s.to_owned();
-    }
-    let mut end = MAX_SHOWN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
-/// A call and a result seen in a conversation.
-#[derive(Default)]
-struct Conversation {
-    /// Call ID → tool name.
-    calls: HashMap<String, String>,
-    /// Results: (call ID, tool name when the format carries it).
-    results: Vec<(Option<String>, Option<String>)>,
-}
-
-fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str)
-}
-
-fn array<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
-}
-
-impl Conversation {
-    fn read(format: Format, body: &Value) -> Self {
-        let mut c = Conversation::default();
-        match format {
-            Format::OpenAi | Format::Cohere => {
-                for m in array(body, "messages") {
-                    for call in array(m, "tool_calls") {
-                        if let (Some(id), Some(name)) = (
-                            str_of(call, "id"),
-                            call.get("function").and_then(|f| str_of(f, "name")),
-                        ) {
-                            c.calls.insert(id.to_owned(), name.to_owned());
-                        }
-                    }
-                    match str_of(m, "role") {
-                        Some("tool") => c
-                            .results
-                            .push((str_of(m, "tool_call_id").map(str::to_owned), None)),
-                        // The legacy `function` role names the function itself.
-                        Some("function") => c.results.push((
-                            None,
-                            str_of(m, "name")
-                                .filter(|n| !n.is_empty())
-                                .map(str::to_owned),
-                        )),
-                        _ => {}
-                    }
-                }
-            }
-            Format::Anthropic => {
-                for m in array(body, "messages") {
-                    for block in array(m, "content") {
-                        let kind = str_of(block, "type").unwrap_or_default();
-                        if kind.ends_with("tool_use") {
-                            if let (Some(id), Some(name)) =
-                                (str_of(block, "id"), str_of(block, "name"))
-                            {
-                                c.calls.insert(id.to_owned(), name.to_owned());
-                            }
-                        } else if kind.ends_with("tool_result") {
-                            c.results
-                                .push((str_of(block, "tool_use_id").map(str::to_owned), None));
-                        }
-                    }
-                }
-            }
-            Format::Gemini => {
-                for content in array(body, "contents") {
-                    for part in array(content, "parts") {
-                        if let Some(call) = part.get("functionCall")
-                            && let (Some(id), Some(name)) =
-                                (str_of(call, "id"), str_of(call, "name"))
-                        {
-                            c.calls.insert(id.to_owned(), name.to_owned());
-                        }
-                        if let Some(response) = part.get("functionResponse") {
-                            c.results.push((
-                                str_of(response, "id").map(str::to_owned),
-                                str_of(response, "name").map(str::to_owned),
-                            ));
-                        }
-                    }
-                }
-            }
-            Format::Bedrock => {
-                for m in array(body, "messages") {
-                    for block in array(m, "content") {
-                        if let Some(call) = block.get("toolUse")
-                            && let (Some(id), Some(name)) =
-                                (str_of(call, "toolUseId"), str_of(call, "name"))
-                        {
-                            c.calls.insert(id.to_owned(), name.to_owned());
-                        }
-                        if let Some(result) = block.get("toolResult") {
-                            c.results
-                                .push((str_of(result, "toolUseId").map(str::to_owned), None));
-                        }
-                    }
-                }
-            }
-        }
-        c
+/// A request's conversation, read in its format.
+fn read_conversation(format: Format, body: &Value) -> Conversation {
+    match format {
+        Format::OpenAi => openai::guard::read_conversation(body),
+        Format::Anthropic => anthropic::guard::read_conversation(body),
+        Format::Gemini => gemini::guard::read_conversation(body),
+        Format::Cohere => cohere::guard::read_conversation(body),
+        Format::Bedrock => bedrock::guard::read_conversation(body),
     }
 }
 
@@ -318,14 +188,22 @@ impl ToolPolicy {
         if self.untrusted.is_empty() {
             return trust;
         }
-        let conversation = Conversation::read(format, body);
-        for (id, name) in conversation.results {
-            let called = id.as_ref().and_then(|id| conversation.calls.get(id));
-            let untrusted_name = [called, name.as_ref()]
+        let conversation = read_conversation(format, body);
+        // Call ID → every tool called with that ID (a repeated ID may hide an untrusted call
+        // behind a trusted one).
+        let mut calls: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (id, name) in &conversation.calls {
+            calls.entry(id.as_str()).or_default().push(name.as_str());
+        }
+        for (id, name) in &conversation.results {
+            let called = id.as_deref().and_then(|id| calls.get(id));
+            let untrusted_name = called
                 .into_iter()
                 .flatten()
-                .find(|n| self.untrusted.is_match(n.as_str()));
-            let source = match (untrusted_name, called, &name) {
+                .copied()
+                .chain(name.as_deref())
+                .find(|n| self.untrusted.is_match(n));
+            let source = match (untrusted_name, called, name) {
                 (Some(n), _, _) => Some(clip(n)),
                 // The format names no tool in results and the ID matches no call: unknown data.
                 (None, None, None) => Some(format!(
@@ -368,31 +246,49 @@ impl ToolPolicy {
         Self::effective(self.default, trust)
     }
 
-    /// Decide on one call. `arguments` is the raw argument text (JSON) or an already parsed
-    /// value.
+    /// Decide on one call. `arguments` is the raw argument text (JSON), an already parsed
+    /// value, or a custom tool's free-form input. Arguments that cannot be read (malformed,
+    /// nested too deep, free text under a pointer) satisfy every blocking condition and no
+    /// allowing one: unreadable arguments are never let through by a condition.
     pub fn decide(&self, tool: &str, arguments: Arguments<'_>, trust: &Trust) -> Decision {
-        let parsed: Option<Value> = match arguments {
-            Arguments::Text(t) if t.trim().is_empty() => Some(Value::Object(Map::new())),
-            Arguments::Text(t) => serde_json::from_str(t).ok(),
-            Arguments::Value(v) => Some(v.clone()),
+        let empty = Value::Object(Map::new());
+        let owned;
+        let read: Option<&Value> = match arguments {
+            Arguments::Text(t) if t.trim().is_empty() => Some(&empty),
+            Arguments::Text(t) => match serde_json::from_str::<Value>(t) {
+                Ok(v) => {
+                    owned = v;
+                    Some(&owned)
+                }
+                Err(_) => None,
+            },
+            Arguments::Value(v) => Some(v),
+            Arguments::Free(_) => None,
         };
         for rule in &self.rules {
             if !rule.tools.is_match(tool) {
                 continue;
             }
             let blocks = Self::effective(rule.action, trust);
+            let mut unreadable = false;
             if let Some(cond) = &rule.when {
-                let matched = match &parsed {
-                    Some(args) => pointer_text(args, &cond.pointer)
+                let matched = match (read, arguments) {
+                    (Some(args), _) => pointer_text(args, &cond.pointer)
                         .is_some_and(|text| cond.regex.is_match(&text)),
+                    (None, Arguments::Free(text)) if cond.pointer.is_empty() => {
+                        cond.regex.is_match(text)
+                    }
                     // Unreadable arguments: a blocking rule applies, an allowing one does not.
-                    None => blocks,
+                    (None, _) => {
+                        unreadable = true;
+                        blocks
+                    }
                 };
                 if !matched {
                     continue;
                 }
             }
-            return self.verdict(
+            let mut d = self.verdict(
                 tool,
                 rule.action,
                 blocks,
@@ -400,6 +296,11 @@ impl ToolPolicy {
                 trust,
                 rule.when.as_ref(),
             );
+            if unreadable && let Some(reason) = &mut d.reason {
+                reason
+                    .push_str(" (its arguments could not be read, so the condition counts as met)");
+            }
+            return d;
         }
         let blocks = Self::effective(self.default, trust);
         self.verdict(tool, self.default, blocks, "default", trust, None)
@@ -441,215 +342,40 @@ impl ToolPolicy {
     }
 }
 
-/// A tool call's arguments, as the format carries them.
-#[derive(Clone, Copy, Debug)]
-pub enum Arguments<'a> {
-    /// JSON text (OpenAI, Cohere, streamed deltas).
-    Text(&'a str),
-    /// A JSON value (Anthropic `input`, Gemini `args`, Bedrock `input`).
-    Value(&'a Value),
+/// The rules in one request's context: what the format guards decide with.
+#[derive(Clone, Copy)]
+pub struct Judge<'a> {
+    /// The rules.
+    pub policy: &'a ToolPolicy,
+    /// The request's trust.
+    pub trust: &'a Trust,
 }
 
-/// The decisions on one answer.
-pub type Decisions = Vec<Decision>;
+impl Decide for Judge<'_> {
+    fn may_block(&self, tool: &str) -> bool {
+        self.policy.may_block(tool, self.trust)
+    }
 
-/// Drop the blocked calls of a `tool_calls` list whose calls hold `function.name` and a
-/// `function.arguments` JSON string (OpenAI and Cohere v2 both do); answers their refusals.
-fn drop_blocked_calls(
-    policy: &ToolPolicy,
-    trust: &Trust,
-    calls: &mut Vec<Value>,
-    decisions: &mut Decisions,
-) -> Vec<String> {
-    let mut refusals = Vec::new();
-    calls.retain(|call| {
-        let function = call.get("function");
-        let name = function.and_then(|f| str_of(f, "name")).unwrap_or("");
-        let args = function.and_then(|f| str_of(f, "arguments")).unwrap_or("");
-        let d = policy.decide(name, Arguments::Text(args), trust);
-        let keep = !d.blocked();
-        if !keep {
-            refusals.push(d.refusal());
-        }
-        decisions.push(d);
-        keep
-    });
-    refusals
+    fn decide(&self, tool: &str, arguments: Arguments<'_>) -> Decision {
+        self.policy.decide(tool, arguments, self.trust)
+    }
 }
 
-/// Apply the guardrails to an OpenAI `chat.completion` (router and native OpenAI family).
-pub fn guard_openai_json(policy: &ToolPolicy, trust: &Trust, body: &mut Value) -> Decisions {
-    let mut decisions = Vec::new();
-    for choice in body
-        .get_mut("choices")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
-        let Some(message) = choice.get_mut("message") else {
-            continue;
-        };
-        let Some(calls) = message.get_mut("tool_calls").and_then(Value::as_array_mut) else {
-            continue;
-        };
-        let refusals = drop_blocked_calls(policy, trust, calls, &mut decisions);
-        if refusals.is_empty() {
-            continue;
-        }
-        let none_left = calls.is_empty();
-        if none_left && let Some(m) = message.as_object_mut() {
-            m.remove("tool_calls");
-        }
-        let text = match message.get("content").and_then(Value::as_str) {
-            Some(c) if !c.is_empty() => format!("{c}\n\n{}", refusals.join("\n")),
-            _ => refusals.join("\n"),
-        };
-        message["content"] = Value::String(text);
-        if none_left && str_of(choice, "finish_reason") == Some("tool_calls") {
-            choice["finish_reason"] = json!("stop");
-        }
-    }
-    decisions
-}
-
-/// Apply the guardrails to an Anthropic `message`: blocked `tool_use` blocks become `text`
-/// blocks in place; `stop_reason` becomes `end_turn` when no `tool_use` is left.
-pub fn guard_anthropic_json(policy: &ToolPolicy, trust: &Trust, body: &mut Value) -> Decisions {
-    let mut decisions = Vec::new();
-    let Some(content) = body.get_mut("content").and_then(Value::as_array_mut) else {
-        return decisions;
-    };
-    let mut blocked_any = false;
-    for block in content.iter_mut() {
-        if str_of(block, "type") != Some("tool_use") {
-            continue;
-        }
-        let name = str_of(block, "name").unwrap_or("").to_owned();
-        let empty = Value::Object(Map::new());
-        let input = block.get("input").unwrap_or(&empty);
-        let d = policy.decide(&name, Arguments::Value(input), trust);
-        if d.blocked() {
-            *block = json!({"type": "text", "text": d.refusal()});
-            blocked_any = true;
-        }
-        decisions.push(d);
-    }
-    let left = content
-        .iter()
-        .any(|b| str_of(b, "type") == Some("tool_use"));
-    if blocked_any && !left && str_of(body, "stop_reason") == Some("tool_use") {
-        body["stop_reason"] = json!("end_turn");
-    }
-    decisions
-}
-
-/// Apply the guardrails to a Gemini `GenerateContentResponse` (whole, or one streamed
-/// chunk: Gemini sends each `functionCall` complete): blocked parts become text parts.
-pub fn guard_gemini_json(policy: &ToolPolicy, trust: &Trust, body: &mut Value) -> Decisions {
-    let mut decisions = Vec::new();
-    for candidate in body
-        .get_mut("candidates")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
-        for part in candidate
-            .get_mut("content")
-            .and_then(|c| c.get_mut("parts"))
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
-            let Some(call) = part.get("functionCall") else {
-                continue;
-            };
-            let name = str_of(call, "name").unwrap_or("").to_owned();
-            let empty = Value::Object(Map::new());
-            let args = call.get("args").unwrap_or(&empty);
-            let d = policy.decide(&name, Arguments::Value(args), trust);
-            if d.blocked() {
-                *part = json!({"text": d.refusal()});
-            }
-            decisions.push(d);
-        }
-    }
-    decisions
-}
-
-/// Apply the guardrails to a Cohere v2 chat response: blocked calls leave `message.tool_calls`
-/// and become text content; `finish_reason` becomes `COMPLETE` when none is left.
-pub fn guard_cohere_json(policy: &ToolPolicy, trust: &Trust, body: &mut Value) -> Decisions {
-    let mut decisions = Vec::new();
-    let Some(message) = body.get_mut("message") else {
-        return decisions;
-    };
-    let Some(calls) = message.get_mut("tool_calls").and_then(Value::as_array_mut) else {
-        return decisions;
-    };
-    let refusals = drop_blocked_calls(policy, trust, calls, &mut decisions);
-    if refusals.is_empty() {
-        return decisions;
-    }
-    let none_left = calls.is_empty();
-    if none_left && let Some(m) = message.as_object_mut() {
-        m.remove("tool_calls");
-    }
-    let text = json!({"type": "text", "text": refusals.join("\n")});
-    match message.get_mut("content").and_then(Value::as_array_mut) {
-        Some(content) => content.push(text),
-        None => message["content"] = json!([text]),
-    }
-    if none_left && str_of(body, "finish_reason") == Some("TOOL_CALL") {
-        body["finish_reason"] = json!("COMPLETE");
-    }
-    decisions
-}
-
-/// Apply the guardrails to a Bedrock Converse response: blocked `toolUse` blocks become
-/// `text` blocks; `stopReason` becomes `end_turn` when none is left.
-pub fn guard_bedrock_json(policy: &ToolPolicy, trust: &Trust, body: &mut Value) -> Decisions {
-    let mut decisions = Vec::new();
-    let Some(content) = body
-        .pointer_mut("/output/message/content")
-        .and_then(Value::as_array_mut)
-    else {
-        return decisions;
-    };
-    let mut blocked_any = false;
-    for block in content.iter_mut() {
-        let Some(call) = block.get("toolUse") else {
-            continue;
-        };
-        let name = str_of(call, "name").unwrap_or("").to_owned();
-        let empty = Value::Object(Map::new());
-        let input = call.get("input").unwrap_or(&empty);
-        let d = policy.decide(&name, Arguments::Value(input), trust);
-        if d.blocked() {
-            *block = json!({"text": d.refusal()});
-            blocked_any = true;
-        }
-        decisions.push(d);
-    }
-    let left = content.iter().any(|b| b.get("toolUse").is_some());
-    if blocked_any && !left && str_of(body, "stopReason") == Some("tool_use") {
-        body["stopReason"] = json!("end_turn");
-    }
-    decisions
-}
-
-/// Apply the guardrails to a whole (non-streamed) answer in `format`.
+/// Apply the guardrails to a whole (non-streamed) answer in `format`; an answer whose shape
+/// the format's guard cannot read is refused ([`Fault`]).
 pub fn guard_json(
     format: Format,
     policy: &ToolPolicy,
     trust: &Trust,
     body: &mut Value,
-) -> Decisions {
+) -> Result<Decisions, Fault> {
+    let judge = Judge { policy, trust };
     match format {
-        Format::OpenAi => guard_openai_json(policy, trust, body),
-        Format::Anthropic => guard_anthropic_json(policy, trust, body),
-        Format::Gemini => guard_gemini_json(policy, trust, body),
-        Format::Cohere => guard_cohere_json(policy, trust, body),
-        Format::Bedrock => guard_bedrock_json(policy, trust, body),
+        Format::OpenAi => openai::guard::guard_json(&judge, body),
+        Format::Anthropic => anthropic::guard::guard_json(&judge, body),
+        Format::Gemini => gemini::guard::guard_json(&judge, body),
+        Format::Cohere => cohere::guard::guard_json(&judge, body),
+        Format::Bedrock => bedrock::guard::guard_json(&judge, body),
     }
 }
 
@@ -657,6 +383,14 @@ pub fn guard_json(
 pub(crate) mod tests {
     use super::*;
     use crate::crd::{ToolCondition, ToolPolicySpec};
+    use serde_json::json;
+
+    fn guarded(format: Format, p: &ToolPolicy, t: &Trust, body: &mut Value) -> Decisions {
+        match guard_json(format, p, t, body) {
+            Ok(d) => d,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
 
     /// The agent-loop policy: web_fetch and read_email results are untrusted; send_email is
     /// blocked in an untrusted context; delete_* always; shell only for `ls`.
@@ -864,7 +598,7 @@ pub(crate) mod tests {
                 {"id": "call_2", "type": "function", "function": {"name": "send_email", "arguments": "{\"to\":\"evil@example.net\"}"}}
             ]}
         }]});
-        let d = guard_openai_json(&p, &trust, &mut answer);
+        let d = guarded(Format::OpenAi, &p, &trust, &mut answer);
         assert_eq!(d.len(), 1);
         let choice = &answer["choices"][0];
         assert_eq!(choice["finish_reason"], "stop");
@@ -882,7 +616,7 @@ pub(crate) mod tests {
             {"id": "a", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
             {"id": "b", "type": "function", "function": {"name": "delete_repo", "arguments": "{}"}}
         ]}}]});
-        let d = guard_openai_json(&p, &Trust::default(), &mut mixed);
+        let d = guarded(Format::OpenAi, &p, &Trust::default(), &mut mixed);
         assert_eq!(d.iter().filter(|d| d.blocked()).count(), 1);
         assert_eq!(mixed["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(
@@ -903,28 +637,28 @@ pub(crate) mod tests {
             {"type": "text", "text": "Sending."},
             {"type": "tool_use", "id": "toolu_2", "name": "send_email", "input": {"to": "evil@example.net"}}
         ]});
-        assert!(guard_anthropic_json(&p, &untrusted, &mut a)[0].blocked());
+        assert!(guarded(Format::Anthropic, &p, &untrusted, &mut a)[0].blocked());
         assert_eq!(a["stop_reason"], "end_turn");
         assert_eq!(a["content"][1]["type"], "text");
 
         let mut g = json!({"candidates": [{"finishReason": "STOP", "content": {"role": "model", "parts": [
             {"functionCall": {"name": "send_email", "args": {"to": "evil@example.net"}}}
         ]}}]});
-        assert!(guard_gemini_json(&p, &untrusted, &mut g)[0].blocked());
+        assert!(guarded(Format::Gemini, &p, &untrusted, &mut g)[0].blocked());
         assert!(g["candidates"][0]["content"]["parts"][0]["text"].is_string());
 
         let mut c = json!({"id": "x", "finish_reason": "TOOL_CALL", "message": {"role": "assistant",
         "tool_plan": "I will send it", "tool_calls": [
             {"id": "t", "type": "function", "function": {"name": "send_email", "arguments": "{\"to\":\"x\"}"}}
         ]}});
-        assert!(guard_cohere_json(&p, &untrusted, &mut c)[0].blocked());
+        assert!(guarded(Format::Cohere, &p, &untrusted, &mut c)[0].blocked());
         assert_eq!(c["finish_reason"], "COMPLETE");
         assert!(c["message"]["content"][0]["text"].is_string());
 
         let mut b = json!({"stopReason": "tool_use", "output": {"message": {"role": "assistant", "content": [
             {"toolUse": {"toolUseId": "t", "name": "send_email", "input": {}}}
         ]}}});
-        assert!(guard_bedrock_json(&p, &untrusted, &mut b)[0].blocked());
+        assert!(guarded(Format::Bedrock, &p, &untrusted, &mut b)[0].blocked());
         assert_eq!(b["stopReason"], "end_turn");
     }
 
@@ -965,7 +699,7 @@ pub(crate) mod tests {
             .collect();
         let mut answer = json!({"choices": [{"index": 0, "finish_reason": "tool_calls",
             "message": {"role": "assistant", "content": null, "tool_calls": calls}}]});
-        let d = guard_openai_json(&p, &Trust::default(), &mut answer);
+        let d = guarded(Format::OpenAi, &p, &Trust::default(), &mut answer);
         assert_eq!(d.len(), 20_000);
         assert_eq!(
             answer["choices"][0]["message"]["tool_calls"]

@@ -1,111 +1,103 @@
-//! Guardrails on streamed answers, one small state machine per format, over parsed SSE
-//! events. Pure and synchronous: bytes in, bytes out.
+//! Guardrails on streamed answers: the SSE driver over each format's stream guard
+//! (`formats::<format>::guard::StreamGuard`). Pure and synchronous: bytes in, bytes out.
 //!
-//! Content and the calls of tools that cannot be blocked in this context pass at once. The
-//! events of a call that may be blocked are held back until the call is complete (its
-//! arguments are whole), then released as they were, or replaced by text that says which
-//! tool was refused and why; the stop reason is adjusted when no call is left.
-//! [`SseGuard::holding`] tells the caller when to send keep-alive comments.
+//! Each upstream event is framed once, parsed into JSON once, its usage read from that
+//! parse, and handed to the format's guard. Content and the calls of tools that cannot be
+//! blocked in this context pass at once. The events of a call that may be blocked are held
+//! back until the call is complete (its arguments are whole), then released as they were,
+//! or replaced by text that says which tool was refused and why; the stop reason is adjusted
+//! when no call is left. [`SseGuard::holding`] tells the caller when to send keep-alive
+//! comments.
+//!
+//! Fail closed: an event the guard cannot read (not a JSON object: malformed, or nested
+//! deeper than the parser's recursion limit), an event over [`MAX_EVENT_BYTES`], held-back
+//! arguments over `MAX_HELD_BYTES`, or a call the format's guard cannot follow end the
+//! stream with an error event in the format's shape ([`SseGuard::failed`]); nothing after it
+//! is written.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
-use super::guardrails::{Arguments, Decision, Format, ToolPolicy, Trust, guard_gemini_json};
+pub use crate::formats::guard::Usage;
+use crate::formats::guard::{self, Fault, MAX_EVENT_BYTES, Out, StreamGuard};
 use crate::formats::sse::{SseEvent, SseParser};
+use crate::formats::{anthropic, cohere, gemini, openai};
 
-/// Token usage seen in an answer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Usage {
-    /// Prompt / input tokens.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub input_tokens: Option<u64>,
-    /// Completion / output tokens.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_tokens: Option<u64>,
-}
-
-impl Usage {
-    /// Read usage from a whole answer (or a stream event) in `format`; fields it lacks stay.
-    pub fn read(&mut self, format: Format, v: &Value) {
-        let u = |p: &str| v.pointer(p).and_then(Value::as_u64);
-        let (i, o) = match format {
-            Format::OpenAi => (u("/usage/prompt_tokens"), u("/usage/completion_tokens")),
-            Format::Anthropic => (
-                u("/usage/input_tokens").or_else(|| u("/message/usage/input_tokens")),
-                u("/usage/output_tokens"),
-            ),
-            Format::Gemini => (
-                u("/usageMetadata/promptTokenCount"),
-                u("/usageMetadata/candidatesTokenCount"),
-            ),
-            Format::Cohere => (
-                u("/usage/tokens/input_tokens")
-                    .or_else(|| u("/usage/billed_units/input_tokens"))
-                    .or_else(|| u("/delta/usage/tokens/input_tokens")),
-                u("/usage/tokens/output_tokens")
-                    .or_else(|| u("/usage/billed_units/output_tokens"))
-                    .or_else(|| u("/delta/usage/tokens/output_tokens")),
-            ),
-            Format::Bedrock => (u("/usage/inputTokens"), u("/usage/outputTokens")),
-        };
-        if i.is_some() {
-            self.input_tokens = i;
-        }
-        if o.is_some() {
-            self.output_tokens = o;
-        }
-    }
-}
+use super::guardrails::{Decision, Format, Judge, ToolPolicy, Trust};
 
 /// A guard over one streamed answer.
 pub struct SseGuard {
     parser: SseParser,
     policy: Arc<ToolPolicy>,
     trust: Trust,
+    format: Format,
     kind: Kind,
     decisions: Vec<Decision>,
+    failed: bool,
     /// Usage seen so far.
     pub usage: Usage,
 }
 
 enum Kind {
-    OpenAi(OpenAiState),
-    Anthropic(AnthropicState),
-    Gemini,
-    Cohere(CohereState),
+    OpenAi(openai::guard::StreamGuard),
+    Anthropic(anthropic::guard::StreamGuard),
+    Gemini(gemini::guard::StreamGuard),
+    Cohere(cohere::guard::StreamGuard),
+}
+
+impl Kind {
+    fn guard(&mut self) -> &mut dyn StreamGuard {
+        match self {
+            Kind::OpenAi(g) => g,
+            Kind::Anthropic(g) => g,
+            Kind::Gemini(g) => g,
+            Kind::Cohere(g) => g,
+        }
+    }
+
+    fn holding(&self) -> bool {
+        match self {
+            Kind::OpenAi(g) => g.holding(),
+            Kind::Anthropic(g) => g.holding(),
+            Kind::Gemini(g) => g.holding(),
+            Kind::Cohere(g) => g.holding(),
+        }
+    }
 }
 
 impl SseGuard {
     /// A guard for `format`, or `None` when this build cannot guard that format's streams
-    /// (Bedrock's binary event streams).
+    /// (Bedrock's binary event streams: the native table refuses them under `spec.tools`).
     pub fn new(format: Format, policy: Arc<ToolPolicy>, trust: Trust) -> Option<Self> {
         let kind = match format {
-            Format::OpenAi => Kind::OpenAi(OpenAiState::default()),
-            Format::Anthropic => Kind::Anthropic(AnthropicState::default()),
-            Format::Gemini => Kind::Gemini,
-            Format::Cohere => Kind::Cohere(CohereState::default()),
+            Format::OpenAi => Kind::OpenAi(openai::guard::StreamGuard::default()),
+            Format::Anthropic => Kind::Anthropic(anthropic::guard::StreamGuard::default()),
+            Format::Gemini => Kind::Gemini(gemini::guard::StreamGuard::default()),
+            Format::Cohere => Kind::Cohere(cohere::guard::StreamGuard::default()),
             Format::Bedrock => return None,
         };
         Some(Self {
             parser: SseParser::default(),
             policy,
             trust,
+            format,
             kind,
             decisions: Vec::new(),
+            failed: false,
             usage: Usage::default(),
         })
     }
 
     /// Whether a call is being held back (the caller sends keep-alive comments meanwhile).
     pub fn holding(&self) -> bool {
-        match &self.kind {
-            Kind::OpenAi(s) => !s.held.is_empty(),
-            Kind::Anthropic(s) => s.held.is_some(),
-            Kind::Cohere(s) => !s.held.is_empty(),
-            Kind::Gemini => false,
-        }
+        !self.failed && self.kind.holding()
+    }
+
+    /// Whether the guard ended the stream with an error event: the caller stops reading the
+    /// upstream.
+    pub fn failed(&self) -> bool {
+        self.failed
     }
 
     /// Decisions made since the last call.
@@ -115,533 +107,126 @@ impl SseGuard {
 
     /// Feed upstream bytes; returns what the client may have now.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        if self.failed {
+            return Vec::new();
+        }
         let events = self.parser.push(bytes);
-        self.events(events, false)
+        let mut out = self.events(events, false);
+        if !self.failed && self.parser.buffered() > MAX_EVENT_BYTES {
+            self.fail(&mut out, &too_large());
+        }
+        out
     }
 
     /// The upstream ended: flush.
     pub fn finish(&mut self) -> Vec<u8> {
+        if self.failed {
+            return Vec::new();
+        }
         let events = self.parser.finish();
         self.events(events, true)
+    }
+
+    fn fail(&mut self, out: &mut Vec<u8>, fault: &Fault) {
+        self.failed = true;
+        out.extend(guard::error_event(
+            self.format,
+            &format!(
+                "the upstream's answer could not be checked by the tool-call guardrails, so the stream was ended: {}",
+                fault.0
+            ),
+        ));
     }
 
     fn events(&mut self, events: Vec<SseEvent>, last: bool) -> Vec<u8> {
         let mut out = Vec::new();
         for event in events {
+            if self.failed {
+                return out;
+            }
             self.event(event, &mut out);
         }
-        if last && let Kind::OpenAi(state) = &mut self.kind {
-            // A stream that ended without a finish_reason: decide on what was held.
-            let held = std::mem::take(&mut state.held);
-            let template = state.template.clone();
-            for chunk in finalize_openai(
-                &self.policy,
-                &self.trust,
-                held,
-                &template,
-                &mut self.decisions,
-            ) {
-                write_data(&mut out, None, &chunk);
-            }
+        if last && !self.failed {
+            // The stream ended: decide on what is held.
+            self.end(&mut out);
         }
         out
     }
 
+    fn end(&mut self, out: &mut Vec<u8>) {
+        let judge = Judge {
+            policy: &self.policy,
+            trust: &self.trust,
+        };
+        let outs = self.kind.guard().end(&judge, &mut self.decisions);
+        for o in outs {
+            write(out, o, None);
+        }
+    }
+
     fn event(&mut self, event: SseEvent, out: &mut Vec<u8>) {
-        let parsed = if event.data.starts_with('{') {
-            serde_json::from_str::<Value>(&event.data).ok()
-        } else {
-            None
-        };
-        let Some(mut value) = parsed else {
-            if let Kind::OpenAi(state) = &mut self.kind
-                && event.data.trim() == "[DONE]"
-            {
-                let held = std::mem::take(&mut state.held);
-                let template = state.template.clone();
-                for chunk in finalize_openai(
-                    &self.policy,
-                    &self.trust,
-                    held,
-                    &template,
-                    &mut self.decisions,
-                ) {
-                    write_data(out, None, &chunk);
-                }
-            }
-            write_raw(out, event.event.as_deref(), &event.data);
+        if event.data.len() > MAX_EVENT_BYTES {
+            self.fail(out, &too_large());
             return;
+        }
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            self.end(out);
+            guard::write_raw(out, event.event.as_deref(), &event.data);
+            return;
+        }
+        if data.is_empty() {
+            guard::write_raw(out, event.event.as_deref(), &event.data);
+            return;
+        }
+        let mut value = match serde_json::from_str::<Value>(&event.data) {
+            Ok(v) if v.is_object() => v,
+            Ok(_) | Err(_) => {
+                self.fail(
+                    out,
+                    &Fault(
+                        "an event is not a JSON object the gateway can read (malformed, or nested deeper than 128 levels)"
+                            .to_owned(),
+                    ),
+                );
+                return;
+            }
         };
-        let format = match &self.kind {
-            Kind::OpenAi(_) => Format::OpenAi,
-            Kind::Anthropic(_) => Format::Anthropic,
-            Kind::Gemini => Format::Gemini,
-            Kind::Cohere(_) => Format::Cohere,
+        self.usage.read(self.format, &value);
+        let judge = Judge {
+            policy: &self.policy,
+            trust: &self.trust,
         };
-        self.usage.read(format, &value);
-        match &mut self.kind {
-            Kind::OpenAi(state) => {
-                let before =
-                    state.chunk(&self.policy, &self.trust, &mut value, &mut self.decisions);
-                for chunk in before {
-                    write_data(out, event.event.as_deref(), &chunk);
-                }
-                write_data(out, event.event.as_deref(), &value);
-            }
-            Kind::Anthropic(state) => {
-                for (name, data) in state.event(
-                    &self.policy,
-                    &self.trust,
-                    event.event,
-                    value,
-                    &mut self.decisions,
-                ) {
-                    write_data(out, name.as_deref(), &data);
+        match self.kind.guard().event(
+            &judge,
+            event.event.as_deref(),
+            &mut value,
+            &mut self.decisions,
+        ) {
+            Ok(outs) => {
+                for o in outs {
+                    write(out, o, Some(&event));
                 }
             }
-            Kind::Cohere(state) => {
-                for (name, data) in state.event(
-                    &self.policy,
-                    &self.trust,
-                    event.event,
-                    value,
-                    &mut self.decisions,
-                ) {
-                    write_data(out, name.as_deref(), &data);
-                }
-            }
-            Kind::Gemini => {
-                let decisions = guard_gemini_json(&self.policy, &self.trust, &mut value);
-                if decisions.iter().any(Decision::blocked) {
-                    write_data(out, event.event.as_deref(), &value);
-                } else {
-                    write_raw(out, event.event.as_deref(), &event.data);
-                }
-                self.decisions.extend(decisions);
-            }
+            Err(fault) => self.fail(out, &fault),
         }
     }
 }
 
-fn write_raw(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
-    if let Some(name) = event {
-        out.extend_from_slice(b"event: ");
-        out.extend_from_slice(name.as_bytes());
-        out.push(b'\n');
-    }
-    for line in data.split('\n') {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-    }
-    out.push(b'\n');
+fn too_large() -> Fault {
+    Fault(format!(
+        "an event of the answer exceeds the guardrails' limit of {MAX_EVENT_BYTES} bytes"
+    ))
 }
 
-fn write_data(out: &mut Vec<u8>, event: Option<&str>, value: &Value) {
-    write_raw(out, event, &value.to_string());
-}
-
-// ---------------------------------------------------------------- OpenAI chat.completion.chunk
-
-struct HeldCall {
-    choice: u64,
-    index: u64,
-    id: Option<String>,
-    name: String,
-    arguments: String,
-}
-
-#[derive(Default)]
-struct OpenAiState {
-    /// (choice, tool index) → held?
-    seen: HashMap<(u64, u64), bool>,
-    held: Vec<HeldCall>,
-    /// Choices where at least one call reached the client.
-    passed: HashSet<u64>,
-    /// `id`, `object`, `created`, `model`, `system_fingerprint` of the stream, for chunks the
-    /// guard writes itself.
-    template: Map<String, Value>,
-}
-
-fn chunk_with(template: &Map<String, Value>, choice: Value) -> Value {
-    let mut chunk = template.clone();
-    chunk.insert("choices".to_owned(), json!([choice]));
-    Value::Object(chunk)
-}
-
-/// Decide on held calls; the chunks that release or replace them.
-fn finalize_openai(
-    policy: &ToolPolicy,
-    trust: &Trust,
-    held: Vec<HeldCall>,
-    template: &Map<String, Value>,
-    decisions: &mut Vec<Decision>,
-) -> Vec<Value> {
-    let mut chunks = Vec::new();
-    for call in held {
-        let d = policy.decide(&call.name, Arguments::Text(&call.arguments), trust);
-        if d.blocked() {
-            chunks.push(chunk_with(
-                template,
-                json!({"index": call.choice, "delta": {"content": format!("{}\n", d.refusal())}, "finish_reason": null}),
-            ));
-        } else {
-            let mut tc = json!({"index": call.index, "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments}});
-            if let Some(id) = call.id {
-                tc["id"] = json!(id);
-            }
-            chunks.push(chunk_with(
-                template,
-                json!({"index": call.choice, "delta": {"tool_calls": [tc]}, "finish_reason": null}),
-            ));
-        }
-        decisions.push(d);
-    }
-    chunks
-}
-
-impl OpenAiState {
-    /// Process one chunk in place; returns chunks to send before it.
-    fn chunk(
-        &mut self,
-        policy: &ToolPolicy,
-        trust: &Trust,
-        value: &mut Value,
-        decisions: &mut Vec<Decision>,
-    ) -> Vec<Value> {
-        for key in ["id", "object", "created", "model", "system_fingerprint"] {
-            if let Some(v) = value.get(key) {
-                self.template.insert(key.to_owned(), v.clone());
+fn write(out: &mut Vec<u8>, o: Out, same: Option<&SseEvent>) {
+    match o {
+        Out::Same => {
+            if let Some(e) = same {
+                guard::write_raw(out, e.event.as_deref(), &e.data);
             }
         }
-        let mut before = Vec::new();
-        let Some(choices) = value.get_mut("choices").and_then(Value::as_array_mut) else {
-            return before;
-        };
-        for choice in choices.iter_mut() {
-            let c = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
-            if let Some(calls) = choice
-                .get_mut("delta")
-                .and_then(|d| d.get_mut("tool_calls"))
-                .and_then(Value::as_array_mut)
-            {
-                let mut position = 0u64;
-                calls.retain(|tc| {
-                    let i = tc.get("index").and_then(Value::as_u64).unwrap_or(position);
-                    position += 1;
-                    let function = tc.get("function");
-                    let name = function.and_then(|f| f.get("name")).and_then(Value::as_str);
-                    let args = function
-                        .and_then(|f| f.get("arguments"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    let held = match self.seen.get(&(c, i)) {
-                        Some(held) => *held,
-                        None => {
-                            // A call whose first delta names no tool is held: its name may
-                            // come later, and only a known name can be let through.
-                            let hold = name
-                                .filter(|n| !n.is_empty())
-                                .is_none_or(|n| policy.may_block(n, trust));
-                            let name = name.unwrap_or("");
-                            self.seen.insert((c, i), hold);
-                            if hold {
-                                self.held.push(HeldCall {
-                                    choice: c,
-                                    index: i,
-                                    id: None,
-                                    name: String::new(),
-                                    arguments: String::new(),
-                                });
-                            } else {
-                                decisions.push(policy.decide(name, Arguments::Text("{}"), trust));
-                                self.passed.insert(c);
-                            }
-                            hold
-                        }
-                    };
-                    if held
-                        && let Some(call) =
-                            self.held.iter_mut().find(|h| h.choice == c && h.index == i)
-                    {
-                        if let Some(id) = tc.get("id").and_then(Value::as_str) {
-                            call.id = Some(id.to_owned());
-                        }
-                        if let Some(name) = name {
-                            call.name.push_str(name);
-                        }
-                        call.arguments.push_str(args);
-                    }
-                    !held
-                });
-                if calls.is_empty()
-                    && let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut)
-                {
-                    delta.remove("tool_calls");
-                }
-            }
-            let finish = choice
-                .get("finish_reason")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            if let Some(reason) = finish {
-                let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
-                    .into_iter()
-                    .partition(|h| h.choice == c);
-                self.held = rest;
-                let before_len = decisions.len();
-                before.extend(finalize_openai(
-                    policy,
-                    trust,
-                    mine,
-                    &self.template,
-                    decisions,
-                ));
-                if decisions[before_len..].iter().any(|d| !d.blocked()) {
-                    self.passed.insert(c);
-                }
-                if reason == "tool_calls" && !self.passed.contains(&c) {
-                    choice["finish_reason"] = json!("stop");
-                }
-            }
-        }
-        before
-    }
-}
-
-// ---------------------------------------------------------------- Anthropic Messages events
-
-struct HeldBlock {
-    index: u64,
-    name: String,
-    json: String,
-    events: Vec<(Option<String>, Value)>,
-}
-
-#[derive(Default)]
-struct AnthropicState {
-    held: Option<HeldBlock>,
-    passed: bool,
-    blocked: bool,
-}
-
-impl AnthropicState {
-    fn event(
-        &mut self,
-        policy: &ToolPolicy,
-        trust: &Trust,
-        name: Option<String>,
-        mut value: Value,
-        decisions: &mut Vec<Decision>,
-    ) -> Vec<(Option<String>, Value)> {
-        let kind = value
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let index = value.get("index").and_then(Value::as_u64);
-        match kind.as_str() {
-            "content_block_start" => {
-                let block = value.get("content_block");
-                if block.and_then(|b| b.get("type")).and_then(Value::as_str) == Some("tool_use") {
-                    let tool = block
-                        .and_then(|b| b.get("name"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned();
-                    if policy.may_block(&tool, trust) {
-                        self.held = Some(HeldBlock {
-                            index: index.unwrap_or(0),
-                            name: tool,
-                            json: String::new(),
-                            events: vec![(name, value)],
-                        });
-                        return Vec::new();
-                    }
-                    decisions.push(policy.decide(&tool, Arguments::Text("{}"), trust));
-                    self.passed = true;
-                }
-                vec![(name, value)]
-            }
-            "content_block_delta" | "content_block_stop"
-                if self.held.as_ref().is_some_and(|h| Some(h.index) == index) =>
-            {
-                let Some(mut held) = self.held.take() else {
-                    return Vec::new();
-                };
-                if kind == "content_block_delta" {
-                    if let Some(part) = value
-                        .get("delta")
-                        .and_then(|d| d.get("partial_json"))
-                        .and_then(Value::as_str)
-                    {
-                        held.json.push_str(part);
-                    }
-                    held.events.push((name, value));
-                    self.held = Some(held);
-                    return Vec::new();
-                }
-                held.events.push((name, value));
-                let d = policy.decide(&held.name, Arguments::Text(&held.json), trust);
-                let out = if d.blocked() {
-                    self.blocked = true;
-                    let i = held.index;
-                    vec![
-                        (
-                            Some("content_block_start".to_owned()),
-                            json!({"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}}),
-                        ),
-                        (
-                            Some("content_block_delta".to_owned()),
-                            json!({"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": d.refusal()}}),
-                        ),
-                        (
-                            Some("content_block_stop".to_owned()),
-                            json!({"type": "content_block_stop", "index": i}),
-                        ),
-                    ]
-                } else {
-                    self.passed = true;
-                    held.events
-                };
-                decisions.push(d);
-                out
-            }
-            "message_delta" => {
-                let stop = value
-                    .get("delta")
-                    .and_then(|d| d.get("stop_reason"))
-                    .and_then(Value::as_str);
-                if stop == Some("tool_use") && self.blocked && !self.passed {
-                    value["delta"]["stop_reason"] = json!("end_turn");
-                }
-                vec![(name, value)]
-            }
-            _ => vec![(name, value)],
-        }
-    }
-}
-
-// ---------------------------------------------------------------- Cohere v2 chat events
-
-struct HeldCohere {
-    index: u64,
-    name: String,
-    arguments: String,
-    events: Vec<(Option<String>, Value)>,
-}
-
-#[derive(Default)]
-struct CohereState {
-    held: Vec<HeldCohere>,
-    /// Next free content index, for refusal text.
-    next_content: u64,
-    passed: bool,
-    blocked: bool,
-}
-
-impl CohereState {
-    fn event(
-        &mut self,
-        policy: &ToolPolicy,
-        trust: &Trust,
-        name: Option<String>,
-        mut value: Value,
-        decisions: &mut Vec<Decision>,
-    ) -> Vec<(Option<String>, Value)> {
-        let kind = value
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let index = value.get("index").and_then(Value::as_u64).unwrap_or(0);
-        let call = value.pointer("/delta/message/tool_calls").cloned();
-        match kind.as_str() {
-            "content-start" => {
-                self.next_content = self.next_content.max(index + 1);
-                vec![(name, value)]
-            }
-            "tool-call-start" => {
-                let tool = call
-                    .as_ref()
-                    .and_then(|c| c.pointer("/function/name"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned();
-                if policy.may_block(&tool, trust) {
-                    let arguments = call
-                        .as_ref()
-                        .and_then(|c| c.pointer("/function/arguments"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_owned();
-                    self.held.push(HeldCohere {
-                        index,
-                        name: tool,
-                        arguments,
-                        events: vec![(name, value)],
-                    });
-                    return Vec::new();
-                }
-                decisions.push(policy.decide(&tool, Arguments::Text("{}"), trust));
-                self.passed = true;
-                vec![(name, value)]
-            }
-            "tool-call-delta" | "tool-call-end" => {
-                let Some(pos) = self.held.iter().position(|h| h.index == index) else {
-                    return vec![(name, value)];
-                };
-                if kind == "tool-call-delta" {
-                    if let Some(part) = call
-                        .as_ref()
-                        .and_then(|c| c.pointer("/function/arguments"))
-                        .and_then(Value::as_str)
-                    {
-                        self.held[pos].arguments.push_str(part);
-                    }
-                    self.held[pos].events.push((name, value));
-                    return Vec::new();
-                }
-                let mut held = self.held.remove(pos);
-                held.events.push((name, value));
-                let d = policy.decide(&held.name, Arguments::Text(&held.arguments), trust);
-                let out = if d.blocked() {
-                    self.blocked = true;
-                    let i = self.next_content;
-                    self.next_content += 1;
-                    vec![
-                        (
-                            Some("content-start".to_owned()),
-                            json!({"type": "content-start", "index": i, "delta": {"message": {"content": {"type": "text", "text": ""}}}}),
-                        ),
-                        (
-                            Some("content-delta".to_owned()),
-                            json!({"type": "content-delta", "index": i, "delta": {"message": {"content": {"text": d.refusal()}}}}),
-                        ),
-                        (
-                            Some("content-end".to_owned()),
-                            json!({"type": "content-end", "index": i}),
-                        ),
-                    ]
-                } else {
-                    self.passed = true;
-                    held.events
-                };
-                decisions.push(d);
-                out
-            }
-            "message-end" => {
-                let finish = value
-                    .pointer("/delta/finish_reason")
-                    .and_then(Value::as_str);
-                if finish == Some("TOOL_CALL") && self.blocked && !self.passed {
-                    value["delta"]["finish_reason"] = json!("COMPLETE");
-                }
-                vec![(name, value)]
-            }
-            _ => vec![(name, value)],
-        }
+        Out::Json(name, value) => guard::write_raw(out, name.as_deref(), &value.to_string()),
     }
 }
 
@@ -649,6 +234,7 @@ impl CohereState {
 mod tests {
     use super::*;
     use crate::policy::guardrails::tests::policy;
+    use serde_json::json;
 
     fn guard(format: Format, trust: Trust) -> SseGuard {
         match SseGuard::new(format, Arc::new(policy()), trust) {
@@ -1016,5 +602,94 @@ mod tests {
             text.contains("send_email_1") && text.contains("TOOL_CALL"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn held_arguments_over_the_cap_end_the_stream() {
+        let mut g = guard(Format::OpenAi, untrusted());
+        let events = openai_tool_stream("send_email", &[]);
+        let mut out = Vec::new();
+        for e in &events[..3] {
+            out.extend(g.push(e.as_bytes()));
+        }
+        let piece = "x".repeat(1 << 20);
+        let delta = format!(
+            "data: {}\n\n",
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}}]})
+        );
+        for _ in 0..5 {
+            out.extend(g.push(delta.as_bytes()));
+        }
+        assert!(g.failed());
+        assert!(!g.holding());
+        // Nothing after the error event, and the held call never reaches the client.
+        assert!(g.push(events[3].as_bytes()).is_empty());
+        assert!(g.finish().is_empty());
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains("send_email") && !text.contains("xxxx"));
+        let last = sse_datas(&out).pop().unwrap_or_default();
+        assert_eq!(last["error"]["code"], "upstream_invalid_response", "{last}");
+        assert!(
+            last["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("limit of 4194304 bytes")
+        );
+    }
+
+    #[test]
+    fn an_endless_event_ends_the_stream_with_an_error_in_the_format_shape() {
+        let mut g = guard(Format::Anthropic, untrusted());
+        let chunk = vec![b'a'; 1 << 20];
+        let mut out = g.push(b"event: content_block_delta\ndata: {\"x\":\"");
+        for _ in 0..9 {
+            out.extend(g.push(&chunk));
+        }
+        assert!(g.failed());
+        let text = String::from_utf8_lossy(&out).to_string();
+        assert!(
+            text.starts_with("event: error\ndata: "),
+            "{}",
+            &text[..80.min(text.len())]
+        );
+        let data = sse_datas(&out).pop().unwrap_or_default();
+        assert_eq!(data["type"], "error");
+        assert!(
+            data["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("exceeds the guardrails' limit")
+        );
+    }
+
+    #[test]
+    fn unreadable_events_end_the_stream_instead_of_passing_raw() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for (format, event) in [
+            (Format::OpenAi, format!("data: {{\"choices\":{deep}}}\n\n")),
+            (
+                Format::Gemini,
+                "data: {\"candidates\":[{\"content\"\n\n".to_owned(),
+            ),
+            (
+                Format::Cohere,
+                "event: tool-call-start\ndata: [1]\n\n".to_owned(),
+            ),
+        ] {
+            let mut g = guard(format, untrusted());
+            let out = g.push(event.as_bytes());
+            assert!(g.failed(), "{format:?}");
+            let text = String::from_utf8_lossy(&out);
+            assert!(
+                !text.contains("[[[") && !text.contains("candidates"),
+                "{text}"
+            );
+            assert!(text.contains("could not be checked"), "{text}");
+        }
+        // Comments, empty data and `[DONE]` are not JSON and pass.
+        let mut g = guard(Format::OpenAi, untrusted());
+        let out = g.push(b": keep-alive\n\ndata:\n\ndata: [DONE]\n\n");
+        assert!(!g.failed());
+        assert!(String::from_utf8_lossy(&out).contains("[DONE]"));
     }
 }

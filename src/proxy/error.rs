@@ -347,6 +347,21 @@ mod tests {
     }
 
     #[test]
+    fn translation_errors_keep_their_param() {
+        let e = ApiError::Translation(crate::formats::TranslateError::Unsupported {
+            param: "response_format".to_owned(),
+            reason: "json_schema has no Converse equivalent".to_owned(),
+        });
+        assert_eq!(e.body()["error"]["param"], "response_format");
+        assert_eq!(e.body()["error"]["code"], "unsupported_request");
+        let e = ApiError::Translation(crate::formats::TranslateError::Unsupported {
+            param: "tools[0].type".to_owned(),
+            reason: "x".to_owned(),
+        });
+        assert_eq!(e.body()["error"]["param"], "tools");
+    }
+
+    #[test]
     fn statuses() {
         assert_eq!(ApiError::BodyTooLarge { limit: 1 }.status_code(), 413);
         let t = ApiError::UpstreamTimeout {

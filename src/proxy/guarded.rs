@@ -57,6 +57,8 @@ pub struct Sink {
     cell: audit::Cell,
     metrics: Arc<crate::telemetry::Metrics>,
     proxy: String,
+    /// The provider prefix, for error messages (the proxy ID until the route is known).
+    provider: String,
     /// `false` when only usage is read (a proxy without `spec.tools` makes no decisions).
     decisions: bool,
 }
@@ -68,6 +70,11 @@ impl Sink {
             cell: exchange.audit.clone(),
             metrics: state.metrics.clone(),
             proxy: exchange.proxy.clone(),
+            provider: if exchange.provider.is_empty() {
+                exchange.proxy.clone()
+            } else {
+                exchange.provider.clone()
+            },
             decisions: true,
         }
     }
@@ -199,6 +206,16 @@ fn is_json(response: &Response) -> bool {
         .is_some_and(|v| v.contains("json"))
 }
 
+/// The refusal of an answer the guardrails cannot read, in the route's shape (502
+/// `upstream_invalid_response`): never passed on unguarded.
+fn unreadable(guard: &Guard, detail: String) -> Response {
+    ApiError::UpstreamInvalid {
+        prefix: guard.sink.provider.clone(),
+        detail,
+    }
+    .into_response_for(guard.format)
+}
+
 /// Apply the guardrails to an answer (a successful one; errors pass as they are).
 pub async fn guard_response(response: Response, guard: Guard, limit: usize) -> Response {
     if !response.status().is_success() {
@@ -211,17 +228,20 @@ pub async fn guard_response(response: Response, guard: Guard, limit: usize) -> R
     if encoded {
         // The gateway asked for an uncompressed answer; one it cannot read is not passed
         // on unguarded.
-        return axum::response::IntoResponse::into_response(ApiError::UpstreamInvalid {
-            prefix: guard.sink.proxy.clone(),
-            detail: "the answer is compressed although the gateway asked for `accept-encoding: identity`; tool-call guardrails cannot inspect it".to_owned(),
-        });
+        return unreadable(
+            &guard,
+            "the answer is compressed although the gateway asked for `accept-encoding: identity`; tool-call guardrails cannot inspect it".to_owned(),
+        );
     }
     if is_sse(&response) {
         return guard_stream(response, guard);
     }
-    if !is_json(&response) {
+    if !guard.sink.decisions && !is_json(&response) {
+        // Only usage is read (no `spec.tools`): other answers pass as they are.
         return response;
     }
+    // With guardrails, every other answer is read as JSON whatever its content type says
+    // (a client's SDK may parse it anyway); one that is not JSON is refused below.
     let (mut parts, body) = response.into_parts();
     use http_body_util::BodyExt;
     let bytes = match http_body_util::Limited::new(body, limit.max(64 << 20))
@@ -229,42 +249,31 @@ pub async fn guard_response(response: Response, guard: Guard, limit: usize) -> R
         .await
     {
         Ok(c) => c.to_bytes(),
-        Err(e) => {
-            let err = ApiError::UpstreamInvalid {
-                prefix: String::new(),
-                detail: format!("the answer could not be read: {e}"),
-            };
-            return axum::response::IntoResponse::into_response(err);
-        }
+        Err(e) => return unreadable(&guard, format!("the answer could not be read: {e}")),
     };
-    let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
-        return Response::from_parts(parts, Body::from(bytes));
+    let mut value = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(value) => value,
+        Err(_) if !guard.sink.decisions => return Response::from_parts(parts, Body::from(bytes)),
+        Err(e) => {
+            return unreadable(
+                &guard,
+                format!(
+                    "the answer is not JSON the tool-call guardrails can read ({e}; JSON nested deeper than 128 levels is refused)"
+                ),
+            );
+        }
     };
     let mut usage = Usage::default();
-    let mut decisions = Vec::new();
-    match &mut value {
+    match &value {
         // Gemini's non-SSE streamGenerateContent answers a JSON array of responses.
-        Value::Array(items) => {
-            for item in items {
-                usage.read(guard.format, item);
-                decisions.extend(guardrails::guard_json(
-                    guard.format,
-                    &guard.policy,
-                    &guard.trust,
-                    item,
-                ));
-            }
-        }
-        item => {
-            usage.read(guard.format, item);
-            decisions.extend(guardrails::guard_json(
-                guard.format,
-                &guard.policy,
-                &guard.trust,
-                item,
-            ));
-        }
+        Value::Array(items) => items.iter().for_each(|item| usage.read(guard.format, item)),
+        item => usage.read(guard.format, item),
     }
+    let decisions =
+        match guardrails::guard_json(guard.format, &guard.policy, &guard.trust, &mut value) {
+            Ok(decisions) => decisions,
+            Err(fault) => return unreadable(&guard, fault.0),
+        };
     let changed = decisions.iter().any(Decision::blocked);
     guard.sink.record(decisions, Some(usage));
     if !changed {
@@ -284,7 +293,12 @@ struct StreamState {
 
 fn guard_stream(response: Response, guard: Guard) -> Response {
     let Some(sse) = SseGuard::new(guard.format, guard.policy.clone(), guard.trust.clone()) else {
-        return response;
+        // A format whose SSE answers the guard cannot read (Bedrock speaks event streams):
+        // refused, never passed unguarded.
+        return unreadable(
+            &guard,
+            "the answer is an SSE stream, which the tool-call guardrails cannot read in this format".to_owned(),
+        );
     };
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
@@ -305,7 +319,7 @@ fn guard_stream(response: Response, guard: Guard) -> Response {
             if st.done {
                 return None;
             }
-            let (out, err) = match st.body.next().await {
+            let (out, mut err) = match st.body.next().await {
                 Some(Ok(bytes)) => (st.guard.push(&bytes), None),
                 Some(Err(e)) => {
                     st.done = true;
@@ -316,6 +330,11 @@ fn guard_stream(response: Response, guard: Guard) -> Response {
                     (st.guard.finish(), None)
                 }
             };
+            if st.guard.failed() {
+                // The guard ended the stream with an error event: read no more upstream.
+                st.done = true;
+                err = None;
+            }
             let decisions = st.guard.take_decisions();
             let usage = st.guard.usage;
             if !decisions.is_empty() || st.done {
@@ -341,6 +360,92 @@ fn guard_stream(response: Response, guard: Guard) -> Response {
 
 #[cfg(test)]
 mod tests {
+    fn guard(format: Format, decisions: bool) -> Guard {
+        Guard {
+            policy: Arc::new(crate::policy::guardrails::tests::policy()),
+            trust: Trust {
+                sources: vec!["web_fetch".into()],
+            },
+            format,
+            sink: Sink {
+                cell: Arc::default(),
+                metrics: Arc::default(),
+                proxy: "ai.team-a".into(),
+                provider: "up".into(),
+                decisions,
+            },
+        }
+    }
+
+    fn answer(content_type: &str, body: &str) -> Response {
+        let mut r = Response::new(Body::from(body.to_owned()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("x")),
+        );
+        r
+    }
+
+    async fn body_of(r: Response) -> Value {
+        use http_body_util::BodyExt;
+        let bytes = match r.into_body().collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => panic!("{e}"),
+        };
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    }
+
+    #[tokio::test]
+    async fn answers_the_guard_cannot_read_are_refused_in_the_route_shape() {
+        let deep = format!("{{\"x\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        let call = r#"{"choices":[{"index":0,"message":{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"delete_repo","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#;
+        for (format, content_type, body) in [
+            (Format::OpenAi, "application/json", deep.as_str()),
+            (Format::OpenAi, "text/plain", "hello"),
+            (Format::Anthropic, "application/json", "{\"content\": 5}"),
+            (Format::Bedrock, "text/event-stream", "data: {}\n\n"),
+            (Format::Gemini, "application/octet-stream", "\u{1}"),
+        ] {
+            let r = guard_response(answer(content_type, body), guard(format, true), 1 << 20).await;
+            assert_eq!(
+                r.status(),
+                http::StatusCode::BAD_GATEWAY,
+                "{format:?} {content_type}"
+            );
+            let v = body_of(r).await;
+            let message = match format {
+                Format::OpenAi => {
+                    assert_eq!(v["error"]["code"], "upstream_invalid_response");
+                    v["error"]["message"].clone()
+                }
+                Format::Anthropic => v["error"]["message"].clone(),
+                Format::Gemini => v["error"]["message"].clone(),
+                Format::Cohere | Format::Bedrock => v["message"].clone(),
+            };
+            assert!(
+                message.as_str().unwrap_or("").contains("provider `up`"),
+                "{v}"
+            );
+        }
+        // Usage-only reading (no spec.tools) leaves such answers alone.
+        let r = guard_response(
+            answer("text/plain", "hello"),
+            guard(Format::OpenAi, false),
+            1 << 20,
+        )
+        .await;
+        assert_eq!(r.status(), http::StatusCode::OK);
+        // A readable answer in a lax content type is guarded, not passed.
+        let r = guard_response(
+            answer("text/plain", call),
+            guard(Format::OpenAi, true),
+            1 << 20,
+        )
+        .await;
+        assert_eq!(r.status(), http::StatusCode::OK);
+        let v = body_of(r).await;
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    }
 
     #[test]
     fn usage_events_are_found_without_parsing_the_others() {

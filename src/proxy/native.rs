@@ -246,20 +246,23 @@ async fn forward_inner(
     let mut model = matched.path_model.clone();
     let request = if read {
         let (parts, bytes) = read_whole(request, state.max_body_bytes).await?;
-        let value = match matched.endpoint.model {
-            ModelAt::Multipart => None,
-            ModelAt::Body | ModelAt::BodyOptional | ModelAt::Path | ModelAt::Nowhere => {
-                Some(parse_json_body(&bytes)?)
-            }
+        // One parse: the whole JSON when a guard or the audit reads it, else only `model`.
+        let multipart = matched.endpoint.model == ModelAt::Multipart;
+        let value = if (guarded_endpoint || policy.audit_content) && !multipart {
+            Some(parse_json_body(&bytes)?)
+        } else {
+            None
         };
-        if matched.endpoint.model == ModelAt::Multipart {
+        if multipart {
             model = multipart_model(&parts.headers, bytes.clone()).await?;
         } else if body_model {
-            model = value
-                .as_ref()
-                .and_then(|v| v.get("model"))
-                .and_then(serde_json::Value::as_str)
-                .map(str::to_owned);
+            model = match &value {
+                Some(value) => value
+                    .get("model")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned),
+                None => model_field(&bytes)?,
+            };
         }
         if let Some(value) = &value {
             if let Some(tools) = &policy.tools
@@ -457,6 +460,23 @@ fn parse_json_body(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
             "{e}; this endpoint's body must be a JSON object the gateway can read"
         ))
     })
+}
+
+/// The `model` field of a JSON body, read without building the rest of the document (other
+/// fields are skipped, not allocated). A body that is not such a JSON object is refused.
+fn model_field(bytes: &[u8]) -> Result<Option<String>, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct ModelOnly<'a> {
+        #[serde(borrow, default)]
+        model: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<ModelOnly<'_>>(bytes)
+        .map(|m| m.model.map(std::borrow::Cow::into_owned))
+        .map_err(|e| {
+            ApiError::InvalidJson(format!(
+                "{e}; this endpoint's body must be a JSON object naming its `model`"
+            ))
+        })
 }
 
 /// The `model` field of a `multipart/form-data` body (audio and image-edit uploads), read

@@ -402,9 +402,17 @@ fn decode_error(e: &eventstream::DecodeError) -> StreamOut {
     ))
 }
 
+/// The event that ends a Model Router stream whose upstream broke off: the same
+/// `GatewayError` a final response would carry, rendered by the router's (OpenAI) format.
 fn stream_error(message: &str) -> Vec<u8> {
-    let body = serde_json::json!({"error": {
-        "message": message, "type": "api_error", "param": null, "code": "upstream_stream_error"
-    }});
-    format!("data: {body}\n\n").into_bytes()
+    let error = crate::formats::GatewayError {
+        status: 502,
+        message: message.to_owned(),
+        kind: "api_error".to_owned(),
+        code: "upstream_stream_error".to_owned(),
+        param: None,
+    };
+    Format::OpenAi
+        .stream_error_event(&error)
+        .unwrap_or_default()
 }

@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod endpoints;
+pub mod guard;
 
 pub use chat::*;
 

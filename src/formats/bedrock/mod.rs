@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod endpoints;
 pub mod eventstream;
+pub mod guard;
 
 pub use chat::*;
 

@@ -3,6 +3,7 @@
 //! by Azure and the OpenAI-compatible family.
 
 pub mod endpoints;
+pub mod guard;
 pub mod stream;
 pub mod wire;
 
