@@ -306,11 +306,24 @@ async fn fetch_json<T: serde::de::DeserializeOwned>(
     if !status.is_success() {
         return Err(format!("GET {shown} answered {status}"));
     }
-    let body = response
-        .bytes()
+    use crate::proxy::upstream::{CappedRead, read_limited};
+    let body = read_limited(response, MAX_PAGE_BYTES)
         .await
-        .map_err(|_| format!("the {what} was cut off"))?;
+        .map_err(|e| match e {
+            CappedRead::TooBig => page_too_big(what),
+            CappedRead::Transport(_) => format!("the {what} was cut off"),
+        })?;
     serde_json::from_slice(&body).map_err(|e| format!("the {what} could not be read: {e}"))
+}
+
+/// Largest model-list page read into memory.
+pub const MAX_PAGE_BYTES: usize = 16 * 1024 * 1024;
+
+fn page_too_big(what: &str) -> String {
+    format!(
+        "the {what} is larger than {} MiB per page, more than the gateway reads; set spec.models.static instead",
+        MAX_PAGE_BYTES / (1024 * 1024)
+    )
 }
 
 /// `{baseUrl}/{path}` with query parameters.

@@ -44,7 +44,47 @@ enum Command {
         /// PEM bundle trusted besides the system roots (with `--online`).
         #[arg(long, env = "PORTCULLIS_EXTRA_CA_CERTS", value_name = "FILE")]
         extra_ca_certs: Option<PathBuf>,
+        #[command(flatten)]
+        identity: IdentityArgs,
     },
+}
+
+/// Where the gateway's own cloud identity may go: process settings, never from a manifest.
+#[derive(clap::Args)]
+struct IdentityArgs {
+    /// Hosts besides the clouds' own service domains (*.googleapis.com, *.openai.azure.com,
+    /// *.cognitiveservices.azure.com, *.services.ai.azure.com, *.amazonaws.com) that may receive
+    /// a minted cloud credential: private endpoints, proxies, test fakes. `HOST` (any port),
+    /// `HOST:PORT`, `*.DOMAIN`; comma-separated.
+    #[arg(
+        long,
+        env = "PORTCULLIS_TRUSTED_IDENTITY_HOSTS",
+        value_name = "HOST[:PORT],...",
+        value_delimiter = ','
+    )]
+    trusted_identity_hosts: Vec<String>,
+    /// Entra ID scopes that `spec.azure.scope` may name besides
+    /// https://cognitiveservices.azure.com/.default and https://ai.azure.com/.default.
+    #[arg(
+        long,
+        env = "PORTCULLIS_ALLOWED_AZURE_SCOPES",
+        value_name = "SCOPE,...",
+        value_delimiter = ','
+    )]
+    allowed_azure_scopes: Vec<String>,
+}
+
+impl IdentityArgs {
+    /// Install the policy for this process (compile and send-time checks).
+    fn install(&self) -> Result<(), String> {
+        let policy = portcullis::credentials::trust::IdentityPolicy::new(
+            &self.trusted_identity_hosts,
+            &self.allowed_azure_scopes,
+        )
+        .map_err(|e| format!("--trusted-identity-hosts / --allowed-azure-scopes: {e}"))?;
+        portcullis::credentials::trust::install(policy);
+        Ok(())
+    }
 }
 
 #[derive(clap::Args)]
@@ -60,12 +100,18 @@ struct ServeArgs {
     /// Limit what is watched in Kubernetes to these namespaces (default: all).
     #[arg(long = "namespace", value_name = "NS", conflicts_with = "config")]
     namespaces: Vec<String>,
-    /// Data-plane address.
-    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "0.0.0.0:8080")]
-    listen: SocketAddr,
-    /// Admin address: /metrics, /healthz, /readyz.
-    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
-    admin_listen: SocketAddr,
+    /// Data-plane address [default: 0.0.0.0:8080; 127.0.0.1:8080 for the embedded default
+    /// configuration (no --config, no cluster)].
+    #[arg(long, env = "PORTCULLIS_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Admin address: /metrics, /healthz, /readyz [default: 0.0.0.0:9090; 127.0.0.1:9090 for
+    /// the embedded default configuration].
+    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    identity: IdentityArgs,
+    #[command(flatten)]
+    limits: portcullis::server::ConnectionLimits,
     /// PEM bundle trusted besides the system roots, for upstreams and identity endpoints.
     #[arg(long, env = "PORTCULLIS_EXTRA_CA_CERTS", value_name = "FILE")]
     extra_ca_certs: Option<PathBuf>,
@@ -100,7 +146,11 @@ fn main() -> ExitCode {
             paths,
             online,
             extra_ca_certs,
-        } => check(&paths, online.then_some(extra_ca_certs)),
+            identity,
+        } => match identity.install() {
+            Ok(()) => check(&paths, online.then_some(extra_ca_certs)),
+            Err(e) => fail(&e),
+        },
     }
 }
 
@@ -145,10 +195,18 @@ fn run_serve(args: ServeArgs) -> ExitCode {
     } else {
         None
     };
+    if let Err(e) = args.identity.install() {
+        return fail(&e);
+    }
+    // The embedded default serves the developer's own keys anonymously: loopback only,
+    // unless an address is given.
+    let embedded = kubernetes.is_none() && args.config.is_empty();
+    let (listen, admin_listen) = portcullis::server::default_addresses(embedded);
     let options = ServeOptions {
         config: args.config,
-        listen: args.listen,
-        admin_listen: args.admin_listen,
+        listen: args.listen.unwrap_or(listen),
+        admin_listen: args.admin_listen.unwrap_or(admin_listen),
+        limits: args.limits,
         extra_ca_certs: args.extra_ca_certs,
         max_body_bytes: args.max_body_bytes,
         shutdown_grace: args.shutdown_grace,

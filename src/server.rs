@@ -11,7 +11,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use http::{StatusCode, header};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -45,6 +44,124 @@ pub struct ServeOptions {
     pub sse_keepalive: Duration,
     /// Watch the Kubernetes API instead of files (`--kubernetes`).
     pub kubernetes: Option<kubernetes::Settings>,
+    /// Limits on client connections of the data plane.
+    pub limits: ConnectionLimits,
+}
+
+/// The data-plane and admin addresses when none is given: every interface with a
+/// configuration (files or a cluster), loopback only for the embedded default, which serves
+/// the developer's own provider keys from the environment to anonymous callers.
+pub fn default_addresses(embedded: bool) -> (SocketAddr, SocketAddr) {
+    let host = if embedded {
+        [127, 0, 0, 1]
+    } else {
+        [0, 0, 0, 0]
+    };
+    (
+        SocketAddr::from((host, 8080)),
+        SocketAddr::from((host, 9090)),
+    )
+}
+
+/// Limits on the data plane's client connections, so a slow or oversized request head cannot
+/// hold a connection (and its memory) open.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ConnectionLimits {
+    /// Close an HTTP/1 connection whose request head (request line and headers) has not fully
+    /// arrived this long after the gateway started waiting for it. This is also how long an
+    /// idle kept-alive connection stays open.
+    #[arg(long, env = "PORTCULLIS_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line plus headers), in bytes; a bigger one is answered
+    /// 431 and the connection closed. At least 8192.
+    #[arg(long, env = "PORTCULLIS_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// Most headers in a request; more are answered 431.
+    #[arg(long, env = "PORTCULLIS_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The HTTP/1 and HTTP/2 connection builder with these limits.
+    fn builder(&self) -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+        use hyper_util::rt::{TokioExecutor, TokioTimer};
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // hyper's smallest read buffer is 8 KiB; the head must fit in the buffer.
+        let head = self.max_header_bytes.max(8192);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Some(self.header_read_timeout).filter(|d| !d.is_zero()))
+            .max_headers(self.max_headers.max(1))
+            .max_buf_size(head);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        builder
+    }
+}
+
+/// Serve the data plane on `listener` until `drain` turns true, then wait for the open
+/// connections to finish their requests (the caller bounds that wait).
+async fn serve_data(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    mut drain: watch::Receiver<bool>,
+) {
+    let builder = limits.builder();
+    let drained = async move {
+        let _ = drain.wait_for(|d| *d).await;
+    };
+    tokio::pin!(drained);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut drained => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let mut router = router.clone();
+                async move { tower_service::Service::call(&mut router, request).await }
+            });
+        let io = hyper_util::rt::TokioIo::new(tcp);
+        let connection = builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// The upstream HTTP client: one pool, `TCP_NODELAY`, no redirects followed (a 3xx goes back
@@ -369,7 +486,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         None
     } else if options.config.is_empty() {
         let objects = defaults::objects(|k| std::env::var(k).ok());
-        tracing::info!("no --config given: serving the embedded default proxy `default`");
+        tracing::info!(
+            listen = %options.listen,
+            "no --config given: serving the embedded default proxy `default` (loopback only unless --listen says otherwise)"
+        );
         apply_objects(
             &store,
             &metrics,
@@ -425,31 +545,33 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         draining: drain_rx.clone(),
     });
 
-    let listener = bind(options.listen, "data plane").await?.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let listener = bind(options.listen, "data plane").await?;
     let admin_listener = bind(options.admin_listen, "admin endpoints").await?;
-    tracing::info!(listen = %options.listen, admin = %options.admin_listen, "portcullis is listening");
+    if options.listen.ip().is_loopback() {
+        tracing::info!(listen = %options.listen, admin = %options.admin_listen, "portcullis is listening on loopback only (set --listen to serve other hosts)");
+    } else {
+        tracing::info!(listen = %options.listen, admin = %options.admin_listen, "portcullis is listening");
+    }
 
     let until_drain = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|d| *d).await;
     };
-    let data = axum::serve(
+    let data = serve_data(
         listener,
-        proxy::router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(until_drain(drain_rx.clone()));
+        proxy::router(state),
+        options.limits.clone(),
+        drain_rx.clone(),
+    );
     let admin_server = axum::serve(admin_listener, admin_router(admin))
         .with_graceful_shutdown(until_drain(drain_rx.clone()));
-    let mut data = tokio::spawn(data.into_future());
+    let mut data = tokio::spawn(data);
     let admin_task = tokio::spawn(admin_server.into_future());
 
     tokio::select! {
         () = shutdown_signal() => {}
         result = &mut data => {
             return match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e).context("data plane server failed"),
+                Ok(()) => Ok(()),
                 Err(e) => Err(e).context("data plane server panicked"),
             };
         }
@@ -466,4 +588,18 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     }
     admin_task.abort();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_listens_on_loopback_only() {
+        let (data, admin) = default_addresses(true);
+        assert!(data.ip().is_loopback() && admin.ip().is_loopback());
+        assert_eq!((data.port(), admin.port()), (8080, 9090));
+        let (data, admin) = default_addresses(false);
+        assert!(data.ip().is_unspecified() && admin.ip().is_unspecified());
+    }
 }

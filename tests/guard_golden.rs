@@ -4,7 +4,7 @@
 //!
 //! - `<case>.json` (a whole answer) → `<case>.out.json`: `{"answer", "refused", "decisions"}`
 //!   (`refused` holds the reason when the guard cannot read the answer's shape);
-//! - `<case>.sse` (a native SSE answer) → `<case>.out.json`: `{"events", "failed",
+//! - `<case>.sse` (a native SSE answer) → `<case>.stream.out.json`: `{"events", "failed",
 //!   "decisions"}`, the events the client receives (JSON data parsed). The stream is fed in
 //!   several chunk sizes, which must all give the same output;
 //! - `<case>.request.json` (optional): the request's conversation, from which the trust is
@@ -175,9 +175,15 @@ fn cases(dir: &Path, ext: &str) -> Vec<PathBuf> {
     out
 }
 
+/// `<case>.json` → `<case>.out.json`; `<case>.sse` → `<case>.stream.out.json` (a case may
+/// have both, and their results must not share a file).
 fn expected(case: &Path) -> PathBuf {
     let stem = case.file_stem().and_then(|s| s.to_str()).unwrap();
-    case.with_file_name(format!("{stem}.out.json"))
+    let kind = match case.extension().and_then(|e| e.to_str()) {
+        Some("sse") => ".stream",
+        _ => "",
+    };
+    case.with_file_name(format!("{stem}{kind}.out.json"))
 }
 
 #[test]

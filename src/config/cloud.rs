@@ -130,6 +130,55 @@ pub(super) fn settings(p: &mut Problems, spec: &LlmProviderSpec, base: &Url) -> 
     }
 }
 
+/// A minted credential goes only to its cloud's own service domains or to a host the operator
+/// trusts (`defaults.identity`), and an Entra token only for an allowed scope: otherwise the
+/// provider is a problem, so it is never served (the credential layer checks the host again
+/// at send time). Bedrock's control-plane URL (discovery) is held to the same rule.
+pub(super) fn guard_identity(
+    p: &mut Problems,
+    credential: &Credential,
+    base: &Url,
+    bedrock: Option<&crate::providers::bedrock::Settings>,
+    defaults: &super::Defaults,
+) {
+    let Some(cloud) = credential.cloud() else {
+        return;
+    };
+    let policy = &defaults.identity;
+    let mut urls = vec![("spec.baseUrl", base)];
+    if let Some(b) = bedrock {
+        urls.push(("spec.bedrock.controlPlaneUrl", &b.control_plane_url));
+    }
+    for (field, url) in urls {
+        if !policy.allows(cloud, url) {
+            p.add(
+                field,
+                "UntrustedIdentityHost",
+                format!(
+                    "`{}` is not a host of the cloud's own service ({}, over https) nor one the operator                      trusts (--trusted-identity-hosts / PORTCULLIS_TRUSTED_IDENTITY_HOSTS: {}); the                      gateway's {} identity is never sent there. Point {field} at the cloud's endpoint,                      use auth.apiKey, or ask the operator to trust the host",
+                    url.host_str().unwrap_or_default(),
+                    cloud.describe(),
+                    policy.describe_hosts(),
+                    cloud.name(),
+                ),
+            );
+        }
+    }
+    if let Credential::Entra(token) = credential
+        && !policy.allows_azure_scope(token.scope())
+    {
+        p.add(
+            "spec.azure.scope",
+            "UntrustedIdentityScope",
+            format!(
+                "the Entra scope `{}` is not allowed: the gateway mints tokens only for {}                  (the operator can allow more with --allowed-azure-scopes)",
+                token.scope(),
+                policy.describe_azure_scopes(),
+            ),
+        );
+    }
+}
+
 /// The keyless credential of a Vertex AI, Azure or Claude-on-Foundry provider.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn credential(
@@ -238,11 +287,23 @@ mod tests {
     use crate::source::files::parse;
 
     fn run(spec: &str, extra: &str) -> Compiled {
+        run_with(spec, extra, &Defaults::default())
+    }
+
+    fn run_with(spec: &str, extra: &str, defaults: &Defaults) -> Compiled {
         let yaml = format!(
             "{extra}apiVersion: portcullis.dev/v1alpha1\nkind: LlmProvider\nmetadata: {{name: p, namespace: ai}}\nspec: {spec}\n---\napiVersion: portcullis.dev/v1alpha1\nkind: LlmProxy\nmetadata: {{name: x, namespace: ai}}\nspec: {{providers: [{{providerRef: {{name: p}}}}]}}\n"
         );
         let objects = parse(&yaml).unwrap_or_else(|e| panic!("{e:?}"));
-        compile(&Index::from_objects(objects), &Defaults::default())
+        compile(&Index::from_objects(objects), defaults)
+    }
+
+    fn trusting(hosts: &[&str], scopes: &[&str]) -> Defaults {
+        Defaults {
+            identity: crate::credentials::trust::IdentityPolicy::new(hosts, scopes)
+                .unwrap_or_else(|e| panic!("{e}")),
+            ..Defaults::default()
+        }
     }
 
     fn upstream(c: &Compiled) -> std::sync::Arc<crate::config::Upstream> {
@@ -255,6 +316,7 @@ mod tests {
     fn reasons(c: &Compiled) -> Vec<(&str, &str)> {
         c.problems
             .iter()
+            .filter(|p| p.kind == "LlmProvider")
             .map(|p| (p.field.as_str(), p.reason))
             .collect()
     }
@@ -339,9 +401,17 @@ mod tests {
             u.chat_url("gpt-4o").as_deref(),
             Some("https://r.services.ai.azure.com/openai/v1/chat/completions")
         );
-        let u = upstream(&run(
-            "{type: azure, baseUrl: \"https://r.openai.azure.com\", azure: {apiVersion: 2025-01-01-preview, scope: \"api://custom/.default\"}, auth: {workloadIdentity: {}}}",
+        let custom = "{type: azure, baseUrl: \"https://r.openai.azure.com\", azure: {apiVersion: 2025-01-01-preview, scope: \"api://custom/.default\"}, auth: {workloadIdentity: {}}}";
+        let c = run(custom, "");
+        assert_eq!(
+            reasons(&c),
+            [("spec.azure.scope", "UntrustedIdentityScope")]
+        );
+        assert!(c.problems[0].message.contains("--allowed-azure-scopes"));
+        let u = upstream(&run_with(
+            custom,
             "",
+            &trusting(&[], &["api://custom/.default"]),
         ));
         match &u.credential {
             Credential::Entra(t) => assert_eq!(t.scope(), "api://custom/.default"),
@@ -370,6 +440,59 @@ mod tests {
             reasons(&c)[0],
             ("spec.auth.workloadIdentity", "UnsupportedAuth")
         );
+    }
+
+    #[test]
+    fn minted_credentials_only_to_their_cloud_or_trusted_hosts() {
+        let cases = [
+            "{type: vertexai, baseUrl: \"https://anywhere.example\", vertexai: {project: p, location: global}, auth: {workloadIdentity: {}}}",
+            "{type: vertexai, baseUrl: \"http://127.0.0.1:8080\", vertexai: {project: p, location: global}, auth: {workloadIdentity: {}}}",
+            "{type: azure, baseUrl: \"https://r.openai.azure.com.evil.example\", auth: {workloadIdentity: {}}}",
+            "{type: azure, baseUrl: \"https://aiplatform.googleapis.com\", auth: {workloadIdentity: {}}}",
+            "{type: anthropic, baseUrl: \"http://127.0.0.1:9/anthropic\", auth: {workloadIdentity: {}}}",
+            "{type: bedrock, baseUrl: \"http://127.0.0.1:9\", bedrock: {region: us-east-1}, auth: {workloadIdentity: {}}}",
+        ];
+        for spec in cases {
+            let c = run(spec, "");
+            assert_eq!(
+                reasons(&c),
+                [("spec.baseUrl", "UntrustedIdentityHost")],
+                "{spec}"
+            );
+            let m = &c.problems[0].message;
+            assert!(
+                m.contains("--trusted-identity-hosts") && m.contains("never sent"),
+                "{m}"
+            );
+            assert!(c.proxies.is_empty(), "{spec}");
+        }
+        let c = run(
+            "{type: bedrock, bedrock: {region: us-east-1, controlPlaneUrl: \"https://evil.example\"}, auth: {workloadIdentity: {}}}",
+            "",
+        );
+        assert_eq!(
+            reasons(&c),
+            [("spec.bedrock.controlPlaneUrl", "UntrustedIdentityHost")]
+        );
+        // The operator can name a host (here any port of 127.0.0.1).
+        let trusted = trusting(&["127.0.0.1"], &[]);
+        for spec in &cases[1..] {
+            if spec.contains("evil") || spec.contains("googleapis") {
+                continue;
+            }
+            let c = run_with(spec, "", &trusted);
+            assert!(c.problems.is_empty(), "{spec}: {:?}", c.problems);
+        }
+        // API keys go wherever their provider points.
+        let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: k, namespace: ai}\nstringData: {apiKey: sk-1}\n---\n";
+        for spec in [
+            "{type: azure, baseUrl: \"https://anywhere.example\", auth: {apiKey: {secretRef: {name: k}}}}",
+            "{type: vllm, baseUrl: \"http://10.0.0.1:8000/v1\", auth: {apiKey: {secretRef: {name: k}}}}",
+            "{type: openai-compatible, baseUrl: \"https://llm.example/v1\", auth: {apiKey: {secretRef: {name: k}}}}",
+        ] {
+            let c = run(spec, secret);
+            assert!(c.problems.is_empty(), "{spec}: {:?}", c.problems);
+        }
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Defaults {
     /// Base-URL overrides by type (`PORTCULLIS_OLLAMA_BASE_URL`, `PORTCULLIS_VLLM_BASE_URL`).
     pub base_urls: BTreeMap<ProviderType, String>,
+    /// Where minted cloud credentials may go besides the clouds' own service domains, and
+    /// which extra Entra scopes may be minted (`--trusted-identity-hosts`,
+    /// `--allowed-azure-scopes`): process settings, never from a manifest.
+    pub identity: crate::credentials::trust::IdentityPolicy,
 }
 
 impl Defaults {
@@ -42,7 +46,10 @@ impl Defaults {
                 Some((t, value.trim().to_owned()))
             })
             .collect();
-        Self { base_urls }
+        Self {
+            base_urls,
+            identity: crate::credentials::trust::process_policy().clone(),
+        }
     }
 }
 
@@ -486,6 +493,7 @@ fn compile_provider(
     }
     format!("{credential:?}").hash(&mut hasher);
     let cloud = cloud::settings(&mut p, spec, &base_url);
+    cloud::guard_identity(&mut p, &credential, &base_url, bedrock.as_deref(), defaults);
     if let Some(b) = &bedrock {
         b.hash(&mut hasher);
     }

@@ -19,6 +19,7 @@ pub mod defaults;
 pub mod index;
 pub mod snapshot;
 pub mod store;
+pub mod strict;
 
 use std::fmt;
 

@@ -273,6 +273,18 @@ impl Snapshot {
         }
     }
 
+    /// The qualified IDs a bare name stands for when more than one proxy has it (so it
+    /// resolves to none of them); `None` when it is unique, unknown or qualified.
+    pub fn ambiguous(&self, id: &str) -> Option<Vec<String>> {
+        if self.proxy(id).is_some() {
+            return None;
+        }
+        match self.by_name.get(id) {
+            Some(keys) if keys.len() > 1 => Some(keys.iter().map(ObjectKey::proxy_id).collect()),
+            _ => None,
+        }
+    }
+
     /// Distinct upstreams of every proxy, by catalog key.
     pub fn upstreams(&self) -> BTreeMap<u64, Arc<Upstream>> {
         self.proxies
@@ -280,5 +292,63 @@ impl Snapshot {
             .flat_map(|p| p.routes.iter())
             .map(|r| (r.upstream.catalog_key, r.upstream.clone()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(keys: &[(&str, &str)]) -> Snapshot {
+        let proxies = keys
+            .iter()
+            .map(|(ns, name)| {
+                let key = ObjectKey::new(*ns, *name);
+                let table = ProxyTable {
+                    key: key.clone(),
+                    generation: None,
+                    routes: Vec::new(),
+                    default_model: None,
+                    policy: Arc::default(),
+                };
+                (key, Arc::new(table))
+            })
+            .collect();
+        Snapshot::new(proxies, 1)
+    }
+
+    fn resolved(s: &Snapshot, id: &str) -> Option<String> {
+        s.proxy(id).map(|t| t.key.proxy_id())
+    }
+
+    #[test]
+    fn a_bare_name_works_only_while_one_proxy_has_it() {
+        let s = snapshot(&[("ai", "team-a"), ("ml", "team-b")]);
+        assert_eq!(resolved(&s, "team-a").as_deref(), Some("ai.team-a"));
+        assert_eq!(s.ambiguous("team-a"), None);
+        let s = snapshot(&[("ai", "team-a"), ("other", "team-a")]);
+        assert_eq!(resolved(&s, "team-a"), None);
+        assert_eq!(
+            s.ambiguous("team-a"),
+            Some(vec!["ai.team-a".to_owned(), "other.team-a".to_owned()])
+        );
+        assert_eq!(resolved(&s, "ai.team-a").as_deref(), Some("ai.team-a"));
+        assert_eq!(
+            resolved(&s, "other.team-a").as_deref(),
+            Some("other.team-a")
+        );
+        assert_eq!(s.ambiguous("ai.team-a"), None);
+        assert_eq!(s.ambiguous("nope"), None);
+    }
+
+    #[test]
+    fn qualified_ids_split_at_the_first_dot_so_names_may_hold_dots() {
+        let s = snapshot(&[("ai", "team.a"), ("ai", "x")]);
+        assert_eq!(resolved(&s, "ai.team.a").as_deref(), Some("ai.team.a"));
+        assert_eq!(resolved(&s, "team.a").as_deref(), Some("ai.team.a"));
+        // A qualified ID never falls back to another proxy's bare name.
+        let s = snapshot(&[("ai", "team.a"), ("team", "a")]);
+        assert_eq!(resolved(&s, "team.a").as_deref(), Some("team.a"));
+        assert_eq!(resolved(&s, "ai.team.a").as_deref(), Some("ai.team.a"));
     }
 }

@@ -9,6 +9,7 @@
 pub mod aws;
 pub mod azure;
 pub mod gcp;
+pub mod trust;
 
 use std::fmt;
 use std::sync::Arc;
@@ -63,6 +64,19 @@ pub enum CredentialError {
     /// The request could not be signed.
     #[error("could not sign the request: {0}")]
     Signing(String),
+    /// A minted credential was about to leave for a host outside its cloud's service domains
+    /// and the operator's trusted hosts; it was not sent.
+    #[error(
+        "the {cloud} credential is sent only to {domains} or a host named by --trusted-identity-hosts; `{host}` is neither, so nothing was sent"
+    )]
+    UntrustedHost {
+        /// Which cloud's credential.
+        cloud: &'static str,
+        /// Its service domains.
+        domains: String,
+        /// The host it was meant for.
+        host: String,
+    },
 }
 
 /// A static key could not be turned into a header value.
@@ -85,8 +99,27 @@ impl Credential {
         Ok(Self::Header { name, value })
     }
 
-    /// Put the credential on an outgoing request.
+    /// Put the credential on an outgoing request. A minted credential goes only to its
+    /// cloud's service domains or a host the operator trusts ([`trust`]); anything else is
+    /// refused here, whatever the configuration said.
     pub async fn apply(&self, out: Outgoing<'_>) -> Result<(), CredentialError> {
+        if let Some(cloud) = self.cloud() {
+            let url = url::Url::parse(out.url).ok();
+            if !url
+                .as_ref()
+                .is_some_and(|u| trust::process_policy().allows(cloud, u))
+            {
+                return Err(CredentialError::UntrustedHost {
+                    cloud: cloud.name(),
+                    domains: cloud.describe(),
+                    host: url
+                        .as_ref()
+                        .and_then(|u| u.host_str())
+                        .unwrap_or("?")
+                        .to_owned(),
+                });
+            }
+        }
         match self {
             Credential::None => Ok(()),
             Credential::Header { name, value } => {
@@ -116,6 +149,16 @@ impl Credential {
         match self {
             Credential::None | Credential::Header { .. } => false,
             Credential::AwsSigV4(_) | Credential::Gcp(_) | Credential::Entra(_) => true,
+        }
+    }
+
+    /// The cloud whose identity this credential is (minted kinds only).
+    pub fn cloud(&self) -> Option<trust::CloudIdentity> {
+        match self {
+            Credential::None | Credential::Header { .. } => None,
+            Credential::Gcp(_) => Some(trust::CloudIdentity::Google),
+            Credential::Entra(_) => Some(trust::CloudIdentity::Azure),
+            Credential::AwsSigV4(_) => Some(trust::CloudIdentity::Aws),
         }
     }
 
@@ -172,6 +215,32 @@ mod tests {
             h.get(AUTHORIZATION).map(|v| v.as_bytes()),
             Some(&b"Bearer sk-1"[..])
         );
+    }
+
+    #[tokio::test]
+    async fn a_minted_credential_never_goes_to_an_untrusted_host() {
+        let c = Credential::Gcp(gcp::GcpToken::shared(gcp::GcpSource::Adc));
+        for url in [
+            "https://evil.example/v1/models",
+            "http://169.254.169.254/computeMetadata/v1/",
+            "not a url",
+        ] {
+            let mut h = HeaderMap::new();
+            let out = Outgoing {
+                method: &Method::GET,
+                url,
+                headers: &mut h,
+                body: None,
+            };
+            let e = c.apply(out).await.err().map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(
+                    |e| e.contains("*.googleapis.com") && e.contains("nothing was sent")
+                ),
+                "{url}: {e:?}"
+            );
+            assert!(h.is_empty(), "{url}: {h:?}");
+        }
     }
 
     #[test]

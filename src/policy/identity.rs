@@ -28,6 +28,8 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 const JWKS_TTL: Duration = Duration::from_secs(300);
 /// A JWKS is fetched at most this often when tokens name unknown key IDs.
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(2);
+/// Largest JWK set read.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// Cache entries kept at most (per cache); the cache is cleared when it grows past this.
 const MAX_CACHE: usize = 10_000;
 /// Failures from one address allowed per window before answers are slowed down.
@@ -282,9 +284,51 @@ impl AuthFailure {
     }
 }
 
+/// One issuer's key set, and the state of its fetches.
+#[derive(Default)]
 struct Jwks {
-    set: JwkSet,
-    fetched: Instant,
+    /// The last good set and when it was fetched.
+    set: Option<(JwkSet, Instant)>,
+    /// Consecutive failed fetches, and when the last one failed.
+    failed: Option<(u32, Instant)>,
+}
+
+/// Wait after `n` consecutive failed JWKS fetches before the next: 1 s, 2 s, 4 s … 60 s.
+fn jwks_backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+}
+
+/// TokenReview calls allowed per second, and the burst above it: every distinct JWT-shaped
+/// string a caller invents would otherwise cost the API server a call.
+const TOKEN_REVIEW_RATE: f64 = 20.0;
+const TOKEN_REVIEW_BURST: f64 = 50.0;
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full() -> Self {
+        Self {
+            tokens: TOKEN_REVIEW_BURST,
+            at: Instant::now(),
+        }
+    }
+
+    /// Take one token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * TOKEN_REVIEW_RATE;
+        self.tokens = (self.tokens + refill).min(TOKEN_REVIEW_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// A cached `TokenReview` answer: the username (when authenticated) and until when.
@@ -298,9 +342,12 @@ struct Failures {
 /// Caches and clients of identity checks, for the life of the process.
 pub struct Runtime {
     http: reqwest::Client,
-    jwks: Mutex<HashMap<String, Jwks>>,
+    /// Per issuer (JWKS URI, from configuration): the map's lock is never held across I/O;
+    /// each issuer's own lock makes one fetch at a time for that issuer.
+    jwks: Mutex<HashMap<String, Arc<Mutex<Jwks>>>>,
     kube: Mutex<Option<kube::Client>>,
     reviews: Mutex<HashMap<[u8; 32], Review>>,
+    review_calls: Mutex<Bucket>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
 }
 
@@ -313,6 +360,7 @@ impl Runtime {
             jwks: Mutex::new(HashMap::new()),
             kube: Mutex::new(None),
             reviews: Mutex::new(HashMap::new()),
+            review_calls: Mutex::new(Bucket::full()),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -367,38 +415,42 @@ impl Runtime {
     }
 
     async fn jwks(&self, uri: &str, kid: Option<&str>) -> Result<JwkSet, AuthFailure> {
-        let mut cache = self.jwks.lock().await;
-        let fresh = cache.get(uri).is_some_and(|j| {
-            let age = j.fetched.elapsed();
-            let has_kid = kid.is_none_or(|k| j.set.find(k).is_some());
+        let entry = {
+            // Held only to find the issuer's entry, never across a fetch.
+            let mut map = self.jwks.lock().await;
+            if map.len() > MAX_CACHE && !map.contains_key(uri) {
+                map.clear();
+            }
+            map.entry(uri.to_owned()).or_default().clone()
+        };
+        let mut entry = entry.lock().await;
+        let now = Instant::now();
+        let fresh = entry.set.as_ref().is_some_and(|(set, fetched)| {
+            let age = now.saturating_duration_since(*fetched);
+            let has_kid = kid.is_none_or(|k| set.find(k).is_some());
             age < JWKS_TTL && (has_kid || age < JWKS_MIN_REFETCH)
         });
-        if !fresh {
+        let backing_off = entry
+            .failed
+            .is_some_and(|(n, at)| now.saturating_duration_since(at) < jwks_backoff(n));
+        if !fresh && !backing_off {
             match self.fetch_jwks(uri).await {
                 Ok(set) => {
-                    if cache.len() > MAX_CACHE {
-                        cache.clear();
-                    }
-                    cache.insert(
-                        uri.to_owned(),
-                        Jwks {
-                            set,
-                            fetched: Instant::now(),
-                        },
-                    );
+                    entry.set = Some((set, Instant::now()));
+                    entry.failed = None;
                 }
                 Err(e) => {
-                    tracing::warn!(jwks_uri = %uri, "cannot fetch the JWKS: {e}");
-                    // Keep using the last good set, if any.
-                    if !cache.contains_key(uri) {
-                        return Err(AuthFailure::Unavailable);
-                    }
+                    let n = entry.failed.map_or(1, |(n, _)| n.saturating_add(1));
+                    entry.failed = Some((n, Instant::now()));
+                    tracing::warn!(jwks_uri = %uri, retry_in = ?jwks_backoff(n), "cannot fetch the JWKS: {e}");
                 }
             }
         }
-        cache
-            .get(uri)
-            .map(|j| j.set.clone())
+        // The last good set, if any, keeps serving while fetches fail.
+        entry
+            .set
+            .as_ref()
+            .map(|(set, _)| set.clone())
             .ok_or(AuthFailure::Unavailable)
     }
 
@@ -419,7 +471,14 @@ impl Runtime {
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status()));
         }
-        let bytes = response.bytes().await.map_err(|e| e.to_string())?;
+        let bytes = crate::proxy::upstream::read_limited(response, MAX_JWKS_BYTES)
+            .await
+            .map_err(|e| match e {
+                crate::proxy::upstream::CappedRead::TooBig => {
+                    format!("larger than {} KiB", MAX_JWKS_BYTES / 1024)
+                }
+                crate::proxy::upstream::CappedRead::Transport(e) => e.to_string(),
+            })?;
         serde_json::from_slice(&bytes).map_err(|e| format!("not a JWK set: {e}"))
     }
 
@@ -490,6 +549,13 @@ impl Runtime {
         let user = match cached {
             Some(user) => user,
             None => {
+                let allowed = self.review_calls.lock().await.take(Instant::now());
+                if !allowed {
+                    tracing::warn!(
+                        "TokenReview calls over {TOKEN_REVIEW_RATE}/s: refusing unknown tokens until the rate drops"
+                    );
+                    return Err(AuthFailure::Unavailable);
+                }
                 let (user, ttl) = self.token_review(cfg, token).await?;
                 let mut reviews = self.reviews.lock().await;
                 if reviews.len() > MAX_CACHE {
@@ -641,6 +707,84 @@ mod tests {
         assert_eq!(presented(&h).as_deref(), Some("b"));
         h.insert("authorization", HeaderValue::from_static("Basic xyz"));
         assert_eq!(presented(&h).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn jwks_fetch_failures_back_off() {
+        assert_eq!(jwks_backoff(1), Duration::from_secs(1));
+        assert_eq!(jwks_backoff(2), Duration::from_secs(2));
+        assert_eq!(jwks_backoff(4), Duration::from_secs(8));
+        assert_eq!(jwks_backoff(100), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn token_reviews_are_rate_limited() {
+        let mut b = Bucket::full();
+        let t0 = b.at;
+        let granted = (0..200).filter(|_| b.take(t0)).count();
+        assert_eq!(granted, TOKEN_REVIEW_BURST as usize);
+        // One second later, the rate's worth more.
+        let later = t0 + Duration::from_secs(1);
+        let granted = (0..200).filter(|_| b.take(later)).count();
+        assert_eq!(granted, TOKEN_REVIEW_RATE as usize);
+    }
+
+    #[tokio::test]
+    async fn one_issuer_down_does_not_hold_another_and_is_not_hammered() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A JWKS endpoint that accepts and never answers, counting connections.
+        let slow = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let slow_addr = slow.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = slow.accept().await {
+                held.push(s);
+            }
+        });
+        // A JWKS endpoint that always fails (500), counting requests.
+        let failing = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let failing_addr = failing.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = failing.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        let client = crate::server::http_client(None).unwrap_or_else(|e| panic!("{e}"));
+        let rt = Arc::new(Runtime::new(client));
+        let stuck = rt.clone();
+        let slow_uri = format!("http://{slow_addr}/jwks");
+        tokio::spawn(async move {
+            let _ = stuck.jwks(&slow_uri, None).await;
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Another issuer answers at once although the first one's fetch hangs.
+        let failing_uri = format!("http://{failing_addr}/jwks");
+        let started = Instant::now();
+        for _ in 0..20 {
+            assert!(matches!(
+                rt.jwks(&failing_uri, Some("k")).await,
+                Err(AuthFailure::Unavailable)
+            ));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        // Twenty requests, one fetch: the failure is backed off.
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
     }
 
     #[test]

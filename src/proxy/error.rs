@@ -61,6 +61,16 @@ pub enum ApiError {
         /// The ID in the URL.
         id: String,
     },
+    /// A bare proxy name that more than one namespace has.
+    #[error(
+        "proxy name `{id}` is ambiguous: more than one namespace has an LlmProxy of that name; use its qualified ID, one of: {candidates}"
+    )]
+    AmbiguousProxy {
+        /// The bare name in the URL.
+        id: String,
+        /// The qualified IDs (`{namespace}.{name}`), comma-separated.
+        candidates: String,
+    },
     /// The model's prefix is not one of the proxy's.
     #[error(
         "unknown provider prefix `{prefix}` in model `{model}`; this proxy serves: {available}"
@@ -175,6 +185,7 @@ impl ApiError {
             ApiError::RouteNotFound { .. }
             | ApiError::UnknownEndpoint { .. }
             | ApiError::ProxyNotFound { .. }
+            | ApiError::AmbiguousProxy { .. }
             | ApiError::UnknownPrefix { .. }
             | ApiError::ModelNotFound { .. }
             | ApiError::ModelNotServed { .. } => StatusCode::NOT_FOUND,
@@ -209,7 +220,7 @@ impl ApiError {
             ApiError::ClientBody(_) => "invalid_body",
             ApiError::RouteNotFound { .. } => "route_not_found",
             ApiError::UnknownEndpoint { .. } => "unknown_endpoint",
-            ApiError::ProxyNotFound { .. } => "proxy_not_found",
+            ApiError::ProxyNotFound { .. } | ApiError::AmbiguousProxy { .. } => "proxy_not_found",
             ApiError::UnknownPrefix { .. }
             | ApiError::ModelNotFound { .. }
             | ApiError::ModelNotServed { .. } => "model_not_found",

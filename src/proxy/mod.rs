@@ -12,6 +12,7 @@
 //! ([`keepalive`]).
 
 pub mod context;
+pub mod drain;
 pub mod error;
 pub mod guarded;
 pub mod headers;
@@ -40,6 +41,9 @@ pub use error::ApiError;
 
 /// The `model` metrics label of a model the provider does not list.
 pub const OTHER_MODEL: &str = "other";
+
+/// The `provider` metrics label of a prefix the proxy does not have.
+pub const UNKNOWN_LABEL: &str = "unknown";
 
 /// Default request-body limit: 32 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -176,6 +180,8 @@ fn request_id(request: &Request) -> String {
 }
 
 async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    // An early answer leaves the body unread: drain a small one so keep-alive survives.
+    let request = request.map(|body| Body::new(drain::DrainOnDrop::new(body)));
     let path = request.uri().path().to_owned();
     let mut exchange = Exchange {
         metrics: state.metrics.clone(),
@@ -242,6 +248,17 @@ async fn route(
     exchange.route = if router { "router" } else { "native" };
     // The one snapshot load of this request.
     let snapshot = state.store.load();
+    if let Some(candidates) = snapshot.ambiguous(proxy) {
+        let error = ApiError::AmbiguousProxy {
+            id: proxy.to_owned(),
+            candidates: candidates.join(", "),
+        };
+        return if router {
+            Err(error)
+        } else {
+            Ok(error.into_response_for(context::format_hint(prefix)))
+        };
+    }
     let table = snapshot.proxy(proxy).cloned();
     let Some(table) = table else {
         if router {
@@ -267,7 +284,13 @@ async fn route(
         return Ok(if router {
             e.into_response()
         } else {
-            exchange.provider = prefix.to_owned();
+            // Metrics labels come from configuration only: a prefix the proxy does not have
+            // (random bytes from an unauthenticated caller) is one fixed label.
+            exchange.provider = if table.route(prefix).is_some() {
+                prefix.to_owned()
+            } else {
+                UNKNOWN_LABEL.to_owned()
+            };
             e.into_response_for(context::format_for(&table, prefix))
         });
     }

@@ -234,10 +234,13 @@ pub async fn chat(
 
     if !status.is_success() {
         let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| upstream::classify(&route.prefix, upstream.timeout, &e))?;
+        let bytes = upstream::read_capped(
+            response,
+            upstream::MAX_ERROR_BODY_BYTES,
+            &route.prefix,
+            upstream.timeout,
+        )
+        .await?;
         let (code, body) = dialect.error(status.as_u16(), &bytes);
         let code = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY);
         let mut out = json_response(code, serde_json::to_vec(&body).unwrap_or_default(), 0);

@@ -84,6 +84,58 @@ pub async fn send(
     }
 }
 
+/// Largest upstream error answer read into memory (to translate it into the client's shape).
+pub const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
+
+/// Why a capped read stopped.
+#[derive(Debug)]
+pub enum CappedRead {
+    /// The answer is larger than the cap.
+    TooBig,
+    /// The transport failed.
+    Transport(reqwest::Error),
+}
+
+/// Read an upstream answer whole, at most `limit` bytes (never an unbounded buffer).
+pub async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, CappedRead> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(CappedRead::TooBig);
+    }
+    let mut stream = response.bytes_stream();
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(CappedRead::Transport)?;
+        if out.len() + chunk.len() > limit {
+            return Err(CappedRead::TooBig);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+/// [`read_limited`] for an upstream error answer: a bigger one is a clear 502.
+pub async fn read_capped(
+    response: reqwest::Response,
+    limit: usize,
+    prefix: &str,
+    after: Duration,
+) -> Result<Bytes, ApiError> {
+    read_limited(response, limit).await.map_err(|e| match e {
+        CappedRead::TooBig => too_big(prefix, limit),
+        CappedRead::Transport(e) => classify(prefix, after, &e),
+    })
+}
+
+fn too_big(prefix: &str, limit: usize) -> ApiError {
+    ApiError::UpstreamInvalid {
+        prefix: prefix.to_owned(),
+        detail: format!(
+            "its error answer is larger than {} KiB, more than the gateway reads; check the provider's base URL",
+            limit / 1024
+        ),
+    }
+}
+
 fn timeout(prefix: &str, after: Duration) -> ApiError {
     ApiError::UpstreamTimeout {
         prefix: prefix.to_owned(),
@@ -140,4 +192,37 @@ pub fn body_stream(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(chunks: Vec<&'static [u8]>) -> reqwest::Response {
+        let stream = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::io::Error>(Bytes::from_static(c))),
+        );
+        reqwest::Response::from(http::Response::new(reqwest::Body::wrap_stream(stream)))
+    }
+
+    #[tokio::test]
+    async fn reads_are_capped_with_a_clear_error() {
+        let ok = read_limited(response(vec![b"abc", b"def"]), 6).await;
+        assert_eq!(ok.ok().as_deref(), Some(&b"abcdef"[..]));
+        let big = read_limited(response(vec![b"abc", b"defg"]), 6).await;
+        assert!(matches!(big, Err(CappedRead::TooBig)));
+        let e = read_capped(
+            response(vec![&[b'x'; 2048]]),
+            1024,
+            "openai",
+            Duration::from_secs(1),
+        )
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("larger than 1 KiB"), "{e}");
+    }
 }

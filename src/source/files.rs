@@ -172,27 +172,29 @@ pub fn parse(text: &str) -> Result<Vec<Object>, Vec<LoadError>> {
             ("LlmProvider" | "LlmProxy" | "LlmBudget", v) if v != expected => errors.push(fail(
                 format!("{label}: apiVersion `{v}` is not served; use `{expected}`"),
             )),
-            ("LlmProvider", _) => match typed::<LlmProvider>(value) {
+            ("LlmProvider", _) => match crate::config::strict::typed::<LlmProvider>(value) {
                 Ok(p) if p.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => {
                     objects.push(Object::Provider(Box::new(p)))
                 }
                 Ok(_) => errors.push(fail(format!("{label}: metadata.name is required"))),
                 Err(e) => errors.push(fail(format!("{label}: {e}"))),
             },
-            ("LlmProxy", _) => match typed::<LlmProxy>(value) {
+            ("LlmProxy", _) => match crate::config::strict::typed::<LlmProxy>(value) {
                 Ok(p) if p.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => {
                     objects.push(Object::Proxy(Box::new(p)))
                 }
                 Ok(_) => errors.push(fail(format!("{label}: metadata.name is required"))),
                 Err(e) => errors.push(fail(format!("{label}: {e}"))),
             },
-            ("LlmBudget", _) => match typed::<crate::crd::LlmBudget>(value) {
-                Ok(b) if b.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => {
-                    objects.push(Object::Budget(Box::new(b)))
+            ("LlmBudget", _) => {
+                match crate::config::strict::typed::<crate::crd::LlmBudget>(value) {
+                    Ok(b) if b.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => {
+                        objects.push(Object::Budget(Box::new(b)))
+                    }
+                    Ok(_) => errors.push(fail(format!("{label}: metadata.name is required"))),
+                    Err(e) => errors.push(fail(format!("{label}: {e}"))),
                 }
-                Ok(_) => errors.push(fail(format!("{label}: metadata.name is required"))),
-                Err(e) => errors.push(fail(format!("{label}: {e}"))),
-            },
+            }
             ("Secret", "v1") => match typed::<Secret>(value) {
                 Ok(s) if s.metadata.name.as_deref().is_some_and(|n| !n.is_empty()) => objects.push(
                     Object::Secret(ObjectKey::of(&s.metadata), SecretData::from_secret(&s)),

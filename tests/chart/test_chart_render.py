@@ -118,6 +118,9 @@ def test_deployment_runs_serve_kubernetes_with_both_ports(default_render):
         "--admin-listen", "0.0.0.0:9090",
         "--shutdown-grace", "30s",
         "--sse-keepalive", "10s",
+        "--header-read-timeout", "30s",
+        "--max-header-bytes", "65536",
+        "--max-headers", "100",
     ]
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "admin": 9090}
     assert default_render.one("Deployment")["spec"]["replicas"] == 2
@@ -568,6 +571,30 @@ def test_helm_lint_strict(values):
     assert report["errors"] == [], report
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert problems == [], report
+
+
+def test_identity_trust_and_connection_limits_are_passed_to_the_gateway(default_render):
+    args = container(default_render)["args"]
+    assert "--trusted-identity-hosts" not in args and "--allowed-azure-scopes" not in args
+    assert args[args.index("--header-read-timeout") + 1] == "30s"
+    assert args[args.index("--max-header-bytes") + 1] == "65536"
+    assert args[args.index("--max-headers") + 1] == "100"
+    r = render({"trustedIdentityHosts": ["vertex.corp.example:8443", "*.privatelink.example"],
+                "allowedAzureScopes": ["api://custom/.default"],
+                "connections": {"headerReadTimeout": "10s", "maxHeaderBytes": 32768, "maxHeaders": 50}})
+    args = container(r)["args"]
+    assert args[args.index("--trusted-identity-hosts") + 1] == "vertex.corp.example:8443,*.privatelink.example"
+    assert args[args.index("--allowed-azure-scopes") + 1] == "api://custom/.default"
+    assert args[args.index("--header-read-timeout") + 1] == "10s"
+    assert args[args.index("--max-headers") + 1] == "50"
+
+
+@pytest.mark.parametrize("values", [{"trustedIdentityHosts": ["https://x.example"]},
+                                    {"trustedIdentityHosts": ["a.example/path"]},
+                                    {"connections": {"maxHeaderBytes": 100}}])
+def test_bad_identity_and_limit_values_are_refused(values):
+    with pytest.raises(Exception):
+        render(values)
 
 
 # --- LlmBudget Redis ------------------------------------------------------------------------

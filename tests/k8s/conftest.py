@@ -128,3 +128,12 @@ def start_kube_gateway(binary: Path, apiserver: FakeApiServer, tmp_path: Path) -
         log = gw.log_text()
         assert_no_secret(log, f"gateway log {gw.log_path}")
         assert CLIENT_KEY not in log, f"client API key leaked in gateway log {gw.log_path}"
+
+
+@pytest.fixture
+def trust_loopback_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cloud fakes listen on 127.0.0.1, outside the clouds' own service domains: like an
+    operator with a private endpoint, these tests name it with the process-level setting
+    (`--trusted-identity-hosts`, here its environment form). Without it the gateway refuses to
+    send a minted credential there (tests/sdk/test_hardening_identity.py)."""
+    monkeypatch.setenv("PORTCULLIS_TRUSTED_IDENTITY_HOSTS", "127.0.0.1")

@@ -8,10 +8,15 @@ import socket
 import time
 
 import openai
+import pytest
 
 from fakes.cloud import FakeMetadataServer, FakeVertex, TokenBook
 from harness import closed_port
 from objects import NS, cond_is, condition, provider, proxy, secret, wait_until
+
+# Minted credentials may go to the fakes on 127.0.0.1 only because the operator says so.
+pytestmark = pytest.mark.usefixtures("trust_loopback_identity")
+
 
 PROJECT, LOCATION = "test-proj", "us-central1"
 

@@ -65,3 +65,12 @@ def start_gateway(binary: Path, config_dir: Path, tmp_path: Path, request) -> It
 def gw(fake: FakeOpenAI, start_gateway) -> Gateway:
     """The gateway serving proxy ai.team-a -> provider openai (static: gpt-test, gpt-test-mini)."""
     return start_gateway(standard_config(fake.base_url))
+
+
+@pytest.fixture
+def trust_loopback_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cloud fakes listen on 127.0.0.1, outside the clouds' own service domains: like an
+    operator with a private endpoint, these tests name it with the process-level setting
+    (`--trusted-identity-hosts`, here its environment form). Without it the gateway refuses to
+    send a minted credential there (tests/sdk/test_hardening_identity.py)."""
+    monkeypatch.setenv("PORTCULLIS_TRUSTED_IDENTITY_HOSTS", "127.0.0.1")

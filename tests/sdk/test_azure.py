@@ -25,6 +25,10 @@ from fakes.cloud import (COGNITIVE_SCOPE, FOUNDRY_SCOPE, FakeAzureOpenAI, FakeEn
                          FakeFoundryAnthropic, CertAuthority, TokenBook)
 from harness import CLIENT_KEY, PROVIDER_KEY, docs, proxy_doc, secret_doc
 
+# Minted credentials may go to the fakes on 127.0.0.1 only because the operator says so.
+pytestmark = pytest.mark.usefixtures("trust_loopback_identity")
+
+
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT_ID = "0b3c2a41-5d6e-4f70-8a91-b2c3d4e5f607"
 FEDERATED = "eyJhbGciOiJSUzI1NiJ9.federated-sa-token-SECRET.c2lnbmF0dXJl"

@@ -25,6 +25,10 @@ from fakes.aws import (POD_IDENTITY_TOKEN, ROLE_ARN, WEB_IDENTITY_TOKEN, Credent
 from harness import (CLIENT_KEY, PROVIDER_KEY, Gateway, assert_no_secret, docs, proxy_doc, run_check, secret_doc,
                      yaml_list)
 
+# Minted credentials may go to the fakes on 127.0.0.1 only because the operator says so.
+pytestmark = pytest.mark.usefixtures("trust_loopback_identity")
+
+
 REGION = "us-east-1"
 CLAUDE = "us.anthropic.claude-sonnet-4-20250514-v1:0"
 # What the client signs with: never valid upstream, and never forwarded.

@@ -32,6 +32,10 @@ from test_azure import book, ca, entra  # noqa: F401 - fixtures
 from test_bedrock import aws_env, control, irsa, runtime, store, sts  # noqa: F401 - fixtures
 from translated_fixtures import cohere_fake  # noqa: F401 - fixture
 
+# Minted credentials may go to the fakes on 127.0.0.1 only because the operator says so.
+pytestmark = pytest.mark.usefixtures("trust_loopback_identity")
+
+
 BLOCKED = "[portcullis] The call to tool `get_weather` was blocked"
 NO_WEATHER = {"policies": [{"name": "no-weather", "tools": ["get_weather"], "action": "block"}]}
 UNTRUSTED = {"untrusted": ["web_fetch"],

@@ -111,13 +111,15 @@ def test_native_models_outside_the_providers_list_are_404(fake, gw):
 def test_native_models_list_and_query_passthrough(fake, gw):
     fake.models = ["gpt-test", "native-only-model"]
     fake.reset()
-    client = gw.native_client(default_headers={"x-custom-trace": "abc123"})
+    client = gw.native_client(default_headers={"traceparent": "00-abc123-def456-01", "x-custom-trace": "abc123"})
     page = client.models.list(extra_query={"limit": "5"})
     assert [m.id for m in page.data] == ["gpt-test", "native-only-model"], "native models are the provider's own IDs"
     ups = [r for r in fake.requests_to("/v1/models", "GET") if r.query.get("limit")]
     assert ups, f"query string not forwarded: {[r.target for r in fake.all_requests()]}"
     assert ups[0].query["limit"] == ["5"]
-    assert ups[0].header("x-custom-trace") == "abc123", "ordinary client headers are forwarded"
+    # Headers cross by allow-list (issue 11): trace context does, an unknown header does not.
+    assert ups[0].header("traceparent") == "00-abc123-def456-01", "allowed client headers are forwarded"
+    assert ups[0].header("x-custom-trace") is None, "a header outside the allow-list was forwarded"
     assert_upstream_auth(ups[0])
 
 
