@@ -8,6 +8,9 @@
 //!   `"stream": true`, an SSE stream of N `chat.completion.chunk` events (default 20) followed
 //!   by `data: [DONE]`.
 //! - `GET /v1/models`: one model, `bench-model`.
+//! - `POST /v1/traces`: an OTLP/HTTP trace sink (`OTEL=1 bench/run.sh` points the gateway's
+//!   exporter here); the body is read and dropped, the answer is an empty
+//!   `ExportTraceServiceResponse`.
 //!
 //! Responses are rendered once at startup so the mock spends as little CPU as possible per
 //! request: it is the baseline the gateway's overhead is measured against. Part of the
@@ -192,6 +195,11 @@ async fn chat(State(canned): State<Arc<Canned>>, body: Bytes) -> Response {
     response
 }
 
+async fn traces(body: Bytes) -> Response {
+    drop(body);
+    respond(StatusCode::OK, "application/x-protobuf", Body::empty())
+}
+
 async fn models(State(canned): State<Arc<Canned>>) -> Response {
     respond(
         StatusCode::OK,
@@ -213,6 +221,7 @@ async fn main() -> ExitCode {
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
+        .route("/v1/traces", post(traces))
         .with_state(state);
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
     let listener = match tokio::net::TcpListener::bind(addr).await {

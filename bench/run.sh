@@ -8,6 +8,7 @@
 #
 # Knobs (environment): REQUESTS (20000), WARMUP (1000), CONCURRENCY (8), CHUNKS (20),
 # CHUNK_DELAY_MS (0), MAX_SECONDS (120, per load run), AUTH (apiKey | none),
+# OTEL (1 = trace every request, exported over OTLP/HTTP to the mock's /v1/traces sink),
 # SKIP_BUILD (1 = use the binaries already in target/release), KEEP_TMP (1 = keep logs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,6 +23,7 @@ CHUNKS=${CHUNKS:-20}
 CHUNK_DELAY_MS=${CHUNK_DELAY_MS:-0}
 MAX_SECONDS=${MAX_SECONDS:-120}
 AUTH=${AUTH:-apiKey}
+OTEL=${OTEL:-0}
 
 BIN=$ROOT/target/release
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
@@ -131,11 +133,20 @@ EOF
 GW_PORT=$(free_port)
 ADMIN_PORT=$(free_port)
 while [ "$ADMIN_PORT" = "$GW_PORT" ] || [ "$ADMIN_PORT" = "$MOCK_PORT" ]; do ADMIN_PORT=$(free_port); done
-say "gateway on 127.0.0.1:$GW_PORT (admin $ADMIN_PORT), auth $AUTH"
-# No *_API_KEY from the caller's environment (only the bench config is served), and no HTTP
-# proxy between the gateway and the mock.
+# Tracing: every request sampled and exported to the mock's OTLP sink; or no OTEL_* at all.
+otel_env=()
+if [ "$OTEL" = 1 ]; then
+  # A queue large enough that no span is dropped at bench rates (dropping would hide cost).
+  otel_env=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$MOCK_PORT" OTEL_TRACES_SAMPLER=always_on
+            OTEL_SERVICE_NAME=portcullis-bench OTEL_BSP_MAX_QUEUE_SIZE=65536
+            OTEL_BSP_SCHEDULE_DELAY=500)
+fi
+say "gateway on 127.0.0.1:$GW_PORT (admin $ADMIN_PORT), auth $AUTH, tracing $([ "$OTEL" = 1 ] && echo 100% || echo off)"
+# No *_API_KEY from the caller's environment (only the bench config is served), no HTTP
+# proxy between the gateway and the mock, and no OTEL_* but the ones above.
 # shellcheck disable=SC2046
-env $(env | awk -F= '/_API_KEY=|^(http|https|all|HTTP|HTTPS|ALL)_(proxy|PROXY)=/ { printf "-u %s ", $1 }') \
+env $(env | awk -F= '/_API_KEY=|^(http|https|all|HTTP|HTTPS|ALL)_(proxy|PROXY)=|^OTEL_/ { printf "-u %s ", $1 }') \
+  "${otel_env[@]}" \
   "$BIN/portcullis" serve --config "$TMP/config" \
   --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" 2>"$TMP/gateway.log" &
 GW_PID=$!

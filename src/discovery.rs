@@ -306,7 +306,7 @@ async fn fetch_json<T: serde::de::DeserializeOwned>(
     if !status.is_success() {
         return Err(format!("GET {shown} answered {status}"));
     }
-    use crate::proxy::upstream::{CappedRead, read_limited};
+    use crate::net::{CappedRead, read_limited};
     let body = read_limited(response, MAX_PAGE_BYTES)
         .await
         .map_err(|e| match e {
@@ -762,7 +762,7 @@ mod tests {
     }
 
     fn client() -> reqwest::Client {
-        crate::server::http_client(None).unwrap()
+        crate::net::http_client(None).unwrap()
     }
 
     fn ids(models: &[ModelEntry]) -> Vec<&str> {

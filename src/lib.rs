@@ -21,6 +21,7 @@ pub mod crd;
 pub mod credentials;
 pub mod discovery;
 pub mod formats;
+pub mod net;
 pub mod policy;
 pub mod providers;
 pub mod proxy;

@@ -12,7 +12,7 @@ use portcullis::config::{Defaults, Index, compile};
 use portcullis::discovery::DiscoveryConfig;
 use portcullis::server::{ServeOptions, serve};
 use portcullis::source::{files, kubernetes};
-use portcullis::telemetry::{LogFormat, init_logging};
+use portcullis::telemetry::{LogFormat, init_logging, otel};
 
 /// Portcullis: a Kubernetes-native security gateway in front of LLM providers.
 #[derive(Parser)]
@@ -183,7 +183,24 @@ fn fail(message: &str) -> ExitCode {
 }
 
 fn run_serve(args: ServeArgs) -> ExitCode {
-    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let traces = match otel::wanted() {
+        Ok(false) => None,
+        Ok(true) => {
+            match otel::pipeline(runtime.handle().clone(), args.extra_ca_certs.as_deref()) {
+                Ok(pipeline) => Some(pipeline),
+                Err(e) => return fail(&format!("cannot start the OTLP trace exporter: {e:#}")),
+            }
+        }
+        Err(e) => return fail(&e),
+    };
+    init_logging(args.log_format, traces.as_ref());
     let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty());
     let kubernetes = if args.kubernetes || (args.config.is_empty() && in_pod) {
         match kubernetes::Settings::from_env(args.namespaces) {
@@ -218,14 +235,12 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         sse_keepalive: args.sse_keepalive,
         kubernetes,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
-    };
-    match runtime.block_on(serve(options)) {
+    let result = runtime.block_on(serve(options));
+    // Export the spans still queued, while the runtime that sends them still runs.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -164,26 +164,7 @@ async fn serve_data(
     graceful.shutdown().await;
 }
 
-/// The upstream HTTP client: one pool, `TCP_NODELAY`, no redirects followed (a 3xx goes back
-/// to the client as it is), extra CA certificates trusted when given.
-pub fn http_client(extra_ca_certs: Option<&Path>) -> anyhow::Result<reqwest::Client> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .connect_timeout(Duration::from_secs(30));
-    if let Some(path) = extra_ca_certs {
-        let pem = std::fs::read(path)
-            .with_context(|| format!("reading extra CA certificates from {}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("{} is not a PEM bundle of certificates", path.display()))?;
-        anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
-        builder = builder.tls_certs_merge(certs);
-        crate::credentials::aws::trust_extra_ca_certs(pem);
-    }
-    builder.build().context("building the HTTP client")
-}
+pub use crate::net::http_client;
 
 /// `portcullis check --online`: obtain the credential of every provider a compiled proxy
 /// routes to, for real (mint a token, ask STS), each within 30 seconds. A static key is only

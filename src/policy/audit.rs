@@ -1,9 +1,9 @@
 //! Audit events: one JSON line per request on the log target `portcullis::audit`, written
 //! when the response's last byte has gone (so streamed guardrail decisions are in it).
 //!
-//! Fields: `time`, `request_id`, `proxy`, `identity`, `auth`, `route`, `provider`, `model`,
-//! `status`, `usage`, `decisions` (tool, action, rule, reason), `budget_limit` (the
-//! `LlmBudget` limit that refused it, if one did) and, only with
+//! Fields: `time`, `request_id`, `proxy`, `identity`, `auth`, `route`, `endpoint` (Model
+//! Router only), `provider`, `model`, `status`, `usage`, `decisions` (tool, action, rule,
+//! reason), `budget_limit` (the `LlmBudget` limit that refused it, if one did) and, only with
 //! `spec.audit.includeContent: true`, `content` (the request's messages). Never a credential.
 
 use std::sync::Arc;
@@ -35,6 +35,9 @@ pub struct Data {
     pub model: Option<String>,
     /// The budget limit that refused the request (`namespace/budget/limit`).
     pub budget: Option<String>,
+    /// The Model Router endpoint (`chat/completions`, `responses`, `messages`, `embeddings`,
+    /// …); empty on native routes.
+    pub endpoint: &'static str,
 }
 
 /// Shared, lock-light cell for one request's audit data. Writers never contend (one request
@@ -63,6 +66,9 @@ pub struct Record<'a> {
     pub auth: &'a str,
     /// `router` or `native`.
     pub route: &'a str,
+    /// The Model Router endpoint; absent on native routes.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub endpoint: &'a str,
     /// Provider prefix.
     pub provider: &'a str,
     /// Model as asked.
@@ -134,6 +140,7 @@ mod tests {
             identity: "alice",
             auth: "apiKey",
             route: "router",
+            endpoint: "chat/completions",
             provider: "openai",
             model: "openai:m",
             status: 200,
@@ -145,5 +152,6 @@ mod tests {
         let v = serde_json::to_value(&r).unwrap_or_default();
         assert!(v.get("content").is_none());
         assert_eq!(v["identity"], "alice");
+        assert_eq!(v["endpoint"], "chat/completions");
     }
 }

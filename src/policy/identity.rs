@@ -471,13 +471,13 @@ impl Runtime {
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status()));
         }
-        let bytes = crate::proxy::upstream::read_limited(response, MAX_JWKS_BYTES)
+        let bytes = crate::net::read_limited(response, MAX_JWKS_BYTES)
             .await
             .map_err(|e| match e {
-                crate::proxy::upstream::CappedRead::TooBig => {
+                crate::net::CappedRead::TooBig => {
                     format!("larger than {} KiB", MAX_JWKS_BYTES / 1024)
                 }
-                crate::proxy::upstream::CappedRead::Transport(e) => e.to_string(),
+                crate::net::CappedRead::Transport(e) => e.to_string(),
             })?;
         serde_json::from_slice(&bytes).map_err(|e| format!("not a JWK set: {e}"))
     }
@@ -761,7 +761,7 @@ mod tests {
                     .await;
             }
         });
-        let client = crate::server::http_client(None).unwrap_or_else(|e| panic!("{e}"));
+        let client = crate::net::http_client(None).unwrap_or_else(|e| panic!("{e}"));
         let rt = Arc::new(Runtime::new(client));
         let stuck = rt.clone();
         let slow_uri = format!("http://{slow_addr}/jwks");

@@ -30,7 +30,7 @@ pub enum ApiError {
     Unsupported(String),
     /// No such route.
     #[error(
-        "no route for {method} {path}; the gateway serves /v1/model-router/{{proxy}}/chat/completions, /v1/model-router/{{proxy}}/models and /v1/{{prefix}}/{{proxy}}/..."
+        "no route for {method} {path}; the gateway serves /v1/model-router/{{proxy}}/{{chat/completions,responses,embeddings,v1/messages,models}} and /v1/{{prefix}}/{{proxy}}/..."
     )]
     RouteNotFound {
         /// Method.

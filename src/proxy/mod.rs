@@ -3,13 +3,17 @@
 //! ```text
 //! /v1/model-router/{proxy}/chat/completions  ─> model_router::chat  (resolve model → upstream)
 //! /v1/model-router/{proxy}/models            ─> model_router::models
+//! /v1/model-router/{proxy}/responses         ─> router_responses   (via the chat path)
+//! /v1/model-router/{proxy}/v1/messages       ─> router_messages    (via the chat path)
+//! /v1/model-router/{proxy}/embeddings        ─> router_embeddings
 //! /v1/{prefix}/{proxy}/{rest…}               ─> native::forward     (bytes pass through)
 //! ```
 //!
 //! Each request loads the current snapshot once. An [`Exchange`] record travels with the
 //! response body and, when the body ends, writes the access-log line and the metrics. A
 //! successful `text/event-stream` body gets SSE keep-alive comments while it is idle
-//! ([`keepalive`]).
+//! ([`keepalive`]). With tracing on, the exchange also owns the request's server span
+//! ([`crate::telemetry::otel`]), which therefore ends with the body too.
 
 pub mod context;
 pub mod drain;
@@ -19,6 +23,11 @@ pub mod headers;
 pub mod keepalive;
 pub mod model_router;
 pub mod native;
+pub mod router_bridge;
+pub mod router_embeddings;
+pub mod router_messages;
+pub mod router_native;
+pub mod router_responses;
 
 pub mod translated;
 pub mod upstream;
@@ -36,7 +45,9 @@ use http::{HeaderValue, Method};
 use crate::budget::gate::Refused;
 use crate::config::Store;
 use crate::discovery::Discovery;
-use crate::telemetry::{Metrics, RequestLabels, RouteLabels};
+use crate::telemetry::genai::ResponseTap;
+use crate::telemetry::otel::{self, Trace};
+use crate::telemetry::{GenAiLabels, Metrics, RequestLabels, RouteLabels};
 pub use error::ApiError;
 
 /// The `model` metrics label of a model the provider does not list.
@@ -97,11 +108,88 @@ pub struct Exchange {
     pub identity: String,
     /// What the audit event of this request records (shared with guarded response bodies).
     pub audit: crate::policy::audit::Cell,
+    /// Time to the first chunk of a successful streamed answer.
+    ttft: Option<Duration>,
+    /// The server span, with tracing on.
+    trace: Option<Trace>,
+    /// Reads the answer's id, model and finish reasons, when the span records them.
+    tap: Option<ResponseTap>,
+}
+
+impl Exchange {
+    /// A chunk of the answer goes to the client.
+    fn on_chunk(&mut self, chunk: &bytes::Bytes, streamed: bool) {
+        if streamed && self.ttft.is_none() {
+            self.ttft = Some(self.started.elapsed());
+        }
+        if let Some(tap) = &mut self.tap {
+            tap.push(chunk);
+        }
+    }
+
+    /// The GenAI histograms and the server span, when the request ends.
+    fn genai(&mut self, took: Duration) {
+        // The path after `/v1/{prefix}/{proxy}/`.
+        let rest = self.path.splitn(5, '/').nth(4).unwrap_or_default();
+        let operation = crate::telemetry::genai::operation(&self.method, rest);
+        let data = self.audit.try_lock();
+        let empty = crate::policy::audit::Data::default();
+        let data = data.as_deref().unwrap_or(&empty);
+        if let Some(operation) = operation
+            && !self.proxy.is_empty()
+            && !self.provider.is_empty()
+        {
+            self.metrics.genai.observe(
+                GenAiLabels {
+                    proxy: self.proxy.clone(),
+                    provider: self.provider.clone(),
+                    operation,
+                    model: if self.model_listed || self.model.is_empty() {
+                        self.model.clone()
+                    } else {
+                        OTHER_MODEL.to_owned()
+                    },
+                },
+                data.usage,
+                took,
+                self.ttft,
+            );
+        }
+        let Some(trace) = &self.trace else {
+            return;
+        };
+        let response = self.tap.take().map(ResponseTap::finish).unwrap_or_default();
+        let identity = if data.identity.is_empty() {
+            &self.identity
+        } else {
+            &data.identity
+        };
+        otel::finish_server(
+            &trace.span,
+            &otel::Summary {
+                operation,
+                method: self.method.as_str(),
+                model: data.model.as_deref().unwrap_or(&self.model),
+                proxy: &self.proxy,
+                identity,
+                route: self.route,
+                prefix: &self.provider,
+                status: self.status,
+                usage: data.usage,
+                decisions: &data.decisions,
+                response: &response,
+                attempt: trace.attempt(),
+                ttft: self.ttft,
+                content: data.content.as_ref(),
+            },
+        );
+    }
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
         let took = self.started.elapsed();
+        self.genai(took);
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
@@ -156,6 +244,7 @@ impl Drop for Exchange {
                 identity: &data.identity,
                 auth: data.auth,
                 route: self.route,
+                endpoint: data.endpoint,
                 provider: &self.provider,
                 model: data.model.as_deref().unwrap_or(&self.model),
                 status: self.status,
@@ -198,28 +287,73 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
         ttfb: None,
         identity: String::new(),
         audit: Arc::default(),
+        ttft: None,
+        trace: None,
+        tap: None,
     };
-    let result = route(&state, &path, request, &mut exchange).await;
+    let trace = Trace::start(request.headers());
+    let result = match &trace {
+        None => route(&state, &path, request, &mut exchange).await,
+        Some(trace) => {
+            trace
+                .run(route(&state, &path, request, &mut exchange))
+                .await
+        }
+    };
     let mut response = result.unwrap_or_else(IntoResponse::into_response);
     exchange.status = response.status().as_u16();
+    let ok = response.status().is_success();
+    let content_type = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let streamed = ok && crate::telemetry::genai::is_stream(content_type);
+    if ok && trace.as_ref().is_some_and(Trace::recording) {
+        exchange.tap = Some(ResponseTap::new(content_type));
+    }
+    exchange.trace = trace;
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         response.headers_mut().insert("x-request-id", id);
     }
     // The record ends with the body: for a stream, when its last byte is sent (or the
     // client goes away).
     let (parts, body) = response.into_parts();
-    let body = body.into_data_stream();
+    let body = body.into_data_stream().map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            exchange.on_chunk(bytes, streamed);
+        }
+        chunk
+    });
     let body = match state.sse_keepalive {
         Some(every) if keepalive::applies(parts.status, &parts.headers, &parts.extensions) => {
             keepalive::KeepAlive::new(body, every).boxed()
         }
         _ => body.boxed(),
     };
-    let body = body.map(move |chunk| {
-        let _ = &exchange;
-        chunk
-    });
     Response::from_parts(parts, Body::from_stream(body))
+}
+
+/// The error shape of a Model Router endpoint: Anthropic's for the Messages API, else OpenAI's.
+fn router_format(rest: &str) -> crate::formats::Format {
+    match rest {
+        "v1/messages" | "messages" | "v1/messages/count_tokens" | "messages/count_tokens" => {
+            crate::formats::Format::Anthropic
+        }
+        _ => crate::formats::Format::OpenAi,
+    }
+}
+
+/// The audit name of a Model Router endpoint (a closed set: paths are never echoed).
+fn router_endpoint(rest: &str) -> &'static str {
+    match rest {
+        "chat/completions" => "chat/completions",
+        "responses" => "responses",
+        "embeddings" => "embeddings",
+        "v1/messages" | "messages" => "messages",
+        "v1/messages/count_tokens" | "messages/count_tokens" => "messages/count_tokens",
+        "models" => "models",
+        _ => "unknown",
+    }
 }
 
 async fn route(
@@ -262,9 +396,10 @@ async fn route(
     let table = snapshot.proxy(proxy).cloned();
     let Some(table) = table else {
         if router {
-            return Err(ApiError::ProxyNotFound {
+            return Ok(ApiError::ProxyNotFound {
                 id: proxy.to_owned(),
-            });
+            }
+            .into_response_for(router_format(rest)));
         }
         // A path error comes first on native routes, then the unknown proxy, in the shape of
         // the provider type the prefix names.
@@ -282,7 +417,7 @@ async fn route(
     let headers = context::credential_headers(&table, prefix, &request);
     if let Err(e) = context::authenticate(state, &table, &headers, peer, exchange).await {
         return Ok(if router {
-            e.into_response()
+            e.into_response_for(router_format(rest))
         } else {
             // Metrics labels come from configuration only: a prefix the proxy does not have
             // (random bytes from an unauthenticated caller) is one fixed label.
@@ -325,11 +460,25 @@ async fn route(
     };
     let ctx = context::Ctx { table };
     let response = if router {
+        let endpoint = router_endpoint(rest);
+        crate::policy::audit::update(&exchange.audit, |d| d.endpoint = endpoint);
         match (request.method(), rest) {
             (&Method::POST, "chat/completions") => {
                 model_router::chat(state, &ctx, request, exchange).await
             }
             (&Method::GET, "models") => model_router::models(state, &ctx, exchange).await,
+            (&Method::POST, "responses") => {
+                router_responses::handle(state, &ctx, request, exchange).await
+            }
+            (&Method::POST, "embeddings") => {
+                router_embeddings::handle(state, &ctx, request, exchange).await
+            }
+            (&Method::POST, "v1/messages" | "messages") => {
+                Ok(router_messages::handle(state, &ctx, request, exchange).await)
+            }
+            (&Method::POST, "v1/messages/count_tokens" | "messages/count_tokens") => {
+                Ok(router_messages::count_tokens(state, &ctx, request, exchange).await)
+            }
             _ => Err(not_found()),
         }
     } else {

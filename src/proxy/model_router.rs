@@ -92,7 +92,7 @@ pub fn resolve<'a>(
 }
 
 /// Whether a provider is known to list a model (static list or discovered catalog).
-fn lists(discovery: &Discovery, route: &Route, model: &str) -> bool {
+pub fn lists(discovery: &Discovery, route: &Route, model: &str) -> bool {
     let upstream = &route.upstream;
     match &upstream.models {
         ModelPolicy::Static(models) => models.iter().any(|m| m == model),

@@ -1,6 +1,7 @@
 //! Sending a request to an upstream and streaming its answer back, with the provider's
 //! timeout applied to connecting, to the response headers, and to every gap between body
-//! chunks (so a long stream lives as long as bytes flow).
+//! chunks (so a long stream lives as long as bytes flow). With tracing on, each call of
+//! [`send`] is one client span (see `telemetry::otel`), ended when the answer's body ends.
 
 use std::time::{Duration, Instant};
 
@@ -54,64 +55,70 @@ pub async fn send(
     for (name, value) in &upstream.extra_headers {
         headers.insert(name.clone(), value.clone());
     }
+    let span = crate::telemetry::otel::client_span(
+        crate::telemetry::otel::provider_name(upstream.provider_type),
+        &upstream.base_url,
+        &method,
+        url,
+        body.as_bytes(),
+        &mut headers,
+    );
     let out = crate::credentials::Outgoing {
         method: &method,
         url,
         headers: &mut headers,
         body: body.as_bytes(),
     };
-    upstream
-        .credential
-        .apply(out)
-        .await
-        .map_err(|e| ApiError::Credential {
+    upstream.credential.apply(out).await.map_err(|e| {
+        crate::telemetry::otel::client_result(&span, None, Some("credential"));
+        ApiError::Credential {
             prefix: prefix.to_owned(),
             detail: e.to_string(),
-        })?;
+        }
+    })?;
     let request = client
         .request(method, url)
         .headers(headers)
         .body(body)
         .send();
     let started = Instant::now();
-    match tokio::time::timeout(upstream.timeout, request).await {
+    let answer = match tokio::time::timeout(upstream.timeout, request).await {
         Err(_) => Err(timeout(prefix, upstream.timeout)),
         Ok(Err(e)) => Err(classify(prefix, upstream.timeout, &e)),
         Ok(Ok(response)) => Ok(Answer {
             response,
             ttfb: started.elapsed(),
         }),
+    };
+    if !span.is_none() {
+        match &answer {
+            Ok(a) => crate::telemetry::otel::client_result(
+                &span,
+                Some(a.response.status().as_u16()),
+                None,
+            ),
+            Err(ApiError::UpstreamTimeout { .. }) => {
+                crate::telemetry::otel::client_result(&span, None, Some("timeout"))
+            }
+            Err(_) => crate::telemetry::otel::client_result(&span, None, Some("unreachable")),
+        }
     }
+    answer.map(|mut a| {
+        // The attempt's span ends with the answer's body (see `body_stream`), or with the
+        // response when it is read whole.
+        if !span.is_none() {
+            a.response
+                .extensions_mut()
+                .insert(AttemptSpan { _held: span });
+        }
+        a
+    })
 }
 
 /// Largest upstream error answer read into memory (to translate it into the client's shape).
 pub const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
 
-/// Why a capped read stopped.
-#[derive(Debug)]
-pub enum CappedRead {
-    /// The answer is larger than the cap.
-    TooBig,
-    /// The transport failed.
-    Transport(reqwest::Error),
-}
-
-/// Read an upstream answer whole, at most `limit` bytes (never an unbounded buffer).
-pub async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, CappedRead> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(CappedRead::TooBig);
-    }
-    let mut stream = response.bytes_stream();
-    let mut out = bytes::BytesMut::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(CappedRead::Transport)?;
-        if out.len() + chunk.len() > limit {
-            return Err(CappedRead::TooBig);
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out.freeze())
-}
+pub use crate::net::{CappedRead, read_limited};
 
 /// [`read_limited`] for an upstream error answer: a bigger one is a clear 502.
 pub async fn read_capped(
@@ -168,16 +175,23 @@ pub fn classify(prefix: &str, after: Duration, e: &reqwest::Error) -> ApiError {
     }
 }
 
+/// The client span of the attempt that got a response.
+#[derive(Clone)]
+struct AttemptSpan {
+    _held: tracing::Span,
+}
+
 /// The response body as a stream of chunks, ending with an error when the upstream goes
 /// quiet for longer than `idle`.
 pub fn body_stream(
-    response: reqwest::Response,
+    mut response: reqwest::Response,
     idle: Duration,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let span = response.extensions_mut().remove::<AttemptSpan>();
     futures_util::stream::unfold(
-        Some(response.bytes_stream().boxed()),
+        Some((response.bytes_stream().boxed(), span)),
         move |state| async move {
-            let mut stream = state?;
+            let (mut stream, span) = state?;
             match tokio::time::timeout(idle, stream.next()).await {
                 Err(_) => Some((
                     Err(std::io::Error::new(
@@ -187,7 +201,7 @@ pub fn body_stream(
                     None,
                 )),
                 Ok(None) => None,
-                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some(stream))),
+                Ok(Some(Ok(bytes))) => Some((Ok(bytes), Some((stream, span)))),
                 Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
             }
         },

@@ -1,4 +1,13 @@
-//! Metrics (Prometheus text via `prometheus-client`) and structured logs (`tracing`).
+//! Metrics (Prometheus text via `prometheus-client`), structured logs (`tracing`) and
+//! OpenTelemetry traces ([`otel`]) with the GenAI conventions ([`genai`]).
+//!
+//! The `portcullis_*` metrics are the gateway's own; the `gen_ai_*` histograms follow the
+//! OpenTelemetry GenAI metric conventions (names as a Prometheus exporter writes them), with
+//! labels taken only from configuration: proxy, provider prefix, operation, and the model
+//! when the provider lists it (else `other`).
+
+pub mod genai;
+pub mod otel;
 
 use std::time::Duration;
 
@@ -82,6 +91,126 @@ pub struct BudgetLabels {
     pub limit: String,
 }
 
+/// Labels of the GenAI histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenAiLabels {
+    /// Proxy ID.
+    pub proxy: String,
+    /// Provider prefix.
+    pub provider: String,
+    /// `gen_ai.operation.name` (`chat`, `embeddings`, …).
+    pub operation: &'static str,
+    /// The model asked, when the provider lists it; else `other`.
+    pub model: String,
+}
+
+/// Labels of `gen_ai_client_token_usage`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// Proxy ID.
+    pub proxy: String,
+    /// Provider prefix.
+    pub provider: String,
+    /// `gen_ai.operation.name`.
+    pub operation: &'static str,
+    /// The model asked, when the provider lists it; else `other`.
+    pub model: String,
+    /// `input` or `output`.
+    pub token_type: &'static str,
+}
+
+/// The OpenTelemetry GenAI histograms (unprefixed names).
+pub struct GenAiMetrics {
+    registry: Registry,
+    /// `gen_ai_client_token_usage`: tokens per request, by type.
+    pub token_usage: Family<TokenLabels, Histogram>,
+    /// `gen_ai_server_request_duration_seconds`: until the answer's last byte.
+    pub request_duration: Family<GenAiLabels, Histogram>,
+    /// `gen_ai_server_time_to_first_token_seconds`: until a stream's first chunk.
+    pub time_to_first_token: Family<GenAiLabels, Histogram>,
+}
+
+impl Default for GenAiMetrics {
+    fn default() -> Self {
+        // Bucket boundaries advised by the GenAI metric conventions.
+        const TOKENS: [f64; 14] = [
+            1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+            4194304.0, 16777216.0, 67108864.0,
+        ];
+        const DURATION: [f64; 14] = [
+            0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+        ];
+        const TTFT: [f64; 16] = [
+            0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+            10.0,
+        ];
+        let mut registry = Registry::default();
+        let token_usage =
+            Family::<TokenLabels, Histogram>::new_with_constructor(|| Histogram::new(TOKENS));
+        registry.register(
+            "gen_ai_client_token_usage",
+            "Input and output tokens per GenAI request, as the provider reported them",
+            token_usage.clone(),
+        );
+        let request_duration =
+            Family::<GenAiLabels, Histogram>::new_with_constructor(|| Histogram::new(DURATION));
+        registry.register(
+            "gen_ai_server_request_duration_seconds",
+            "Time from a GenAI request to the last byte of its answer",
+            request_duration.clone(),
+        );
+        let time_to_first_token =
+            Family::<GenAiLabels, Histogram>::new_with_constructor(|| Histogram::new(TTFT));
+        registry.register(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time from a streamed GenAI request to the first chunk of its answer",
+            time_to_first_token.clone(),
+        );
+        Self {
+            registry,
+            token_usage,
+            request_duration,
+            time_to_first_token,
+        }
+    }
+}
+
+impl GenAiMetrics {
+    /// Record a finished GenAI request.
+    pub fn observe(
+        &self,
+        labels: GenAiLabels,
+        usage: crate::policy::stream::Usage,
+        took: Duration,
+        ttft: Option<Duration>,
+    ) {
+        for (token_type, count) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+        ] {
+            if let Some(count) = count {
+                self.token_usage
+                    .get_or_create(&TokenLabels {
+                        proxy: labels.proxy.clone(),
+                        provider: labels.provider.clone(),
+                        operation: labels.operation,
+                        model: labels.model.clone(),
+                        token_type,
+                    })
+                    .observe(count as f64);
+            }
+        }
+        if let Some(ttft) = ttft {
+            self.time_to_first_token
+                .get_or_create(&labels)
+                .observe(ttft.as_secs_f64());
+        }
+        self.request_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+}
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -106,6 +235,8 @@ pub struct Metrics {
     /// `portcullis_budget_consumed_total`: settled usage, in each limit's unit (requests,
     /// tokens, millionths of a dollar).
     pub budget_consumed: Family<BudgetLabels, Counter>,
+    /// The GenAI histograms.
+    pub genai: GenAiMetrics,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -183,6 +314,7 @@ impl Default for Metrics {
             budget_refusals,
             budget_consumed,
             registry,
+            genai: GenAiMetrics::default(),
             auth_failures,
             access_denials,
             guardrail_decisions,
@@ -198,8 +330,13 @@ impl Default for Metrics {
 impl Metrics {
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        if encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.genai.registry))
+            .and_then(|()| encode_eof(&mut out))
+            .is_err()
+        {
             out.clear();
         }
         out
@@ -230,15 +367,17 @@ pub enum LogFormat {
 /// `kube_client`'s per-request errors off: the Kubernetes source logs watch failures itself).
 ///
 /// Audit events (target `portcullis::audit`) bypass the format: each is written as the bare
-/// JSON object it carries, one per line, whatever the log format.
-pub fn init_logging(format: LogFormat) {
+/// JSON object it carries, one per line, whatever the log format. With an OpenTelemetry
+/// pipeline, the spans of [`otel::TARGET`] go to it, and only there.
+pub fn init_logging(format: LogFormat, traces: Option<&otel::Pipeline>) {
     use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{Layer, fmt};
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,kube_client=off"));
-    let not_audit = filter_fn(|m| m.target() != crate::policy::audit::TARGET);
+    let not_audit =
+        filter_fn(|m| m.target() != crate::policy::audit::TARGET && m.target() != otel::TARGET);
     let main = fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
@@ -254,9 +393,13 @@ pub fn init_logging(format: LogFormat) {
         .event_format(AuditLine)
         .with_writer(std::io::stderr)
         .with_filter(filter_fn(|m| m.target() == crate::policy::audit::TARGET));
+    let traces = traces.map(|pipeline| {
+        otel::layer(pipeline).with_filter(filter_fn(|m| m.target() == otel::TARGET))
+    });
     let _ = tracing_subscriber::registry()
         .with(main)
         .with(audit)
+        .with(traces)
         .try_init();
 }
 

@@ -311,6 +311,8 @@ def test_openai_compatible_endpoints_of_native_formats_are_refused(answers, star
     assert answers.requests == [], "the upstream saw a refused request"
 
 
+# Minted credentials may go to the fakes on 127.0.0.1 only because the operator says so.
+@pytest.mark.usefixtures("trust_loopback_identity")
 def test_vertex_openapi_endpoint_is_refused(cloud_gateway):
     book = TokenBook()
     mds, vertex = FakeMetadataServer(book).start(), FakeVertex(vx.PROJECT, vx.LOCATION, book).start()
@@ -329,6 +331,8 @@ def test_vertex_openapi_endpoint_is_refused(cloud_gateway):
         vertex.stop()
 
 
+# Minted credentials may go to the fakes on 127.0.0.1 only because the operator says so.
+@pytest.mark.usefixtures("trust_loopback_identity")
 def test_bedrock_openai_endpoint_is_refused(irsa, runtime, control, start_gateway):
     gw = start_gateway(docs(br.bedrock_provider("bedrock", runtime.url, control.url), proxy(["bedrock"], tools=TOOLS)))
     client = openai.OpenAI(base_url=f"{gw.url}/v1/bedrock/ai.team-a/openai/v1", api_key="unused", max_retries=0)

@@ -135,3 +135,11 @@ NetworkPolicy is on.
 {{- define "portcullis.clientNamespaceLabels" -}}
 {{- toYaml (default (dict "portcullis.dev/access" "true") .Values.networkPolicy.clientNamespaceLabels) }}
 {{- end }}
+
+{{/*
+OTEL_RESOURCE_ATTRIBUTES entries from otel.resourceAttributes, each as ",key=value"
+(keys in order).
+*/}}
+{{- define "portcullis.otelResourceAttributes" -}}
+{{- range $k, $v := . }},{{ $k }}={{ $v }}{{- end }}
+{{- end }}

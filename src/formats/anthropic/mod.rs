@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod endpoints;
 pub mod guard;
+pub mod messages;
 
 pub use chat::*;
 

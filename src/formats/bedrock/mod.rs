@@ -3,6 +3,7 @@
 //! ([`endpoints`]).
 
 pub mod chat;
+pub mod embeddings;
 pub mod endpoints;
 pub mod eventstream;
 pub mod guard;

@@ -2,6 +2,7 @@
 //! table ([`endpoints`]).
 
 pub mod chat;
+pub mod embeddings;
 pub mod endpoints;
 pub mod guard;
 

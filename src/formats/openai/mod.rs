@@ -2,8 +2,10 @@
 //! passed-through streams ([`stream`]) and its native endpoint table ([`endpoints`]), shared
 //! by Azure and the OpenAI-compatible family.
 
+pub mod embeddings;
 pub mod endpoints;
 pub mod guard;
+pub mod responses;
 pub mod stream;
 pub mod wire;
 

@@ -387,6 +387,9 @@ class FakeBedrock(_Server):
         mm = re.fullmatch(r"/model/([^/]+)/(converse|converse-stream)", path)
         if rec.method == "POST" and mm:
             return self.converse(h, rec, unquote(mm[1]), mm[2] == "converse-stream")
+        mi = re.fullmatch(r"/model/([^/]+)/invoke", path)
+        if rec.method == "POST" and mi:
+            return self.invoke_embed(h, rec, unquote(mi[1]))
         if rec.method == "GET" and path == "/inference-profiles":
             return self.list_profiles(h, rec)
         if rec.method == "GET" and path == "/foundation-models":
@@ -423,6 +426,43 @@ class FakeBedrock(_Server):
         if start + size < len(self.profiles):
             body["nextToken"] = f"page/{start + size}=="
         self.send(h, 200, json.dumps(body).encode(), "application/json")
+
+    # ---- InvokeModel for embedding models (Titan Text Embeddings v2, Cohere Embed)
+    def invoke_embed(self, h: BaseHTTPRequestHandler, rec: Recorded, model: str) -> None:
+        def invalid(message: str) -> None:
+            self.send(h, 400, json.dumps({"message": message}).encode(), "application/json",
+                      {"x-amzn-ErrorType": "ValidationException"})
+        try:
+            req = json.loads(rec.body)
+        except ValueError:
+            return invalid("Malformed input request, please reformat your input and try again.")
+        if model.startswith("amazon.titan-embed-text"):
+            extra = set(req) - {"inputText", "dimensions", "normalize", "embeddingTypes"}
+            if extra:
+                return invalid(f"Malformed input request: extraneous key [{sorted(extra)[0]}] is not permitted")
+            text = req.get("inputText")
+            if not isinstance(text, str) or not text:
+                return invalid("Malformed input request: #: required key [inputText] not found")
+            dims = req.get("dimensions", 1024)
+            if dims not in (256, 512, 1024):
+                return invalid("Malformed input request: #/dimensions: must be one of 256, 512, 1024")
+            tokens = len(text.split())
+            vec = ([float(len(text)), 0.5, -0.25, 0.0] + [0.125] * dims)[:dims]
+            body = {"embedding": vec, "inputTextTokenCount": tokens}
+            return self.send(h, 200, json.dumps(body).encode(), "application/json",
+                             {"X-Amzn-Bedrock-Input-Token-Count": str(tokens)})
+        if model.startswith("cohere.embed"):
+            texts = req.get("texts")
+            if not isinstance(texts, list) or not texts or len(texts) > 96:
+                return invalid("Malformed input request: #/texts: expected between 1 and 96 items")
+            if req.get("input_type") not in ("search_document", "search_query", "classification", "clustering"):
+                return invalid("Malformed input request: #: required key [input_type] not found")
+            vecs = [[float(len(t)), 0.5, -0.25, float(i)] for i, t in enumerate(texts)]
+            body = {"id": "emb-1", "texts": texts, "embeddings": {"float": vecs},
+                    "response_type": "embeddings_by_type"}
+            return self.send(h, 200, json.dumps(body).encode(), "application/json",
+                             {"X-Amzn-Bedrock-Input-Token-Count": str(sum(len(t.split()) for t in texts))})
+        return invalid(f"The provided model identifier is invalid: {model}")
 
     # ---- Converse
     def next_reply(self, req: dict) -> Reply:

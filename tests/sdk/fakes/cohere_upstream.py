@@ -114,12 +114,43 @@ class FakeCohere(FakeUpstream):
                 except ValueError:
                     raise Invalid("invalid request: the body is not valid JSON") from None
                 self._chat(h, body)
+            elif req.path == "/v2/embed" and req.method == "POST":
+                try:
+                    body = json.loads(req.body)
+                except ValueError:
+                    raise Invalid("invalid request: the body is not valid JSON") from None
+                self._embed(h, body)
             elif req.path == "/v1/models" and req.method == "GET":
                 self._models(h, req)
             else:
                 raise Invalid(f"Not Found: {req.method} {req.path}", 404)
         except Invalid as e:
             h.send_json(e.status, error_body(str(e)))
+
+    def _embed(self, h: Handler, body: dict) -> None:
+        """``/v2/embed``: at most 96 texts; ``input_type`` and ``embedding_types`` required (v2)."""
+        model = body.get("model")
+        if model not in [m for m, eps in self.models if "embed" in eps]:
+            raise Invalid(f"model '{model}' not found, make sure the correct model ID was used", 404)
+        texts = body.get("texts")
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+            raise Invalid("invalid request: texts must be a non-empty list of non-empty strings")
+        if len(texts) > 96:
+            raise Invalid(f"invalid request: total number of texts must be at most 96 - received {len(texts)}")
+        if body.get("input_type") not in ("search_document", "search_query", "classification", "clustering"):
+            raise Invalid("invalid request: input_type is required for embed models v3 and higher")
+        types = body.get("embedding_types")
+        if not isinstance(types, list) or not types:
+            raise Invalid("invalid request: embedding_types is required")
+        dims = int(body.get("output_dimension") or 4)
+        vectors = [([float(len(t)), 0.5, -0.25, float(i)] + [0.125] * dims)[:dims] for i, t in enumerate(texts)]
+        tokens = sum(len(t.split()) for t in texts)
+        with self._lock:
+            self.counter += 1
+        h.send_json(200, {"id": f"embed-fake{self.counter:03d}", "texts": texts,
+                          "embeddings": {t: vectors for t in types if t == "float"},
+                          "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": tokens}},
+                          "response_type": "embeddings_by_type"})
 
     def _models(self, h: Handler, req: RecordedRequest) -> None:
         endpoint = (req.query.get("endpoint") or [None])[0]

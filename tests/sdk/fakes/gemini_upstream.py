@@ -254,7 +254,7 @@ class FakeGemini(FakeUpstream):
                     raise Invalid(f"models/{model} is not found for API version, or is not supported.", 404)
                 h.send_json(200, self._model(entry))
             elif model is not None and req.method == "POST" and method in (
-                    "generateContent", "streamGenerateContent", "countTokens"):
+                    "generateContent", "streamGenerateContent", "countTokens", "batchEmbedContents"):
                 if model not in [x[0] for x in self.models]:
                     raise Invalid(f"models/{model} is not found for API version {_version}, or is not supported "
                                   f"for {method}. Call ListModels to see the list of available models and "
@@ -263,6 +263,9 @@ class FakeGemini(FakeUpstream):
                     body = json.loads(req.body)
                 except ValueError:
                     raise Invalid("Invalid JSON payload received.") from None
+                if method == "batchEmbedContents":
+                    self._batch_embed(h, model, body)
+                    return
                 if method == "countTokens":
                     inner = body.get("generateContentRequest") or body
                     contents = validate_contents(inner)
@@ -273,6 +276,34 @@ class FakeGemini(FakeUpstream):
                 raise Invalid(f"Method {req.method} {req.path} is not supported.", 404)
         except Invalid as e:
             h.send_json(e.status, error_body(e.status, str(e)))
+
+    def _batch_embed(self, h: Handler, model: str, body: dict) -> None:
+        """``models/{m}:batchEmbedContents``: at most 100 requests, each naming the same model; a
+        vector per request (its text length, then fixed values), ``outputDimensionality`` long."""
+        methods = next(x[1] for x in self.models if x[0] == model)
+        if "embedContent" not in methods:
+            raise Invalid(f"models/{model} is not found for API version v1beta, or is not supported for "
+                          "batchEmbedContents.", 404)
+        requests = body.get("requests")
+        if not isinstance(requests, list) or not requests:
+            raise Invalid("* BatchEmbedContentsRequest.requests: must not be empty")
+        if len(requests) > 100:
+            raise Invalid("* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch")
+        check_fields(body, {"requests"}, "BatchEmbedContentsRequest")
+        out = []
+        for i, r in enumerate(requests):
+            check_fields(r, {"model", "content", "taskType", "title", "outputDimensionality"},
+                         f"requests[{i}]")
+            if r.get("model") != f"models/{model}":
+                raise Invalid(f"* BatchEmbedContentsRequest.requests[{i}].model: the model must be models/{model}")
+            parts = (r.get("content") or {}).get("parts") or []
+            text = "".join(p.get("text", "") for p in parts)
+            if not text:
+                raise Invalid(f"* BatchEmbedContentsRequest.requests[{i}].content: must contain text")
+            dims = int(r.get("outputDimensionality") or 4)
+            values = ([float(len(text)), 0.5, -0.25, float(i)] + [0.125] * dims)[:dims]
+            out.append({"values": values})
+        h.send_json(200, {"embeddings": out})
 
     @staticmethod
     def _model(entry: tuple[str, list[str]]) -> dict:

@@ -25,6 +25,9 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
 
+from collections import deque
+
+from fakes.base import Reply
 from fakes.serving import RecordedRequest, ScriptedServer
 
 
@@ -40,6 +43,9 @@ class FakeOpenAI(ScriptedServer):
         # Streaming behaviour (pacing and the gate come from ScriptedServer).
         self.stream_pieces: Optional[list[str]] = None  # default: derived from the reply
         self.gate_waited: bool = False
+        # Scripted answers (text, tool calls, usage) for the next chat requests; empty: echo.
+        self.replies: deque[Reply] = deque()
+        self.calls_made = 0
 
     # ----------------------------------------------------------------- control
     def handler(self) -> type[BaseHTTPRequestHandler]:
@@ -54,6 +60,23 @@ class FakeOpenAI(ScriptedServer):
     def base_url(self) -> str:
         """The provider ``baseUrl`` to configure (includes ``/v1``)."""
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def queue(self, *replies: Reply) -> None:
+        """What the next chat requests answer, in order (then the default echo)."""
+        with self._lock:
+            self.replies.extend(replies)
+
+    def next_reply(self) -> Optional[Reply]:
+        with self._lock:
+            return self.replies.popleft() if self.replies else None
+
+    def tool_calls(self, reply: Reply) -> list[dict]:
+        with self._lock:
+            self.calls_made += 1
+            n = self.calls_made
+        return [{"id": f"call_fake{n:02d}{i}", "type": "function",
+                 "function": {"name": name, "arguments": json.dumps(args)}}
+                for i, (name, args) in enumerate(reply.tool_calls)]
 
     def reset(self) -> None:
         with self._lock:
@@ -146,6 +169,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "object": "list",
                 "data": [{"id": m, "object": "model", "created": now, "owned_by": "fake"} for m in self.owner.models],
             })
+        elif req.path == "/v1/responses" and req.method == "POST":
+            self._responses(json.loads(req.body))
         elif req.path == "/v1/embeddings" and req.method == "POST":
             self._embeddings(json.loads(req.body))
         else:
@@ -180,6 +205,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(status, {"error": {"message": message, "type": type_, "param": None, "code": code}})
 
     def _chat(self, payload: dict) -> None:
+        scripted = self.owner.next_reply()
+        if scripted is not None:
+            self._scripted_chat(payload, scripted)
+            return
         reply = FakeOpenAI.reply_for(payload)
         self._send_json(200, {
             "id": "chatcmpl-fake0001",
@@ -204,8 +233,63 @@ class _Handler(BaseHTTPRequestHandler):
         data = obj if isinstance(obj, str) else json.dumps(obj)
         self._write_chunk(f"data: {data}\n\n".encode())
 
+    def _scripted_chat(self, payload: dict, reply: Reply) -> None:
+        text = reply.text_for(FakeOpenAI.reply_for(payload)[len("echo: "):])
+        calls = self.owner.tool_calls(reply)
+        finish = {"tool": "tool_calls", "stop": "stop", "length": "length"}.get(reply.finish_reason(), "stop")
+        self._send_json(200, {
+            "id": "chatcmpl-fake0003", "object": "chat.completion", "created": int(time.time()),
+            "model": payload.get("model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text or None, "refusal": None,
+                                                 **({"tool_calls": calls} if calls else {})},
+                         "logprobs": None, "finish_reason": finish}],
+            "usage": {"prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
+                      "total_tokens": reply.input_tokens + reply.output_tokens},
+        })
+
+    def _scripted_stream(self, payload: dict, reply: Reply) -> None:
+        text = reply.text_for(FakeOpenAI.reply_for(payload)[len("echo: "):])
+        calls = self.owner.tool_calls(reply)
+        finish = {"tool": "tool_calls", "stop": "stop", "length": "length"}.get(reply.finish_reason(), "stop")
+        include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict, finish_reason: Optional[str] = None) -> dict:
+            return {"id": "chatcmpl-fake0004", "object": "chat.completion.chunk", "created": int(time.time()),
+                    "model": payload.get("model"),
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self._sse(chunk({"role": "assistant", "content": ""}))
+        n = len(text)
+        for piece in [text[: n // 2], text[n // 2:]] if text else []:
+            if piece:
+                self._sse(chunk({"content": piece}))
+        for i, call in enumerate(calls):
+            args = call["function"]["arguments"]
+            self._sse(chunk({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
+                                             "function": {"name": call["function"]["name"], "arguments": ""}}]}))
+            for j in range(0, len(args), 5):
+                self._sse(chunk({"tool_calls": [{"index": i, "function": {"arguments": args[j:j + 5]}}]}))
+        self._sse(chunk({}, finish))
+        if include_usage:
+            self._sse({"id": "chatcmpl-fake0004", "object": "chat.completion.chunk", "created": int(time.time()),
+                       "model": payload.get("model"), "choices": [],
+                       "usage": {"prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
+                                 "total_tokens": reply.input_tokens + reply.output_tokens}})
+        self._sse("[DONE]")
+        with self.owner._lock:
+            self.owner.stream_completed += 1
+        self._write_chunk(b"")
+
     def _stream_chat(self, payload: dict) -> None:
         owner = self.owner
+        scripted = owner.next_reply()
+        if scripted is not None:
+            self._scripted_stream(payload, scripted)
+            return
         reply = FakeOpenAI.reply_for(payload)
         pieces = owner.stream_pieces or [reply[: len(reply) // 3], reply[len(reply) // 3: 2 * len(reply) // 3],
                                          reply[2 * len(reply) // 3:]]
@@ -256,6 +340,79 @@ class _Handler(BaseHTTPRequestHandler):
         with owner._lock:
             owner.stream_completed += 1
         self._write_chunk(b"")  # terminating zero-length chunk
+
+    def _responses(self, payload: dict) -> None:
+        """``POST /v1/responses``: a ``response`` (or its event stream) from the reply queue; the
+        default echoes the last user text. Refuses a body without ``model`` or ``input``."""
+        if not payload.get("model") or payload.get("input") in (None, "", []):
+            self._error(400, "Missing required parameter: 'model' or 'input'.", "invalid_request_error")
+            return
+        inp = payload["input"]
+        last = inp if isinstance(inp, str) else ""
+        if isinstance(inp, list):
+            for item in inp:
+                if isinstance(item, dict) and item.get("role") == "user":
+                    c = item.get("content")
+                    last = c if isinstance(c, str) else " ".join(p.get("text", "") for p in c or [])
+        reply = self.owner.next_reply() or Reply(input_tokens=13, output_tokens=5)
+        text = reply.text_for(last)
+        calls = self.owner.tool_calls(reply)
+        output: list[dict] = []
+        if text:
+            output.append({"type": "message", "id": "msg_fake01", "status": "completed", "role": "assistant",
+                           "content": [{"type": "output_text", "text": text, "annotations": []}]})
+        for i, c in enumerate(calls):
+            output.append({"type": "function_call", "id": f"fc_fake0{i}", "call_id": c["id"],
+                           "name": c["function"]["name"], "arguments": c["function"]["arguments"],
+                           "status": "completed"})
+        usage = {"input_tokens": reply.input_tokens, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": reply.output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": reply.input_tokens + reply.output_tokens}
+        response = {"id": "resp_fake01", "object": "response", "created_at": int(time.time()),
+                    "status": "completed", "model": payload["model"], "output": output, "usage": usage,
+                    "store": payload.get("store", True), "tools": payload.get("tools", []),
+                    "parallel_tool_calls": True, "tool_choice": "auto", "error": None,
+                    "incomplete_details": None}
+        if not payload.get("stream"):
+            self._send_json(200, response)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        seq = 0
+
+        def ev(kind: str, data: dict) -> None:
+            nonlocal seq
+            data = {"type": kind, "sequence_number": seq, **data}
+            seq += 1
+            self._write_chunk(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
+
+        ev("response.created", {"response": {**response, "status": "in_progress", "output": [], "usage": None}})
+        for i, item in enumerate(output):
+            if item["type"] == "message":
+                ev("response.output_item.added", {"output_index": i, "item": {**item, "content": [],
+                                                                             "status": "in_progress"}})
+                ev("response.content_part.added", {"item_id": item["id"], "output_index": i, "content_index": 0,
+                                                   "part": {"type": "output_text", "text": "", "annotations": []}})
+                ev("response.output_text.delta", {"item_id": item["id"], "output_index": i, "content_index": 0,
+                                                  "delta": text})
+                ev("response.output_text.done", {"item_id": item["id"], "output_index": i, "content_index": 0,
+                                                 "text": text})
+                ev("response.content_part.done", {"item_id": item["id"], "output_index": i, "content_index": 0,
+                                                  "part": item["content"][0]})
+            else:
+                ev("response.output_item.added", {"output_index": i, "item": {**item, "arguments": "",
+                                                                             "status": "in_progress"}})
+                ev("response.function_call_arguments.delta", {"item_id": item["id"], "output_index": i,
+                                                              "delta": item["arguments"]})
+                ev("response.function_call_arguments.done", {"item_id": item["id"], "output_index": i,
+                                                             "arguments": item["arguments"]})
+            ev("response.output_item.done", {"output_index": i, "item": item})
+        ev("response.completed", {"response": response})
+        with self.owner._lock:
+            self.owner.stream_completed += 1
+        self._write_chunk(b"")
 
     def _embeddings(self, payload: dict) -> None:
         inputs = payload.get("input")
