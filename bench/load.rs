@@ -2,15 +2,18 @@
 //!
 //! ```text
 //! cargo run --release --example bench-load -- --url http://127.0.0.1:PORT/v1/chat/completions \
-//!     [--stream] [--model M] [--requests 2000] [--warmup 200] [--concurrency 8] \
-//!     [--max-seconds 120] [--timeout-ms 10000] [--label NAME]
+//!     [--api openai|anthropic] [--stream] [--model M] [--requests 2000] [--warmup 200] \
+//!     [--concurrency 8] [--max-seconds 120] [--timeout-ms 10000] [--label NAME]
 //! ```
 //!
 //! `--concurrency` workers share one reqwest client (keep-alive pool, `TCP_NODELAY`) and send
-//! OpenAI Chat Completions requests back to back: first `--warmup` requests whose timings are
-//! thrown away, then `--requests` measured ones. Each response is read to its end (for
-//! `--stream`, the whole SSE stream, which must end with `data: [DONE]`). One JSON object is
-//! printed on stdout: latency percentiles (µs), requests/s, errors.
+//! requests back to back: first `--warmup` requests whose timings are thrown away, then
+//! `--requests` measured ones. With `--api openai` (the default) they are OpenAI Chat
+//! Completions requests, and each answer must be a `chat.completion` or, for `--stream`, an
+//! SSE stream ending with `data: [DONE]`; with `--api anthropic` they are Anthropic Messages
+//! requests, and each answer must be a `message` or an SSE stream ending with `message_stop`.
+//! Each response is read to its end. One JSON object is printed on stdout: latency
+//! percentiles (µs), requests/s, errors.
 //!
 //! It stops by itself: after the requested count, or at `--max-seconds` (then the output says
 //! `"truncated": true` and the exit code is 3). Any failed request makes the exit code 2, so a
@@ -30,8 +33,18 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+/// The request and answer shape the load speaks.
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    /// OpenAI Chat Completions.
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
 struct Args {
     url: reqwest::Url,
+    api: Api,
     stream: bool,
     model: String,
     requests: usize,
@@ -42,13 +55,15 @@ struct Args {
     label: String,
 }
 
-const USAGE: &str = "usage: bench-load --url http://127.0.0.1:PORT/... [--stream] [--model M] \
+const USAGE: &str = "usage: bench-load --url http://127.0.0.1:PORT/... [--api openai|anthropic] \
+[--stream] [--model M] \
 [--requests N] [--warmup N] [--concurrency C] [--max-seconds S] [--timeout-ms MS] [--label NAME]";
 
 fn parse_args() -> Result<Args, String> {
     let mut url = None;
     let mut args = Args {
         url: reqwest::Url::parse("http://127.0.0.1/").map_err(|e| e.to_string())?,
+        api: Api::OpenAi,
         stream: false,
         model: "bench-model".to_owned(),
         requests: 2000,
@@ -77,6 +92,13 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--url" => url = Some(value),
             "--model" => args.model = value,
+            "--api" => {
+                args.api = match value.as_str() {
+                    "openai" => Api::OpenAi,
+                    "anthropic" => Api::Anthropic,
+                    other => return Err(format!("--api {other:?}: openai or anthropic\n{USAGE}")),
+                }
+            }
             "--label" => args.label = value,
             "--requests" => args.requests = number(&value)? as usize,
             "--warmup" => args.warmup = number(&value)? as usize,
@@ -133,10 +155,16 @@ fn count_events(body: &[u8]) -> usize {
 
 async fn one(client: &reqwest::Client, args: &Args, body: &Bytes) -> Result<Sample, String> {
     let started = Instant::now();
-    let response = client
+    let request = client
         .post(args.url.clone())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::AUTHORIZATION, "Bearer bench-client-key")
+        .header(http::header::CONTENT_TYPE, "application/json");
+    let request = match args.api {
+        Api::OpenAi => request.header(http::header::AUTHORIZATION, "Bearer bench-client-key"),
+        Api::Anthropic => request
+            .header("x-api-key", "bench-client-key")
+            .header("anthropic-version", "2023-06-01"),
+    };
+    let response = request
         .body(body.clone())
         .send()
         .await
@@ -157,17 +185,26 @@ async fn one(client: &reqwest::Client, args: &Args, body: &Bytes) -> Result<Samp
         let text = String::from_utf8_lossy(&buf[..buf.len().min(500)]).into_owned();
         return Err(format!("HTTP {status}: {text}"));
     }
+    let (stream_end, answer_key, answer) = match args.api {
+        Api::OpenAi => (&b"data: [DONE]"[..], &b"\"choices\""[..], "chat.completion"),
+        Api::Anthropic => (
+            &b"data: {\"type\":\"message_stop\"}"[..],
+            &b"\"content\""[..],
+            "Messages `message`",
+        ),
+    };
     let events = if args.stream {
         let trimmed = buf.trim_ascii_end();
-        if !trimmed.ends_with(b"data: [DONE]") {
+        if !trimmed.ends_with(stream_end) {
             let tail = String::from_utf8_lossy(&trimmed[trimmed.len().saturating_sub(200)..]);
-            return Err(format!("stream did not end with `data: [DONE]`: ...{tail}"));
+            let end = String::from_utf8_lossy(stream_end);
+            return Err(format!("stream did not end with `{end}`: ...{tail}"));
         }
         count_events(&buf)
     } else {
-        if !contains(&buf, b"\"choices\"") {
+        if !contains(&buf, answer_key) {
             let text = String::from_utf8_lossy(&buf[..buf.len().min(500)]).into_owned();
-            return Err(format!("not a chat.completion: {text}"));
+            return Err(format!("not a {answer}: {text}"));
         }
         0
     };
@@ -276,14 +313,23 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         .timeout(Duration::from_millis(args.timeout_ms))
         .build()
         .map_err(|e| format!("building the HTTP client: {e}"))?;
-    let mut request = json!({
-        "model": args.model,
-        "messages": [
-            {"role": "system", "content": "You are a benchmark."},
-            {"role": "user", "content": "Say hello."}
-        ],
-        "max_tokens": 32,
-    });
+    // The same conversation in both shapes (Anthropic has a top-level `system`).
+    let mut request = match args.api {
+        Api::OpenAi => json!({
+            "model": args.model,
+            "messages": [
+                {"role": "system", "content": "You are a benchmark."},
+                {"role": "user", "content": "Say hello."}
+            ],
+            "max_tokens": 32,
+        }),
+        Api::Anthropic => json!({
+            "model": args.model,
+            "system": "You are a benchmark.",
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "max_tokens": 32,
+        }),
+    };
     if args.stream {
         request["stream"] = Value::Bool(true);
     }
@@ -321,6 +367,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     let out = json!({
         "label": args.label,
         "url": args.url.as_str(),
+        "api": match args.api { Api::OpenAi => "openai", Api::Anthropic => "anthropic" },
         "stream": args.stream,
         "model": args.model,
         "concurrency": args.concurrency,

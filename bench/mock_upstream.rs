@@ -1,12 +1,18 @@
-//! Benchmark mock upstream: a minimal OpenAI-compatible server on 127.0.0.1.
+//! Benchmark mock upstream: a minimal OpenAI-compatible and Anthropic Messages server on
+//! 127.0.0.1.
 //!
 //! ```text
 //! cargo run --release --example bench-mock-upstream -- PORT [--chunks N] [--chunk-delay-ms MS]
 //! ```
 //!
-//! - `POST /v1/chat/completions`: a small fixed `chat.completion` JSON, or, when the body has
-//!   `"stream": true`, an SSE stream of N `chat.completion.chunk` events (default 20) followed
-//!   by `data: [DONE]`.
+//! - `POST /v1/chat/completions` (OpenAI): a small fixed `chat.completion` JSON, or, when the
+//!   body has `"stream": true`, an SSE stream of N `chat.completion.chunk` events (default 20)
+//!   followed by `data: [DONE]`.
+//! - `POST /v1/messages` (Anthropic Messages): a small fixed `message` JSON, or, when the body
+//!   has `"stream": true`, an SSE stream of N events in Anthropic's order: `message_start`,
+//!   `content_block_start`, `ping`, N − 6 `content_block_delta`s (at least one),
+//!   `content_block_stop`, `message_delta` (stop reason and usage), `message_stop`. The same N
+//!   as the OpenAI stream, so the gateway handles as many upstream events on both.
 //! - `GET /v1/models`: one model, `bench-model`.
 //! - `POST /v1/traces`: an OTLP/HTTP trace sink (`OTEL=1 bench/run.sh` points the gateway's
 //!   exporter here); the body is read and dropped, the answer is an empty
@@ -39,6 +45,10 @@ struct Canned {
     models: Bytes,
     /// One SSE event per chunk, the last one being `data: [DONE]`.
     events: Vec<Bytes>,
+    /// Anthropic Messages: the non-streamed `message`.
+    message: Bytes,
+    /// Anthropic Messages: one SSE event (`event:` and `data:` lines) per item.
+    message_events: Vec<Bytes>,
     chunk_delay: Duration,
 }
 
@@ -139,12 +149,66 @@ fn canned(args: &Args) -> Canned {
         events.push(Bytes::from(format!("data: {chunk}\n\n")));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let (message, message_events) = canned_anthropic(args.chunks);
     Canned {
         completion: Bytes::from(completion.to_string()),
         models: Bytes::from(models.to_string()),
         events,
+        message,
+        message_events,
         chunk_delay: Duration::from_millis(args.chunk_delay_ms),
     }
+}
+
+/// Anthropic Messages answers: the `message` body and the `chunks` SSE events of a stream
+/// (six framing events around `chunks - 6` text deltas, at least one delta).
+fn canned_anthropic(chunks: usize) -> (Bytes, Vec<Bytes>) {
+    let message = json!({
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": MODEL,
+        "content": [{"type": "text", "text": "Hello! This is a benchmark reply."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": null,
+        "usage": {"input_tokens": 9, "output_tokens": 8}
+    });
+    let deltas = chunks.saturating_sub(6).max(1);
+    let sse = |kind: &str, data: Value| Bytes::from(format!("event: {kind}\ndata: {data}\n\n"));
+    let mut events = Vec::with_capacity(deltas + 6);
+    events.push(sse(
+        "message_start",
+        json!({"type": "message_start", "message": {
+            "id": "msg_bench", "type": "message", "role": "assistant", "model": MODEL,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 9, "output_tokens": 1}
+        }}),
+    ));
+    events.push(sse(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0,
+               "content_block": {"type": "text", "text": ""}}),
+    ));
+    events.push(sse("ping", json!({"type": "ping"})));
+    for i in 0..deltas {
+        events.push(sse(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "text_delta", "text": format!("tok{i} ")}}),
+        ));
+    }
+    events.push(sse(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(sse(
+        "message_delta",
+        json!({"type": "message_delta",
+               "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+               "usage": {"output_tokens": deltas}}),
+    ));
+    events.push(sse("message_stop", json!({"type": "message_stop"})));
+    (Bytes::from(message.to_string()), events)
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: Body) -> Response {
@@ -162,20 +226,15 @@ fn error(status: StatusCode, message: &str) -> Response {
     respond(status, "application/json", Body::from(body.to_string()))
 }
 
-async fn chat(State(canned): State<Arc<Canned>>, body: Bytes) -> Response {
-    let request: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")),
-    };
-    if request.get("stream").and_then(Value::as_bool) != Some(true) {
-        return respond(
-            StatusCode::OK,
-            "application/json",
-            Body::from(canned.completion.clone()),
-        );
-    }
-    let events = canned.events.clone();
-    let delay = canned.chunk_delay;
+/// The request body's `"stream"`, or why the body is not JSON.
+fn wants_stream(body: &[u8]) -> Result<bool, String> {
+    let request: Value =
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
+    Ok(request.get("stream").and_then(Value::as_bool) == Some(true))
+}
+
+/// An SSE response sending `events` (paced by `delay` when it is not zero).
+fn sse(events: Vec<Bytes>, delay: Duration) -> Response {
     let body = if delay.is_zero() {
         Body::from_stream(futures_util::stream::iter(
             events.into_iter().map(Ok::<_, std::io::Error>),
@@ -193,6 +252,30 @@ async fn chat(State(canned): State<Arc<Canned>>, body: Bytes) -> Response {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+async fn chat(State(canned): State<Arc<Canned>>, body: Bytes) -> Response {
+    match wants_stream(&body) {
+        Err(message) => error(StatusCode::BAD_REQUEST, &message),
+        Ok(false) => respond(
+            StatusCode::OK,
+            "application/json",
+            Body::from(canned.completion.clone()),
+        ),
+        Ok(true) => sse(canned.events.clone(), canned.chunk_delay),
+    }
+}
+
+async fn messages(State(canned): State<Arc<Canned>>, body: Bytes) -> Response {
+    match wants_stream(&body) {
+        Err(message) => error(StatusCode::BAD_REQUEST, &message),
+        Ok(false) => respond(
+            StatusCode::OK,
+            "application/json",
+            Body::from(canned.message.clone()),
+        ),
+        Ok(true) => sse(canned.message_events.clone(), canned.chunk_delay),
+    }
 }
 
 async fn traces(body: Bytes) -> Response {
@@ -220,6 +303,7 @@ async fn main() -> ExitCode {
     let state = Arc::new(canned(&args));
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
         .route("/v1/traces", post(traces))
         .with_state(state);
@@ -236,7 +320,7 @@ async fn main() -> ExitCode {
         let _ = tcp.set_nodelay(true);
     });
     eprintln!(
-        "bench-mock-upstream: listening on http://{local}/v1 ({} chunks per stream, {} ms apart)",
+        "bench-mock-upstream: listening on http://{local}/v1 (OpenAI and Anthropic Messages, {} chunks per stream, {} ms apart)",
         args.chunks, args.chunk_delay_ms
     );
     if let Err(e) = axum::serve(listener, app).await {

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Gateway overhead benchmark (see bench/README.md). Never run by the test suite.
 #
-# Builds the gateway and the two bench examples in release, starts the mock upstream and the
-# gateway on loopback ports, then drives the same load (1) straight at the mock, (2) through
-# the native route and (3) through the Model Router, non-streaming and streaming, and prints
-# the added latency and the gateway's CPU per request.
+# Builds the gateway and the two bench examples in release, starts the mock upstream (OpenAI
+# and Anthropic Messages) and the gateway on loopback ports, then drives the same load
+# (1) straight at the mock, (2) through the native route, (3) through the Model Router to the
+# OpenAI upstream, (4) straight at the mock's Anthropic Messages API and (5) through the Model
+# Router translated to Anthropic, non-streaming and streaming, and prints the added latency,
+# the gateway's CPU per request and per streamed event, the throughput as a fraction of a
+# direct call, and the issue-10 targets beside them.
 #
-# Knobs (environment): REQUESTS (20000), WARMUP (1000), CONCURRENCY (8), CHUNKS (20),
+# Knobs (environment): REQUESTS (20000), WARMUP (1000), CONCURRENCY (16), CHUNKS (20),
 # CHUNK_DELAY_MS (0), MAX_SECONDS (120, per load run), AUTH (apiKey | none),
+# PATHS (direct native router direct-anthropic translated), MODES (json stream),
 # OTEL (1 = trace every request, exported over OTLP/HTTP to the mock's /v1/traces sink),
-# SKIP_BUILD (1 = use the binaries already in target/release), KEEP_TMP (1 = keep logs).
+# SKIP_BUILD (1 = use the binaries already in target/release), KEEP_TMP (1 = keep logs),
+# CALLGRIND (1 = run the gateway under valgrind's callgrind and print, per path, where its
+# instructions go instead of the CPU table), TOP (30, with CALLGRIND), STRACE (1 = count the
+# gateway's system calls per request and path with strace instead of the CPU table).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -18,12 +25,18 @@ ROOT=$PWD
 # only a handful of 10 ms CPU ticks in /proc/<pid>/stat, too coarse for CPU per request.
 REQUESTS=${REQUESTS:-20000}
 WARMUP=${WARMUP:-1000}
-CONCURRENCY=${CONCURRENCY:-8}
+# 16: the issue's throughput target is stated at 16 connections.
+CONCURRENCY=${CONCURRENCY:-16}
 CHUNKS=${CHUNKS:-20}
 CHUNK_DELAY_MS=${CHUNK_DELAY_MS:-0}
 MAX_SECONDS=${MAX_SECONDS:-120}
 AUTH=${AUTH:-apiKey}
+PATHS=${PATHS:-direct native router direct-anthropic translated}
+MODES=${MODES:-json stream}
 OTEL=${OTEL:-0}
+CALLGRIND=${CALLGRIND:-0}
+STRACE=${STRACE:-0}
+TOP=${TOP:-30}
 
 BIN=$ROOT/target/release
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")
@@ -51,22 +64,31 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
 command -v python3 >/dev/null || die "python3 is needed (free ports, the report table)"
+if [ "$CALLGRIND" = 1 ] && [ "$STRACE" = 1 ]; then
+  die "CALLGRIND=1 and STRACE=1 do not go together"
+fi
+if [ "$STRACE" = 1 ]; then
+  command -v strace >/dev/null || die "STRACE=1 needs strace (Debian package strace)"
+fi
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# CPU time (utime+stime, in clock ticks) of a live process, all threads included.
+# CPU time of a live process, all threads included, in clock ticks: "utime stime".
 cpu_ticks() {
   local stat
   stat=$(cat "/proc/$1/stat") || die "process $1 is gone"
   # Fields after the `(comm)`: state is field 3, utime field 14, stime field 15.
   stat=${stat##*) }
-  awk '{ print $12 + $13 }' <<<"$stat"
+  awk '{ print $12, $13 }' <<<"$stat"
 }
 
 wait_http() { # URL, what, pid
-  for _ in $(seq 1 200); do
+  # 10 s, or 120 s for a gateway started under valgrind.
+  local tries=200
+  [ "$CALLGRIND" = 1 ] && tries=2400
+  for _ in $(seq 1 "$tries"); do
     if ! kill -0 "$3" 2>/dev/null; then
       return 1
     fi
@@ -124,10 +146,19 @@ spec:
   models: {static: [bench-model]}
 ---
 apiVersion: portcullis.dev/v1alpha1
+kind: LlmProvider
+metadata: {name: mock-anthropic, namespace: default}
+spec:
+  type: anthropic
+  baseUrl: http://127.0.0.1:$MOCK_PORT
+  auth: $auth_yaml
+  models: {static: [bench-model]}
+---
+apiVersion: portcullis.dev/v1alpha1
 kind: LlmProxy
 metadata: {name: bench, namespace: default}
 spec:
-  providers: [{providerRef: {name: mock}}]
+  providers: [{providerRef: {name: mock}}, {providerRef: {name: mock-anthropic}}]
 EOF
 
 GW_PORT=$(free_port)
@@ -142,12 +173,23 @@ if [ "$OTEL" = 1 ]; then
             OTEL_BSP_SCHEDULE_DELAY=500)
 fi
 say "gateway on 127.0.0.1:$GW_PORT (admin $ADMIN_PORT), auth $AUTH, tracing $([ "$OTEL" = 1 ] && echo 100% || echo off)"
+WRAP=()
+if [ "$CALLGRIND" = 1 ]; then
+  command -v valgrind >/dev/null && command -v callgrind_control >/dev/null \
+    || die "CALLGRIND=1 needs valgrind (Debian package valgrind)"
+  # Each measured run zeroes the counters first (callgrind_control --zero) and dumps its own
+  # profile after (--dump=LABEL), so startup and warmups are not counted.
+  WRAP=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.out.%p")
+  say "gateway under callgrind: CPU/req figures are not printed in this mode"
+elif [ "$STRACE" = 1 ]; then
+  say "gateway runs are traced by strace: CPU/req figures are not printed in this mode"
+fi
 # No *_API_KEY from the caller's environment (only the bench config is served), no HTTP
 # proxy between the gateway and the mock, and no OTEL_* but the ones above.
 # shellcheck disable=SC2046
 env $(env | awk -F= '/_API_KEY=|^(http|https|all|HTTP|HTTPS|ALL)_(proxy|PROXY)=|^OTEL_/ { printf "-u %s ", $1 }') \
   "${otel_env[@]}" \
-  "$BIN/portcullis" serve --config "$TMP/config" \
+  "${WRAP[@]}" "$BIN/portcullis" serve --config "$TMP/config" \
   --listen "127.0.0.1:$GW_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" 2>"$TMP/gateway.log" &
 GW_PID=$!
 PIDS+=("$GW_PID")
@@ -159,15 +201,27 @@ CLK_TCK=$(getconf CLK_TCK)
 RESULTS=$TMP/results.jsonl
 : >"$RESULTS"
 
-run_load() { # label url model stream(0/1)
-  local label=$1 url=$2 model=$3 stream=$4 flags=()
+run_load() { # label url model stream(0/1) api(openai/anthropic)
+  local label=$1 url=$2 model=$3 stream=$4 flags=(--api "$5")
   [ "$stream" = 1 ] && flags+=(--stream)
   # Warm up in a separate run so its CPU is not counted.
   "$BIN/examples/bench-load" --url "$url" --model "$model" "${flags[@]}" \
     --requests "$WARMUP" --warmup 0 --concurrency "$CONCURRENCY" \
     --max-seconds "$MAX_SECONDS" --label "$label-warmup" >/dev/null \
     || die "$label: warmup failed (gateway log: $TMP/gateway.log)"
-  local gw0 mock0 gw1 mock1 out
+  local gw0 mock0 gw1 mock1 out profiled=0
+  local via=${label%%/*} strace_pid=
+  if [ "$via" != direct ] && [ "$via" != direct-anthropic ]; then
+    if [ "$CALLGRIND" = 1 ]; then
+      profiled=1
+      callgrind_control --zero "$GW_PID" >/dev/null
+    elif [ "$STRACE" = 1 ]; then
+      profiled=1
+      strace -f -c -p "$GW_PID" -o "$TMP/strace.${label//\//-}" 2>/dev/null &
+      strace_pid=$!
+      sleep 1 # strace attaches to every thread before the run starts
+    fi
+  fi
   gw0=$(cpu_ticks "$GW_PID")
   mock0=$(cpu_ticks "$MOCK_PID")
   out=$("$BIN/examples/bench-load" --url "$url" --model "$model" "${flags[@]}" \
@@ -176,10 +230,23 @@ run_load() { # label url model stream(0/1)
     || { printf '%s\n' "$out" >&2; die "$label: load run failed (gateway log: $TMP/gateway.log)"; }
   gw1=$(cpu_ticks "$GW_PID")
   mock1=$(cpu_ticks "$MOCK_PID")
-  python3 - "$out" "$((gw1 - gw0))" "$((mock1 - mock0))" "$CLK_TCK" >>"$RESULTS" <<'EOF'
+  if [ "$profiled" = 1 ]; then
+    if [ "$CALLGRIND" = 1 ]; then
+      callgrind_control --dump="$label" "$GW_PID" >/dev/null
+    else
+      kill -INT "$strace_pid"
+      wait "$strace_pid" || true
+    fi
+    PROFILES+=("$label")
+  fi
+  python3 - "$out" "$gw0" "$gw1" "$mock0" "$mock1" "$CLK_TCK" >>"$RESULTS" <<'EOF'
 import json, sys
 out = json.loads(sys.argv[1])
-out["cpu_ticks"] = {"gateway": int(sys.argv[2]), "mock": int(sys.argv[3]), "clk_tck": int(sys.argv[4])}
+(gu0, gs0), (gu1, gs1), (mu0, ms0), (mu1, ms1) = (map(int, a.split()) for a in sys.argv[2:6])
+out["cpu_ticks"] = {
+    "gateway": gu1 + gs1 - gu0 - gs0, "gateway_user": gu1 - gu0, "gateway_sys": gs1 - gs0,
+    "mock": mu1 + ms1 - mu0 - ms0, "clk_tck": int(sys.argv[6]),
+}
 print(json.dumps(out))
 EOF
   printf '%s\n' "$out"
@@ -188,65 +255,192 @@ EOF
 DIRECT=http://127.0.0.1:$MOCK_PORT/v1/chat/completions
 NATIVE=http://127.0.0.1:$GW_PORT/v1/openai-compatible/default.bench/chat/completions
 ROUTER=http://127.0.0.1:$GW_PORT/v1/model-router/default.bench/chat/completions
+DIRECT_ANTHROPIC=http://127.0.0.1:$MOCK_PORT/v1/messages
 
+PROFILES=()
 say "load: $REQUESTS requests (after $WARMUP warmup) at concurrency $CONCURRENCY per run"
-for stream in 0 1; do
-  mode=$([ "$stream" = 1 ] && echo stream || echo json)
-  run_load "direct/$mode" "$DIRECT" bench-model "$stream"
-  run_load "native/$mode" "$NATIVE" bench-model "$stream"
-  run_load "router/$mode" "$ROUTER" openai-compatible:bench-model "$stream"
+for mode in $MODES; do
+  case "$mode" in
+    json) stream=0 ;;
+    stream) stream=1 ;;
+    *) die "MODES: json and/or stream, not $mode" ;;
+  esac
+  for path in $PATHS; do
+    case "$path" in
+      direct) run_load "direct/$mode" "$DIRECT" bench-model "$stream" openai ;;
+      native) run_load "native/$mode" "$NATIVE" bench-model "$stream" openai ;;
+      router) run_load "router/$mode" "$ROUTER" openai-compatible:bench-model "$stream" openai ;;
+      direct-anthropic)
+        run_load "direct-anthropic/$mode" "$DIRECT_ANTHROPIC" bench-model "$stream" anthropic ;;
+      translated) run_load "translated/$mode" "$ROUTER" anthropic:bench-model "$stream" openai ;;
+      *) die "PATHS: direct native router direct-anthropic translated, not $path" ;;
+    esac
+  done
 done
 
 kill -0 "$GW_PID" 2>/dev/null || die "the gateway exited during the run"
 
+# ---------------------------------------------------------------- profile (CALLGRIND=1)
+if [ "$CALLGRIND" = 1 ]; then
+  for label in "${PROFILES[@]}"; do
+    # callgrind writes each dump to FILE.N, in order; find the one carrying this run's label.
+    file=$(grep -l -x "desc: Trigger: dump $label" "$TMP"/callgrind.out.*.* | head -n 1) \
+      || die "no callgrind dump for $label"
+    printf '\n==== %s (callgrind): ' "$label"
+    python3 "$ROOT/bench/callgrind_summary.py" "$file" "$REQUESTS" "$TOP"
+  done
+  exit 0
+fi
+
+# ---------------------------------------------------------------- system calls (STRACE=1)
+if [ "$STRACE" = 1 ]; then
+  for label in "${PROFILES[@]}"; do
+    printf '\n==== %s (strace -f -c): system calls of the gateway per request\n' "$label"
+    python3 - "$TMP/strace.${label//\//-}" "$REQUESTS" <<'EOF'
+import sys
+rows = []
+for line in open(sys.argv[1]):
+    f = line.split()
+    # % time, seconds, usecs/call, calls, [errors], syscall
+    if len(f) >= 5 and f[3].isdigit() and f[-1] != "total":
+        rows.append((int(f[3]), f[-1]))
+n = int(sys.argv[2])
+print(f"  {sum(c for c, _ in rows) / n:8.2f}  all")
+for calls, name in sorted(rows, reverse=True):
+    if calls / n >= 0.05:
+        print(f"  {calls / n:8.2f}  {name}")
+EOF
+  done
+  exit 0
+fi
+
 # ---------------------------------------------------------------- report
-python3 - "$RESULTS" <<'EOF'
+python3 - "$RESULTS" "$CHUNKS" <<'EOF'
 import json, sys
 
 runs = {}
 for line in open(sys.argv[1]):
     r = json.loads(line)
     runs[r["label"]] = r
+chunks = int(sys.argv[2])
+first = next(iter(runs.values()))
+
+# Gateway path -> the direct call it is compared with (same upstream API, same run).
+VIA = {"native": "direct", "router": "direct", "translated": "direct-anthropic"}
+# Issue 10 targets: gateway CPU per non-streamed request, per streamed event, throughput.
+CPU_TARGET = {"native": 30.0, "router": 45.0, "translated": 70.0}
+EVENT_TARGET = 3.0
+RPS_TARGET = {"native": 0.30}
+MIN_TICKS = 50
+
 
 def dur(us):
     return f"{us / 1000:.2f} ms" if abs(us) >= 1000 else f"{us:.0f} µs"
+
 
 def cpu_us(r, who):
     t = r["cpu_ticks"]
     return t[who] * 1e6 / t["clk_tck"] / r["ok"], t[who]
 
+
+def table(head, rows):
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(fmt.format(*head))
+    print(fmt.format(*("-" * w for w in widths)))
+    for row in rows:
+        print(fmt.format(*row))
+
+
+def verdict(value, target, at_most, ticks):
+    ok = value <= target if at_most else value >= target
+    coarse = "" if ticks is None or ticks >= MIN_TICKS else f", coarse: {ticks} ticks"
+    return ("met" if ok else "NOT met") + coarse
+
+
 print()
-print(f"requests per run: {next(iter(runs.values()))['requests']}, "
-      f"concurrency: {next(iter(runs.values()))['concurrency']}, "
-      f"CPU resolution: 1 tick = {1e6 / next(iter(runs.values()))['cpu_ticks']['clk_tck']:.0f} µs per run")
+print(f"requests per run: {first['requests']}, concurrency: {first['concurrency']}, "
+      f"chunks per stream: {chunks}, CPU resolution: 1 tick = "
+      f"{1e6 / first['cpu_ticks']['clk_tck']:.0f} µs per run")
 print()
-head = ("path", "p50", "p99", "req/s", "+p50", "+p99", "p50 ×", "p99 ×",
-        "gw CPU/req", "mock CPU/req", "gw/mock CPU")
+head = ("path", "vs", "p50", "p99", "req/s", "req/s ÷ direct", "+p50", "+p99", "p50 ×",
+        "p99 ×", "gw CPU/req", "gw sys", "mock CPU/req", "gw/mock CPU")
 rows = []
 for mode in ("json", "stream"):
-    d = runs[f"direct/{mode}"]
-    dl = d["latency_us"]
-    mock_direct, ticks = cpu_us(d, "mock")
-    rows.append((f"direct/{mode}", dur(dl["p50"]), dur(dl["p99"]), f"{d['rps']:.0f}",
-                 "-", "-", "-", "-", "-", f"{mock_direct:.1f} µs ({ticks}t)", "-"))
-    for via in ("native", "router"):
-        r = runs[f"{via}/{mode}"]
+    for direct in ("direct", "direct-anthropic"):
+        d = runs.get(f"{direct}/{mode}")
+        if d is None:
+            continue
+        dl = d["latency_us"]
+        mock_direct, ticks = cpu_us(d, "mock")
+        rows.append((f"{direct}/{mode}", "-", dur(dl["p50"]), dur(dl["p99"]), f"{d['rps']:.0f}",
+                     "-", "-", "-", "-", "-", "-", "-", f"{mock_direct:.1f} µs ({ticks}t)", "-"))
+    for via, direct in VIA.items():
+        r = runs.get(f"{via}/{mode}")
+        if r is None:
+            continue
+        d = runs.get(f"{direct}/{mode}")
         l = r["latency_us"]
         gw, gw_t = cpu_us(r, "gateway")
         mock, mock_t = cpu_us(r, "mock")
         ratio = f"{gw / mock:.1f}×" if mock_t else "n/a (0 ticks)"
-        rows.append((f"{via}/{mode}", dur(l["p50"]), dur(l["p99"]), f"{r['rps']:.0f}",
-                     dur(l["p50"] - dl["p50"]), dur(l["p99"] - dl["p99"]),
-                     f"{l['p50'] / dl['p50']:.2f}", f"{l['p99'] / dl['p99']:.2f}",
-                     f"{gw:.1f} µs ({gw_t}t)", f"{mock:.1f} µs ({mock_t}t)", ratio))
-widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-print(fmt.format(*head))
-print(fmt.format(*("-" * w for w in widths)))
-for row in rows:
-    print(fmt.format(*row))
+        sys_share = f"{r['cpu_ticks']['gateway_sys'] / gw_t * 100:.0f} %" if gw_t else "-"
+        if d is None:
+            cmp = ("(no direct run)", "-", "-", "-", "-", "-")
+        else:
+            dl = d["latency_us"]
+            cmp = (direct, f"{r['rps'] / d['rps'] * 100:.0f} %",
+                   dur(l["p50"] - dl["p50"]), dur(l["p99"] - dl["p99"]),
+                   f"{l['p50'] / dl['p50']:.2f}", f"{l['p99'] / dl['p99']:.2f}")
+        rows.append((f"{via}/{mode}", cmp[0], dur(l["p50"]), dur(l["p99"]), f"{r['rps']:.0f}",
+                     cmp[1], cmp[2], cmp[3], cmp[4], cmp[5],
+                     f"{gw:.1f} µs ({gw_t}t)", sys_share, f"{mock:.1f} µs ({mock_t}t)", ratio))
+table(head, rows)
 print()
+print("vs: the direct call each gateway path is compared with (same upstream API, same run);")
+print("req/s ÷ direct: throughput through the gateway / throughput of that direct call;")
 print("+p50/+p99: gateway minus direct latency; p50 ×/p99 ×: gateway / direct latency;")
 print("CPU/req: utime+stime from /proc/<pid>/stat over the measured run / requests (t = ticks);")
+print("gw sys: the kernel's share (stime) of the gateway's CPU time (system calls, TCP on loopback);")
 print("gw/mock CPU: gateway CPU per request / mock upstream CPU per request in the same run.")
+
+# Issue 10 targets, beside the figures of this run.
+rows = []
+for via in ("native", "router", "translated"):
+    r = runs.get(f"{via}/json")
+    if r is None:
+        continue
+    gw, ticks = cpu_us(r, "gateway")
+    rows.append((f"gateway CPU per request, {via}/json", f"{gw:.1f} µs ({ticks}t)",
+                 f"≤ {CPU_TARGET[via]:.0f} µs", verdict(gw, CPU_TARGET[via], True, ticks)))
+for via in ("native", "router", "translated"):
+    j, s = runs.get(f"{via}/json"), runs.get(f"{via}/stream")
+    if j is None or s is None:
+        continue
+    (gj, tj), (gs, ts) = cpu_us(j, "gateway"), cpu_us(s, "gateway")
+    per_event = (gs - gj) / chunks
+    rows.append((f"gateway CPU per streamed event, {via}", f"{per_event:.2f} µs",
+                 f"≤ {EVENT_TARGET:.0f} µs", verdict(per_event, EVENT_TARGET, True, min(tj, ts))))
+    user = lambda r: r["cpu_ticks"]["gateway_user"] * 1e6 / r["cpu_ticks"]["clk_tck"] / r["ok"]
+    user_event = (user(s) - user(j)) / chunks
+    rows.append((f"  of which user space (utime only), {via}", f"{user_event:.2f} µs", "-", "-"))
+for via, direct in VIA.items():
+    for mode in ("json", "stream"):
+        r, d = runs.get(f"{via}/{mode}"), runs.get(f"{direct}/{mode}")
+        if r is None or d is None:
+            continue
+        frac = r["rps"] / d["rps"]
+        target = RPS_TARGET.get(via) if mode == "json" else None
+        rows.append((f"throughput ÷ {direct}, {via}/{mode}", f"{frac * 100:.0f} %",
+                     f"≥ {target * 100:.0f} %" if target else "-",
+                     verdict(frac, target, False, None) if target else "-"))
+if rows:
+    print()
+    print(f"issue 10 targets (the throughput target is stated at 16 connections; this run: "
+          f"{first['concurrency']}):")
+    table(("figure", "measured", "target", ""), rows)
+    print()
+    print(f"per streamed event: (stream CPU/req − json CPU/req) / CHUNKS ({chunks}); both "
+          "upstreams send CHUNKS events per stream (OpenAI adds `data: [DONE]`).")
+    print(f"A verdict marked `coarse` rests on fewer than {MIN_TICKS} CPU ticks: raise REQUESTS.")
 EOF

@@ -25,6 +25,7 @@ pub mod net;
 pub mod policy;
 pub mod providers;
 pub mod proxy;
+pub mod routing;
 pub mod server;
 pub mod source;
 pub mod telemetry;

@@ -519,6 +519,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         max_body_bytes: options.max_body_bytes,
         sse_keepalive: Some(options.sse_keepalive).filter(|d| !d.is_zero()),
+        health: Arc::default(),
     });
     let admin = Arc::new(Admin {
         store,

@@ -15,7 +15,7 @@ use url::Url;
 
 use super::cloud;
 use super::snapshot::ModelPolicy;
-use super::{Index, ObjectKey, ProxyTable, Route, Upstream};
+use super::{Index, ObjectKey, ProxyTable, Upstream, virtual_models};
 use crate::crd::{LlmProvider, LlmProxy, ProviderAuth, ProviderType};
 use crate::credentials::Credential;
 use crate::providers::{self, AuthForm};
@@ -704,7 +704,7 @@ fn compile_proxy(
             "a proxy needs at least one provider in spec.providers",
         );
     }
-    let mut routes = Vec::new();
+    let mut entries = Vec::new();
     let mut seen = HashSet::new();
     for (i, entry) in proxy.spec.providers.iter().enumerate() {
         let field = format!("spec.providers[{i}]");
@@ -746,44 +746,18 @@ fn compile_proxy(
                     "InvalidPrefix",
                     "prefix `model-router` is reserved for the Model Router route",
                 );
-            } else if !seen.insert(prefix.clone()) {
-                p.add(
-                    format!("{field}.prefix"),
-                    "DuplicatePrefix",
-                    format!(
-                        "prefix `{prefix}` is used twice in this proxy; give one entry an explicit `prefix`"
-                    ),
-                );
+            } else {
+                seen.insert(prefix.clone());
             }
         }
         if let (Some(prefix), Some(upstream)) = (prefix, upstream) {
-            routes.push(Route { prefix, upstream });
+            entries.push((i, prefix, upstream));
         }
     }
-    let default_model = match proxy.spec.default_model.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(raw) => match raw.split_once(':') {
-            Some((prefix, model)) if !model.is_empty() && seen.contains(prefix) => {
-                Some((prefix.to_owned(), model.to_owned()))
-            }
-            _ => {
-                p.add(
-                    "spec.defaultModel",
-                    "InvalidDefaultModel",
-                    format!(
-                        "`{raw}` must be `prefix:model` with a prefix of this proxy ({})",
-                        seen.iter()
-                            .cloned()
-                            .collect::<BTreeSet<_>>()
-                            .into_iter()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                );
-                None
-            }
-        },
-    };
+    // Entries sharing a prefix form a pool; then virtual models, retry and the default model.
+    let mut routes = virtual_models::pools(entries, &mut p);
+    let (default_model, failover) =
+        virtual_models::compile(&proxy.spec, &mut routes, &seen, &mut p);
     let secrets = |name: &str| {
         index
             .secret(&ObjectKey::new(&key.namespace, name))
@@ -804,6 +778,7 @@ fn compile_proxy(
         routes,
         default_model,
         policy: Arc::new(policy),
+        failover: Arc::new(failover),
     })
 }
 

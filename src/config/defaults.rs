@@ -176,6 +176,8 @@ pub fn objects(env: impl Fn(&str) -> Option<String>) -> Vec<Object> {
                 })
                 .collect(),
             default_model: None,
+            models: None,
+            retry: None,
             client_auth: None,
             access: None,
             tools: None,

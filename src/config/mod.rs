@@ -20,6 +20,7 @@ pub mod index;
 pub mod snapshot;
 pub mod store;
 pub mod strict;
+pub mod virtual_models;
 
 use std::fmt;
 

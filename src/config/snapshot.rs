@@ -194,8 +194,31 @@ impl Upstream {
 pub struct Route {
     /// Model-ID prefix and native-route segment.
     pub prefix: String,
-    /// Where it goes.
+    /// Where it goes (a pool's first member).
     pub upstream: Arc<Upstream>,
+    /// Every provider under this prefix, `upstream` first: more than one is a pool, balanced
+    /// and failed over (all of one type).
+    pub pool: Arc<[Arc<Upstream>]>,
+    /// Retry rules of requests naming this prefix (the proxy's `retry`, else three tries for
+    /// a pool and one for a single provider).
+    pub retry: crate::routing::RetryPolicy,
+}
+
+impl Route {
+    /// A route to one provider.
+    pub fn single(prefix: String, upstream: Arc<Upstream>) -> Self {
+        Self {
+            prefix,
+            pool: Arc::from([upstream.clone()]),
+            upstream,
+            retry: crate::routing::RetryPolicy::single(),
+        }
+    }
+
+    /// Whether more than one provider serves this prefix.
+    pub fn is_pool(&self) -> bool {
+        self.pool.len() > 1
+    }
 }
 
 /// One proxy, compiled.
@@ -211,6 +234,8 @@ pub struct ProxyTable {
     pub default_model: Option<(String, String)>,
     /// Client auth, access rules, tool guardrails and audit settings.
     pub policy: Arc<crate::policy::ProxyPolicy>,
+    /// Virtual models and retry rules.
+    pub failover: Arc<super::virtual_models::Failover>,
 }
 
 impl ProxyTable {
@@ -290,7 +315,8 @@ impl Snapshot {
         self.proxies
             .values()
             .flat_map(|p| p.routes.iter())
-            .map(|r| (r.upstream.catalog_key, r.upstream.clone()))
+            .flat_map(|r| r.pool.iter())
+            .map(|u| (u.catalog_key, u.clone()))
             .collect()
     }
 }
@@ -310,6 +336,7 @@ mod tests {
                     routes: Vec::new(),
                     default_model: None,
                     policy: Arc::default(),
+                    failover: Arc::default(),
                 };
                 (key, Arc::new(table))
             })

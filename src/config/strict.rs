@@ -1,6 +1,6 @@
 //! Reading our own kinds from manifests (file mode and `portcullis check`): a field the
 //! gateway does not know is an error that names it, never silently ignored — a user who
-//! writes `spec.retry` or misspells `spec.timout` must not believe it applies. (In
+//! writes `spec.retries` or misspells `spec.timout` must not believe it applies. (In
 //! Kubernetes the CRDs are structural: the API server prunes unknown fields, and
 //! `kubectl apply --validate=strict` refuses them.)
 
@@ -54,10 +54,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named() {
-        let proxy = "apiVersion: portcullis.dev/v1alpha1\nkind: LlmProxy\nmetadata: {name: x, namespace: ai}\nspec:\n  providers: [{providerRef: {name: p}, weight: 2}]\n  models: [a]\n  retry: {attempts: 3}\n";
+        let proxy = "apiVersion: portcullis.dev/v1alpha1\nkind: LlmProxy\nmetadata: {name: x, namespace: ai}\nspec:\n  providers: [{providerRef: {name: p}, weight: 2}]\n  modles: [a]\n  retries: {attempts: 3}\n";
         let e = errors(proxy);
         assert_eq!(e.len(), 1, "{e:?}");
-        for field in ["spec.providers.0.weight", "spec.models", "spec.retry"] {
+        for field in ["spec.providers.0.weight", "spec.modles", "spec.retries"] {
             assert!(e[0].contains(&format!("`{field}`")), "{e:?}");
         }
         assert!(e[0].contains("LlmProxy x"), "{e:?}");

@@ -339,12 +339,15 @@ pub struct LlmProviderStatus {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LlmProxySpec {
-    /// The providers this proxy reaches, each under a model-ID prefix that is unique within
-    /// the proxy.
+    /// The providers this proxy reaches, each under a model-ID prefix. Two or more entries
+    /// with the same prefix form a pool (providers of one type, e.g. two Azure regions),
+    /// balanced and failed over.
     #[schemars(length(min = 1))]
     pub providers: Vec<ProxyProvider>,
     /// Model used when a request names a model without a known prefix that no single provider
-    /// lists, written `prefix:model` (e.g. `openai:gpt-5-mini`).
+    /// lists, written `prefix:model` (e.g. `openai:gpt-5-mini`), or the name of a virtual
+    /// model. Omitted on a proxy with an OpenRouter provider: `openrouter:openrouter/free`
+    /// (with that provider's prefix).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_model: Option<String>,
     /// Who may call this proxy. Any combination of API keys, Kubernetes ServiceAccount tokens
@@ -365,6 +368,80 @@ pub struct LlmProxySpec {
     /// Audit events (one JSON line per request on the `portcullis::audit` log target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditSpec>,
+    /// Virtual models: names clients ask for, served by weighted targets and ordered
+    /// fallbacks in any provider's format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<VirtualModelSpec>>,
+    /// Retries and failover before the first byte reached the client: the proxy's default
+    /// for its virtual models, its provider pools and every other model it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+}
+
+/// A model name clients ask for, served by other models.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualModelSpec {
+    /// The name clients ask for (`smart`). No colon, and no model a prefix of the proxy serves.
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    /// Provider-qualified models (`openai:gpt-5.4`) sharing the traffic by weight.
+    #[schemars(length(min = 1))]
+    pub targets: Vec<ModelTargetSpec>,
+    /// Provider-qualified models tried in order, once each, after the targets failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallbacks: Option<Vec<String>>,
+    /// Overrides the proxy's `retry` for this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+}
+
+/// One target of a virtual model.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelTargetSpec {
+    /// Provider-qualified model (`azure:gpt-5.4`): the prefix names a provider (or a pool) of
+    /// the proxy, the rest is the model as that provider names it.
+    pub model: String,
+    /// Share of the traffic, relative to the other targets. Default 1; 0 takes no traffic
+    /// while another target is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub weight: Option<u32>,
+}
+
+/// When a request is tried again, before the first byte reached the client.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetrySpec {
+    /// Tries in all, across targets (the first included). Default 3 for virtual models and
+    /// pools, 1 for a model served by a single provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10))]
+    pub attempts: Option<i32>,
+    /// Which failures are tried again. Default: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<RetryOn>>,
+    /// How long an attempt may take to its first byte (for a stream: its first event), as a
+    /// duration (`30s`). Omitted: the provider's `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_byte_timeout: Option<String>,
+}
+
+/// A kind of failure that is tried again.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum RetryOn {
+    /// 429 (and the providers' throttling errors). Quota exhaustion moves to another target.
+    RateLimited,
+    /// 5xx from the upstream (500, 502, 503, 504, 529).
+    ServerError,
+    /// No first byte within `firstByteTimeout` (or the provider's timeout).
+    Timeout,
+    /// The connection failed or was reset before the first byte.
+    ConnectError,
 }
 
 /// How callers prove who they are. A request is accepted when any configured method accepts it.
@@ -509,7 +586,8 @@ pub struct ProxyProvider {
     /// The `LlmProvider` in the proxy's namespace.
     pub provider_ref: LocalObjectRef,
     /// Model-ID prefix (`prefix:model`) and native-route segment (`/v1/{prefix}/{proxy}/`).
-    /// Defaults to the provider's type. Lowercase letters, digits and `-`.
+    /// Defaults to the provider's type. Lowercase letters, digits and `-`. Entries sharing a
+    /// prefix form a pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
     pub prefix: Option<String>,

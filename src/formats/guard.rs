@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Format, GatewayError};
+use super::Format;
 
 /// Most bytes of tool-call arguments a stream guard holds back at once (over every held
 /// call); beyond it the stream ends with an error.
@@ -140,7 +140,8 @@ pub enum Out {
     Json(Option<String>, Value),
 }
 
-/// Why a stream guard stopped: the stream ends with an error event saying this.
+/// Why a guard refused an answer: a whole answer gets a 502, a stream ends with an error
+/// event (`Format::stream_error_event`) saying this.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fault(pub String);
 
@@ -179,24 +180,6 @@ impl CallIds {
     pub fn first(&mut self, id: &str) -> bool {
         self.0.insert(id.to_owned())
     }
-}
-
-/// A guard's error event in `format`'s shape (`event: error` for Anthropic).
-pub fn error_event(format: Format, message: &str) -> Vec<u8> {
-    let error = GatewayError {
-        status: 502,
-        message: message.to_owned(),
-        kind: "api_error".to_owned(),
-        code: "upstream_invalid_response".to_owned(),
-        param: None,
-    };
-    let name = match format {
-        Format::Anthropic => Some("error"),
-        Format::OpenAi | Format::Gemini | Format::Cohere | Format::Bedrock => None,
-    };
-    let mut out = Vec::new();
-    write_raw(&mut out, name, &format.error_body(&error).to_string());
-    out
 }
 
 /// Write one SSE event.

@@ -35,6 +35,8 @@ pub struct Data {
     pub model: Option<String>,
     /// The budget limit that refused the request (`namespace/budget/limit`).
     pub budget: Option<String>,
+    /// Upstream attempts of a failed-over request (target, outcome, duration), in order.
+    pub attempts: Vec<crate::routing::AttemptRecord>,
     /// The Model Router endpoint (`chat/completions`, `responses`, `messages`, `embeddings`,
     /// …); empty on native routes.
     pub endpoint: &'static str,
@@ -79,6 +81,9 @@ pub struct Record<'a> {
     pub usage: Usage,
     /// Guardrail decisions.
     pub decisions: &'a [Decision],
+    /// Upstream attempts, when the request went through failover.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub attempts: &'a [crate::routing::AttemptRecord],
     /// The request's messages, with `includeContent` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a Value>,
@@ -146,6 +151,7 @@ mod tests {
             status: 200,
             usage: Usage::default(),
             decisions: &[],
+            attempts: &[],
             content: None,
             budget_limit: None,
         };

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::formats::GatewayError;
 pub use crate::formats::guard::Usage;
 use crate::formats::guard::{self, Fault, MAX_EVENT_BYTES, Out, StreamGuard};
 use crate::formats::sse::{SseEvent, SseParser};
@@ -129,13 +130,18 @@ impl SseGuard {
 
     fn fail(&mut self, out: &mut Vec<u8>, fault: &Fault) {
         self.failed = true;
-        out.extend(guard::error_event(
-            self.format,
-            &format!(
+        let error = GatewayError {
+            status: 502,
+            message: format!(
                 "the upstream's answer could not be checked by the tool-call guardrails, so the stream was ended: {}",
                 fault.0
             ),
-        ));
+            kind: "api_error".to_owned(),
+            code: "upstream_invalid_response".to_owned(),
+            param: None,
+        };
+        // Every format this guard streams has an SSE error event; the stream ends either way.
+        out.extend(self.format.stream_error_event(&error).unwrap_or_default());
     }
 
     fn events(&mut self, events: Vec<SseEvent>, last: bool) -> Vec<u8> {
@@ -160,7 +166,9 @@ impl SseGuard {
         };
         let outs = self.kind.guard().end(&judge, &mut self.decisions);
         for o in outs {
-            write(out, o, None);
+            if let Out::Json(name, value) = o {
+                guard::write_raw(out, name.as_deref(), &value.to_string());
+            }
         }
     }
 
@@ -179,7 +187,7 @@ impl SseGuard {
             guard::write_raw(out, event.event.as_deref(), &event.data);
             return;
         }
-        let mut value = match serde_json::from_str::<Value>(&event.data) {
+        let value = match serde_json::from_str::<Value>(&event.data) {
             Ok(v) if v.is_object() => v,
             Ok(_) | Err(_) => {
                 self.fail(
@@ -192,24 +200,69 @@ impl SseGuard {
                 return;
             }
         };
+        self.guard_value(event.event.as_deref(), Some(&event.data), value, out);
+    }
+
+    /// One parsed event through the format's guard; `raw` is its data as it came (written
+    /// again when the guard leaves the event unchanged).
+    fn guard_value(
+        &mut self,
+        name: Option<&str>,
+        raw: Option<&str>,
+        mut value: Value,
+        out: &mut Vec<u8>,
+    ) {
         self.usage.read(self.format, &value);
         let judge = Judge {
             policy: &self.policy,
             trust: &self.trust,
         };
-        match self.kind.guard().event(
-            &judge,
-            event.event.as_deref(),
-            &mut value,
-            &mut self.decisions,
-        ) {
+        match self
+            .kind
+            .guard()
+            .event(&judge, name, &mut value, &mut self.decisions)
+        {
             Ok(outs) => {
                 for o in outs {
-                    write(out, o, Some(&event));
+                    match o {
+                        Out::Same => match raw {
+                            Some(data) => guard::write_raw(out, name, data),
+                            None => guard::write_raw(out, name, &value.to_string()),
+                        },
+                        Out::Json(n, v) => guard::write_raw(out, n.as_deref(), &v.to_string()),
+                    }
                 }
             }
             Err(fault) => self.fail(out, &fault),
         }
+    }
+
+    /// Feed one event that the caller has already parsed (the Model Router's translator holds
+    /// each chunk as a value: it need not be written and parsed again before the guard reads
+    /// it); returns what the client may have now, framed as SSE.
+    pub fn push_value(&mut self, name: Option<&str>, value: Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.failed {
+            return out;
+        }
+        if !value.is_object() {
+            self.fail(
+                &mut out,
+                &Fault("an event is not a JSON object the gateway can read".to_owned()),
+            );
+            return out;
+        }
+        self.guard_value(name, None, value, &mut out);
+        out
+    }
+
+    /// The caller's stream ended (after [`Self::push_value`]): decide on what is held.
+    pub fn finish_values(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.failed {
+            self.end(&mut out);
+        }
+        out
     }
 }
 
@@ -217,17 +270,6 @@ fn too_large() -> Fault {
     Fault(format!(
         "an event of the answer exceeds the guardrails' limit of {MAX_EVENT_BYTES} bytes"
     ))
-}
-
-fn write(out: &mut Vec<u8>, o: Out, same: Option<&SseEvent>) {
-    match o {
-        Out::Same => {
-            if let Some(e) = same {
-                guard::write_raw(out, e.event.as_deref(), &e.data);
-            }
-        }
-        Out::Json(name, value) => guard::write_raw(out, name.as_deref(), &value.to_string()),
-    }
 }
 
 #[cfg(test)]
@@ -691,5 +733,29 @@ mod tests {
         let out = g.push(b": keep-alive\n\ndata:\n\ndata: [DONE]\n\n");
         assert!(!g.failed());
         assert!(String::from_utf8_lossy(&out).contains("[DONE]"));
+    }
+
+    #[test]
+    fn parsed_events_are_guarded_like_framed_ones() {
+        let events = openai_tool_stream("send_email", &["{\"to\":", "\"evil@example.net\"}"]);
+        let mut framed = guard(Format::OpenAi, untrusted());
+        let mut by_value = guard(Format::OpenAi, untrusted());
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for e in &events {
+            a.extend(framed.push(e.as_bytes()));
+            let data = e.trim().trim_start_matches("data: ");
+            match serde_json::from_str::<Value>(data) {
+                Ok(v) => b.extend(by_value.push_value(None, v)),
+                Err(_) => b.extend(by_value.finish_values()),
+            }
+        }
+        a.extend(framed.finish());
+        let (a, b) = (sse_datas(&a), sse_datas(&b));
+        // The same JSON events (the value path writes no `[DONE]`: its caller does).
+        assert_eq!(a, b);
+        assert_eq!(framed.take_decisions(), by_value.take_decisions());
+        assert!(
+            !String::from_utf8_lossy(&serde_json::to_vec(&b).unwrap_or_default()).contains("evil@")
+        );
     }
 }

@@ -75,6 +75,8 @@ pub struct AppState {
     pub sse_keepalive: Option<Duration>,
     /// Client identity checks (JWKS and TokenReview caches, failure limiter).
     pub security: Arc<crate::policy::identity::Runtime>,
+    /// Passive health of upstream targets (failover and balancing).
+    pub health: Arc<crate::routing::Health>,
 }
 
 /// The data-plane service.
@@ -250,6 +252,7 @@ impl Drop for Exchange {
                 status: self.status,
                 usage: data.usage,
                 decisions: &data.decisions,
+                attempts: &data.attempts,
                 content: data.content.as_ref(),
                 budget_limit: data.budget.as_deref(),
             }

@@ -93,7 +93,10 @@ pub fn resolve<'a>(
 
 /// Whether a provider is known to list a model (static list or discovered catalog).
 pub fn lists(discovery: &Discovery, route: &Route, model: &str) -> bool {
-    let upstream = &route.upstream;
+    route.pool.iter().any(|u| lists_one(discovery, u, model))
+}
+
+fn lists_one(discovery: &Discovery, upstream: &crate::config::Upstream, model: &str) -> bool {
     match &upstream.models {
         ModelPolicy::Static(models) => models.iter().any(|m| m == model),
         policy => {
@@ -156,11 +159,14 @@ pub async fn chat(
 async fn chat_unguarded(
     state: &Arc<AppState>,
     table: &ProxyTable,
-    mut body: Map<String, Value>,
+    body: Map<String, Value>,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
     let asked = match body.get("model") {
         Some(Value::String(m)) if !m.trim().is_empty() => m.trim().to_owned(),
+        None | Some(Value::Null) if table.failover.default_virtual.is_some() => {
+            table.failover.default_virtual.clone().unwrap_or_default()
+        }
         None | Some(Value::Null) if table.default_model.is_some() => table
             .default_model
             .as_ref()
@@ -180,8 +186,69 @@ async fn chat_unguarded(
             });
         }
     };
+    // A virtual model, a pool, or a proxy with `spec.retry`: the failover loop sends each
+    // attempt through `send_one` (crate::routing::router).
+    if let Some(vm) = table.failover.model(&asked) {
+        let plan = crate::routing::router::plan_virtual(table, vm, &exchange.identity)
+            .map_err(|what| guarded::forbidden(state, exchange, what))?;
+        exchange.model = asked.clone();
+        exchange.model_listed = true;
+        return failover(state, table, &plan, &asked, body, exchange).await;
+    }
     let resolved = resolve(table, &asked, |r| lists(&state.discovery, r, &asked))?;
     let route = resolved.route;
+    exchange.provider = route.prefix.clone();
+    exchange.model = asked.clone();
+    exchange.model_listed = lists(&state.discovery, route, &resolved.model);
+    if let Some(plan) = crate::routing::router::plan_route(table, route, &resolved.model) {
+        return failover(state, table, &plan, &asked, body, exchange).await;
+    }
+    send_one(state, table, route, resolved.model, &asked, body, exchange).await
+}
+
+/// Serve a failover plan: each attempt goes through `send_one` (crate::routing::router).
+async fn failover(
+    state: &Arc<AppState>,
+    table: &ProxyTable,
+    plan: &crate::routing::Plan<crate::routing::router::Hop>,
+    asked: &str,
+    body: Map<String, Value>,
+    exchange: &mut Exchange,
+) -> Result<Response, ApiError> {
+    let cell = crate::routing::router::ExchangeCell::new(exchange);
+    let serve = crate::routing::router::serve(state, plan, &cell, |hop| {
+        let (cell, body) = (&cell, body.clone());
+        async move {
+            let mut exchange = cell.lock().await;
+            // Boxed: an attempt's future is large, and the loop around it holds it.
+            let send = send_one(
+                state,
+                table,
+                &hop.route,
+                hop.model,
+                asked,
+                body,
+                &mut exchange,
+            );
+            Box::pin(send).await
+        }
+    });
+    Box::pin(serve).await
+}
+
+/// Send one Model Router request to one provider (`route.upstream`) as `model`, answering with
+/// `asked` as the model.
+async fn send_one(
+    state: &Arc<AppState>,
+    table: &ProxyTable,
+    route: &Route,
+    model: String,
+    asked: &str,
+    mut body: Map<String, Value>,
+    exchange: &mut Exchange,
+) -> Result<Response, ApiError> {
+    let resolved = Resolved { route, model };
+    let asked = asked.to_owned();
     let upstream = &route.upstream;
     exchange.provider = route.prefix.clone();
     if !upstream.models.permits(&resolved.model) {
@@ -190,8 +257,6 @@ async fn chat_unguarded(
             model: resolved.model,
         });
     }
-    exchange.model = asked.clone();
-    exchange.model_listed = lists(&state.discovery, route, &resolved.model);
     let qualified = format!("{}:{}", route.prefix, resolved.model);
     if !crate::policy::access::permits_model(&table.policy.access, &exchange.identity, &qualified) {
         return Err(guarded::forbidden(
@@ -319,8 +384,16 @@ pub async fn models(
 ) -> Result<Response, ApiError> {
     let table = &ctx.table;
     let mut data = Vec::new();
+    // A pool's members each list their models; the prefix lists each model once.
+    let mut listed = std::collections::HashSet::new();
+    let mut members = Vec::new();
     for route in &table.routes {
-        let upstream = &route.upstream;
+        for upstream in route.pool.iter() {
+            members.push((route, upstream.clone()));
+        }
+    }
+    for (route, upstream) in members {
+        let upstream = &upstream;
         let entries: Vec<ModelEntry> = match &upstream.models {
             ModelPolicy::Static(models) => models
                 .iter()
@@ -344,6 +417,9 @@ pub async fn models(
         };
         for entry in entries {
             let qualified = format!("{}:{}", route.prefix, entry.id);
+            if listed.contains(&qualified) {
+                continue;
+            }
             if !crate::policy::access::permits_model(
                 &table.policy.access,
                 &exchange.identity,
@@ -360,7 +436,16 @@ pub async fn models(
             if !upstream.info.supports_tools {
                 model["capabilities"] = json!({"tool_calling": false});
             }
+            listed.insert(qualified);
             data.push(model);
+        }
+    }
+    // Virtual models, under the names clients ask for.
+    for name in table.failover.models.keys() {
+        if crate::policy::access::permits_model(&table.policy.access, &exchange.identity, name) {
+            data.push(
+                json!({"id": name, "object": "model", "created": 0, "owned_by": "portcullis"}),
+            );
         }
     }
     let body = json!({"object": "list", "data": data});

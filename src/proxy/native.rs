@@ -344,7 +344,8 @@ impl Relay<'_> {
         let limit = state.max_body_bytes;
         super::context::check_declared_length(request.headers(), limit)?;
 
-        let mut url = match &upstream.bedrock {
+        // The URL of this request at a provider (a pool's members each have their own).
+        let base_url = |upstream: &crate::config::Upstream| match &upstream.bedrock {
             Some(b) if crate::providers::bedrock::is_control_plane(rest) => {
                 format!(
                     "{}/{rest}",
@@ -353,16 +354,17 @@ impl Relay<'_> {
             }
             _ => upstream.url(rest),
         };
-        if let Some(query) = request.uri().query() {
-            let query = match format {
-                Format::Gemini => strip_key_param(query),
+        let mut query = String::new();
+        if let Some(raw) = request.uri().query() {
+            let kept = match format {
+                Format::Gemini => strip_key_param(raw),
                 Format::OpenAi | Format::Anthropic | Format::Cohere | Format::Bedrock => {
-                    query.to_owned()
+                    raw.to_owned()
                 }
             };
-            if !query.is_empty() {
-                url.push('?');
-                url.push_str(&query);
+            if !kept.is_empty() {
+                query.push('?');
+                query.push_str(&kept);
             }
         }
         let method = request.method().clone();
@@ -385,11 +387,12 @@ impl Relay<'_> {
         }
 
         // Stream the body upstream, counting bytes against the limit; a credential that signs
-        // the body (SigV4) needs it whole first (requests only: answers still stream).
+        // the body (SigV4) needs it whole first (requests only: answers still stream), and so
+        // does a pool, which may send it more than once.
         let over_limit = Arc::new(AtomicBool::new(false));
         let body = if let Some(bytes) = whole_body {
             reqwest::Body::from(bytes)
-        } else if upstream.credential.needs_body() {
+        } else if upstream.credential.needs_body() || route.is_pool() {
             reqwest::Body::from(super::context::read_body(request, limit).await?)
         } else {
             let flag = over_limit.clone();
@@ -405,16 +408,35 @@ impl Relay<'_> {
             });
             reqwest::Body::wrap_stream(body)
         };
-        let sent = upstream::send(
-            &state.client,
-            upstream,
-            &route.prefix,
-            method,
-            &url,
-            headers,
-            body,
-        )
-        .await;
+        let (sent, upstream) = match body.as_bytes() {
+            // A pool: balanced and failed over (crate::routing::pool).
+            Some(bytes) if route.is_pool() => {
+                let bytes = bytes::Bytes::copy_from_slice(bytes);
+                let url_for = |u: &crate::config::Upstream| format!("{}{query}", base_url(u));
+                let send = crate::routing::pool::send(
+                    state, exchange, route, url_for, method, headers, bytes,
+                );
+                match Box::pin(send).await {
+                    Ok((answer, member)) => (Ok(answer), member),
+                    Err(e) => (Err(e), upstream.clone()),
+                }
+            }
+            _ => {
+                let url = format!("{}{query}", base_url(upstream));
+                let sent = upstream::send(
+                    &state.client,
+                    upstream,
+                    &route.prefix,
+                    method,
+                    &url,
+                    headers,
+                    body,
+                )
+                .await;
+                (sent, upstream.clone())
+            }
+        };
+        let upstream = &upstream;
         let Answer { response, ttfb } = match sent {
             Ok(answer) => answer,
             Err(_) if over_limit.load(Ordering::Relaxed) => {
@@ -429,6 +451,14 @@ impl Relay<'_> {
         let mut out = Response::new(Body::from_stream(body));
         *out.status_mut() = status;
         *out.headers_mut() = headers;
+        if route.is_pool()
+            && status.is_success()
+            && let Ok(v) =
+                HeaderValue::from_str(&crate::routing::pool::member_label(prefix, upstream))
+        {
+            out.headers_mut()
+                .insert(crate::routing::router::SERVED_BY, v);
+        }
         let mut out = match guard {
             Some(guard) => guarded::guard_response(out, guard, state.max_body_bytes).await,
             None => out,

@@ -32,6 +32,18 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels of one upstream attempt of a failed-over request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    /// Proxy ID.
+    pub proxy: String,
+    /// The target, as the configuration names it (`openai:gpt-5.4`, `azure@ai/az-east`).
+    pub target: String,
+    /// `served`, or the failure (`server_error`, `rate_limited`, `quota_exhausted`,
+    /// `timeout`, `connect_error`, `rejected`).
+    pub outcome: &'static str,
+}
+
 /// Labels of timings.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -235,6 +247,10 @@ pub struct Metrics {
     /// `portcullis_budget_consumed_total`: settled usage, in each limit's unit (requests,
     /// tokens, millionths of a dollar).
     pub budget_consumed: Family<BudgetLabels, Counter>,
+    /// `portcullis_upstream_attempts_total`: attempts of failed-over requests.
+    pub upstream_attempts: Family<AttemptLabels, Counter>,
+    /// `portcullis_upstream_attempt_duration_seconds`: from send to first byte or failure.
+    pub upstream_attempt_duration: Family<AttemptLabels, Histogram>,
     /// The GenAI histograms.
     pub genai: GenAiMetrics,
 }
@@ -310,10 +326,27 @@ impl Default for Metrics {
             "Settled usage counted by an LlmBudget, by budget and limit, in the limit's unit (requests, tokens, micro-USD)",
             budget_consumed.clone(),
         );
+        let upstream_attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "upstream_attempts",
+            "Upstream attempts of virtual models, pools and retried requests, by proxy, target and outcome",
+            upstream_attempts.clone(),
+        );
+        let upstream_attempt_duration =
+            Family::<AttemptLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(latency_buckets())
+            });
+        registry.register(
+            "upstream_attempt_duration_seconds",
+            "Time from sending an attempt to its first byte or its failure",
+            upstream_attempt_duration.clone(),
+        );
         Self {
             budget_refusals,
             budget_consumed,
             registry,
+            upstream_attempts,
+            upstream_attempt_duration,
             genai: GenAiMetrics::default(),
             auth_failures,
             access_denials,

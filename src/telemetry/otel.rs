@@ -107,7 +107,14 @@ impl opentelemetry_http::HttpClient for Client {
                 *headers = response.headers().clone();
             }
             // A collector answers a few bytes (a partial-success message at most).
-            let body = response.bytes().await?;
+            let body = crate::net::read_limited(response, 64 * 1024)
+                .await
+                .map_err(|e| match e {
+                    crate::net::CappedRead::TooBig => {
+                        "the collector's answer is larger than 64 KiB".to_owned()
+                    }
+                    crate::net::CappedRead::Transport(e) => e.to_string(),
+                })?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(out.body(body)?)
         });
         task.await?

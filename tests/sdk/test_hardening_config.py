@@ -8,9 +8,10 @@ import time
 from fakes.openai_upstream import FakeOpenAI
 from harness import PROVIDER_KEY, docs, provider_doc, run_check, secret_doc, standard_config, write_atomically
 
+# Misspelled failover fields (`spec.models` and `spec.retry` exist).
 PROXY_WITH_FAILOVER = ("apiVersion: portcullis.dev/v1alpha1\nkind: LlmProxy\nmetadata: {name: team-a, namespace: ai}\n"
                        "spec:\n  providers: [{providerRef: {name: openai}}]\n"
-                       "  models: [{name: smart, targets: [openai:gpt-test]}]\n  retry: {attempts: 3}\n")
+                       "  modles: [{name: smart, targets: [openai:gpt-test]}]\n  retries: {attempts: 3}\n")
 
 
 def test_check_names_every_unknown_field(fake: FakeOpenAI, tmp_path):
@@ -20,7 +21,7 @@ def test_check_names_every_unknown_field(fake: FakeOpenAI, tmp_path):
                       PROXY_WITH_FAILOVER))
     out = run_check(f)
     assert out.returncode == 1, out.stdout
-    for field in ("spec.timout", "spec.models", "spec.retry"):
+    for field in ("spec.timout", "spec.modles", "spec.retries"):
         assert f"`{field}`" in out.stderr, out.stderr
     assert "LlmProvider openai" in out.stderr and "LlmProxy team-a" in out.stderr
 
@@ -31,9 +32,9 @@ def test_file_mode_refuses_an_edit_with_an_unknown_field_and_keeps_serving(fake:
     write_atomically(config_dir / "portcullis.yaml",
                      docs(secret_doc("openai-key", PROVIDER_KEY), provider_doc("openai", fake.base_url), PROXY_WITH_FAILOVER))
     deadline = time.monotonic() + 5
-    while "spec.retry" not in gw.log_text() and time.monotonic() < deadline:
+    while "spec.retries" not in gw.log_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     log = gw.log_text()
-    assert "unknown fields" in log and "`spec.models`" in log and "`spec.retry`" in log, gw.log_tail()
+    assert "unknown fields" in log and "`spec.modles`" in log and "`spec.retries`" in log, gw.log_tail()
     # The running configuration keeps serving.
     assert gw.raw("GET", "/v1/model-router/ai.team-a/models").status == 200

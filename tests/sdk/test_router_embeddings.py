@@ -17,7 +17,11 @@ from router_api_fixtures import (EMBED_MODELS, audit_for, aws_env, control, fake
 from translated_fixtures import anthropic_fake, cohere_fake, gemini_fake  # noqa: F401
 from test_bedrock import assert_gateway_signed
 
+
 EMBEDDERS = tuple(EMBED_MODELS)
+
+# The Bedrock fake listens on 127.0.0.1: trusted like an operator's private endpoint.
+pytestmark = pytest.mark.usefixtures("trust_loopback_identity")
 
 
 def model_of(provider: str) -> str:

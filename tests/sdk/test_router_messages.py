@@ -18,6 +18,7 @@ from router_api_fixtures import (CHAT_MODELS, FORMATS, WEATHER, audit_for, five_
 from test_router_responses import assert_tool_result_reached
 from translated_fixtures import anthropic_fake, cohere_fake, gemini_fake  # noqa: F401
 
+
 TOOL = {"name": WEATHER["name"], "description": WEATHER["description"], "input_schema": WEATHER["parameters"]}
 SYSTEM = "You are a weather bot."
 QUESTION = [{"role": "user", "content": "Weather in Paris?"}]
@@ -26,6 +27,9 @@ QUESTION = [{"role": "user", "content": "Weather in Paris?"}]
 def client_for(gw, proxy: str = "ai.team-a") -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=f"{gw.url}/v1/model-router/{proxy}", api_key=CLIENT_KEY, max_retries=0,
                                timeout=15)
+
+# The Bedrock fake listens on 127.0.0.1: trusted like an operator's private endpoint.
+pytestmark = pytest.mark.usefixtures("trust_loopback_identity")
 
 
 def model_of(provider: str) -> str:

@@ -15,9 +15,13 @@ from router_api_fixtures import (CHAT_MODELS, FORMATS, WEATHER, audit_for, five_
                                  queue_call, queue_text, runtime, store, sts, usage_of)
 from translated_fixtures import anthropic_fake, cohere_fake, gemini_fake  # noqa: F401
 
+
 TOOL = {"type": "function", **WEATHER}
 QUESTION = "Weather in Paris?"
 INSTRUCTIONS = "You are a weather bot."
+
+# The Bedrock fake listens on 127.0.0.1: trusted like an operator's private endpoint.
+pytestmark = pytest.mark.usefixtures("trust_loopback_identity")
 
 
 def model_of(provider: str) -> str:
