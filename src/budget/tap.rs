@@ -111,27 +111,50 @@ fn memfind(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Copy an event, without the `"usage":null` member that asking for usage adds to every
-/// chunk (the client did not ask for it).
+/// Copy an event, without the `"usage": null` member that asking for usage adds to every
+/// chunk (the client did not ask for it). Whitespace around the member is the upstream's own.
 fn strip_null_usage(raw: &[u8], out: &mut Vec<u8>) {
-    const FORMS: [&[u8]; 4] = [
-        b",\"usage\":null",
-        b",\"usage\": null",
-        b"\"usage\":null,",
-        b"\"usage\": null,",
-    ];
     let mut i = 0;
-    'scan: while i < raw.len() {
-        if raw[i] == b',' || raw[i] == b'"' {
-            for form in FORMS {
-                if raw[i..].starts_with(form) {
-                    i += form.len();
-                    continue 'scan;
-                }
-            }
+    while i < raw.len() {
+        if let Some(end) = null_usage_at(raw, i) {
+            i = end;
+            continue;
         }
         out.push(raw[i]);
         i += 1;
+    }
+}
+
+/// If `raw[i..]` starts a `, "usage": null` member (or `"usage": null,` as the first one),
+/// where it ends.
+fn null_usage_at(raw: &[u8], i: usize) -> Option<usize> {
+    let ws = |mut j: usize| {
+        while raw.get(j).is_some_and(|b| matches!(b, b' ' | b'\t')) {
+            j += 1;
+        }
+        j
+    };
+    let member = |j: usize| -> Option<usize> {
+        let j = j + raw.get(j..)?.strip_prefix(b"\"usage\"").map(|_| 7)?;
+        let j = ws(j);
+        (raw.get(j) == Some(&b':')).then_some(())?;
+        let j = ws(j + 1);
+        raw.get(j..)?.starts_with(b"null").then_some(j + 4)
+    };
+    match raw[i] {
+        b',' => {
+            let end = member(ws(i + 1))?;
+            // Only a whole member: what follows is the next member or the object's end.
+            matches!(raw.get(ws(end)), Some(b',' | b'}')).then_some(end)
+        }
+        b'"' if i > 0
+            && raw[..i].iter().rev().find(|b| !matches!(b, b' ' | b'\t')) == Some(&b'{') =>
+        {
+            let end = member(i)?;
+            let after = ws(end);
+            (raw.get(after) == Some(&b',')).then(|| ws(after + 1))
+        }
+        _ => None,
     }
 }
 
@@ -413,7 +436,15 @@ mod tests {
         );
         out.clear();
         strip_null_usage(br#"data: {"usage": null, "id":"x"}"#, &mut out);
-        assert_eq!(out, br#"data: { "id":"x"}"#);
+        assert_eq!(out, br#"data: {"id":"x"}"#);
+        out.clear();
+        strip_null_usage(br#"data: {"id": "x", "usage": null}"#, &mut out);
+        assert_eq!(out, br#"data: {"id": "x"}"#);
+        // Content that merely mentions it stays.
+        out.clear();
+        let text = br#"data: {"choices": [{"delta": {"content": "a, \"usage\": null"}}]}"#;
+        strip_null_usage(text, &mut out);
+        assert_eq!(out, text.to_vec());
     }
 
     #[test]
