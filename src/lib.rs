@@ -15,6 +15,7 @@
 //!
 //! `formats` and `providers` hold no kube or axum types, so they could become a crate of
 //! their own.
+pub mod budget;
 pub mod config;
 pub mod crd;
 pub mod credentials;

@@ -315,6 +315,9 @@ fn check(paths: &[PathBuf], online: Option<Option<PathBuf>>) -> ExitCode {
             ));
         }
     }
+    for budget in compiled.budgets.good.values() {
+        out.push_str(&portcullis::budget::describe(budget));
+    }
     let mut credentials_failed = 0;
     if let Some(extra_ca_certs) = online {
         let results = tokio::runtime::Builder::new_current_thread()

@@ -37,6 +37,16 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 
+step "redis-server (the LlmBudget Redis suites start a real one on a free 127.0.0.1 port)"
+if ! command -v redis-server >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq redis-server
+  else
+    echo "redis-server is missing: install Debian's package (apt-get install -y redis-server)" >&2
+    exit 1
+  fi
+fi
+
 step "pytest (SDK end-to-end suites, the Kubernetes controller against a fake API server, the Helm chart)"
 export PORTCULLIS_BIN="$PWD/target/debug/portcullis"
 .venv/bin/python -m pytest tests/sdk tests/k8s tests/chart -q -p no:cacheprovider

@@ -104,6 +104,9 @@ pub struct Compiled {
     pub providers: BTreeMap<ObjectKey, Arc<Upstream>>,
     /// Providers whose newest version has problems and whose last good version serves.
     pub kept_providers: BTreeMap<ObjectKey, Arc<Upstream>>,
+    /// `LlmBudget`s (compiled by [`crate::budget::compile`]); a failed one keeps its last
+    /// good version through [`crate::budget::merge`].
+    pub budgets: crate::budget::Compiled,
 }
 
 impl Compiled {
@@ -413,6 +416,7 @@ impl Compiler {
         if self.proxies.len() != index.proxies().len() {
             self.proxies.retain(|k, _| index.proxies().contains_key(k));
         }
+        out.budgets = crate::budget::compile(index, &mut out.problems);
         out
     }
 }

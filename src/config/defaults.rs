@@ -48,6 +48,7 @@ fn provider(t: ProviderType, auth: ProviderAuth) -> LlmProvider {
             vertexai: None,
             azure: None,
             openrouter: None,
+            pricing: None,
             passthrough: None,
         },
     )

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::ObjectKey;
-use crate::crd::{LlmProvider, LlmProxy};
+use crate::crd::{LlmBudget, LlmProvider, LlmProxy};
 
 /// The data of one Secret: key → bytes. Debug output never shows the values.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -52,6 +52,8 @@ pub enum Object {
     Proxy(Arc<LlmProxy>),
     /// A `v1/Secret`, reduced to its data.
     Secret(ObjectKey, SecretData),
+    /// An `LlmBudget` (shared likewise).
+    Budget(Arc<LlmBudget>),
 }
 
 impl Object {
@@ -61,6 +63,7 @@ impl Object {
             Object::Provider(p) => ("LlmProvider", ObjectKey::of(&p.metadata)),
             Object::Proxy(p) => ("LlmProxy", ObjectKey::of(&p.metadata)),
             Object::Secret(key, _) => ("Secret", key.clone()),
+            Object::Budget(b) => ("LlmBudget", ObjectKey::of(&b.metadata)),
         }
     }
 }
@@ -74,6 +77,8 @@ pub enum Kind {
     Proxy,
     /// `Secret`.
     Secret,
+    /// `LlmBudget`.
+    Budget,
 }
 
 /// Every resource, keyed by namespace and name.
@@ -82,6 +87,7 @@ pub struct Index {
     pub(crate) providers: BTreeMap<ObjectKey, Arc<LlmProvider>>,
     pub(crate) proxies: BTreeMap<ObjectKey, Arc<LlmProxy>>,
     pub(crate) secrets: BTreeMap<ObjectKey, Arc<SecretData>>,
+    pub(crate) budgets: BTreeMap<ObjectKey, Arc<LlmBudget>>,
 }
 
 impl Index {
@@ -106,6 +112,9 @@ impl Index {
             Object::Secret(key, data) => {
                 self.secrets.insert(key, Arc::new(data));
             }
+            Object::Budget(b) => {
+                self.budgets.insert(ObjectKey::of(&b.metadata), b);
+            }
         }
     }
 
@@ -115,6 +124,7 @@ impl Index {
             Kind::Provider => self.providers.remove(key).map(drop),
             Kind::Proxy => self.proxies.remove(key).map(drop),
             Kind::Secret => self.secrets.remove(key).map(drop),
+            Kind::Budget => self.budgets.remove(key).map(drop),
         };
     }
 
@@ -124,6 +134,7 @@ impl Index {
             Kind::Provider => self.providers.clear(),
             Kind::Proxy => self.proxies.clear(),
             Kind::Secret => self.secrets.clear(),
+            Kind::Budget => self.budgets.clear(),
         }
         for object in objects {
             self.apply(object);
@@ -138,6 +149,11 @@ impl Index {
     /// The proxies, by key.
     pub fn proxies(&self) -> &BTreeMap<ObjectKey, Arc<LlmProxy>> {
         &self.proxies
+    }
+
+    /// The budgets, by key.
+    pub fn budgets(&self) -> &BTreeMap<ObjectKey, Arc<LlmBudget>> {
+        &self.budgets
     }
 
     /// A Secret's data.

@@ -287,6 +287,8 @@ pub struct Snapshot {
     by_name: HashMap<String, Vec<ObjectKey>>,
     /// Increases with every swap.
     pub version: u64,
+    /// Budgets being served (`LlmBudget`), by proxy.
+    pub budgets: Arc<crate::budget::BudgetTable>,
 }
 
 impl Snapshot {
@@ -303,6 +305,7 @@ impl Snapshot {
             proxies,
             by_name,
             version,
+            budgets: Arc::default(),
         }
     }
 

@@ -78,17 +78,24 @@ impl Store {
             .filter(|k| !compiled.proxies.contains_key(*k))
             .cloned()
             .collect();
-        if changed.is_empty() && removed.is_empty() && self.is_ready() {
+        let no_budgets = previous.budgets.budgets.is_empty() && compiled.budgets.good.is_empty();
+        if changed.is_empty() && removed.is_empty() && no_budgets && self.is_ready() {
             return ApplyReport {
                 version: previous.version,
                 changed,
                 removed,
             };
         }
-        let next = Arc::new(Snapshot::new(
-            compiled.proxies.clone(),
-            previous.version + 1,
-        ));
+        // Budgets are few and recompiled on every reload; while any exists the snapshot is
+        // swapped so that edits to them (and to the proxies they cover) take effect.
+        let budgets = crate::budget::merge(
+            &previous.budgets,
+            &compiled.budgets,
+            compiled.proxies.keys(),
+        );
+        let mut next = Snapshot::new(compiled.proxies.clone(), previous.version + 1);
+        next.budgets = Arc::new(budgets);
+        let next = Arc::new(next);
         let version = next.version;
         self.current.store(next.clone());
         self.ready.store(true, Ordering::Release);

@@ -7,6 +7,8 @@
 //! schema can express (enums, "exactly one of" via CEL) lives here; everything else is a
 //! problem reported by [`crate::config::compile`].
 
+mod budget;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -19,6 +21,11 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "portcullis.dev";
 /// API version of every Portcullis resource.
 pub const VERSION: &str = "v1alpha1";
+
+pub use budget::{
+    BudgetLimit, BudgetStore, BudgetUsage, LlmBudget, LlmBudgetSpec, LlmBudgetStatus, ModelPrice,
+    RedisStore, StoreUnavailable,
+};
 
 /// One upstream LLM account or endpoint and how the gateway authenticates to it.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -85,6 +92,11 @@ pub struct LlmProviderSpec {
     /// OpenRouter attribution settings (type `openrouter` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openrouter: Option<OpenRouterSpec>,
+
+    /// Prices of the provider's models, for USD limits of `LlmBudget`s: the first entry whose
+    /// glob matches a model prices it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Vec<ModelPrice>>,
 
     /// Native-route endpoints forwarded unread besides the ones the gateway knows for this
     /// type (`files/*`, say). Never served on a proxy with `spec.tools`, and only to callers
@@ -606,7 +618,7 @@ pub struct LlmProxyStatus {
 
 /// The CustomResourceDefinitions of every Portcullis kind.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![LlmProvider::crd(), LlmProxy::crd()]
+    vec![LlmProvider::crd(), LlmProxy::crd(), LlmBudget::crd()]
 }
 
 /// The CRDs as YAML: one file per CRD, keyed by file name (`llmproviders.portcullis.dev.yaml`).

@@ -2,8 +2,8 @@
 //! when the response's last byte has gone (so streamed guardrail decisions are in it).
 //!
 //! Fields: `time`, `request_id`, `proxy`, `identity`, `auth`, `route`, `endpoint` (Model
-//! Router only), `provider`, `model`,
-//! `status`, `usage`, `decisions` (tool, action, rule, reason) and, only with
+//! Router only), `provider`, `model`, `status`, `usage`, `decisions` (tool, action, rule,
+//! reason), `budget_limit` (the `LlmBudget` limit that refused it, if one did) and, only with
 //! `spec.audit.includeContent: true`, `content` (the request's messages). Never a credential.
 
 use std::sync::Arc;
@@ -33,6 +33,8 @@ pub struct Data {
     pub content: Option<Value>,
     /// The model a native request named (body `model`), when the gateway read the body.
     pub model: Option<String>,
+    /// The budget limit that refused the request (`namespace/budget/limit`).
+    pub budget: Option<String>,
     /// Upstream attempts of a failed-over request (target, outcome, duration), in order.
     pub attempts: Vec<crate::routing::AttemptRecord>,
     /// The Model Router endpoint (`chat/completions`, `responses`, `messages`, `embeddings`,
@@ -85,6 +87,9 @@ pub struct Record<'a> {
     /// The request's messages, with `includeContent` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a Value>,
+    /// The `LlmBudget` limit that refused the request (`namespace/budget/limit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_limit: Option<&'a str>,
 }
 
 impl Record<'_> {
@@ -148,6 +153,7 @@ mod tests {
             decisions: &[],
             attempts: &[],
             content: None,
+            budget_limit: None,
         };
         let v = serde_json::to_value(&r).unwrap_or_default();
         assert!(v.get("content").is_none());

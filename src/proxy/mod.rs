@@ -43,6 +43,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http::{HeaderValue, Method};
 
+use crate::budget::gate::Refused;
 use crate::config::Store;
 use crate::discovery::Discovery;
 use crate::telemetry::genai::ResponseTap;
@@ -183,6 +184,7 @@ impl Exchange {
                 attempt: trace.attempt(),
                 ttft: self.ttft,
                 content: data.content.as_ref(),
+                budget_limit: data.budget.as_deref(),
             },
         );
     }
@@ -254,6 +256,7 @@ impl Drop for Exchange {
                 decisions: &data.decisions,
                 attempts: &data.attempts,
                 content: data.content.as_ref(),
+                budget_limit: data.budget.as_deref(),
             }
             .emit();
         }
@@ -396,7 +399,6 @@ async fn route(
         };
     }
     let table = snapshot.proxy(proxy).cloned();
-    drop(snapshot);
     let Some(table) = table else {
         if router {
             return Ok(ApiError::ProxyNotFound {
@@ -447,8 +449,36 @@ async fn route(
         }
         .into_response_for(format));
     }
+    // Budgets (LlmBudget): reserve before any byte goes upstream, or refuse.
+    let admitted = crate::budget::gate::admit(
+        state,
+        &snapshot.budgets,
+        &table,
+        prefix,
+        rest,
+        request,
+        &exchange.identity,
+    )
+    .await;
+    drop(snapshot);
+    let (request, gate) = match admitted {
+        Ok(admitted) => admitted,
+        Err(refused) => {
+            let Refused {
+                response,
+                limit,
+                target,
+            } = *refused;
+            if let Some((provider, model)) = target {
+                exchange.provider = provider;
+                exchange.model = model;
+            }
+            crate::policy::audit::update(&exchange.audit, |d| d.budget = limit);
+            return Ok(response);
+        }
+    };
     let ctx = context::Ctx { table };
-    if router {
+    let response = if router {
         let endpoint = router_endpoint(rest);
         crate::policy::audit::update(&exchange.audit, |d| d.endpoint = endpoint);
         match (request.method(), rest) {
@@ -472,5 +502,10 @@ async fn route(
         }
     } else {
         Ok(native::forward(state, &ctx, prefix, rest, request, exchange).await)
+    };
+    // The reservation settles when the response body ends (an error drops and releases it).
+    match (response, gate) {
+        (Ok(response), Some(gate)) => Ok(gate.wrap(response, exchange.ttfb.is_some())),
+        (response, _) => response,
     }
 }

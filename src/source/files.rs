@@ -218,6 +218,7 @@ pub fn parse_documents(text: &str) -> Vec<Result<Object, Box<DocError>>> {
         let kind: Option<&'static str> = match meta.kind.as_str() {
             "LlmProvider" => Some("LlmProvider"),
             "LlmProxy" => Some("LlmProxy"),
+            "LlmBudget" => Some("LlmBudget"),
             "Secret" if meta.api_version == "v1" => Some("Secret"),
             _ => None,
         };
@@ -233,7 +234,7 @@ pub fn parse_documents(text: &str) -> Vec<Result<Object, Box<DocError>>> {
             (None, _) => Affects::Nothing,
         };
         match (meta.kind.as_str(), meta.api_version.as_str()) {
-            ("LlmProvider" | "LlmProxy", v) if v != expected => out.push(fail(
+            ("LlmProvider" | "LlmProxy" | "LlmBudget", v) if v != expected => out.push(fail(
                 format!("{label}: apiVersion `{v}` is not served; use `{expected}`"),
                 object,
             )),
@@ -246,6 +247,12 @@ pub fn parse_documents(text: &str) -> Vec<Result<Object, Box<DocError>>> {
                 Ok(p) => out.push(Ok(Object::Proxy(std::sync::Arc::new(p)))),
                 Err(e) => out.push(fail(format!("{label}: {e}"), object)),
             },
+            ("LlmBudget", _) => {
+                match crate::config::strict::typed::<crate::crd::LlmBudget>(value) {
+                    Ok(b) => out.push(Ok(Object::Budget(std::sync::Arc::new(b)))),
+                    Err(e) => out.push(fail(format!("{label}: {e}"), object)),
+                }
+            }
             ("Secret", "v1") => match typed::<Secret>(value) {
                 Ok(s) => out.push(Ok(Object::Secret(
                     ObjectKey::of(&s.metadata),
@@ -258,7 +265,9 @@ pub fn parse_documents(text: &str) -> Vec<Result<Object, Box<DocError>>> {
                 )),
             },
             (kind, _) if ours => out.push(fail(
-                format!("unknown kind `{kind}` in {GROUP}; expected LlmProvider or LlmProxy"),
+                format!(
+                    "unknown kind `{kind}` in {GROUP}; expected LlmProvider, LlmProxy or LlmBudget"
+                ),
                 Affects::Nothing,
             )),
             _ => {}

@@ -93,6 +93,16 @@ pub struct GuardrailLabels {
     pub action: &'static str,
 }
 
+/// Labels of budget metrics: the `LlmBudget` (`namespace/name`) and the limit's name, both
+/// from configuration (bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    /// `namespace/name` of the `LlmBudget`.
+    pub budget: String,
+    /// Limit name (`store` for store-unavailable refusals).
+    pub limit: String,
+}
+
 /// Labels of the GenAI histograms.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GenAiLabels {
@@ -232,6 +242,11 @@ pub struct Metrics {
     pub access_denials: Family<DenialLabels, Counter>,
     /// `portcullis_guardrail_decisions_total`.
     pub guardrail_decisions: Family<GuardrailLabels, Counter>,
+    /// `portcullis_budget_refusals_total`.
+    pub budget_refusals: Family<BudgetLabels, Counter>,
+    /// `portcullis_budget_consumed_total`: settled usage, in each limit's unit (requests,
+    /// tokens, millionths of a dollar).
+    pub budget_consumed: Family<BudgetLabels, Counter>,
     /// `portcullis_upstream_attempts_total`: attempts of failed-over requests.
     pub upstream_attempts: Family<AttemptLabels, Counter>,
     /// `portcullis_upstream_attempt_duration_seconds`: from send to first byte or failure.
@@ -299,6 +314,18 @@ impl Default for Metrics {
             "Tool-call guardrail decisions by proxy, rule and action",
             guardrail_decisions.clone(),
         );
+        let budget_refusals = Family::<BudgetLabels, Counter>::default();
+        registry.register(
+            "budget_refusals",
+            "Requests refused by an LlmBudget, by budget and limit",
+            budget_refusals.clone(),
+        );
+        let budget_consumed = Family::<BudgetLabels, Counter>::default();
+        registry.register(
+            "budget_consumed",
+            "Settled usage counted by an LlmBudget, by budget and limit, in the limit's unit (requests, tokens, micro-USD)",
+            budget_consumed.clone(),
+        );
         let upstream_attempts = Family::<AttemptLabels, Counter>::default();
         registry.register(
             "upstream_attempts",
@@ -315,6 +342,8 @@ impl Default for Metrics {
             upstream_attempt_duration.clone(),
         );
         Self {
+            budget_refusals,
+            budget_consumed,
             registry,
             upstream_attempts,
             upstream_attempt_duration,

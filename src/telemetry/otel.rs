@@ -407,6 +407,8 @@ pub struct Summary<'a> {
     pub ttft: Option<std::time::Duration>,
     /// The request's messages, with `spec.audit.includeContent` only.
     pub content: Option<&'a serde_json::Value>,
+    /// The `LlmBudget` limit that refused the request (`namespace/budget/limit`).
+    pub budget_limit: Option<&'a str>,
 }
 
 /// Largest prompt content recorded on a span, in bytes (the rest is cut).
@@ -507,6 +509,12 @@ pub fn finish_server(span: &Span, s: &Summary<'_>) {
             attributes.push(KeyValue::new("portcullis.guardrail.reason", reason.clone()));
         }
         otel.add_event("portcullis.guardrail", attributes);
+    }
+    if let Some(limit) = s.budget_limit {
+        otel.add_event(
+            "portcullis.budget.refused",
+            vec![KeyValue::new("portcullis.budget.limit", limit.to_owned())],
+        );
     }
 }
 

@@ -47,6 +47,7 @@ EVERYTHING_ON = {
     "extraVolumes": [{"name": "ca", "configMap": {"name": "extra-ca"}}],
     "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/extra", "readOnly": True}],
     "service": {"type": "LoadBalancer"},
+    "budgets": {"redis": {"url": "redis://redis.shared.svc:6379/0", "namespaces": ["ai"]}},
 }
 
 VALUE_SETS = {
@@ -288,8 +289,10 @@ def test_identity_with_an_existing_service_account_is_refused():
 # --- RBAC -----------------------------------------------------------------------
 
 WATCH_RULES = [
-    {"apiGroups": ["portcullis.dev"], "resources": ["llmproviders", "llmproxies"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["portcullis.dev"], "resources": ["llmproviders/status", "llmproxies/status"], "verbs": ["get", "patch", "update"]},
+    {"apiGroups": ["portcullis.dev"], "resources": ["llmproviders", "llmproxies", "llmbudgets"],
+     "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["portcullis.dev"], "resources": ["llmproviders/status", "llmproxies/status", "llmbudgets/status"],
+     "verbs": ["get", "patch", "update"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
@@ -341,6 +344,8 @@ def test_rbac_is_narrow(name):
         ("portcullis.dev", "llmproxies"): {"get", "list", "watch"},
         ("portcullis.dev", "llmproviders/status"): {"get", "patch", "update"},
         ("portcullis.dev", "llmproxies/status"): {"get", "patch", "update"},
+        ("portcullis.dev", "llmbudgets"): {"get", "list", "watch"},
+        ("portcullis.dev", "llmbudgets/status"): {"get", "patch", "update"},
         ("", "secrets"): {"get", "list", "watch"},
         ("", "events"): {"create", "patch"},
         ("events.k8s.io", "events"): {"create", "patch"},
@@ -590,3 +595,21 @@ def test_identity_trust_and_connection_limits_are_passed_to_the_gateway(default_
 def test_bad_identity_and_limit_values_are_refused(values):
     with pytest.raises(Exception):
         render(values)
+
+
+# --- LlmBudget Redis ------------------------------------------------------------------------
+
+
+def test_budget_redis_url_becomes_a_secret_in_each_budget_namespace():
+    url = "redis://redis.shared.svc:6379/2"
+    r = render({"budgets": {"redis": {"url": url, "namespaces": ["team-a", "team-b"]}}})
+    secrets = [o for o in r.manifests if o["kind"] == "Secret"]
+    assert sorted(s["metadata"]["namespace"] for s in secrets) == ["team-a", "team-b"]
+    for s in secrets:
+        assert s["metadata"]["name"] == "portcullis-budget-redis"
+        assert s["stringData"] == {"url": url}
+    # Without a URL, nothing is created (the Secret is then the user's to manage).
+    assert not [o for o in render({"budgets": {"redis": {"namespaces": ["team-a"]}}}).manifests
+                if o["kind"] == "Secret"]
+    with pytest.raises(Exception):
+        render({"budgets": {"redis": {"url": "http://not-redis"}}})

@@ -60,6 +60,7 @@ RESOURCES: dict[tuple[str, str, str], tuple[str, bool]] = {
     ("", "v1", "namespaces"): ("Namespace", False),
     ("portcullis.dev", "v1alpha1", "llmproviders"): ("LlmProvider", True),
     ("portcullis.dev", "v1alpha1", "llmproxies"): ("LlmProxy", True),
+    ("portcullis.dev", "v1alpha1", "llmbudgets"): ("LlmBudget", True),
     ("coordination.k8s.io", "v1", "leases"): ("Lease", True),
     ("events.k8s.io", "v1", "events"): ("Event", True),
 }
@@ -326,7 +327,7 @@ class FakeApiServer:
                 kept["status"] = new.get("status")
                 new = kept
             else:
-                if "status" in current and r[2] in ("llmproviders", "llmproxies"):
+                if "status" in current and r[2] in ("llmproviders", "llmproxies", "llmbudgets"):
                     new["status"] = current["status"]  # status only through /status
                 for k in ("uid", "creationTimestamp", "generation", "namespace", "name"):
                     new["metadata"][k] = current["metadata"].get(k)

@@ -106,15 +106,16 @@ drain (`--shutdown-grace`), so the kubelet's SIGKILL never cuts a draining strea
 The (Cluster)Role rules for the namespaced objects the gateway watches.
 */}}
 {{- define "portcullis.watchRules" -}}
-# LlmProvider / LlmProxy: watched through reflectors (list + watch, get on resync).
+# LlmProvider / LlmProxy / LlmBudget: watched through reflectors (list + watch, get on resync).
 - apiGroups: ["portcullis.dev"]
-  resources: ["llmproviders", "llmproxies"]
+  resources: ["llmproviders", "llmproxies", "llmbudgets"]
   verbs: ["get", "list", "watch"]
 # Status conditions, written with server-side apply by the lease holder.
 - apiGroups: ["portcullis.dev"]
-  resources: ["llmproviders/status", "llmproxies/status"]
+  resources: ["llmproviders/status", "llmproxies/status", "llmbudgets/status"]
   verbs: ["get", "patch", "update"]
-# Secrets named by LlmProvider auth.*.secretRef.
+# Secrets named by LlmProvider auth.*.secretRef, LlmProxy clientAuth.apiKeys.secretRef and
+# LlmBudget store.redis.urlSecretRef.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch"]

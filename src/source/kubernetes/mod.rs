@@ -25,6 +25,7 @@
 //! or an `LlmProxy` (by `clientAuth.apiKeys.secretRef`) references it: when the reference appears and whenever the Secret's
 //! `resourceVersion` changes. The data of other Secrets never reaches the process.
 
+pub mod budget_status;
 pub mod lease;
 pub mod status;
 mod writer;
@@ -48,7 +49,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::index::Kind;
 use crate::config::{Compiled, Index, Object, ObjectKey, SecretData, Snapshot, Store};
-use crate::crd::{LlmProvider, LlmProxy};
+use crate::crd::{LlmBudget, LlmProvider, LlmProxy};
 use crate::discovery::Discovery;
 use crate::source::reload::Reloader;
 use crate::telemetry::Metrics;
@@ -188,11 +189,12 @@ pub async fn check_api(client: &Client, settings: &Settings) -> anyhow::Result<(
             Scope::All => "in all namespaces".to_owned(),
             Scope::Namespace(ns) => format!("in namespace {ns}"),
         };
-        for plural in ["llmproviders", "llmproxies", "secrets"] {
+        for plural in ["llmproviders", "llmproxies", "llmbudgets", "secrets"] {
             loop {
                 let result = match plural {
                     "llmproviders" => list_one::<LlmProvider>(scope.api(client)).await,
                     "llmproxies" => list_one::<LlmProxy>(scope.api(client)).await,
+                    "llmbudgets" => list_one::<LlmBudget>(scope.api(client)).await,
                     _ => list_one::<Secret>(scope.api(client)).await,
                 };
                 match result {
@@ -270,6 +272,12 @@ pub fn start(
             Kind::Proxy,
             tx.clone(),
         ));
+        tokio::spawn(watch_kind::<LlmBudget>(
+            scope.api(&client),
+            scope.clone(),
+            Kind::Budget,
+            tx.clone(),
+        ));
         tokio::spawn(watch_secrets(
             client.clone(),
             scope.clone(),
@@ -279,7 +287,7 @@ pub fn start(
     }
     drop(tx);
     let (world_tx, world_rx) = watch::channel(Arc::new(World::default()));
-    let expected = scopes.len() * 3;
+    let expected = scopes.len() * KINDS;
     tokio::spawn(applier(
         rx, expected, store, metrics, reloader, refs_tx, world_tx,
     ));
@@ -363,6 +371,16 @@ impl IntoObject for LlmProxy {
         Object::Proxy(std::sync::Arc::new(self))
     }
 }
+
+impl IntoObject for LlmBudget {
+    fn into_object(self) -> Object {
+        Object::Budget(Arc::new(self))
+    }
+}
+
+/// Kinds listed in every scope before the first compilation: LlmProvider, LlmProxy,
+/// LlmBudget, Secret.
+const KINDS: usize = 4;
 
 /// Watch one kind in one scope and turn its events into index operations.
 async fn watch_kind<K>(api: Api<K>, scope: Scope, kind: Kind, tx: mpsc::UnboundedSender<Change>)
@@ -623,7 +641,11 @@ pub fn referenced_secrets(index: &Index) -> BTreeSet<ObjectKey> {
         let keys = p.spec.client_auth.as_ref()?.api_keys.as_ref()?;
         Some(ObjectKey::new(&key.namespace, &keys.secret_ref.name))
     });
-    providers.chain(proxies).collect()
+    let budgets = index.budgets().iter().filter_map(|(key, b)| {
+        let redis = b.spec.store.as_ref()?.redis.as_ref()?;
+        Some(ObjectKey::new(&key.namespace, &redis.url_secret_ref.name))
+    });
+    providers.chain(proxies).chain(budgets).collect()
 }
 
 /// Apply one operation; true when what compile() reads changed.
@@ -645,6 +667,12 @@ fn apply_op(index: &mut Index, op: Op) -> bool {
                             old.spec != p.spec || old.metadata.generation != p.metadata.generation
                         }),
                     Object::Secret(key, data) => index.secret(key) != Some(data),
+                    Object::Budget(b) => index
+                        .budgets()
+                        .get(&ObjectKey::of(&b.metadata))
+                        .is_none_or(|old| {
+                            old.spec != b.spec || old.metadata.generation != b.metadata.generation
+                        }),
                 };
             index.apply(object);
             changed
@@ -654,6 +682,7 @@ fn apply_op(index: &mut Index, op: Op) -> bool {
                 Kind::Provider => index.providers().contains_key(&key),
                 Kind::Proxy => index.proxies().contains_key(&key),
                 Kind::Secret => index.secret(&key).is_some(),
+                Kind::Budget => index.budgets().contains_key(&key),
             };
             index.delete(kind, &key);
             present
@@ -663,6 +692,7 @@ fn apply_op(index: &mut Index, op: Op) -> bool {
                 Kind::Provider => index.providers().keys().cloned().collect(),
                 Kind::Proxy => index.proxies().keys().cloned().collect(),
                 Kind::Secret => index.secrets.keys().cloned().collect(),
+                Kind::Budget => index.budgets().keys().cloned().collect(),
             };
             for key in stale.iter().filter(|k| scope.contains(k)) {
                 index.delete(kind, key);
@@ -691,7 +721,7 @@ async fn applier(
     let mut listed: BTreeSet<(u8, Scope)> = BTreeSet::new();
     let mut acks: BTreeMap<Scope, u64> = BTreeMap::new();
     let mut refs_version = 0u64;
-    let scope_count = expected_lists / 3;
+    let scope_count = expected_lists / KINDS;
     let mut compiled = Compiled::default();
     let mut initialized = false;
     while let Some(first) = rx.recv().await {
@@ -769,6 +799,7 @@ fn kind_id(kind: Kind) -> u8 {
         Kind::Provider => 0,
         Kind::Proxy => 1,
         Kind::Secret => 2,
+        Kind::Budget => 3,
     }
 }
 

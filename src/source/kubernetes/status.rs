@@ -77,7 +77,7 @@ pub fn now() -> Time {
     Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-fn condition(
+pub(super) fn condition(
     type_: &str,
     status: Option<bool>,
     reason: &str,
@@ -115,7 +115,7 @@ fn truncate(mut message: String) -> String {
 }
 
 /// A failed condition from problems: the first problem's reason, every message.
-fn failed(
+pub(super) fn failed(
     type_: &str,
     problems: &[(&'static str, String)],
     generation: Option<i64>,
@@ -137,7 +137,7 @@ fn failed(
     ))
 }
 
-fn with_field(p: &Problem) -> String {
+pub(super) fn with_field(p: &Problem) -> String {
     format!("{}: {}", p.field, p.message)
 }
 

@@ -23,7 +23,9 @@ use tokio::task::JoinSet;
 use super::World;
 use super::status::{self, CredentialState, ModelsState};
 use crate::config::{ObjectKey, Upstream};
-use crate::crd::{LlmProvider, LlmProviderStatus, LlmProxy, LlmProxyStatus};
+use crate::crd::{
+    LlmBudget, LlmBudgetStatus, LlmProvider, LlmProviderStatus, LlmProxy, LlmProxyStatus,
+};
 use crate::credentials::Credential;
 use crate::discovery::{CatalogState, Discovery};
 
@@ -49,6 +51,7 @@ pub struct Writer {
 enum Kind {
     Provider,
     Proxy,
+    Budget,
 }
 
 /// What the writer needs of a resource to keep its status.
@@ -82,6 +85,17 @@ impl Kept for LlmProxy {
         self.status.as_ref()
     }
     fn conditions(status: &mut LlmProxyStatus) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
+}
+
+impl Kept for LlmBudget {
+    type Status = LlmBudgetStatus;
+    const KIND: Kind = Kind::Budget;
+    fn status(&self) -> Option<&LlmBudgetStatus> {
+        self.status.as_ref()
+    }
+    fn conditions(status: &mut LlmBudgetStatus) -> &mut Vec<Condition> {
         &mut status.conditions
     }
 }
@@ -185,6 +199,7 @@ impl Writer {
         written.map.retain(|(kind, key), _| match kind {
             Kind::Provider => world.index.providers().contains_key(key),
             Kind::Proxy => world.index.proxies().contains_key(key),
+            Kind::Budget => world.index.budgets().contains_key(key),
         });
         credentials.known.retain(|k, _| {
             world
@@ -218,6 +233,12 @@ impl Writer {
             let served = snapshot.proxies.get(key).map(|t| &**t);
             let desired = status::proxy_status(proxy, key, &world.compiled, served, &url, &now);
             self.write(key, &**proxy, desired, written, events).await;
+        }
+        for (key, budget) in world.index.budgets() {
+            let served = snapshot.budgets.budgets.get(key).map(|b| &**b);
+            let desired =
+                super::budget_status::budget_status(budget, key, &world.compiled, served, &now);
+            self.write(key, &**budget, desired, written, events).await;
         }
     }
 

@@ -1,0 +1,216 @@
+//! The request-path hook: before a request goes upstream, read what it asks (model, input
+//! estimate, output allowance), reserve it in every budget of the proxy or answer the refusal
+//! in the route's error shape; afterwards, wrap the response so the reservation settles when
+//! its body ends.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Method, header};
+use serde_json::Value;
+
+use super::{Ask, BudgetTable, Reservation};
+use crate::config::ProxyTable;
+use crate::config::snapshot::ModelPolicy;
+use crate::formats::Format;
+use crate::formats::endpoints::{self, Mismatch};
+use crate::proxy::AppState;
+
+/// A reservation on its way to the response.
+pub struct Gate {
+    reservation: Reservation,
+    hide: bool,
+}
+
+impl Gate {
+    /// Settle the reservation when the response's body ends. `reached`: the upstream answered.
+    pub fn wrap(self, response: Response, reached: bool) -> Response {
+        super::tap::wrap(response, self.reservation, reached, self.hide)
+    }
+}
+
+/// Endpoints that cost nothing upstream (token counting), which no budget counts.
+fn free(rest: &str) -> bool {
+    rest.ends_with("count_tokens") || rest.ends_with(":countTokens")
+}
+
+/// The output allowance a request names, in any format.
+pub fn max_output(body: &Value) -> Option<u64> {
+    [
+        "/max_completion_tokens",
+        "/max_tokens",
+        "/max_output_tokens",
+        "/generationConfig/maxOutputTokens",
+        "/inferenceConfig/maxTokens",
+    ]
+    .iter()
+    .find_map(|p| body.pointer(p).and_then(Value::as_u64))
+}
+
+/// A request that does not go on.
+pub struct Refused {
+    /// The answer, in the route's error shape.
+    pub response: Response,
+    /// The limit that refused (`namespace/budget/limit`), for the audit event.
+    pub limit: Option<String>,
+    /// Provider prefix and provider-qualified model asked for, for the audit event.
+    pub target: Option<(String, String)>,
+}
+
+/// Reserve before the request goes on. `Ok((request, None))`: no budget counts it.
+/// `Err(refused)`: refused (or unreadable), in the route's error shape.
+pub async fn admit(
+    state: &AppState,
+    budgets: &BudgetTable,
+    table: &ProxyTable,
+    prefix: &str,
+    rest: &str,
+    request: Request,
+    identity: &str,
+) -> Result<(Request, Option<Gate>), Box<Refused>> {
+    if !budgets.applies(&table.key) || request.method() != Method::POST || free(rest) {
+        return Ok((request, None));
+    }
+    let router = prefix == "model-router";
+    let format = if router {
+        matches!(rest, "v1/messages" | "messages").then_some(Format::Anthropic)
+    } else {
+        Some(crate::proxy::context::format_for(table, prefix))
+    };
+    // On a native route, the endpoint the request names (and the model in its path). A path
+    // the route will refuse is left to the handler: nothing goes upstream.
+    let matched = match table.route(prefix).filter(|_| !router) {
+        None => None,
+        Some(route) => {
+            match endpoints::match_path(route.upstream.endpoints(), request.method().as_str(), rest)
+            {
+                Ok(m) => Some(Some(m)),
+                // `spec.passthrough` (or refused): counted as a request without a model.
+                Err(Mismatch::Unknown) => Some(None),
+                Err(Mismatch::Encoded(_) | Mismatch::BadModel(_)) => {
+                    return Ok((request, None));
+                }
+            }
+        }
+    };
+    let (mut parts, body) = request.into_parts();
+    let bytes = match crate::proxy::context::read_body(
+        Request::from_parts(parts.clone(), body),
+        state.max_body_bytes,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            let response = match format {
+                Some(f) => e.into_response_for(f),
+                None => e.into_response(),
+            };
+            return Err(Box::new(Refused {
+                response,
+                limit: None,
+                target: None,
+            }));
+        }
+    };
+    let mut json = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .filter(Value::is_object);
+    // The model and its provider prefix.
+    let named = json
+        .as_ref()
+        .and_then(|v| v.get("model"))
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned);
+    let target =
+        if router {
+            let asked = named.or_else(|| {
+                table
+                    .default_model
+                    .as_ref()
+                    .map(|(p, m)| format!("{p}:{m}"))
+            });
+            asked.and_then(|asked| {
+                crate::proxy::model_router::resolve(table, &asked, |r| match &r.upstream.models {
+                    ModelPolicy::Static(models) => models.iter().any(|m| m == &asked),
+                    policy => policy.permits(&asked)
+                        && state.discovery.catalog(&r.upstream).is_some_and(|c| {
+                            matches!(c.state(), crate::discovery::CatalogState::Ready { models, .. }
+                                if models.iter().any(|m| m.id == asked))
+                        }),
+                })
+                .ok()
+                .map(|r| (r.route.prefix.clone(), r.model))
+            })
+        } else {
+            table.route(prefix).map(|route| {
+                let path_model = matched
+                    .as_ref()
+                    .and_then(|m| m.as_ref()?.path_model.clone());
+                let model = path_model.or(named).unwrap_or_default();
+                (route.prefix.clone(), model)
+            })
+        };
+    // Unresolvable: the handler answers its own 404; nothing goes upstream.
+    let Some((route_prefix, model)) = target else {
+        return Ok((Request::from_parts(parts, Body::from(bytes)), None));
+    };
+    // Streams in OpenAI's format: ask for usage when the client did not, and hide it.
+    let openai_chat = router && rest == "chat/completions"
+        || format == Some(Format::OpenAi)
+            && matched
+                .as_ref()
+                .and_then(Option::as_ref)
+                .is_some_and(|m| m.endpoint.name == "chat/completions");
+    let mut hide = false;
+    let mut bytes = bytes;
+    if openai_chat
+        && let Some(Value::Object(map)) = json.as_mut()
+        && map.get("stream").and_then(Value::as_bool) == Some(true)
+        && map
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            != Some(true)
+    {
+        let options = map
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Value::Object(o) = options {
+            o.insert("include_usage".to_owned(), Value::Bool(true));
+            if let Ok(v) = serde_json::to_vec(map) {
+                bytes = v.into();
+                hide = true;
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            }
+        }
+    }
+    let target = Some((route_prefix.clone(), format!("{route_prefix}:{model}")));
+    let ask = Ask {
+        proxy: table.key.clone(),
+        identity: identity.to_owned(),
+        prefix: route_prefix,
+        model,
+        input_tokens: if json.is_some() {
+            (bytes.len() as u64).div_ceil(4)
+        } else {
+            0
+        },
+        max_output: json.as_ref().and_then(max_output),
+    };
+    match budgets.admit(ask, Some(state.metrics.clone())).await {
+        Ok(reservation) => Ok((
+            Request::from_parts(parts, Body::from(bytes)),
+            reservation.map(|reservation| Gate { reservation, hide }),
+        )),
+        Err(refusal) => Err(Box::new(Refused {
+            response: refusal.response(format),
+            limit: Some(refusal.limit()),
+            target,
+        })),
+    }
+}

@@ -1,0 +1,116 @@
+"""LlmBudget with the Redis store: one budget shared by every replica, against a real
+`redis-server` on a free 127.0.0.1 port (started and stopped by the fixture)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from budget_support import budget_doc, client_keys, metric, redis_server, wait_for  # noqa: F401
+from harness import PROVIDER_KEY, docs, provider_doc, secret_doc
+from test_budget import proxy
+
+
+def redis_secret(url: str) -> str:
+    return ("apiVersion: v1\nkind: Secret\nmetadata: {name: budget-redis, namespace: ai}\n"
+            f"stringData: {{url: \"{url}\"}}\n")
+
+
+def config(fake, redis, limits, on_unavailable=None) -> str:
+    return docs(secret_doc("openai-key", PROVIDER_KEY), client_keys(), redis_secret(redis.url),
+                provider_doc("openai", fake.base_url), proxy(),
+                budget_doc(limits, store={"redis": {"urlSecretRef": {"name": "budget-redis", "key": "url"}}},
+                           on_unavailable=on_unavailable))
+
+
+BODY = {"model": "openai:gpt-test", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def post(gw, body=BODY):
+    return gw.raw("POST", "/v1/model-router/ai.team-a/chat/completions", body)
+
+
+def redis_counters(redis) -> dict[str, int]:
+    """Every budget counter in Redis: key → value."""
+    reply = redis.command("KEYS", "portcullis:budget:*").decode()
+    keys = [line for line in reply.split("\r\n") if line.startswith("portcullis:")]
+    out = {}
+    for k in keys:
+        v = redis.command("GET", k).decode().split("\r\n")
+        out[k] = int(v[1]) if len(v) > 1 and v[1] else 0
+    return out
+
+
+def test_two_replicas_share_one_request_limit_exactly(fake, redis_server, start_gateway):  # noqa: F811
+    one = start_gateway(config(fake, redis_server, [
+        {"name": "team-requests", "per": "proxy", "requests": 20, "window": "1h"}]))
+    two = start_gateway()
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        statuses = list(pool.map(lambda i: post(one if i % 2 else two).status, range(50)))
+    assert statuses.count(200) == 20, statuses
+    assert statuses.count(429) == 30, statuses
+    assert len(fake.requests_to("/v1/chat/completions", "POST")) == 20
+    # The counter lives in Redis, with a TTL (it expires with its window).
+    counters = redis_counters(redis_server)
+    assert list(counters.values()) == [20], counters
+    key = next(iter(counters))
+    assert key.startswith("portcullis:budget:ai/limits:team-requests:ai.team-a:")
+    ttl = int(redis_server.command("PTTL", key).decode().strip(":\r\n"))
+    assert 3_600_000 < ttl <= 2 * 3_600_000 + 1000, ttl
+
+
+def test_token_budget_across_replicas_is_never_exceeded_by_more_than_in_flight(fake, redis_server,  # noqa: F811
+                                                                                 start_gateway):
+    limit = 1000
+    one = start_gateway(config(fake, redis_server, [
+        {"name": "team-tokens", "per": "proxy", "tokens": limit, "window": "1h"}]))
+    two = start_gateway()
+    reserve = math.ceil(len(json.dumps(BODY).encode()) / 4) + BODY["max_tokens"]
+    # Every request is held upstream for a while, so they are all in flight together.
+    answer = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-test",
+              "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}}
+    for _ in range(30):
+        fake.script(200, answer, delay=0.5)
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        statuses = list(pool.map(lambda i: post(one if i % 2 else two).status, range(30)))
+    admitted = statuses.count(200)
+    # In flight together, the replicas never hold more than the limit between them.
+    assert admitted == limit // reserve, (admitted, reserve, statuses)
+    assert statuses.count(429) == 30 - admitted
+    # After settlement Redis holds exactly what the provider reported.
+    wait_for(lambda: list(redis_counters(redis_server).values()) == [14 * admitted], 3,
+             "settlement in Redis")
+    # And the room freed by reconciliation admits more.
+    assert post(one).status == 200
+
+
+def test_stopping_redis_denies_with_503_and_starting_it_again_resumes(fake, redis_server,  # noqa: F811
+                                                                        start_gateway):
+    gw = start_gateway(config(fake, redis_server, [
+        {"name": "team-requests", "per": "proxy", "requests": 100, "window": "1h"}]))
+    assert post(gw).status == 200
+    redis_server.stop()
+    r = post(gw)
+    assert r.status == 503, r.text
+    assert r.json()["error"]["code"] == "budget_store_unavailable"
+    assert "budget-redis" not in r.text and "redis://" not in r.text
+    assert len(fake.requests_to("/v1/chat/completions", "POST")) == 1, "nothing went upstream"
+    redis_server.start()
+    wait_for(lambda: post(gw).status == 200, 10, "admission after Redis came back")
+    assert list(redis_counters(redis_server).values()) == [1], "counted in Redis again"
+    assert redis_server.url not in gw.log_text()
+
+
+def test_allow_counts_locally_while_redis_is_down(fake, redis_server, start_gateway):  # noqa: F811
+    gw = start_gateway(config(fake, redis_server, [
+        {"name": "team-requests", "per": "proxy", "requests": 3, "window": "1h"}], on_unavailable="allow"))
+    assert post(gw).status == 200
+    redis_server.stop()
+    # Admitted, and still limited: counted in the process (which had seen 1 of 3).
+    assert [post(gw).status for _ in range(3)] == [200, 200, 429]
+    redis_server.start()
+    wait_for(lambda: redis_counters(redis_server) != {} or post(gw).status == 200, 10, "Redis in use again")
+    assert metric(gw, "portcullis_budget_refusals_total", budget="ai/limits", limit="team-requests") >= 1
