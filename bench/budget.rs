@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use portcullis::budget::{Actual, Ask, Outcome, gate};
+use portcullis::budget::{Actual, Ask, Outcome, max_output};
 use portcullis::config::{Defaults, Index, ObjectKey, Store, compile};
 
 const CONFIG: &str = r#"
@@ -72,7 +72,7 @@ fn main() {
                     prefix: "openai-compatible".to_owned(),
                     model: "bench-model".to_owned(),
                     input_tokens: (BODY.len() as u64).div_ceil(4),
-                    max_output: gate::max_output(&body),
+                    max_output: max_output(&body),
                 };
                 let reservation = snapshot.budgets.admit(ask, None).await.unwrap().unwrap();
                 reservation.settle(Outcome {
@@ -98,7 +98,7 @@ fn main() {
     let mut sum = 0u64;
     for _ in 0..n {
         let body: serde_json::Value = serde_json::from_slice(std::hint::black_box(BODY)).unwrap();
-        sum += gate::max_output(&body).unwrap_or(0);
+        sum += max_output(&body).unwrap_or(0);
     }
     let parse = cpu_time() - cpu1;
     std::hint::black_box(sum);

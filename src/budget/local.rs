@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 
 use super::{Entry, Refusal};
-use crate::config::ObjectKey;
+use crate::crd::ObjectKey;
 
 /// Keys held per limit; beyond this, expired keys are dropped and then new keys refused, so
 /// callers cannot grow memory without bound.

@@ -17,14 +17,12 @@
 //! `month`, UTC) are one bucket each. A reservation is released or replaced exactly once: by
 //! the response tap when the body ends (or the client goes away), or on drop.
 
-pub mod compile;
-pub mod gate;
 pub mod local;
 pub mod redis;
 pub mod tap;
 pub mod window;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::response::{IntoResponse, Response};
@@ -32,12 +30,72 @@ use globset::GlobSet;
 use http::{HeaderValue, StatusCode, header};
 use serde_json::json;
 
-pub use compile::{Compiled, compile};
 use window::Window;
 
-use crate::config::ObjectKey;
+use crate::crd::ObjectKey;
 use crate::crd::StoreUnavailable;
 use crate::formats::Format;
+
+/// Output tokens reserved when a request names no maximum.
+pub const DEFAULT_OUTPUT_TOKENS: u64 = 4096;
+/// Kind name in problems.
+pub const KIND: &str = "LlmBudget";
+
+/// Budgets of one compilation.
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    /// Budgets that compiled cleanly.
+    pub good: BTreeMap<ObjectKey, Arc<Budget>>,
+    /// Budgets with problems (they keep their last good version, if any).
+    pub failed: BTreeSet<ObjectKey>,
+}
+
+/// A decimal string (`"500.00"`, `"0.125"`) in millionths.
+pub fn parse_micros(raw: &str) -> Option<u64> {
+    let raw = raw.trim();
+    let (whole, frac) = raw.split_once('.').unwrap_or((raw, ""));
+    if whole.is_empty() && frac.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || frac.len() > 6
+    {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let frac: u64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<6}").parse().ok()?
+    };
+    whole.checked_mul(1_000_000)?.checked_add(frac)
+}
+
+/// Millionths as a decimal string with two to six decimals (`123.45`).
+pub fn format_micros(micros: u64) -> String {
+    let s = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+    let trimmed = s.trim_end_matches('0');
+    match trimmed.split_once('.') {
+        Some((w, f)) if f.len() < 2 => format!("{w}.{f:0<2}"),
+        _ => trimmed.to_owned(),
+    }
+}
+
+/// The output allowance a request names, in any format.
+pub fn max_output(body: &serde_json::Value) -> Option<u64> {
+    [
+        "/max_completion_tokens",
+        "/max_tokens",
+        "/max_output_tokens",
+        "/generationConfig/maxOutputTokens",
+        "/inferenceConfig/maxTokens",
+    ]
+    .iter()
+    .find_map(|p| body.pointer(p).and_then(serde_json::Value::as_u64))
+}
 
 /// What one counter is kept for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -76,7 +134,7 @@ impl Unit {
     /// An amount as status shows it.
     pub fn show(self, n: u64) -> String {
         match self {
-            Unit::MicroUsd => compile::format_micros(n),
+            Unit::MicroUsd => format_micros(n),
             _ => n.to_string(),
         }
     }

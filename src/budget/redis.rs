@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{Entry, Refusal};
-use crate::config::ObjectKey;
+use crate::crd::ObjectKey;
 
 /// Longest wait for Redis on the request path before `onStoreUnavailable` decides.
 pub const TIMEOUT: Duration = Duration::from_millis(750);

@@ -104,7 +104,7 @@ pub struct Compiled {
     pub providers: BTreeMap<ObjectKey, Arc<Upstream>>,
     /// Providers whose newest version has problems and whose last good version serves.
     pub kept_providers: BTreeMap<ObjectKey, Arc<Upstream>>,
-    /// `LlmBudget`s (compiled by [`crate::budget::compile`]); a failed one keeps its last
+    /// `LlmBudget`s (compiled by [`super::budget::compile`]); a failed one keeps its last
     /// good version through [`crate::budget::merge`].
     pub budgets: crate::budget::Compiled,
 }
@@ -416,7 +416,7 @@ impl Compiler {
         if self.proxies.len() != index.proxies().len() {
             self.proxies.retain(|k, _| index.proxies().contains_key(k));
         }
-        out.budgets = crate::budget::compile(index, &mut out.problems);
+        out.budgets = super::budget::compile(index, &mut out.problems);
         out
     }
 }

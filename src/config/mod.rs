@@ -16,6 +16,7 @@
 //! answers 503 `provider_not_ready`. Files and Kubernetes behave the same. Handlers load the
 //! current [`Snapshot`] once per request.
 
+pub mod budget;
 pub mod cloud;
 pub mod compile;
 pub mod defaults;
@@ -25,49 +26,9 @@ pub mod store;
 pub mod strict;
 pub mod virtual_models;
 
-use std::fmt;
-
 pub use compile::{Compiled, Compiler, Defaults, Problem, compile};
 pub use index::{Index, Object, SecretData};
 pub use snapshot::{Cloud, NotReady, ProxyTable, Route, Snapshot, Upstream};
 pub use store::{ApplyReport, Store};
 
-/// Namespace and name of a namespaced object.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjectKey {
-    /// Namespace (`default` when a manifest names none).
-    pub namespace: String,
-    /// Object name.
-    pub name: String,
-}
-
-impl ObjectKey {
-    /// A key from its parts.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-
-    /// The key of a Kubernetes object (`default` namespace when unset).
-    pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
-        Self::new(
-            meta.namespace
-                .clone()
-                .unwrap_or_else(|| "default".to_owned()),
-            meta.name.clone().unwrap_or_default(),
-        )
-    }
-
-    /// The proxy ID used in URLs: `{namespace}.{name}`.
-    pub fn proxy_id(&self) -> String {
-        format!("{}.{}", self.namespace, self.name)
-    }
-}
-
-impl fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+pub use crate::crd::ObjectKey;

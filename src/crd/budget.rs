@@ -2,7 +2,7 @@
 //! `LlmProvider` declares for USD limits.
 //!
 //! A separate kind from `LlmProxy` so that a platform team can own limits through RBAC while
-//! app teams own their proxies. Compiled by [`crate::budget::compile`].
+//! app teams own their proxies. Compiled by [`crate::config::budget::compile`].
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;

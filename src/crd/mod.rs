@@ -27,6 +27,46 @@ pub use budget::{
     RedisStore, StoreUnavailable,
 };
 
+/// Namespace and name of a namespaced object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// Namespace (`default` when a manifest names none).
+    pub namespace: String,
+    /// Object name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// A key from its parts.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The key of a Kubernetes object (`default` namespace when unset).
+    pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+        Self::new(
+            meta.namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
+
+    /// The proxy ID used in URLs: `{namespace}.{name}`.
+    pub fn proxy_id(&self) -> String {
+        format!("{}.{}", self.namespace, self.name)
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 /// One upstream LLM account or endpoint and how the gateway authenticates to it.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(

@@ -15,6 +15,7 @@
 //! ([`keepalive`]). With tracing on, the exchange also owns the request's server span
 //! ([`crate::telemetry::otel`]), which therefore ends with the body too.
 
+pub mod budget_gate;
 pub mod context;
 pub mod drain;
 pub mod error;
@@ -43,12 +44,12 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use http::{HeaderValue, Method};
 
-use crate::budget::gate::Refused;
 use crate::config::Store;
 use crate::discovery::Discovery;
 use crate::telemetry::genai::ResponseTap;
 use crate::telemetry::otel::{self, Trace};
 use crate::telemetry::{GenAiLabels, Metrics, RequestLabels, RouteLabels};
+use budget_gate::Refused;
 pub use error::ApiError;
 
 /// The `model` metrics label of a model the provider does not list.
@@ -450,7 +451,7 @@ async fn route(
         .into_response_for(format));
     }
     // Budgets (LlmBudget): reserve before any byte goes upstream, or refuse.
-    let admitted = crate::budget::gate::admit(
+    let admitted = budget_gate::admit(
         state,
         &snapshot.budgets,
         &table,

@@ -24,7 +24,7 @@ pub fn budget_status(
 ) -> LlmBudgetStatus {
     let generation = budget.metadata.generation;
     let (mut refs, mut spec) = (Vec::new(), Vec::new());
-    for p in compiled.problems_of(crate::budget::compile::KIND, key) {
+    for p in compiled.problems_of(crate::budget::KIND, key) {
         if REF_REASONS.contains(&p.reason) {
             refs.push((p.reason, with_field(p)));
         } else {

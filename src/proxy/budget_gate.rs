@@ -1,4 +1,4 @@
-//! The request-path hook: before a request goes upstream, read what it asks (model, input
+//! The budgets' request-path hook ([`crate::budget`]): before a request goes upstream, read what it asks (model, input
 //! estimate, output allowance), reserve it in every budget of the proxy or answer the refusal
 //! in the route's error shape; afterwards, wrap the response so the reservation settles when
 //! its body ends.
@@ -9,12 +9,12 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, header};
 use serde_json::Value;
 
-use super::{Ask, BudgetTable, Reservation};
+use super::AppState;
+use crate::budget::{Ask, BudgetTable, Reservation};
 use crate::config::ProxyTable;
 use crate::config::snapshot::ModelPolicy;
 use crate::formats::Format;
 use crate::formats::endpoints::{self, Mismatch};
-use crate::proxy::AppState;
 
 /// A reservation on its way to the response.
 pub struct Gate {
@@ -25,26 +25,13 @@ pub struct Gate {
 impl Gate {
     /// Settle the reservation when the response's body ends. `reached`: the upstream answered.
     pub fn wrap(self, response: Response, reached: bool) -> Response {
-        super::tap::wrap(response, self.reservation, reached, self.hide)
+        crate::budget::tap::wrap(response, self.reservation, reached, self.hide)
     }
 }
 
 /// Endpoints that cost nothing upstream (token counting), which no budget counts.
 fn free(rest: &str) -> bool {
     rest.ends_with("count_tokens") || rest.ends_with(":countTokens")
-}
-
-/// The output allowance a request names, in any format.
-pub fn max_output(body: &Value) -> Option<u64> {
-    [
-        "/max_completion_tokens",
-        "/max_tokens",
-        "/max_output_tokens",
-        "/generationConfig/maxOutputTokens",
-        "/inferenceConfig/maxTokens",
-    ]
-    .iter()
-    .find_map(|p| body.pointer(p).and_then(Value::as_u64))
 }
 
 /// A request that does not go on.
@@ -75,7 +62,7 @@ pub async fn admit(
     let format = if router {
         matches!(rest, "v1/messages" | "messages").then_some(Format::Anthropic)
     } else {
-        Some(crate::proxy::context::format_for(table, prefix))
+        Some(super::context::format_for(table, prefix))
     };
     // On a native route, the endpoint the request names (and the model in its path). A path
     // the route will refuse is left to the handler: nothing goes upstream.
@@ -94,7 +81,7 @@ pub async fn admit(
         }
     };
     let (mut parts, body) = request.into_parts();
-    let bytes = match crate::proxy::context::read_body(
+    let bytes = match super::context::read_body(
         Request::from_parts(parts.clone(), body),
         state.max_body_bytes,
     )
@@ -133,7 +120,7 @@ pub async fn admit(
                     .map(|(p, m)| format!("{p}:{m}"))
             });
             asked.and_then(|asked| {
-                crate::proxy::model_router::resolve(table, &asked, |r| match &r.upstream.models {
+                super::model_router::resolve(table, &asked, |r| match &r.upstream.models {
                     ModelPolicy::Static(models) => models.iter().any(|m| m == &asked),
                     policy => policy.permits(&asked)
                         && state.discovery.catalog(&r.upstream).is_some_and(|c| {
@@ -200,7 +187,7 @@ pub async fn admit(
         } else {
             0
         },
-        max_output: json.as_ref().and_then(max_output),
+        max_output: json.as_ref().and_then(crate::budget::max_output),
     };
     match budgets.admit(ask, Some(state.metrics.clone())).await {
         Ok(reservation) => Ok((

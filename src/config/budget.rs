@@ -1,31 +1,21 @@
-//! `LlmBudget` → [`Budget`]: pure validation of the spec against the index (proxies, Secrets,
-//! provider prices). Every problem names the field and a CamelCase reason.
+//! `LlmBudget` → [`crate::budget::Budget`]: pure validation of the spec against the index
+//! (proxies, Secrets, provider prices). Every problem names the field and a CamelCase reason.
+//! The budgets' runtime (counters, stores, settlement) lives in [`crate::budget`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
-use super::window::Window;
-use super::{Budget, Limit, Per, Price, Prices, StoreSpec, Unit};
-use crate::config::compile::Problem;
-use crate::config::{Index, ObjectKey};
+use super::compile::Problem;
+use super::{Index, ObjectKey};
+use crate::budget::window::Window;
+use crate::budget::{
+    Budget, Compiled, DEFAULT_OUTPUT_TOKENS, KIND, Limit, Per, Price, Prices, StoreSpec, Unit,
+    parse_micros,
+};
 use crate::crd::{LlmBudget, LlmProvider, ModelPrice, StoreUnavailable};
-
-/// Output tokens reserved when a request names no maximum.
-pub const DEFAULT_OUTPUT_TOKENS: u64 = 4096;
-/// Kind name in problems.
-pub const KIND: &str = "LlmBudget";
-
-/// Budgets of one compilation.
-#[derive(Clone, Debug, Default)]
-pub struct Compiled {
-    /// Budgets that compiled cleanly.
-    pub good: BTreeMap<ObjectKey, Arc<Budget>>,
-    /// Budgets with problems (they keep their last good version, if any).
-    pub failed: BTreeSet<ObjectKey>,
-}
 
 /// Compile every `LlmBudget` of the index; problems are appended to `problems`.
 pub fn compile(index: &Index, problems: &mut Vec<Problem>) -> Compiled {
@@ -49,40 +39,6 @@ pub fn compile(index: &Index, problems: &mut Vec<Problem>) -> Compiled {
         }
     }
     out
-}
-
-/// A decimal string (`"500.00"`, `"0.125"`) in millionths.
-pub fn parse_micros(raw: &str) -> Option<u64> {
-    let raw = raw.trim();
-    let (whole, frac) = raw.split_once('.').unwrap_or((raw, ""));
-    if whole.is_empty() && frac.is_empty()
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-        || frac.len() > 6
-    {
-        return None;
-    }
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
-    let frac: u64 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<6}").parse().ok()?
-    };
-    whole.checked_mul(1_000_000)?.checked_add(frac)
-}
-
-/// Millionths as a decimal string with two to six decimals (`123.45`).
-pub fn format_micros(micros: u64) -> String {
-    let s = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
-    let trimmed = s.trim_end_matches('0');
-    match trimmed.split_once('.') {
-        Some((w, f)) if f.len() < 2 => format!("{w}.{f:0<2}"),
-        _ => trimmed.to_owned(),
-    }
 }
 
 fn globs(patterns: &[String]) -> Result<GlobSet, String> {
@@ -195,7 +151,7 @@ fn compile_one(
     let mut names = HashSet::new();
     for (i, l) in spec.limits.iter().enumerate() {
         let field = format!("spec.limits[{i}]");
-        if l.name.is_empty() || !crate::config::compile::valid_prefix(&l.name) {
+        if l.name.is_empty() || !super::compile::valid_prefix(&l.name) {
             add(
                 format!("{field}.name"),
                 "InvalidSpec",
@@ -415,6 +371,7 @@ fn prefix_counted(models: Option<&[String]>, prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::format_micros;
     use crate::config::{Defaults, Store};
     use crate::source::files::parse;
 
