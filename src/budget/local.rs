@@ -8,8 +8,8 @@ use std::hash::{BuildHasher, RandomState};
 use super::{Entry, Refusal};
 use crate::crd::ObjectKey;
 
-/// Keys held per limit; beyond this, expired keys are dropped and then new keys refused, so
-/// callers cannot grow memory without bound.
+/// Keys held per limit; beyond this, expired and empty keys are dropped and then new keys
+/// refused, so callers cannot grow memory without bound.
 pub const MAX_KEYS: usize = 65_536;
 const SHARDS: usize = 16;
 
@@ -85,7 +85,8 @@ impl Counters {
             return Err((max, 0, max));
         };
         if !map.contains_key(key) && map.len() >= MAX_KEYS / SHARDS {
-            map.retain(|_, s| s.bucket + 1 >= bucket);
+            // Keys of rolled-out buckets, and keys holding nothing (released reservations).
+            map.retain(|_, s| s.bucket + 1 >= bucket && (s.cur > 0 || s.prev > 0));
             if map.len() >= MAX_KEYS / SHARDS {
                 return Err((max, 0, max));
             }
@@ -188,4 +189,30 @@ pub fn admit(budget: &ObjectKey, entries: &mut [Entry], now_ms: u64) -> Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_limit_drops_released_keys_before_refusing_new_ones() {
+        let counters = Counters::default();
+        // Fill every shard with keys that hold a reservation.
+        let mut held = 0;
+        for i in 0..(MAX_KEYS * 2) {
+            if counters.reserve(&format!("k{i}"), 7, 0.0, 1, 10).is_ok() {
+                held += 1;
+            }
+        }
+        assert_eq!(held, MAX_KEYS, "no more keys than the bound");
+        assert!(counters.reserve("new", 7, 0.0, 1, 10).is_err());
+        // Released reservations leave their keys empty: new keys fit again.
+        for i in 0..(MAX_KEYS * 2) {
+            counters.adjust(&format!("k{i}"), 7, -1);
+        }
+        assert!(counters.reserve("new", 7, 0.0, 1, 10).is_ok());
+        // A key still holding usage is never dropped.
+        assert!(counters.reserve("new", 7, 0.0, 10, 10).is_err());
+    }
 }

@@ -279,8 +279,11 @@ fn compile_one(
             }
         }
         if let (Some(per), Some((unit, max)), Some(window)) = (per, amount, window) {
+            // What a counter means: the same name, key, unit, window and filters. The amount is
+            // left out, so raising or lowering a limit keeps what was spent (as Redis does,
+            // whose keys name the limit).
             let mut h = DefaultHasher::new();
-            (&l.name, per, unit, max, window, &l.models, &l.identities).hash(&mut h);
+            (&l.name, per, unit, window, &l.models, &l.identities).hash(&mut h);
             limits.push(Arc::new(Limit {
                 name: l.name.clone(),
                 per,
@@ -525,8 +528,20 @@ mod tests {
             &first.limits[0].counters,
             &next.limits[0].counters
         ));
-        // A changed limit starts afresh.
-        let changed = budget("{limits: [{name: rpm, per: proxy, requests: 3, window: 1m}]}");
+        // A raised limit keeps what was spent.
+        let raised = budget("{limits: [{name: rpm, per: proxy, requests: 3, window: 1m}]}");
+        store.apply(&crate::config::compile(
+            &index(&raised),
+            &Defaults::default(),
+        ));
+        let more = store.load().budgets.budgets[&ObjectKey::new("ai", "b")].clone();
+        assert_eq!(more.limits[0].max, 3);
+        assert!(Arc::ptr_eq(
+            &first.limits[0].counters,
+            &more.limits[0].counters
+        ));
+        // A limit that counts something else (another window) starts afresh.
+        let changed = budget("{limits: [{name: rpm, per: proxy, requests: 3, window: 2m}]}");
         store.apply(&crate::config::compile(
             &index(&changed),
             &Defaults::default(),

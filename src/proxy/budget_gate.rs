@@ -12,9 +12,9 @@ use serde_json::Value;
 use super::AppState;
 use crate::budget::{Ask, BudgetTable, Reservation};
 use crate::config::ProxyTable;
-use crate::config::snapshot::ModelPolicy;
 use crate::formats::Format;
-use crate::formats::endpoints::{self, Mismatch};
+use crate::formats::endpoints::{self, Mismatch, ModelAt};
+use crate::policy::access::permits_model;
 
 /// A reservation on its way to the response.
 pub struct Gate {
@@ -104,42 +104,46 @@ pub async fn admit(
         .ok()
         .filter(Value::is_object);
     // The model and its provider prefix.
-    let named = json
+    let mut named = json
         .as_ref()
         .and_then(|v| v.get("model"))
         .and_then(Value::as_str)
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .map(str::to_owned);
-    let target =
-        if router {
-            let asked = named.or_else(|| {
-                table
-                    .default_model
-                    .as_ref()
-                    .map(|(p, m)| format!("{p}:{m}"))
-            });
-            asked.and_then(|asked| {
-                super::model_router::resolve(table, &asked, |r| match &r.upstream.models {
-                    ModelPolicy::Static(models) => models.iter().any(|m| m == &asked),
-                    policy => policy.permits(&asked)
-                        && state.discovery.catalog(&r.upstream).is_some_and(|c| {
-                            matches!(c.state(), crate::discovery::CatalogState::Ready { models, .. }
-                                if models.iter().any(|m| m.id == asked))
-                        }),
-                })
-                .ok()
-                .map(|r| (r.route.prefix.clone(), r.model))
-            })
-        } else {
-            table.route(prefix).map(|route| {
-                let path_model = matched
-                    .as_ref()
-                    .and_then(|m| m.as_ref()?.path_model.clone());
-                let model = path_model.or(named).unwrap_or_default();
-                (route.prefix.clone(), model)
-            })
-        };
+    if named.is_none()
+        && matched
+            .as_ref()
+            .and_then(Option::as_ref)
+            .is_some_and(|m| m.endpoint.model == ModelAt::Multipart)
+    {
+        // Audio and image-edit uploads name their model in a form field.
+        named = super::native::multipart_model(&parts.headers, bytes.clone())
+            .await
+            .ok()
+            .flatten()
+            .filter(|m| !m.is_empty());
+    }
+    let target = if router {
+        router_target(state, table, named, identity)
+    } else {
+        table.route(prefix).and_then(|route| {
+            let path_model = matched
+                .as_ref()
+                .and_then(|m| m.as_ref()?.path_model.clone());
+            let model = path_model.or(named).unwrap_or_default();
+            // A model the route will refuse (404 / 403) is left to the handler: nothing goes
+            // upstream, and a caller cannot grow the counters with names it may not use.
+            let refused = !model.is_empty()
+                && (!route.upstream.models.permits(&model)
+                    || !permits_model(
+                        &table.policy.access,
+                        identity,
+                        &format!("{}:{model}", route.prefix),
+                    ));
+            (!refused).then(|| (route.prefix.clone(), model))
+        })
+    };
     // Unresolvable: the handler answers its own 404; nothing goes upstream.
     let Some((route_prefix, model)) = target else {
         return Ok((Request::from_parts(parts, Body::from(bytes)), None));
@@ -176,6 +180,11 @@ pub async fn admit(
             }
         }
     }
+    // The tap reads usage from the answer: ask the upstream for it uncompressed.
+    parts.headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     let target = Some((route_prefix.clone(), format!("{route_prefix}:{model}")));
     let ask = Ask {
         proxy: table.key.clone(),
@@ -200,4 +209,47 @@ pub async fn admit(
             target,
         })),
     }
+}
+
+/// The model a Model Router request is counted under, as the handler will resolve it: a
+/// virtual model counts as its first target the caller may use (its usage is priced as that
+/// target even when failover serves another). `None`: the handler refuses it (unknown,
+/// not served, forbidden), so nothing goes upstream and nothing is counted.
+fn router_target(
+    state: &AppState,
+    table: &ProxyTable,
+    named: Option<String>,
+    identity: &str,
+) -> Option<(String, String)> {
+    let asked = named
+        .or_else(|| table.failover.default_virtual.clone())
+        .or_else(|| {
+            table
+                .default_model
+                .as_ref()
+                .map(|(p, m)| format!("{p}:{m}"))
+        })?;
+    let access = &table.policy.access;
+    if let Some(vm) = table.failover.model(&asked) {
+        if !permits_model(access, identity, &vm.name) {
+            return None;
+        }
+        return vm
+            .targets
+            .iter()
+            .map(|t| &t.model)
+            .chain(&vm.fallbacks)
+            .find(|m| {
+                table.route(&m.prefix).is_some() && permits_model(access, identity, &m.to_string())
+            })
+            .map(|m| (m.prefix.clone(), m.model.clone()));
+    }
+    let resolved = super::model_router::resolve(table, &asked, |r| {
+        super::model_router::lists(&state.discovery, r, &asked)
+    })
+    .ok()?;
+    let qualified = format!("{}:{}", resolved.route.prefix, resolved.model);
+    (resolved.route.upstream.models.permits(&resolved.model)
+        && permits_model(access, identity, &qualified))
+    .then(|| (resolved.route.prefix.clone(), resolved.model))
 }

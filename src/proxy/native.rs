@@ -512,7 +512,7 @@ fn model_field(bytes: &[u8]) -> Result<Option<String>, ApiError> {
 
 /// The `model` field of a `multipart/form-data` body (audio and image-edit uploads), read
 /// with `multer`; file parts are skipped.
-async fn multipart_model(
+pub(super) async fn multipart_model(
     headers: &http::HeaderMap,
     body: bytes::Bytes,
 ) -> Result<Option<String>, ApiError> {

@@ -156,6 +156,62 @@ def test_stream_usage_is_counted_though_the_client_did_not_ask_and_its_stream_is
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 14
 
 
+def test_a_virtual_model_is_counted_as_its_target(fake, start_gateway):
+    smart = [{"name": "smart", "targets": [{"model": "openai:gpt-test"}]}]
+    gw = start_gateway(docs(
+        secret_doc("openai-key", PROVIDER_KEY), client_keys(), provider_doc("openai", fake.base_url),
+        proxy(models=smart, defaultModel="smart"),
+        budget_doc([{"name": "openai-rpm", "per": "model", "requests": 2, "window": "1m",
+                     "models": ["openai:*"]}])))
+    c = client(gw)
+    assert c.chat.completions.create(model="smart", messages=[{"role": "user", "content": "hi"}]).choices
+    # No model named: the virtual default, counted the same.
+    r = gw.raw("POST", "/v1/model-router/ai.team-a/chat/completions",
+               {"messages": [{"role": "user", "content": "hi"}]})
+    assert r.status == 200, r.text
+    with pytest.raises(openai.RateLimitError) as info:
+        c.chat.completions.create(model="smart", messages=[{"role": "user", "content": "hi"}])
+    assert "openai-rpm" in info.value.response.json()["error"]["message"]
+    # The provider-qualified target shares the counter.
+    with pytest.raises(openai.RateLimitError):
+        ask(c)
+    assert len(fake.requests_to("/v1/chat/completions", "POST")) == 2
+
+
+def test_a_model_the_route_refuses_is_left_to_it_and_never_counted(fake, start_gateway):
+    gw = start_gateway(openai_config(
+        fake, budget_doc([{"name": "spend", "per": "identityModel", "usd": "5", "window": "month",
+                           "models": ["openai:*"]}]),
+        pricing=[{"models": ["gpt-test*"], "input": "1", "output": "1"}]))
+    # A model the provider does not serve is the route's 404 (not the budget's "no price"),
+    # on the Model Router and on the native route alike; nothing is counted for it.
+    for _ in range(3):
+        with pytest.raises(openai.NotFoundError):
+            client(gw).chat.completions.create(model="openai:no-such-model",
+                                               messages=[{"role": "user", "content": "hi"}])
+        native = openai.OpenAI(base_url=gw.native_base(), api_key=CLIENT_KEY, max_retries=0, timeout=15)
+        with pytest.raises(openai.NotFoundError):
+            native.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    assert not [a for a in audit_lines(gw) if a.get("budget_limit")]
+    assert metric(gw, "portcullis_budget_consumed_total", budget="ai/limits", limit="spend") == 0
+    assert fake.requests_to("/v1/chat/completions", "POST") == []
+    assert ask(client(gw)).choices
+
+
+def test_native_usage_is_read_although_the_provider_compresses_for_the_client(fake, start_gateway):
+    fake.gzip_json = True
+    gw = start_gateway(openai_config(fake, budget_doc([
+        {"name": "team-tokens", "per": "proxy", "tokens": 100000, "window": "1h"}])))
+    native = openai.OpenAI(base_url=gw.native_base(), api_key=CLIENT_KEY, max_retries=0, timeout=15)
+    # The SDK accepts gzip; the gateway asks the provider for an answer it can read.
+    assert native.chat.completions.create(model="gpt-test", max_tokens=50,
+                                          messages=[{"role": "user", "content": "hi"}]).usage.total_tokens == 14
+    sent = fake.requests_to("/v1/chat/completions", "POST")
+    assert sent[0].header("accept-encoding") == "identity"
+    time.sleep(0.1)
+    assert metric(gw, "portcullis_budget_consumed_total", budget="ai/limits", limit="team-tokens") == 14
+
+
 def native_config(anthropic_fake, gemini_fake, limits) -> str:  # noqa: F811
     return docs(
         secret_doc("provider-key", PROVIDER_KEY), client_keys(),

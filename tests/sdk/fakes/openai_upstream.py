@@ -46,6 +46,8 @@ class FakeOpenAI(ScriptedServer):
         # Scripted answers (text, tool calls, usage) for the next chat requests; empty: echo.
         self.replies: deque[Reply] = deque()
         self.calls_made = 0
+        # Like the real API (behind its CDN): gzip JSON answers when the client accepts it.
+        self.gzip_json: bool = False
 
     # ----------------------------------------------------------------- control
     def handler(self) -> type[BaseHTTPRequestHandler]:
@@ -191,8 +193,13 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             data = bytes(body)
             ctype = "application/octet-stream"
-        self.send_response(status)
         hdrs = {"Content-Type": ctype, **(headers or {})}
+        if (getattr(self.owner, "gzip_json", False) and ctype == "application/json" and data
+                and "gzip" in (self.headers.get("Accept-Encoding") or "")):
+            import gzip
+            data = gzip.compress(data)
+            hdrs["Content-Encoding"] = "gzip"
+        self.send_response(status)
         for k, v in hdrs.items():
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(data)))
