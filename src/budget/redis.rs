@@ -2,7 +2,12 @@
 //! [`ADMIT`] (check every limit, then count in all of them, atomically) and each settlement
 //! one of [`SETTLE`]. Keys name their bucket and expire with their window.
 //!
-//! Key: `portcullis:budget:{namespace}/{name}:{limit}:{counter key}:{bucket}`.
+//! Key: `portcullis:budget:{namespace/name}:{limit}:{counter key}:{bucket}`. The braces are
+//! a hash tag: every key of one budget is in one slot, so the scripts also run on a Redis
+//! Cluster.
+//!
+//! While the server does not answer, the store is marked down for [`DOWN_FOR`]: requests in
+//! that time go straight to `onStoreUnavailable` instead of each waiting for [`TIMEOUT`].
 
 use std::time::Duration;
 
@@ -13,6 +18,8 @@ use crate::crd::ObjectKey;
 
 /// Longest wait for Redis on the request path before `onStoreUnavailable` decides.
 pub const TIMEOUT: Duration = Duration::from_millis(750);
+/// How long a failed store is skipped before the next request tries it again.
+pub const DOWN_FOR: Duration = Duration::from_secs(1);
 
 /// Check every limit (`prev * weight + cur + need <= max`); if all fit, count in every one.
 /// KEYS: cur₁, prev₁, cur₂, prev₂, …  ARGV: per limit max, need, weight (millionths), ttl (ms).
@@ -72,6 +79,8 @@ pub struct RedisStore {
     conn: tokio::sync::OnceCell<ConnectionManager>,
     admit: redis::Script,
     settle: redis::Script,
+    /// Until when (`window::now_ms`) the store counts as down.
+    down_until_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -82,7 +91,7 @@ impl std::fmt::Debug for RedisStore {
 
 fn key(budget: &ObjectKey, e: &Entry, bucket: i64) -> String {
     format!(
-        "portcullis:budget:{budget}:{}:{}:{bucket}",
+        "portcullis:budget:{{{budget}}}:{}:{}:{bucket}",
         e.limit.name, e.key
     )
 }
@@ -95,7 +104,22 @@ impl RedisStore {
             conn: tokio::sync::OnceCell::new(),
             admit: redis::Script::new(ADMIT),
             settle: redis::Script::new(SETTLE),
+            down_until_ms: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    fn is_down(&self, now_ms: u64) -> bool {
+        now_ms
+            < self
+                .down_until_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn mark_down(&self, now_ms: u64) {
+        self.down_until_ms.store(
+            now_ms + DOWN_FOR.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// The URL it was made for (to reuse the client across reloads).
@@ -125,7 +149,13 @@ impl RedisStore {
         entries: &mut [Entry],
         now_ms: u64,
     ) -> Result<Admission, ()> {
-        let mut conn = self.connection().await?;
+        if self.is_down(now_ms) {
+            return Err(());
+        }
+        let Ok(mut conn) = self.connection().await else {
+            self.mark_down(now_ms);
+            return Err(());
+        };
         let mut invocation = self.admit.prepare_invoke();
         for e in entries.iter_mut() {
             let pos = e.limit.window.position(now_ms);
@@ -151,10 +181,12 @@ impl RedisStore {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => {
                 tracing::warn!(budget = %budget, error = ?e.kind(), "budget store (Redis) failed");
+                self.mark_down(now_ms);
                 return Err(());
             }
             Err(_) => {
                 tracing::warn!(budget = %budget, "budget store (Redis) timed out");
+                self.mark_down(now_ms);
                 return Err(());
             }
         };

@@ -99,7 +99,7 @@ pub struct BudgetStore {
 #[serde(rename_all = "camelCase")]
 pub struct RedisStore {
     /// The Secret (in the budget's namespace) and key holding the URL,
-    /// `redis://[:password@]host:port[/db]` or `rediss://…`.
+    /// `redis://[:password@]host:port[/db]` (TLS, `rediss://`, is not supported yet).
     pub url_secret_ref: SecretKeyRef,
 }
 

@@ -75,7 +75,8 @@ def wait_for(predicate, timeout: float = 5.0, what: str = "condition"):
 class RedisServer:
     """A real `redis-server` (Debian's package) on a free loopback port, no persistence."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra: tuple[str, ...] = ()) -> None:
+        self.extra = extra
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: tests/run.sh installs Debian's `redis-server` "
@@ -93,7 +94,7 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "yes"],
+             "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "yes", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         wait_for(self.ping, 10, "redis-server to answer PING")
         return self
@@ -117,7 +118,19 @@ class RedisServer:
             time.sleep(0.05)
             return s.recv(65536)
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections but answers nothing (a hung store)."""
+        import signal
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        import signal
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
+        self.resume()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -8,7 +8,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from budget_support import budget_doc, client_keys, metric, redis_server, wait_for  # noqa: F401
+from budget_support import RedisServer, budget_doc, client_keys, metric, redis_server, wait_for  # noqa: F401
 from harness import PROVIDER_KEY, docs, provider_doc, secret_doc
 from test_budget import proxy
 
@@ -56,7 +56,8 @@ def test_two_replicas_share_one_request_limit_exactly(fake, redis_server, start_
     counters = redis_counters(redis_server)
     assert list(counters.values()) == [20], counters
     key = next(iter(counters))
-    assert key.startswith("portcullis:budget:ai/limits:team-requests:ai.team-a:")
+    # The budget is the key's hash tag: every key of one budget is in one Redis Cluster slot.
+    assert key.startswith("portcullis:budget:{ai/limits}:team-requests:ai.team-a:")
     ttl = int(redis_server.command("PTTL", key).decode().strip(":\r\n"))
     assert 3_600_000 < ttl <= 2 * 3_600_000 + 1000, ttl
 
@@ -114,3 +115,42 @@ def test_allow_counts_locally_while_redis_is_down(fake, redis_server, start_gate
     redis_server.start()
     wait_for(lambda: redis_counters(redis_server) != {} or post(gw).status == 200, 10, "Redis in use again")
     assert metric(gw, "portcullis_budget_refusals_total", budget="ai/limits", limit="team-requests") >= 1
+
+
+def test_a_hung_redis_is_skipped_instead_of_waited_for_on_every_request(fake, redis_server,  # noqa: F811
+                                                                         start_gateway):
+    gw = start_gateway(config(fake, redis_server, [
+        {"name": "team-requests", "per": "proxy", "requests": 100, "window": "1h"},
+        {"name": "team-tokens", "per": "identity", "tokens": 100000, "window": "1d"}], on_unavailable="allow"))
+    assert post(gw).status == 200
+    redis_server.pause()
+    try:
+        started = time.monotonic()
+        statuses = [post(gw).status for _ in range(6)]
+        took = time.monotonic() - started
+    finally:
+        redis_server.resume()
+    assert statuses == [200] * 6, statuses
+    # The first request waits for the store's timeout (0.75 s); the store is then skipped for
+    # a second instead of every request waiting (6 x 0.75 s = 4.5 s).
+    assert took < 2.5, f"{took:.2f}s for 6 requests while Redis hung"
+    wait_for(lambda: post(gw).status == 200 and sum(redis_counters(redis_server).values()) > 1, 10,
+             "Redis in use again")
+
+
+def test_the_scripts_run_on_a_redis_cluster_node(fake, tmp_path, start_gateway):
+    # Cluster mode refuses a script whose keys are in different slots (CROSSSLOT): the
+    # budget's hash tag keeps them in one.
+    cluster = RedisServer(tmp_path / "cluster", ("--cluster-enabled", "yes",
+                                                  "--cluster-config-file", "nodes.conf")).start()
+    try:
+        assert b"OK" in cluster.command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+        wait_for(lambda: b"cluster_state:ok" in cluster.command("CLUSTER", "INFO"), 10, "cluster state ok")
+        gw = start_gateway(config(fake, cluster, [
+            {"name": "team-requests", "per": "proxy", "requests": 2, "window": "1m"},
+            {"name": "caller-tokens", "per": "identity", "tokens": 100000, "window": "1d"}]))
+        assert [post(gw).status for _ in range(3)] == [200, 200, 429]
+        assert len(fake.requests_to("/v1/chat/completions", "POST")) == 2
+        wait_for(lambda: len(redis_counters(cluster)) == 2, 5, "both limits counted in the cluster")
+    finally:
+        cluster.stop()
