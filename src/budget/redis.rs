@@ -21,12 +21,13 @@ pub const TIMEOUT: Duration = Duration::from_millis(750);
 /// How long a failed store is skipped before the next request tries it again.
 pub const DOWN_FOR: Duration = Duration::from_secs(1);
 
-/// Check every limit (`prev * weight + cur + need <= max`); if all fit, count in every one.
-/// KEYS: cur₁, prev₁, cur₂, prev₂, …  ARGV: per limit max, need, weight (millionths), ttl (ms).
-/// Returns `{1, cur₁, prev₁, …}` (after counting), or `{0, i, used, prev, cur}` for the
-/// first limit without room.
+/// Check every limit (`prev * weight + cur + need <= max`); if all fit, count in every one
+/// and leave a marker of this admission (for [`RELEASE`], while it lives).
+/// KEYS: cur₁, prev₁, cur₂, prev₂, …, marker.  ARGV: per limit max, need, weight
+/// (millionths), ttl (ms). Returns `{1, cur₁, prev₁, …}` (after counting), or
+/// `{0, i, used, prev, cur}` for the first limit without room.
 pub const ADMIT: &str = r"
-local n = #KEYS / 2
+local n = (#KEYS - 1) / 2
 local seen = {}
 for i = 1, n do
   local a = (i - 1) * 4
@@ -49,8 +50,26 @@ for i = 1, n do
   out[#out + 1] = v
   out[#out + 1] = seen[i][2]
 end
+redis.call('SET', KEYS[#KEYS], '1', 'PX', 30000)
 return out
 ";
+
+/// Undo an admission whose answer never came (a timeout, a dropped connection): only if its
+/// marker is still there, so an admission is undone at most once and one that never ran is
+/// left alone. KEYS: cur₁, cur₂, …, marker.  ARGV: need₁, need₂, …
+pub const RELEASE: &str = r"
+if redis.call('DEL', KEYS[#KEYS]) == 1 then
+  for i = 1, #KEYS - 1 do
+    local v = redis.call('DECRBY', KEYS[i], ARGV[i])
+    if v < 0 then redis.call('SET', KEYS[i], 0, 'KEEPTTL') end
+  end
+end
+return 1
+";
+
+/// How long after a lost answer its admission is still undone (the marker's lifetime is
+/// 30 s; retries stop well before).
+const RELEASE_TRIES: u32 = 10;
 
 /// Add each delta to its bucket's key, if that key still lives (never below zero).
 pub const SETTLE: &str = r"
@@ -79,6 +98,7 @@ pub struct RedisStore {
     conn: tokio::sync::OnceCell<ConnectionManager>,
     admit: redis::Script,
     settle: redis::Script,
+    release: std::sync::Arc<redis::Script>,
     /// Until when (`window::now_ms`) the store counts as down.
     down_until_ms: std::sync::atomic::AtomicU64,
 }
@@ -104,6 +124,7 @@ impl RedisStore {
             conn: tokio::sync::OnceCell::new(),
             admit: redis::Script::new(ADMIT),
             settle: redis::Script::new(SETTLE),
+            release: std::sync::Arc::new(redis::Script::new(RELEASE)),
             down_until_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -164,6 +185,11 @@ impl RedisStore {
                 .key(key(budget, e, pos.bucket))
                 .key(key(budget, e, pos.bucket - 1));
         }
+        let marker = format!(
+            "portcullis:budget:{{{budget}}}:admission:{}",
+            uuid::Uuid::new_v4()
+        );
+        invocation.key(&marker);
         for e in entries.iter() {
             let pos = e.limit.window.position(now_ms);
             invocation
@@ -182,11 +208,13 @@ impl RedisStore {
             Ok(Err(e)) => {
                 tracing::warn!(budget = %budget, error = ?e.kind(), "budget store (Redis) failed");
                 self.mark_down(now_ms);
+                self.undo_later(conn, budget, entries, marker);
                 return Err(());
             }
             Err(_) => {
                 tracing::warn!(budget = %budget, "budget store (Redis) timed out");
                 self.mark_down(now_ms);
+                self.undo_later(conn, budget, entries, marker);
                 return Err(());
             }
         };
@@ -216,6 +244,43 @@ impl RedisStore {
                 .window
                 .wait_ms(now_ms, prev, cur, e.need, e.limit.max),
         }))
+    }
+
+    /// The answer to an admission was lost: it may have been counted or not. Undo it in the
+    /// background if it was ([`RELEASE`]), so a request refused (`deny`) or counted in the
+    /// process (`allow`) is not also counted in Redis.
+    fn undo_later(
+        &self,
+        mut conn: ConnectionManager,
+        budget: &ObjectKey,
+        entries: &[Entry],
+        marker: String,
+    ) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let counted: Vec<(String, u64)> = entries
+            .iter()
+            .map(|e| (key(budget, e, e.bucket), e.need))
+            .collect();
+        let script = self.release.clone();
+        let budget = budget.clone();
+        rt.spawn(async move {
+            let mut invocation = script.prepare_invoke();
+            for (k, need) in &counted {
+                invocation.key(k).arg(*need);
+            }
+            invocation.key(&marker);
+            for _ in 0..RELEASE_TRIES {
+                tokio::time::sleep(DOWN_FOR / 2).await;
+                let done: Result<Result<i64, _>, _> =
+                    tokio::time::timeout(TIMEOUT * 2, invocation.invoke_async(&mut conn)).await;
+                if matches!(done, Ok(Ok(_))) {
+                    return;
+                }
+            }
+            tracing::warn!(budget = %budget, "budget store (Redis): an admission whose answer was lost could not be undone; it stays counted until its window ends");
+        });
     }
 
     /// Replace reservations with usage, in one round trip.

@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from budget_support import RedisServer, budget_doc, client_keys, metric, redis_server, wait_for  # noqa: F401
-from harness import PROVIDER_KEY, docs, provider_doc, secret_doc
+from harness import PROVIDER_KEY, docs, free_port, provider_doc, secret_doc
 from test_budget import proxy
 
 
@@ -33,9 +33,9 @@ def post(gw, body=BODY):
 
 
 def redis_counters(redis) -> dict[str, int]:
-    """Every budget counter in Redis: key → value."""
+    """Every budget counter in Redis: key → value (not the short-lived admission markers)."""
     reply = redis.command("KEYS", "portcullis:budget:*").decode()
-    keys = [line for line in reply.split("\r\n") if line.startswith("portcullis:")]
+    keys = [line for line in reply.split("\r\n") if line.startswith("portcullis:") and ":admission:" not in line]
     out = {}
     for k in keys:
         v = redis.command("GET", k).decode().split("\r\n")
@@ -141,7 +141,8 @@ def test_a_hung_redis_is_skipped_instead_of_waited_for_on_every_request(fake, re
 def test_the_scripts_run_on_a_redis_cluster_node(fake, tmp_path, start_gateway):
     # Cluster mode refuses a script whose keys are in different slots (CROSSSLOT): the
     # budget's hash tag keeps them in one.
-    cluster = RedisServer(tmp_path / "cluster", ("--cluster-enabled", "yes",
+    # The cluster bus port is given (by default it is the port + 10000, maybe past 65535).
+    cluster = RedisServer(tmp_path / "cluster", ("--cluster-enabled", "yes", "--cluster-port", str(free_port()),
                                                   "--cluster-config-file", "nodes.conf")).start()
     try:
         assert b"OK" in cluster.command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
@@ -154,3 +155,26 @@ def test_the_scripts_run_on_a_redis_cluster_node(fake, tmp_path, start_gateway):
         wait_for(lambda: len(redis_counters(cluster)) == 2, 5, "both limits counted in the cluster")
     finally:
         cluster.stop()
+
+
+def test_an_admission_whose_answer_is_lost_is_undone(fake, redis_server, start_gateway):  # noqa: F811
+    import threading
+    gw = start_gateway(config(fake, redis_server, [
+        {"name": "team-requests", "per": "proxy", "requests": 100, "window": "1h"}]))
+    assert post(gw).status == 200
+    wait_for(lambda: list(redis_counters(redis_server).values()) == [1], 3, "the first request counted")
+    # Another client keeps Redis busy for 1.2 s: the gateway's admission waits in line, the
+    # gateway gives up after 0.75 s (deny: 503), and then Redis runs the admission anyway.
+    busy = ("local s = redis.call('TIME') repeat local t = redis.call('TIME') "
+            "until (t[1] - s[1]) * 1000000 + (t[2] - s[2]) > 1200000 return 1")
+    blocker = threading.Thread(target=lambda: redis_server.command("EVAL", busy, "0"))
+    blocker.start()
+    time.sleep(0.1)
+    r = post(gw)
+    blocker.join()
+    assert r.status == 503, r.text
+    assert len(fake.requests_to("/v1/chat/completions", "POST")) == 1, "the refused request never went upstream"
+    # The late admission is undone: Redis holds only the request that was served.
+    wait_for(lambda: list(redis_counters(redis_server).values()) == [1], 8, "the lost admission undone")
+    time.sleep(1.0)
+    assert list(redis_counters(redis_server).values()) == [1], "undone once"
