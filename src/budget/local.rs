@@ -182,6 +182,7 @@ pub fn admit(budget: &ObjectKey, entries: &mut [Entry], now_ms: u64) -> Result<(
                 unit: limit.unit,
                 max: limit.max,
                 used,
+                need: entries[i].need,
                 retry_after_ms: limit
                     .window
                     .wait_ms(now_ms, prev, cur, entries[i].need, limit.max),

@@ -131,6 +131,15 @@ impl Unit {
         }
     }
 
+    /// The unit's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Requests => "requests",
+            Unit::Tokens => "tokens",
+            Unit::MicroUsd => "USD",
+        }
+    }
+
     /// An amount as status shows it.
     pub fn show(self, n: u64) -> String {
         match self {
@@ -598,6 +607,8 @@ pub enum Refusal {
         max: u64,
         /// Used now (sliding estimate).
         used: u64,
+        /// What the request would reserve (more than `max`: it can never fit).
+        need: u64,
         /// Milliseconds until there is room.
         retry_after_ms: u64,
     },
@@ -657,17 +668,27 @@ impl Refusal {
                 limit,
                 unit,
                 max,
+                need,
+                ..
+            } if need > max => format!(
+                "budget limit `{limit}` of LlmBudget {budget} allows {} {} per window and this request alone reserves {}: it can never fit; ask for fewer output tokens (max_tokens) or send less",
+                unit.show(*max),
+                unit.name(),
+                unit.show(*need),
+            ),
+            Refusal::Limited {
+                budget,
+                limit,
+                unit,
+                max,
                 used,
                 retry_after_ms,
+                ..
             } => format!(
                 "budget limit `{limit}` of LlmBudget {budget} reached: {} of {} {} used in its window; retry after {}",
                 unit.show(*used),
                 unit.show(*max),
-                match unit {
-                    Unit::Requests => "requests",
-                    Unit::Tokens => "tokens",
-                    Unit::MicroUsd => "USD",
-                },
+                unit.name(),
                 openai_duration(*retry_after_ms)
             ),
             Refusal::StoreUnavailable { budget } => format!(
@@ -743,14 +764,18 @@ impl Refusal {
             unit,
             max,
             used,
+            need,
             retry_after_ms,
             limit,
             ..
         } = self
         {
-            let secs = retry_after_ms.div_ceil(1000).max(1);
-            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            h.insert("retry-after-ms", HeaderValue::from(*retry_after_ms));
+            // A request that can never fit gets no `retry-after`: waiting would not help.
+            if need <= max {
+                let secs = retry_after_ms.div_ceil(1000).max(1);
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                h.insert("retry-after-ms", HeaderValue::from(*retry_after_ms));
+            }
             let suffix = match unit {
                 Unit::Requests => "requests",
                 Unit::Tokens => "tokens",
@@ -1060,6 +1085,7 @@ mod tests {
             unit: Unit::Requests,
             max: 5,
             used: 5,
+            need: 1,
             retry_after_ms: 1500,
         };
         let openai = r.response(None);

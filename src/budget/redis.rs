@@ -239,6 +239,7 @@ impl RedisStore {
             unit: e.limit.unit,
             max: e.limit.max,
             used,
+            need: e.need,
             retry_after_ms: e
                 .limit
                 .window

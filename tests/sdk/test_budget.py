@@ -93,9 +93,13 @@ def test_token_limit_reserves_reconciles_and_refuses(fake, start_gateway):
     # A smaller request still fits.
     assert ask(c, max_tokens=100).choices
     assert metric(gw, "portcullis_budget_consumed_total", budget="ai/limits", limit="team-tokens") == 42
-    # Without max_tokens, the limit's default allowance (4096) is reserved: it cannot fit.
-    with pytest.raises(openai.RateLimitError):
+    # Without max_tokens, the limit's default allowance (4096) is reserved: it cannot fit,
+    # ever; the refusal says so and has no retry-after (waiting would not help).
+    with pytest.raises(openai.RateLimitError) as never:
         ask(c)
+    assert "can never fit" in never.value.response.json()["error"]["message"]
+    assert "retry-after" not in never.value.response.headers
+    assert never.value.response.headers["x-ratelimit-limit-tokens"] == "1000"
 
 
 def test_usd_monthly_limit_with_prices_refuses_at_the_right_spend(fake, start_gateway):
