@@ -171,7 +171,10 @@ pub async fn admit(
             .or_insert_with(|| Value::Object(Default::default()));
         if let Value::Object(o) = options {
             o.insert("include_usage".to_owned(), Value::Bool(true));
-            if let Ok(v) = serde_json::to_vec(map) {
+            if router {
+                // The handler takes the parsed body (below).
+                hide = true;
+            } else if let Ok(v) = serde_json::to_vec(map) {
                 bytes = v.into();
                 hide = true;
                 parts
@@ -199,10 +202,20 @@ pub async fn admit(
         max_output: json.as_ref().and_then(crate::budget::max_output),
     };
     match budgets.admit(ask, Some(state.metrics.clone())).await {
-        Ok(reservation) => Ok((
-            Request::from_parts(parts, Body::from(bytes)),
-            reservation.map(|reservation| Gate { reservation, hide }),
-        )),
+        Ok(reservation) => {
+            // The Model Router's handlers take the body parsed here instead of parsing it again.
+            let body = match json {
+                Some(Value::Object(map)) if router => {
+                    parts.extensions.insert(super::context::Parsed(map));
+                    Body::empty()
+                }
+                _ => Body::from(bytes),
+            };
+            Ok((
+                Request::from_parts(parts, body),
+                reservation.map(|reservation| Gate { reservation, hide }),
+            ))
+        }
         Err(refusal) => Err(Box::new(Refused {
             response: refusal.response(format),
             limit: Some(refusal.limit()),

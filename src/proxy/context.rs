@@ -187,6 +187,35 @@ pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError
     }
 }
 
+/// A Model Router request body the budget gate has already parsed (a JSON object), handed to
+/// the handler in the request's extensions so that the body is parsed once.
+#[derive(Clone, Debug)]
+pub struct Parsed(pub serde_json::Map<String, serde_json::Value>);
+
+/// Read a JSON-object body (bounded), keeping the request head: the gate's [`Parsed`] body
+/// when there is one, else the body read and parsed here.
+pub async fn read_object(
+    request: Request,
+    limit: usize,
+) -> Result<
+    (
+        http::request::Parts,
+        serde_json::Map<String, serde_json::Value>,
+    ),
+    ApiError,
+> {
+    let (mut parts, body) = request.into_parts();
+    if let Some(Parsed(map)) = parts.extensions.remove::<Parsed>() {
+        return Ok((parts, map));
+    }
+    let bytes = read_body(Request::from_parts(parts.clone(), body), limit).await?;
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(map)) => Ok((parts, map)),
+        Ok(_) => Err(ApiError::InvalidJson("expected a JSON object".to_owned())),
+        Err(e) => Err(ApiError::InvalidJson(e.to_string())),
+    }
+}
+
 /// Read a request body whole (up to the limit), keeping its head.
 pub async fn read_whole(
     request: Request,

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Map, Value, json};
 
-use super::context::{Ctx, read_body};
+use super::context::{Ctx, read_object};
 use super::error::ApiError;
 use super::guarded;
 use super::translated::{self, Dialect};
@@ -127,14 +127,9 @@ pub async fn chat(
     request: Request,
     exchange: &mut Exchange,
 ) -> Result<Response, ApiError> {
-    // The body is read once and parsed once; the guard, the audit and the handler share it.
-    let bytes = read_body(request, state.max_body_bytes).await?;
-    let body: Map<String, Value> = match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => map,
-        Ok(_) => return Err(ApiError::InvalidJson("expected a JSON object".to_owned())),
-        Err(e) => return Err(ApiError::InvalidJson(e.to_string())),
-    };
-    drop(bytes);
+    // The body is read once and parsed once (by the budget gate, when a budget applies); the
+    // guard, the audit and the handler share it.
+    let (_, body) = read_object(request, state.max_body_bytes).await?;
     let policy = &ctx.table.policy;
     let mut guard = None;
     if policy.tools.is_some() || policy.audit_content {

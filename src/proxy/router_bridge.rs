@@ -198,22 +198,14 @@ impl<B: Bridge> Converting<B> {
     }
 }
 
-/// Read the client's JSON body (bounded) and keep the request head.
+/// Read the client's JSON body (bounded) and keep the request head (parsed once: see
+/// [`super::context::read_object`]).
 pub async fn read_json(
     state: &AppState,
     request: Request,
 ) -> Result<(http::request::Parts, Value), ApiError> {
-    let (parts, body) = request.into_parts();
-    let bytes = super::context::read_body(
-        Request::from_parts(parts.clone(), body),
-        state.max_body_bytes,
-    )
-    .await?;
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(v @ Value::Object(_)) => Ok((parts, v)),
-        Ok(_) => Err(ApiError::InvalidJson("expected a JSON object".to_owned())),
-        Err(e) => Err(ApiError::InvalidJson(e.to_string())),
-    }
+    let (parts, map) = super::context::read_object(request, state.max_body_bytes).await?;
+    Ok((parts, Value::Object(map)))
 }
 
 /// The `model` a request names (trimmed), for echoing; empty when absent.
