@@ -3,6 +3,9 @@ the most-used keys of each limit, deleting it lifts the limit."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import openai
 import pytest
 
@@ -13,11 +16,11 @@ DEADLINE = 1.0
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-def budget(requests: int = 2) -> dict:
+def budget(requests: int = 2, window: str = "1m") -> dict:
     return {"apiVersion": "portcullis.dev/v1alpha1", "kind": "LlmBudget",
             "metadata": {"name": "limits", "namespace": NS},
             "spec": {"targetRefs": [{"name": "team-a"}],
-                     "limits": [{"name": "team-rpm", "per": "proxy", "requests": requests, "window": "1m"}]}}
+                     "limits": [{"name": "team-rpm", "per": "proxy", "requests": requests, "window": window}]}}
 
 
 def status(gw) -> int:
@@ -44,9 +47,12 @@ def test_budget_applies_within_a_second_shows_usage_and_deleting_lifts_it(apiser
     assert took < DEADLINE, f"the budget took {took:.2f}s to apply"
 
     # Status: conditions and the most-used key of the limit, written by the leader.
+    # Two requests were admitted; the status may first show only one of them (it is written
+    # at most every 2 s), so wait for both.
     def counted():
         b = apiserver.get("LlmBudget", NS, "limits")
-        return b if b and cond_is(b, "Programmed", "True") and b["status"].get("usage") else None
+        usage = (b or {}).get("status", {}).get("usage") or []
+        return b if b and cond_is(b, "Programmed", "True") and usage and int(usage[0]["used"]) >= 2 else None
     assert wait_until(counted, 10), apiserver.get("LlmBudget", NS, "limits")
     b = apiserver.get("LlmBudget", NS, "limits")
     assert cond_is(b, "Accepted", "True") and cond_is(b, "ResolvedRefs", "True")
@@ -85,3 +91,60 @@ def test_missing_proxy_and_redis_secret_are_reported(apiserver, fake, start_kube
     assert c["reason"] in ("ProxyNotFound", "SecretNotFound")
     assert "LlmProxy ai/ghost not found" in c["message"] and "Secret ai/budget-redis not found" in c["message"], c
     assert cond_is(apiserver.get("LlmBudget", NS, "limits"), "Programmed", "False", "Invalid")
+
+
+def used(apiserver, limit: str = "team-rpm") -> int:
+    b = apiserver.get("LlmBudget", NS, "limits") or {}
+    usage = [u for u in (b.get("status") or {}).get("usage") or [] if u["limit"] == limit]
+    return int(usage[0]["used"]) if usage else 0
+
+
+def test_usage_under_steady_traffic_is_written_at_most_every_two_seconds(apiserver, fake, start_kube_gateway):
+    """Each status write comes back through the watch; under traffic the usage differs on every
+    pass, which must not become a write per pass: usage alone is written at most every 2 s per
+    budget, and still shows the usage growing."""
+    gw = start_kube_gateway()
+    apiserver.apply(secret("openai-key", PROVIDER_KEY))
+    apiserver.apply(provider("openai", fake.base_url))
+    apiserver.apply(proxy("team-a"))
+    # The request limit's window is long: its estimate does not decay during the test. The token
+    # limit's is short: its sliding estimate (the previous bucket, weighted by how much of it is
+    # still in the window) changes every few milliseconds under traffic, as a busy per-minute
+    # token limit's does.
+    b = budget(requests=100_000, window="1h")
+    b["spec"]["limits"].append({"name": "team-tokens", "per": "proxy", "tokens": 100_000_000, "window": "2s"})
+    apiserver.apply(b)
+    assert wait_until(lambda: cond_is(apiserver.get("LlmBudget", NS, "limits"), "Programmed", "True"), 10), \
+        apiserver.get("LlmBudget", NS, "limits")
+    assert wait_until(lambda: status(gw) == 200, 5) is not None, gw.log_tail()
+    time.sleep(2.5)  # the writes for the budget's conditions and the first request settle
+
+    before = len(apiserver.status_writes("llmbudgets", "limits"))
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch_usage() -> None:
+        while not stop.is_set():
+            seen.append(used(apiserver))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch_usage)
+    watcher.start()
+    client = gw.router_client(timeout=5)
+    sent, t0 = 0, time.monotonic()
+    try:
+        while time.monotonic() - t0 < 5.0:  # ~20 requests/s for 5 s
+            client.chat.completions.create(model="openai:gpt-test", messages=MESSAGES)
+            sent += 1
+            time.sleep(max(0.0, t0 + sent * 0.05 - time.monotonic()))
+        during = len(apiserver.status_writes("llmbudgets", "limits")) - before
+    finally:
+        stop.set()
+        watcher.join()
+    assert sent >= 60, f"only {sent} requests in 5 s"
+    assert during <= 5, f"{during} status writes of the LlmBudget in 5 s of traffic ({sent} requests)"
+    # The status showed the usage growing while traffic flowed...
+    distinct = sorted(set(seen))
+    assert len([u for u in distinct if u > 1]) >= 2, f"usage seen during traffic: {distinct}"
+    # ... and catches up with every request within ~2 s of the last one (no further traffic).
+    assert wait_until(lambda: used(apiserver) >= sent + 1, 4), (used(apiserver), sent)

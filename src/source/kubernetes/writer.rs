@@ -8,6 +8,13 @@
 //! under its own timeout: a pass writes the last known credential state, so one slow identity
 //! endpoint never delays any other status (`Programmed` included). A finished check triggers
 //! a new pass at once.
+//!
+//! Passes run on every [`World`] the applier publishes, and the applier publishes after every
+//! watch event, the echo of the writer's own status writes included. An `LlmBudget`'s usage
+//! changes between any two passes under traffic (requests, and sliding estimates that decay
+//! with time), so a budget's usage alone is written at most every [`USAGE_INTERVAL`]; a change
+//! of its conditions, `observedGeneration`, store or limits is written at once. A deferred
+//! usage write wakes the writer when it falls due.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +41,9 @@ pub const FIELD_MANAGER: &str = "portcullis";
 /// How often statuses are recomputed without a configuration change (discovery progresses
 /// on its own).
 const TICK: Duration = Duration::from_secs(2);
+/// A budget whose status differs only in `usage` is written at most this often
+/// (docs/budgets.md).
+const USAGE_INTERVAL: Duration = Duration::from_secs(2);
 /// How often a credential is checked again.
 const RECHECK: Duration = Duration::from_secs(300);
 /// The same failure on the same object becomes an Event at most this often.
@@ -61,10 +71,15 @@ trait Kept:
     + std::fmt::Debug
     + serde::de::DeserializeOwned
 {
-    type Status: Clone + Default + PartialEq + serde::Serialize;
+    type Status: Clone + Default + PartialEq + serde::Serialize + serde::de::DeserializeOwned;
     const KIND: Kind;
     fn status(&self) -> Option<&Self::Status>;
     fn conditions(status: &mut Self::Status) -> &mut Vec<Condition>;
+    /// True when `a` and `b` differ at most in fields that change on their own under traffic
+    /// (written at most every [`USAGE_INTERVAL`]); false when any other field differs.
+    fn differ_in_usage_only(_a: &Self::Status, _b: &Self::Status) -> bool {
+        false
+    }
 }
 
 impl Kept for LlmProvider {
@@ -97,6 +112,13 @@ impl Kept for LlmBudget {
     }
     fn conditions(status: &mut LlmBudgetStatus) -> &mut Vec<Condition> {
         &mut status.conditions
+    }
+    fn differ_in_usage_only(a: &LlmBudgetStatus, b: &LlmBudgetStatus) -> bool {
+        let without_usage = |s: &LlmBudgetStatus| LlmBudgetStatus {
+            usage: Vec::new(),
+            ..s.clone()
+        };
+        without_usage(a) == without_usage(b)
     }
 }
 
@@ -149,11 +171,56 @@ impl Credentials {
     }
 }
 
-/// Writes already made whose echo the watch has not brought back yet.
+/// Writes already made whose echo the watch has not brought back yet, and when each object's
+/// status was last written.
 #[derive(Default)]
 struct Written {
     /// (kind, key) → (status written, resourceVersion of the object when written).
     map: HashMap<(Kind, ObjectKey), (serde_json::Value, Option<String>)>,
+    /// (kind, key) → when its status was last written.
+    last: HashMap<(Kind, ObjectKey), Instant>,
+    /// The earliest deferred usage write of this pass falls due then.
+    due: Option<Instant>,
+}
+
+impl Written {
+    fn clear(&mut self) {
+        self.map.clear();
+        self.last.clear();
+        self.due = None;
+    }
+}
+
+/// What to do with an object's desired status.
+#[derive(Debug, PartialEq)]
+enum Decision {
+    /// The API server holds it already (or will, once a write's echo is back).
+    Keep,
+    Write,
+    /// Only its usage changed, and the last write is too recent: write then.
+    Defer(Instant),
+}
+
+/// Decide on `desired`, given the status the API server holds once every write made is back
+/// (`held`) and when this object's status was last written.
+fn decide<K: Kept>(
+    desired: &K::Status,
+    held: Option<&K::Status>,
+    last: Option<Instant>,
+    now: Instant,
+) -> Decision {
+    if held == Some(desired) {
+        return Decision::Keep;
+    }
+    match (held, last) {
+        (Some(held), Some(last))
+            if K::differ_in_usage_only(held, desired)
+                && now.saturating_duration_since(last) < USAGE_INTERVAL =>
+        {
+            Decision::Defer(last + USAGE_INTERVAL)
+        }
+        _ => Decision::Write,
+    }
 }
 
 impl Writer {
@@ -173,10 +240,10 @@ impl Writer {
                 Some(r) = credentials.running.join_next(), if !credentials.running.is_empty() => {
                     credentials.finished(r);
                 }
-                () = tokio::time::sleep(TICK) => {}
+                () = tokio::time::sleep(next_pass(written.due)) => {}
             }
             if !*leader.borrow_and_update() {
-                written.map.clear();
+                written.clear();
                 continue;
             }
             let current = world.borrow_and_update().clone();
@@ -196,11 +263,14 @@ impl Writer {
         events: &mut HashMap<(ObjectKey, String), Instant>,
     ) {
         let now = status::now();
-        written.map.retain(|(kind, key), _| match kind {
+        let exists = |(kind, key): &(Kind, ObjectKey)| match kind {
             Kind::Provider => world.index.providers().contains_key(key),
             Kind::Proxy => world.index.proxies().contains_key(key),
             Kind::Budget => world.index.budgets().contains_key(key),
-        });
+        };
+        written.map.retain(|id, _| exists(id));
+        written.last.retain(|id, _| exists(id));
+        written.due = None;
         credentials.known.retain(|k, _| {
             world
                 .compiled
@@ -263,9 +333,10 @@ impl Writer {
         }
     }
 
-    /// Write an object's desired status when it differs from the one it has (keeping each
-    /// condition's `lastTransitionTime` while its status stays), and publish its new failures
-    /// as Events.
+    /// Write an object's desired status when it differs from the one it has, or will have once
+    /// the echo of the last write is back (keeping each condition's `lastTransitionTime` while
+    /// its status stays); a budget whose usage alone changed waits for [`USAGE_INTERVAL`].
+    /// Publish its new failures as Events.
     async fn write<K: Kept>(
         &self,
         key: &ObjectKey,
@@ -274,11 +345,31 @@ impl Writer {
         written: &mut Written,
         events: &mut HashMap<(ObjectKey, String), Instant>,
     ) {
-        let mut observed = object.status().cloned().unwrap_or_default();
+        let id = (K::KIND, key.clone());
+        // A write whose echo is not back yet (the object still has the version it had when
+        // written) is what the API server holds.
+        let rv = &object.meta().resource_version;
+        let pending = written
+            .map
+            .get(&id)
+            .filter(|(_, at_rv)| at_rv == rv)
+            .and_then(|(value, _)| serde_json::from_value::<K::Status>(value.clone()).ok());
+        let held = pending.as_ref().or(object.status());
+        let mut observed = held.cloned().unwrap_or_default();
         let observed = &*K::conditions(&mut observed);
         status::keep_transition_times(K::conditions(&mut desired), observed);
-        if Some(&desired) == object.status() {
-            return;
+        match decide::<K>(
+            &desired,
+            held,
+            written.last.get(&id).copied(),
+            Instant::now(),
+        ) {
+            Decision::Keep => return,
+            Decision::Defer(at) => {
+                written.due = Some(written.due.map_or(at, |due| due.min(at)));
+                return;
+            }
+            Decision::Write => {}
         }
         let failures: Vec<_> = status::new_failures(K::conditions(&mut desired), observed)
             .into_iter()
@@ -329,6 +420,7 @@ impl Writer {
         {
             Ok(_) => {
                 tracing::debug!(kind = %K::kind(&()), object = %key, "status written");
+                written.last.insert(id.clone(), Instant::now());
                 written.map.insert(id, (status, rv));
                 true
             }
@@ -380,6 +472,14 @@ impl Writer {
     }
 }
 
+/// How long to wait for a change before the next pass: the tick, or less when a deferred
+/// write falls due sooner.
+fn next_pass(due: Option<Instant>) -> Duration {
+    due.map_or(TICK, |due| {
+        due.saturating_duration_since(Instant::now()).min(TICK)
+    })
+}
+
 /// Check a credential (a static key is merely present: whether the upstream accepts it shows
 /// in `ModelsDiscovered`), giving up after 15 s.
 async fn check(credential: &Credential) -> CredentialState {
@@ -404,5 +504,128 @@ async fn check(credential: &Credential) -> CredentialState {
             reason: "CredentialObtained",
             message: "a credential was obtained from the identity provider".to_owned(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::BudgetUsage;
+
+    fn budget(generation: i64, used: &str) -> LlmBudgetStatus {
+        LlmBudgetStatus {
+            observed_generation: Some(generation),
+            limits: Some(1),
+            store: Some("inProcess".into()),
+            usage: vec![BudgetUsage {
+                limit: "rpm".into(),
+                key: "ai.team-a".into(),
+                used: used.into(),
+                max: "100".into(),
+                resets_at: None,
+            }],
+            ..LlmBudgetStatus::default()
+        }
+    }
+
+    #[test]
+    fn budget_usage_alone_is_written_at_most_every_interval() {
+        // Later than now, so that earlier moments exist whatever the clock.
+        let now = Instant::now() + Duration::from_secs(10);
+        let recent_at = now - Duration::from_millis(500);
+        let (recent, long_ago) = (Some(recent_at), Some(now - USAGE_INTERVAL));
+        let held = budget(1, "3");
+        // Nothing changed.
+        assert_eq!(
+            decide::<LlmBudget>(&budget(1, "3"), Some(&held), recent, now),
+            Decision::Keep
+        );
+        // Usage alone, written 0.5 s ago: when the interval has passed.
+        assert_eq!(
+            decide::<LlmBudget>(&budget(1, "4"), Some(&held), recent, now),
+            Decision::Defer(recent_at + USAGE_INTERVAL)
+        );
+        let mut no_usage = budget(1, "4");
+        no_usage.usage.clear();
+        assert!(matches!(
+            decide::<LlmBudget>(&no_usage, Some(&held), recent, now),
+            Decision::Defer(_)
+        ));
+        // Usage alone, the interval passed, or never written by this leader: now.
+        assert_eq!(
+            decide::<LlmBudget>(&budget(1, "4"), Some(&held), long_ago, now),
+            Decision::Write
+        );
+        assert_eq!(
+            decide::<LlmBudget>(&budget(1, "4"), Some(&held), None, now),
+            Decision::Write
+        );
+        // Anything else changed: now, with the usage of the moment.
+        assert_eq!(
+            decide::<LlmBudget>(&budget(2, "4"), Some(&held), recent, now),
+            Decision::Write
+        );
+        let mut store = budget(1, "4");
+        store.store = Some("redis".into());
+        assert_eq!(
+            decide::<LlmBudget>(&store, Some(&held), recent, now),
+            Decision::Write
+        );
+        let mut conditions = budget(1, "3");
+        conditions.conditions = vec![Condition {
+            type_: "Programmed".into(),
+            status: "True".into(),
+            reason: "Programmed".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: status::now(),
+        }];
+        assert_eq!(
+            decide::<LlmBudget>(&conditions, Some(&held), recent, now),
+            Decision::Write
+        );
+        // No status yet.
+        assert_eq!(
+            decide::<LlmBudget>(&budget(1, "4"), None, recent, now),
+            Decision::Write
+        );
+    }
+
+    #[test]
+    fn provider_and_proxy_statuses_are_never_deferred() {
+        let now = Instant::now() + Duration::from_secs(10);
+        let recent = Some(now - Duration::from_millis(10));
+        let held = LlmProxyStatus::default();
+        let desired = LlmProxyStatus {
+            url: Some("http://portcullis.portcullis-system.svc:8080/v1/model-router/ai.a".into()),
+            ..LlmProxyStatus::default()
+        };
+        assert_eq!(
+            decide::<LlmProxy>(&desired, Some(&held), recent, now),
+            Decision::Write
+        );
+        let held = LlmProviderStatus::default();
+        let desired = LlmProviderStatus {
+            observed_generation: Some(2),
+            ..LlmProviderStatus::default()
+        };
+        assert_eq!(
+            decide::<LlmProvider>(&desired, Some(&held), recent, now),
+            Decision::Write
+        );
+    }
+
+    #[test]
+    fn a_deferred_write_shortens_the_wait() {
+        assert_eq!(next_pass(None), TICK);
+        assert!(
+            next_pass(Some(Instant::now() + Duration::from_millis(300)))
+                <= Duration::from_millis(300)
+        );
+        assert_eq!(next_pass(Some(Instant::now())), Duration::ZERO);
+        assert_eq!(
+            next_pass(Some(Instant::now() + Duration::from_secs(60))),
+            TICK
+        );
     }
 }
