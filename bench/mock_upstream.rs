@@ -7,7 +7,10 @@
 //!
 //! - `POST /v1/chat/completions` (OpenAI): a small fixed `chat.completion` JSON, or, when the
 //!   body has `"stream": true`, an SSE stream of N `chat.completion.chunk` events (default 20)
-//!   followed by `data: [DONE]`.
+//!   followed by `data: [DONE]`; the last chunk carries `usage`. With
+//!   `"stream_options": {"include_usage": true}` the stream takes OpenAI's own shape for it
+//!   instead: every chunk has `"usage": null` and one more chunk, `"choices": []` with the
+//!   usage, comes before `data: [DONE]` (what the gateway's budget gate asks for).
 //! - `POST /v1/messages` (Anthropic Messages): a small fixed `message` JSON, or, when the body
 //!   has `"stream": true`, an SSE stream of N events in Anthropic's order: `message_start`,
 //!   `content_block_start`, `ping`, N − 6 `content_block_delta`s (at least one),
@@ -45,6 +48,9 @@ struct Canned {
     models: Bytes,
     /// One SSE event per chunk, the last one being `data: [DONE]`.
     events: Vec<Bytes>,
+    /// The same stream as OpenAI sends it for `stream_options.include_usage`: `"usage": null`
+    /// in every chunk, then a usage-only chunk (`"choices": []`), then `data: [DONE]`.
+    events_with_usage: Vec<Bytes>,
     /// Anthropic Messages: the non-streamed `message`.
     message: Bytes,
     /// Anthropic Messages: one SSE event (`event:` and `data:` lines) per item.
@@ -119,7 +125,13 @@ fn canned(args: &Args) -> Canned {
         "object": "list",
         "data": [{"id": MODEL, "object": "model", "created": CREATED, "owned_by": "bench"}]
     });
+    let usage = json!({
+        "prompt_tokens": 9,
+        "completion_tokens": args.chunks,
+        "total_tokens": 9 + args.chunks
+    });
     let mut events = Vec::with_capacity(args.chunks + 1);
+    let mut events_with_usage = Vec::with_capacity(args.chunks + 2);
     for i in 0..args.chunks {
         let last = i + 1 == args.chunks;
         let delta = if i == 0 {
@@ -139,21 +151,32 @@ fn canned(args: &Args) -> Canned {
                 "finish_reason": if last { json!("stop") } else { Value::Null }
             }]
         });
+        chunk["usage"] = Value::Null;
+        events_with_usage.push(Bytes::from(format!("data: {chunk}\n\n")));
         if last {
-            chunk["usage"] = json!({
-                "prompt_tokens": 9,
-                "completion_tokens": args.chunks,
-                "total_tokens": 9 + args.chunks
-            });
+            chunk["usage"] = usage.clone();
+        } else if let Some(map) = chunk.as_object_mut() {
+            map.remove("usage");
         }
         events.push(Bytes::from(format!("data: {chunk}\n\n")));
     }
+    let usage_chunk = json!({
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": MODEL,
+        "choices": [],
+        "usage": usage
+    });
+    events_with_usage.push(Bytes::from(format!("data: {usage_chunk}\n\n")));
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    events_with_usage.push(Bytes::from_static(b"data: [DONE]\n\n"));
     let (message, message_events) = canned_anthropic(args.chunks);
     Canned {
         completion: Bytes::from(completion.to_string()),
         models: Bytes::from(models.to_string()),
         events,
+        events_with_usage,
         message,
         message_events,
         chunk_delay: Duration::from_millis(args.chunk_delay_ms),
@@ -226,11 +249,31 @@ fn error(status: StatusCode, message: &str) -> Response {
     respond(status, "application/json", Body::from(body.to_string()))
 }
 
-/// The request body's `"stream"`, or why the body is not JSON.
-fn wants_stream(body: &[u8]) -> Result<bool, String> {
+/// How the request body asks to be answered.
+#[derive(PartialEq)]
+enum Answer {
+    Json,
+    Stream,
+    /// A stream with `stream_options.include_usage`.
+    StreamWithUsage,
+}
+
+/// The request body's `"stream"` (and `stream_options.include_usage`), or why the body is not
+/// JSON.
+fn wants_stream(body: &[u8]) -> Result<Answer, String> {
     let request: Value =
         serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))?;
-    Ok(request.get("stream").and_then(Value::as_bool) == Some(true))
+    if request.get("stream").and_then(Value::as_bool) != Some(true) {
+        return Ok(Answer::Json);
+    }
+    let usage = request
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool);
+    Ok(if usage == Some(true) {
+        Answer::StreamWithUsage
+    } else {
+        Answer::Stream
+    })
 }
 
 /// An SSE response sending `events` (paced by `delay` when it is not zero).
@@ -257,24 +300,27 @@ fn sse(events: Vec<Bytes>, delay: Duration) -> Response {
 async fn chat(State(canned): State<Arc<Canned>>, body: Bytes) -> Response {
     match wants_stream(&body) {
         Err(message) => error(StatusCode::BAD_REQUEST, &message),
-        Ok(false) => respond(
+        Ok(Answer::Json) => respond(
             StatusCode::OK,
             "application/json",
             Body::from(canned.completion.clone()),
         ),
-        Ok(true) => sse(canned.events.clone(), canned.chunk_delay),
+        Ok(Answer::Stream) => sse(canned.events.clone(), canned.chunk_delay),
+        Ok(Answer::StreamWithUsage) => sse(canned.events_with_usage.clone(), canned.chunk_delay),
     }
 }
 
 async fn messages(State(canned): State<Arc<Canned>>, body: Bytes) -> Response {
     match wants_stream(&body) {
         Err(message) => error(StatusCode::BAD_REQUEST, &message),
-        Ok(false) => respond(
+        Ok(Answer::Json) => respond(
             StatusCode::OK,
             "application/json",
             Body::from(canned.message.clone()),
         ),
-        Ok(true) => sse(canned.message_events.clone(), canned.chunk_delay),
+        Ok(Answer::Stream | Answer::StreamWithUsage) => {
+            sse(canned.message_events.clone(), canned.chunk_delay)
+        }
     }
 }
 

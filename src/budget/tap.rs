@@ -25,9 +25,98 @@ enum Framing {
     Json,
 }
 
+/// `Value::pointer` for the plain paths of this module (`/a/b`: no `~` escapes, no array
+/// index), without the two `String`s `pointer` allocates per path segment.
+fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('/').skip(1).try_fold(v, |v, key| v.get(key))
+}
+
+/// The top-level members of an answer that [`read_usage`] reads.
+const USAGE_MEMBERS: [&str; 5] = ["usageMetadata", "usage", "response", "message", "delta"];
+
+/// A JSON object reduced to what this module reads of it: its [`USAGE_MEMBERS`], and whether
+/// its `choices` is an empty array. Every other member is skipped without being built (an
+/// answer or a stream chunk is never made a whole `Value` just to find its usage). Anything
+/// but an object, a key with an escape, or `choices` that is not an array is an error: the
+/// caller then parses the whole value, so the result is always what the whole value says.
+struct UsageMembers {
+    members: Value,
+    choices_empty: bool,
+}
+
+/// Whether a JSON array is empty, its elements skipped unparsed.
+struct EmptyArray(bool);
+
+impl<'de> serde::Deserialize<'de> for EmptyArray {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = EmptyArray;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<EmptyArray, A::Error> {
+                let empty = seq.next_element::<serde::de::IgnoredAny>()?.is_none();
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(EmptyArray(empty))
+            }
+        }
+        d.deserialize_seq(Visit)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for UsageMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = UsageMembers;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UsageMembers, A::Error> {
+                let mut members = serde_json::Map::new();
+                let mut choices_empty = false;
+                // A repeated member: the last one counts, as in a parsed `Value`.
+                while let Some(key) = map.next_key::<&'de str>()? {
+                    if USAGE_MEMBERS.contains(&key) {
+                        members.insert(key.to_owned(), map.next_value::<Value>()?);
+                    } else if key == "choices" {
+                        choices_empty = map.next_value::<EmptyArray>()?.0;
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(UsageMembers {
+                    members: Value::Object(members),
+                    choices_empty,
+                })
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// Read the usage in one JSON text (a whole answer, or one event's data) into `acc`; whether
+/// it is a usage-only OpenAI chunk. `None`: not JSON.
+fn read_json_usage(json: &[u8], acc: &mut Option<Actual>) -> Option<bool> {
+    if let Ok(m) = serde_json::from_slice::<UsageMembers>(json) {
+        read_usage(&m.members, acc);
+        return Some(m.choices_empty && m.members.get("usage").is_some_and(Value::is_object));
+    }
+    let v = serde_json::from_slice::<Value>(json).ok()?;
+    read_usage(&v, acc);
+    Some(usage_only_chunk(&v))
+}
+
 /// Read usage from one JSON value of any format; fields it lacks stay as they were.
 pub fn read_usage(v: &Value, acc: &mut Option<Actual>) {
-    let u = |p: &str| v.pointer(p).and_then(Value::as_u64);
+    let u = |p: &str| at(v, p).and_then(Value::as_u64);
     let mut set = |input: Option<u64>, cached: Option<u64>, output: Option<u64>| {
         if input.is_none() && cached.is_none() && output.is_none() {
             return;
@@ -62,11 +151,11 @@ pub fn read_usage(v: &Value, acc: &mut Option<Actual>) {
         "/delta/usage",
     ]
     .iter()
-    .find_map(|p| v.pointer(p).filter(|u| u.is_object()));
+    .find_map(|p| at(v, p).filter(|u| u.is_object()));
     let Some(usage) = usage else {
         return;
     };
-    let g = |p: &str| usage.pointer(p).and_then(Value::as_u64);
+    let g = |p: &str| at(usage, p).and_then(Value::as_u64);
     if let Some(prompt) = g("/prompt_tokens") {
         // OpenAI Chat Completions: cached tokens are part of prompt_tokens.
         let cached = g("/prompt_tokens_details/cached_tokens").unwrap_or(0);
@@ -209,11 +298,10 @@ impl Tap {
             .map(|d| d.strip_prefix(' ').unwrap_or(d))
             .collect::<Vec<_>>()
             .join("\n");
-        let Ok(v) = serde_json::from_str::<Value>(&data) else {
+        let Some(usage_only) = read_json_usage(data.as_bytes(), &mut self.usage) else {
             return true;
         };
-        read_usage(&v, &mut self.usage);
-        !(self.hide && usage_only_chunk(&v))
+        !(self.hide && usage_only)
     }
 
     fn push(&mut self, bytes: Bytes) -> Bytes {
@@ -288,11 +376,8 @@ impl Tap {
                 rest = raw;
             }
         }
-        if self.framing == Framing::Json
-            && !self.overflow
-            && let Ok(v) = serde_json::from_slice::<Value>(&self.json)
-        {
-            read_usage(&v, &mut self.usage);
+        if self.framing == Framing::Json && !self.overflow {
+            read_json_usage(&self.json, &mut self.usage);
         }
         rest
     }
@@ -421,6 +506,76 @@ mod tests {
             a(0, 0, 9)
         );
         assert_eq!(usage(json!({"choices": []})), None);
+    }
+
+    #[test]
+    fn an_answer_reads_as_its_parsed_value_does() {
+        let answers = [
+            // OpenAI Chat Completions, with the members read skipped around it.
+            json!({"id": "c", "object": "chat.completion", "choices": [{"index": 0,
+                "message": {"role": "assistant", "content": "hi", "usage": {"x": 1}}}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 8,
+                          "prompt_tokens_details": {"cached_tokens": 2}}}),
+            // Anthropic Messages, Gemini, Bedrock Converse, Responses, Cohere v2.
+            json!({"type": "message", "content": [{"type": "text", "text": "hi"}],
+                "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 3}}),
+            json!({"candidates": [{"content": {"parts": [{"text": "hi"}]}}],
+                "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5}}),
+            json!({"output": {"message": {}}, "usage": {"inputTokens": 10, "outputTokens": 5}}),
+            json!({"object": "response", "output": [], "usage": {"input_tokens": 10,
+                "output_tokens": 5, "input_tokens_details": {"cached_tokens": 4}}}),
+            json!({"message": {"content": []}, "usage": {"tokens": {"input_tokens": 10,
+                "output_tokens": 5}}}),
+            // Nested places, and none at all.
+            json!({"response": {"usage": {"input_tokens": 1, "output_tokens": 2}}}),
+            json!({"message": {"usage": {"input_tokens": 3, "output_tokens": 4}}}),
+            json!({"choices": [], "usage": null}),
+            json!([{"usageMetadata": {"promptTokenCount": 1}}]),
+            json!("text"),
+        ];
+        let chunks = [
+            // OpenAI chunks: content (usage null), the usage-only one, and look-alikes.
+            json!({"choices": [{"index": 0, "delta": {"content": "a"}}], "usage": null}),
+            json!({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 20}}),
+            json!({"choices": [], "usage": null}),
+            json!({"choices": [{}], "usage": {"prompt_tokens": 9}}),
+            json!({"choices": null, "usage": {"prompt_tokens": 9}}),
+            json!({"choices": {}, "usage": {"prompt_tokens": 9}}),
+            json!({"usage": {"prompt_tokens": 9}}),
+        ];
+        for answer in answers.iter().chain(&chunks) {
+            let bytes = answer.to_string().into_bytes();
+            let mut acc = None;
+            let usage_only = read_json_usage(&bytes, &mut acc);
+            assert_eq!(acc, usage(answer.clone()), "{answer}");
+            assert_eq!(usage_only, Some(usage_only_chunk(answer)), "{answer}");
+        }
+        assert_eq!(
+            chunks.iter().map(usage_only_chunk).collect::<Vec<_>>(),
+            [false, true, false, false, false, false, false]
+        );
+        // A repeated member: the last one counts, as in a parsed value.
+        let twice = br#"{"usage": {"prompt_tokens": 1}, "usage": {"prompt_tokens": 7}}"#;
+        let mut acc = None;
+        read_json_usage(twice, &mut acc);
+        assert_eq!(acc.map(|a| a.input), Some(7));
+        let twice = br#"{"choices": [], "usage": {"prompt_tokens": 1}, "choices": [1]}"#;
+        assert_eq!(read_json_usage(twice, &mut None), Some(false));
+        // An escaped key falls back to the whole parse; invalid JSON reads nothing.
+        let escaped = br#"{"\u0075sage": {"prompt_tokens": 5, "completion_tokens": 1}}"#;
+        let mut acc = None;
+        read_json_usage(escaped, &mut acc);
+        assert_eq!(acc.map(|a| (a.input, a.output)), Some((5, 1)));
+        let mut acc = None;
+        assert_eq!(
+            read_json_usage(br#"{"usage": {"prompt_tokens": 5}"#, &mut acc),
+            None
+        );
+        assert_eq!(
+            read_json_usage(br#"{"usage": {"prompt_tokens": 5}} x"#, &mut acc),
+            None
+        );
+        assert_eq!(acc, None);
     }
 
     #[test]
