@@ -84,17 +84,114 @@ pub fn format_micros(micros: u64) -> String {
     }
 }
 
-/// The output allowance a request names, in any format.
-pub fn max_output(body: &serde_json::Value) -> Option<u64> {
-    [
-        "/max_completion_tokens",
-        "/max_tokens",
-        "/max_output_tokens",
-        "/generationConfig/maxOutputTokens",
-        "/inferenceConfig/maxTokens",
-    ]
-    .iter()
-    .find_map(|p| body.pointer(p).and_then(serde_json::Value::as_u64))
+/// What admission reads of a JSON request body: the model, the output allowance (in any
+/// format) and the OpenAI stream flags.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// `model`, trimmed, when it is a non-empty string.
+    pub model: Option<String>,
+    /// `max_completion_tokens`, `max_tokens`, `max_output_tokens`,
+    /// `generationConfig.maxOutputTokens` or `inferenceConfig.maxTokens`, the first given.
+    pub max_output: Option<u64>,
+    /// `stream: true`.
+    pub stream: bool,
+    /// `stream_options.include_usage: true`.
+    pub include_usage: bool,
+}
+
+/// The members [`Facts`] reads; every other member is skipped without being built.
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+    #[serde(default, rename = "generationConfig")]
+    generation_config: Option<PeekGeneration>,
+    #[serde(default, rename = "inferenceConfig")]
+    inference_config: Option<PeekInference>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<PeekStreamOptions>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekGeneration {
+    #[serde(default, rename = "maxOutputTokens")]
+    max_output_tokens: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekInference {
+    #[serde(default, rename = "maxTokens")]
+    max_tokens: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekStreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+impl Facts {
+    /// Read a body without building it. `None` when it is not a JSON object whose members
+    /// have the expected types (or names one twice): [`Facts::of`] decides those.
+    pub fn peek(body: &[u8]) -> Option<Self> {
+        // A struct also deserializes from an array: only objects are read here.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        let p: Peek<'_> = serde_json::from_slice(body).ok()?;
+        Some(Self {
+            model: p
+                .model
+                .map(|m| m.trim().to_owned())
+                .filter(|m| !m.is_empty()),
+            max_output: p
+                .max_completion_tokens
+                .or(p.max_tokens)
+                .or(p.max_output_tokens)
+                .or(p.generation_config.and_then(|g| g.max_output_tokens))
+                .or(p.inference_config.and_then(|i| i.max_tokens)),
+            stream: p.stream == Some(true),
+            include_usage: p.stream_options.and_then(|o| o.include_usage) == Some(true),
+        })
+    }
+
+    /// Read a parsed body.
+    pub fn of(body: &serde_json::Value) -> Self {
+        use serde_json::Value;
+        let u64_at = |v: Option<&Value>| v.and_then(Value::as_u64);
+        Self {
+            model: body
+                .get("model")
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned),
+            max_output: u64_at(body.get("max_completion_tokens"))
+                .or_else(|| u64_at(body.get("max_tokens")))
+                .or_else(|| u64_at(body.get("max_output_tokens")))
+                .or_else(|| {
+                    u64_at(
+                        body.get("generationConfig")
+                            .and_then(|g| g.get("maxOutputTokens")),
+                    )
+                })
+                .or_else(|| u64_at(body.get("inferenceConfig").and_then(|i| i.get("maxTokens")))),
+            stream: body.get("stream").and_then(Value::as_bool) == Some(true),
+            include_usage: body
+                .get("stream_options")
+                .and_then(|o| o.get("include_usage"))
+                .and_then(Value::as_bool)
+                == Some(true),
+        }
+    }
 }
 
 /// What one counter is kept for.
@@ -1115,5 +1212,40 @@ mod tests {
         assert!(key.len() < 210);
         assert_ne!(bounded_key(format!("{long}y")), key);
         assert_eq!(bounded_key("alice".into()), "alice");
+    }
+
+    #[test]
+    fn peeked_facts_are_the_parsed_facts() {
+        let bodies = [
+            r#"{"model":" gpt-x ","max_tokens":12,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+            r#"{"model":"m","max_completion_tokens":5,"max_tokens":9,"stream_options":{"include_usage":true}}"#,
+            r#"{"contents":[],"generationConfig":{"maxOutputTokens":77,"temperature":0.1}}"#,
+            r#"{"modelId":"x","inferenceConfig":{"maxTokens":3}}"#,
+            r#"{"model":"","max_output_tokens":4}"#,
+            r#"{"model":null,"max_tokens":null}"#,
+        ];
+        for body in bodies {
+            let value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            assert_eq!(
+                Facts::peek(body.as_bytes()),
+                Some(Facts::of(&value)),
+                "{body}"
+            );
+        }
+        // What the peek cannot read exactly is left to the whole parse.
+        for body in [
+            r#"{"max_tokens":1.5}"#,
+            r#"{"model":1}"#,
+            r#"{"model":"a","model":"b"}"#,
+            r#"["model"]"#,
+            r#"{"stream":"yes"}"#,
+        ] {
+            assert_eq!(Facts::peek(body.as_bytes()), None, "{body}");
+        }
+        let last: serde_json::Value =
+            serde_json::from_str(r#"{"model":"a","model":"b","max_tokens":-1}"#)
+                .unwrap_or_default();
+        assert_eq!(Facts::of(&last).model.as_deref(), Some("b"));
+        assert_eq!(Facts::of(&last).max_output, None);
     }
 }

@@ -10,7 +10,7 @@ use http::{HeaderValue, Method, header};
 use serde_json::Value;
 
 use super::AppState;
-use crate::budget::{Ask, BudgetTable, Reservation};
+use crate::budget::{Ask, BudgetTable, Facts, Reservation};
 use crate::config::ProxyTable;
 use crate::formats::Format;
 use crate::formats::endpoints::{self, Mismatch, ModelAt};
@@ -100,17 +100,23 @@ pub async fn admit(
             }));
         }
     };
-    let mut json = serde_json::from_slice::<Value>(&bytes)
-        .ok()
-        .filter(Value::is_object);
+    // What the request asks. A native body is read without being built (its handler reads
+    // it again); the Model Router's is parsed whole, once, and handed on to its handler.
+    let parse = |bytes: &[u8]| {
+        serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .filter(Value::is_object)
+    };
+    let mut json: Option<Value> = None;
+    let facts = match (!router).then(|| Facts::peek(&bytes)).flatten() {
+        Some(facts) => Some(facts),
+        None => {
+            json = parse(&bytes);
+            json.as_ref().map(Facts::of)
+        }
+    };
     // The model and its provider prefix.
-    let mut named = json
-        .as_ref()
-        .and_then(|v| v.get("model"))
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-        .map(str::to_owned);
+    let mut named = facts.as_ref().and_then(|f| f.model.clone());
     if named.is_none()
         && matched
             .as_ref()
@@ -157,15 +163,12 @@ pub async fn admit(
                 .is_some_and(|m| m.endpoint.name == "chat/completions");
     let mut hide = false;
     let mut bytes = bytes;
-    if openai_chat
-        && let Some(Value::Object(map)) = json.as_mut()
-        && map.get("stream").and_then(Value::as_bool) == Some(true)
-        && map
-            .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            != Some(true)
-    {
+    let wants_usage = openai_chat && facts.as_ref().is_some_and(|f| f.stream && !f.include_usage);
+    if wants_usage && json.is_none() {
+        // Only here does a native body get built: to add `stream_options`.
+        json = parse(&bytes);
+    }
+    if wants_usage && let Some(Value::Object(map)) = json.as_mut() {
         let options = map
             .entry("stream_options")
             .or_insert_with(|| Value::Object(Default::default()));
@@ -194,12 +197,12 @@ pub async fn admit(
         identity: identity.to_owned(),
         prefix: route_prefix,
         model,
-        input_tokens: if json.is_some() {
+        input_tokens: if facts.is_some() {
             (bytes.len() as u64).div_ceil(4)
         } else {
             0
         },
-        max_output: json.as_ref().and_then(crate::budget::max_output),
+        max_output: facts.as_ref().and_then(|f| f.max_output),
     };
     match budgets.admit(ask, Some(state.metrics.clone())).await {
         Ok(reservation) => {
