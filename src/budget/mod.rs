@@ -269,6 +269,8 @@ pub struct Limit {
     pub identity_hash: u64,
     /// In-process counters (the store, or the fallback while Redis is unreachable).
     pub counters: Arc<local::Counters>,
+    /// Its `portcullis_budget_consumed_total` series, looked up once.
+    pub consumed: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
 }
 
 impl Limit {
@@ -607,10 +609,15 @@ impl Reservation {
                         Unit::MicroUsd => price.map_or(e.need, |p| cost(p, actual)),
                     };
                     if let Some(m) = &self.metrics {
-                        m.budget_consumed
-                            .get_or_create(&crate::telemetry::BudgetLabels {
-                                budget: hold.budget.key.to_string(),
-                                limit: e.limit.name.clone(),
+                        e.limit
+                            .consumed
+                            .get_or_init(|| {
+                                m.budget_consumed
+                                    .get_or_create(&crate::telemetry::BudgetLabels {
+                                        budget: hold.budget.key.to_string(),
+                                        limit: e.limit.name.clone(),
+                                    })
+                                    .clone()
                             })
                             .inc_by(used);
                     }
@@ -1060,6 +1067,7 @@ mod tests {
             default_output: 100,
             identity_hash: 0,
             counters: Arc::default(),
+            consumed: Default::default(),
         })
     }
 

@@ -295,6 +295,7 @@ fn compile_one(
                 default_output,
                 identity_hash: h.finish(),
                 counters: Arc::default(),
+                consumed: Default::default(),
             }));
         }
     }

@@ -81,11 +81,7 @@ pub async fn admit(
         }
     };
     let (mut parts, body) = request.into_parts();
-    let bytes = match super::context::read_body(
-        Request::from_parts(parts.clone(), body),
-        state.max_body_bytes,
-    )
-    .await
+    let bytes = match super::context::read_body_of(&parts.headers, body, state.max_body_bytes).await
     {
         Ok(b) => b,
         Err(e) => {

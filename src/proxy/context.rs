@@ -173,12 +173,19 @@ pub fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), Ap
 
 /// Read a body up to the limit.
 pub async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
-    check_declared_length(request.headers(), limit)?;
+    let (parts, body) = request.into_parts();
+    read_body_of(&parts.headers, body, limit).await
+}
+
+/// [`read_body`] of a request taken apart (its head stays with the caller, uncopied).
+pub async fn read_body_of(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    check_declared_length(headers, limit)?;
     use http_body_util::BodyExt;
-    match http_body_util::Limited::new(request.into_body(), limit)
-        .collect()
-        .await
-    {
+    match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::BodyTooLarge { limit })
@@ -208,7 +215,7 @@ pub async fn read_object(
     if let Some(Parsed(map)) = parts.extensions.remove::<Parsed>() {
         return Ok((parts, map));
     }
-    let bytes = read_body(Request::from_parts(parts.clone(), body), limit).await?;
+    let bytes = read_body_of(&parts.headers, body, limit).await?;
     match serde_json::from_slice::<serde_json::Value>(&bytes) {
         Ok(serde_json::Value::Object(map)) => Ok((parts, map)),
         Ok(_) => Err(ApiError::InvalidJson("expected a JSON object".to_owned())),
@@ -222,6 +229,6 @@ pub async fn read_whole(
     limit: usize,
 ) -> Result<(http::request::Parts, Bytes), ApiError> {
     let (parts, body) = request.into_parts();
-    let bytes = read_body(Request::from_parts(parts.clone(), body), limit).await?;
+    let bytes = read_body_of(&parts.headers, body, limit).await?;
     Ok((parts, bytes))
 }
