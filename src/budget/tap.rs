@@ -1,7 +1,8 @@
 //! The response side of a reservation: the body passes on to the client while the usage
-//! the provider reports is read on the side (SSE events, a Bedrock event stream, or a JSON
-//! answer up to a bound); when the body ends — or the client goes away — the reservation is
-//! settled with that usage, or with an estimate from the bytes sent.
+//! the provider reports is read on the side (SSE events, a Bedrock event stream, or the usage
+//! members of a JSON answer — or of each object of a JSON array — found by a scanner that
+//! never holds the answer, whatever its size); when the body ends — or the client goes away —
+//! the reservation is settled with that usage, or with an estimate from the bytes sent.
 //!
 //! When the gateway itself asked an OpenAI-format stream for usage
 //! (`stream_options.include_usage`), the usage-only chunk it added is kept from the client.
@@ -15,8 +16,12 @@ use serde_json::Value;
 
 use super::{Actual, Outcome, Reservation};
 
-/// Largest JSON answer copied aside to read its usage.
-pub const MAX_JSON_BYTES: usize = 8 * 1024 * 1024;
+/// Largest usage member of a JSON answer copied aside to be read.
+const MAX_MEMBER_BYTES: usize = 64 * 1024;
+
+/// Members of a JSON answer (or of each object of a JSON array) that carry usage: OpenAI,
+/// Anthropic, Bedrock and Cohere v2 `usage`, Gemini `usageMetadata`, Cohere `meta`.
+const USAGE_MEMBERS: [&str; 3] = ["usage", "usageMetadata", "meta"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Framing {
@@ -64,6 +69,14 @@ pub fn read_usage(v: &Value, acc: &mut Option<Actual>) {
     .iter()
     .find_map(|p| v.pointer(p).filter(|u| u.is_object()));
     let Some(usage) = usage else {
+        // Cohere v1 chat (`meta.tokens`) and embed (`meta.billed_units`).
+        let meta = ["/meta/tokens", "/meta/billed_units"]
+            .iter()
+            .find_map(|p| v.pointer(p).filter(|m| m.is_object()));
+        if let Some(meta) = meta {
+            let m = |k: &str| meta.get(k).and_then(Value::as_u64);
+            set(m("input_tokens"), None, m("output_tokens"));
+        }
         return;
     };
     let g = |p: &str| usage.pointer(p).and_then(Value::as_u64);
@@ -166,6 +179,157 @@ fn usage_only_chunk(v: &Value) -> bool {
             .is_some_and(Vec::is_empty)
 }
 
+/// Reads the usage members of a JSON text as it passes, in bounded memory: a small state
+/// machine tracks strings and nesting; the value of a member named in [`USAGE_MEMBERS`] of a
+/// record — the top-level object, or each object of a top-level array (Gemini
+/// `streamGenerateContent` without `alt=sse`) — is copied aside (up to [`MAX_MEMBER_BYTES`])
+/// and read when it ends. Members nested deeper, and text inside strings, are never taken.
+#[derive(Default)]
+struct JsonScan {
+    /// Open objects and arrays.
+    depth: u32,
+    /// Depth of the records: 1 (the root is an object) or 2 (objects of a root array).
+    record: u32,
+    /// The container at the record depth is an object.
+    record_object: bool,
+    in_string: bool,
+    escaped: bool,
+    /// At the record depth, the next string is a member name.
+    expect_key: bool,
+    /// The member name being read (bounded).
+    key: Option<Vec<u8>>,
+    /// The member just named is a usage member (its value follows the colon).
+    wanted: Option<&'static str>,
+    /// The usage member whose value is being copied, and the copy (`None` past the bound).
+    capture: Option<(&'static str, Option<Vec<u8>>)>,
+    /// Not JSON as expected (a close without an open, nesting past `u32`): stop reading.
+    broken: bool,
+}
+
+impl JsonScan {
+    fn push(&mut self, bytes: &[u8], acc: &mut Option<Actual>) {
+        let mut i = 0;
+        while i < bytes.len() && !self.broken {
+            if self.in_string {
+                // Jump to the next quote or backslash; copy the run.
+                let end = if self.escaped {
+                    self.escaped = false;
+                    i + 1
+                } else {
+                    match bytes[i..].iter().position(|&c| c == b'"' || c == b'\\') {
+                        None => bytes.len(),
+                        Some(k) if bytes[i + k] == b'\\' => {
+                            self.escaped = true;
+                            i + k + 1
+                        }
+                        Some(k) => {
+                            self.in_string = false;
+                            i + k + 1
+                        }
+                    }
+                };
+                self.copy(&bytes[i..end]);
+                if let Some(key) = self.key.as_mut() {
+                    let run = &bytes[i..end];
+                    let run = if self.in_string {
+                        run
+                    } else {
+                        &run[..run.len() - 1]
+                    };
+                    if key.len() + run.len() <= 32 {
+                        key.extend_from_slice(run);
+                    } else {
+                        key.clear();
+                        key.push(0);
+                    }
+                }
+                if !self.in_string
+                    && let Some(key) = self.key.take()
+                {
+                    self.wanted = USAGE_MEMBERS.iter().copied().find(|m| m.as_bytes() == key);
+                    self.expect_key = false;
+                }
+                i = end;
+                continue;
+            }
+            let b = bytes[i];
+            i += 1;
+            let at_record = self.depth == self.record && self.record > 0;
+            match b {
+                b'"' => {
+                    self.in_string = true;
+                    if at_record && self.record_object && self.expect_key && self.capture.is_none()
+                    {
+                        self.key = Some(Vec::new());
+                    }
+                    self.copy(&[b]);
+                }
+                b'{' | b'[' => {
+                    if self.record == 0 {
+                        self.record = if b == b'{' { 1 } else { 2 };
+                    }
+                    match self.depth.checked_add(1) {
+                        Some(d) => self.depth = d,
+                        None => self.broken = true,
+                    }
+                    if self.depth == self.record {
+                        self.record_object = b == b'{';
+                        self.expect_key = self.record_object;
+                        self.wanted = None;
+                    }
+                    self.copy(&[b]);
+                }
+                b'}' | b']' => {
+                    if at_record {
+                        self.end_capture(acc);
+                    } else {
+                        self.copy(&[b]);
+                    }
+                    match self.depth.checked_sub(1) {
+                        Some(d) => self.depth = d,
+                        None => self.broken = true,
+                    }
+                }
+                b',' if at_record => {
+                    self.end_capture(acc);
+                    self.expect_key = self.record_object;
+                    self.wanted = None;
+                }
+                b':' if at_record && self.capture.is_none() => {
+                    if let Some(name) = self.wanted.take() {
+                        self.capture = Some((name, Some(Vec::new())));
+                    }
+                }
+                _ => self.copy(&[b]),
+            }
+        }
+    }
+
+    /// Copy bytes of the value being captured, dropping the copy past the bound.
+    fn copy(&mut self, run: &[u8]) {
+        if let Some((_, slot)) = self.capture.as_mut()
+            && let Some(buf) = slot
+        {
+            if buf.len() + run.len() > MAX_MEMBER_BYTES {
+                *slot = None;
+            } else {
+                buf.extend_from_slice(run);
+            }
+        }
+    }
+
+    /// The captured value ended: read it as that member of a record.
+    fn end_capture(&mut self, acc: &mut Option<Actual>) {
+        if let Some((name, Some(buf))) = self.capture.take()
+            && let Ok(value) = serde_json::from_slice::<Value>(&buf)
+        {
+            let mut record = serde_json::Map::new();
+            record.insert(name.to_owned(), value);
+            read_usage(&Value::Object(record), acc);
+        }
+    }
+}
+
 struct Tap {
     reservation: Option<Reservation>,
     framing: Framing,
@@ -174,8 +338,7 @@ struct Tap {
     usage: Option<Actual>,
     bytes_out: u64,
     pending: Vec<u8>,
-    json: Vec<u8>,
-    overflow: bool,
+    json: JsonScan,
     decoder: crate::formats::bedrock::eventstream::Decoder,
 }
 
@@ -219,14 +382,7 @@ impl Tap {
     fn push(&mut self, bytes: Bytes) -> Bytes {
         match self.framing {
             Framing::Json => {
-                if !self.overflow {
-                    if self.json.len() + bytes.len() > MAX_JSON_BYTES {
-                        self.overflow = true;
-                        self.json = Vec::new();
-                    } else {
-                        self.json.extend_from_slice(&bytes);
-                    }
-                }
+                self.json.push(&bytes, &mut self.usage);
                 self.bytes_out += bytes.len() as u64;
                 bytes
             }
@@ -288,12 +444,6 @@ impl Tap {
                 rest = raw;
             }
         }
-        if self.framing == Framing::Json
-            && !self.overflow
-            && let Ok(v) = serde_json::from_slice::<Value>(&self.json)
-        {
-            read_usage(&v, &mut self.usage);
-        }
         rest
     }
 }
@@ -339,8 +489,7 @@ pub fn wrap(response: Response, reservation: Reservation, reached: bool, hide: b
         usage: None,
         bytes_out: 0,
         pending: Vec::new(),
-        json: Vec::new(),
-        overflow: false,
+        json: JsonScan::default(),
         decoder: Default::default(),
     };
     let body = body
@@ -421,6 +570,102 @@ mod tests {
             a(0, 0, 9)
         );
         assert_eq!(usage(json!({"choices": []})), None);
+        // Cohere: v2 embed bills input only; v1 chat reports both.
+        assert_eq!(
+            usage(json!({"meta": {"api_version": {"version": "2"},
+                "billed_units": {"input_tokens": 12}}})),
+            a(12, 0, 0)
+        );
+        assert_eq!(
+            usage(
+                json!({"meta": {"billed_units": {"input_tokens": 1, "output_tokens": 1},
+                "tokens": {"input_tokens": 30, "output_tokens": 7}}})
+            ),
+            a(30, 0, 7)
+        );
+    }
+
+    fn scan(chunks: &[&[u8]]) -> Option<Actual> {
+        let mut s = JsonScan::default();
+        let mut acc = None;
+        for c in chunks {
+            s.push(c, &mut acc);
+        }
+        acc
+    }
+
+    #[test]
+    fn json_usage_is_read_as_it_passes_however_it_is_cut() {
+        // Usage nested in the data, or written inside a string, is not the answer's.
+        let text = br#"{"id": "x", "data": [{"usage": {"prompt_tokens": 999}}],
+            "note": "say \"usage\": {\"prompt_tokens\": 5} \\", "list": [1, {"a": "}"}],
+            "usage" : {"prompt_tokens": 10, "completion_tokens": 5,
+                       "prompt_tokens_details": {"cached_tokens": 4}}, "tail": null}"#;
+        assert!(serde_json::from_slice::<Value>(text).is_ok());
+        let want = Some(Actual {
+            input: 6,
+            cached_input: 4,
+            output: 5,
+        });
+        assert_eq!(scan(&[text]), want);
+        for cut in 0..text.len() {
+            assert_eq!(scan(&[&text[..cut], &text[cut..]]), want, "cut at {cut}");
+        }
+        let bytes: Vec<&[u8]> = text.chunks(1).collect();
+        assert_eq!(scan(&bytes), want);
+        // A member called usage elsewhere in a record is not taken.
+        assert_eq!(scan(&[br#"{"x": {"usage": {"prompt_tokens": 3}}}"#]), None);
+        assert_eq!(scan(&[br#"{"usage": null, "id": "x"}"#]), None);
+    }
+
+    #[test]
+    fn a_gemini_json_array_is_read_element_by_element() {
+        let text = br#"[{"candidates": [], "usageMetadata": {"promptTokenCount": 40}},
+            {"candidates": [{"content": {"parts": [{"text": "]}"}]}}],
+             "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": 12,
+                               "cachedContentTokenCount": 10}, "modelVersion": "m"}]"#;
+        assert!(serde_json::from_slice::<Value>(text).is_ok());
+        let want = Some(Actual {
+            input: 30,
+            cached_input: 10,
+            output: 12,
+        });
+        assert_eq!(scan(&[text]), want);
+        for cut in 0..text.len() {
+            assert_eq!(scan(&[&text[..cut], &text[cut..]]), want, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn an_answer_of_any_size_is_read_in_bounded_memory() {
+        // 20 MiB of embeddings, then the usage: read, and nothing of the data kept.
+        let mut s = JsonScan::default();
+        let mut acc = None;
+        s.push(br#"{"object": "list", "data": ["#, &mut acc);
+        let item = br#"{"object": "embedding", "embedding": "AAAAPgAAAD4AAAA+", "index": 0},"#;
+        for _ in 0..(20 * 1024 * 1024 / item.len()) {
+            s.push(item, &mut acc);
+        }
+        s.push(
+            br#"{"index": 1}], "usage": {"prompt_tokens": 4, "total_tokens": 4}}"#,
+            &mut acc,
+        );
+        assert_eq!(
+            acc,
+            Some(Actual {
+                input: 4,
+                cached_input: 0,
+                output: 0,
+            })
+        );
+        // A usage member past its bound is dropped, not copied on.
+        let mut s = JsonScan::default();
+        let mut acc = None;
+        s.push(br#"{"usage": {"input_tokens": 1, "pad": ""#, &mut acc);
+        s.push(&vec![b'x'; MAX_MEMBER_BYTES], &mut acc);
+        assert!(matches!(&s.capture, Some((_, None))));
+        s.push(br#""}}"#, &mut acc);
+        assert_eq!(acc, None);
     }
 
     #[test]
