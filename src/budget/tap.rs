@@ -171,6 +171,30 @@ fn null_usage_at(raw: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// Whether the usage a stream event carries is a running count that a later event
+/// replaces: Anthropic `message_start` (output 1 until `message_delta`), a Gemini chunk
+/// whose candidates have not finished. `None`: the event carries no usage.
+fn provisional_usage(v: &Value) -> Option<bool> {
+    if v.get("usageMetadata").is_some_and(Value::is_object) {
+        // A chunk of candidates none of which has finished (a usage-only chunk is final).
+        let running = v
+            .get("candidates")
+            .and_then(Value::as_array)
+            .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c.get("finishReason").is_none()));
+        return Some(running);
+    }
+    if v.get("type").and_then(Value::as_str) == Some("message_start") {
+        return v
+            .pointer("/message/usage")
+            .is_some_and(Value::is_object)
+            .then_some(true);
+    }
+    ["/usage", "/response/usage", "/delta/usage"]
+        .iter()
+        .any(|p| v.pointer(p).is_some_and(Value::is_object))
+        .then_some(false)
+}
+
 /// An OpenAI chunk that carries only usage (`"choices": []`): the one the gateway asked for.
 fn usage_only_chunk(v: &Value) -> bool {
     v.get("usage").is_some_and(Value::is_object)
@@ -336,6 +360,8 @@ struct Tap {
     reached: bool,
     hide: bool,
     usage: Option<Actual>,
+    /// The last usage read is a running count, not the final one.
+    provisional: bool,
     bytes_out: u64,
     pending: Vec<u8>,
     json: JsonScan,
@@ -376,7 +402,27 @@ impl Tap {
             return true;
         };
         read_usage(&v, &mut self.usage);
+        if let Some(provisional) = provisional_usage(&v) {
+            self.provisional = provisional;
+        }
         !(self.hide && usage_only_chunk(&v))
+    }
+
+    /// What the reservation settles with. A stream whose last usage was provisional (it
+    /// ended — or its client left — before the final count) is charged at least one output
+    /// token per 4 bytes sent, as a stream without usage is.
+    fn outcome(&self) -> Outcome {
+        let usage = self.usage.map(|mut u| {
+            if self.provisional {
+                u.output = u.output.max(self.bytes_out.div_ceil(4));
+            }
+            u
+        });
+        Outcome {
+            reached_upstream: self.reached,
+            usage,
+            bytes_out: self.bytes_out,
+        }
     }
 
     fn push(&mut self, bytes: Bytes) -> Bytes {
@@ -452,11 +498,7 @@ impl Drop for Tap {
     fn drop(&mut self) {
         if let Some(r) = self.reservation.take() {
             self.finish();
-            r.settle(Outcome {
-                reached_upstream: self.reached,
-                usage: self.usage,
-                bytes_out: self.bytes_out,
-            });
+            r.settle(self.outcome());
         }
     }
 }
@@ -487,6 +529,7 @@ pub fn wrap(response: Response, reservation: Reservation, reached: bool, hide: b
         reached,
         hide: hide && framing == Framing::Sse,
         usage: None,
+        provisional: false,
         bytes_out: 0,
         pending: Vec::new(),
         json: JsonScan::default(),
@@ -503,11 +546,7 @@ pub fn wrap(response: Response, reservation: Reservation, reached: bool, hide: b
                 let rest = tap.finish();
                 let settle = tap.reservation.take();
                 if let Some(r) = settle {
-                    r.settle(Outcome {
-                        reached_upstream: tap.reached,
-                        usage: tap.usage,
-                        bytes_out: tap.bytes_out,
-                    });
+                    r.settle(tap.outcome());
                 }
                 (!rest.is_empty()).then(|| Ok(Bytes::from(rest)))
             }
@@ -690,6 +729,35 @@ mod tests {
         let text = br#"data: {"choices": [{"delta": {"content": "a, \"usage\": null"}}]}"#;
         strip_null_usage(text, &mut out);
         assert_eq!(out, text.to_vec());
+    }
+
+    #[test]
+    fn running_counts_are_told_from_final_ones() {
+        let start = json!({"type": "message_start", "message": {"usage": {"input_tokens": 9,
+            "output_tokens": 1}}});
+        assert_eq!(provisional_usage(&start), Some(true));
+        let delta = json!({"type": "message_delta", "usage": {"output_tokens": 40}});
+        assert_eq!(provisional_usage(&delta), Some(false));
+        let running =
+            json!({"candidates": [{"content": {}}], "usageMetadata": {"promptTokenCount": 9}});
+        assert_eq!(provisional_usage(&running), Some(true));
+        let last = json!({"candidates": [{"finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 4}});
+        assert_eq!(provisional_usage(&last), Some(false));
+        let summary = json!({"usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 4}});
+        assert_eq!(provisional_usage(&summary), Some(false));
+        assert_eq!(
+            provisional_usage(&json!({"choices": [], "usage": {"prompt_tokens": 1}})),
+            Some(false)
+        );
+        assert_eq!(
+            provisional_usage(&json!({"type": "response.created", "response": {"usage": null}})),
+            None
+        );
+        assert_eq!(
+            provisional_usage(&json!({"type": "content_block_delta"})),
+            None
+        );
     }
 
     #[test]

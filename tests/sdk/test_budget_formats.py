@@ -225,6 +225,22 @@ def test_failover_counts_one_request_and_only_the_served_usage(one, two, start_g
 
 
 # ----------------------------------------------------------------- a stream that breaks off
+def read_cut_stream(gw, target: str, body: bytes, headers: dict) -> bytes:
+    """POST, then every byte that arrives until the connection ends (cut or not)."""
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    conn.request("POST", target, body, {"Content-Type": "application/json", **headers})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    received = b""
+    try:
+        while chunk := resp.read1(65536):
+            received += chunk
+    except (http.client.IncompleteRead, ConnectionError) as e:
+        received += getattr(e, "partial", b"")
+    conn.close()
+    return received
+
+
 def test_a_stream_cut_upstream_is_charged_an_estimate_and_releases_its_reservation(one, start_gateway):
     gw = start_gateway(docs(secret_doc("openai-key", PROVIDER_KEY), client_keys(),
                             provider_doc("one", one.base_url),
@@ -234,18 +250,8 @@ def test_a_stream_cut_upstream_is_charged_an_estimate_and_releases_its_reservati
     # The client asks for usage itself, so the gateway sends this body unchanged.
     body = json.dumps({"model": "one:gpt-test", "stream": True, "max_tokens": 600,
                        "stream_options": {"include_usage": True}, "messages": HI}).encode()
-    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
-    conn.request("POST", "/v1/model-router/ai.team-a/chat/completions", body,
-                 {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"})
-    resp = conn.getresponse()
-    assert resp.status == 200
-    received = b""
-    try:
-        while chunk := resp.read1(65536):
-            received += chunk
-    except (http.client.IncompleteRead, ConnectionError) as e:
-        received += getattr(e, "partial", b"")
-    conn.close()
+    received = read_cut_stream(gw, "/v1/model-router/ai.team-a/chat/completions", body,
+                               {"Authorization": f"Bearer {CLIENT_KEY}"})
     assert b'"content": "partial"' in received, received
     assert b'"usage"' not in received, "no usage was reported"
     # The input estimate (body bytes / 4) and one token per 4 bytes that reached the client.
@@ -257,6 +263,39 @@ def test_a_stream_cut_upstream_is_charged_an_estimate_and_releases_its_reservati
     assert r.status == 200, r.text
     assert '"usage"' in r.text
     assert_consumed(gw, expected + 14)
+
+
+def test_a_stream_cut_after_a_running_count_is_charged_at_least_the_bytes_sent(anthropic_fake, gemini_fake,  # noqa: F811
+                                                                                start_gateway):
+    # Anthropic's message_start says output_tokens 1 until message_delta; Gemini's chunks carry
+    # the prompt count until the last. A stream that stops before the final count is charged
+    # the input reported and one output token per 4 bytes sent, not the running count.
+    gw = start_gateway(docs(
+        secret_doc("provider-key", PROVIDER_KEY), client_keys(),
+        provider_doc("anthropic", anthropic_fake.base_url, secret="provider-key", type_="anthropic",
+                     static=[MODELS["anthropic"]]),
+        provider_doc("gemini", gemini_fake.base_url, secret="provider-key", type_="gemini",
+                     static=[MODELS["gemini"]]),
+        proxy(refs("anthropic", "gemini")), budget_doc(TOKENS)))
+    anthropic_fake.queue(Reply(text="An answer that breaks off early", input_tokens=50, output_tokens=500,
+                               stream_cut=True))
+    received = read_cut_stream(
+        gw, "/v1/anthropic/ai.team-a/v1/messages",
+        json.dumps({"model": MODELS["anthropic"], "max_tokens": 1000, "stream": True,
+                    "messages": [{"role": "user", "content": "x"}]}).encode(),
+        {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"})
+    assert b"message_start" in received and b"message_delta" not in received, received
+    anthropic_total = 50 + -(-len(received) // 4)
+    assert_consumed(gw, anthropic_total)
+
+    gemini_fake.queue(Reply(text="Another answer that breaks off", input_tokens=60, output_tokens=500,
+                            stream_cut=True))
+    received = read_cut_stream(
+        gw, f"/v1/gemini/ai.team-a/v1beta/models/{MODELS['gemini']}:streamGenerateContent?alt=sse",
+        json.dumps({"contents": [{"role": "user", "parts": [{"text": "x"}]}]}).encode(),
+        {"x-goog-api-key": CLIENT_KEY})
+    assert b"usageMetadata" in received and b"finishReason" not in received, received
+    assert_consumed(gw, anthropic_total + 60 + -(-len(received) // 4))
 
 
 # ----------------------------------------------------------------- dollars with cached input
