@@ -192,6 +192,11 @@ def test_an_embeddings_answer_larger_than_the_tap_buffer_is_charged_its_reported
     # The fake reports 4 prompt tokens; bytes / 4 would be millions.
     assert res.usage.prompt_tokens == 4
     assert_consumed(gw, 4)
+    # The same through the Model Router.
+    router = openai.OpenAI(base_url=gw.router_base(), api_key=CLIENT_KEY, max_retries=0, timeout=30)
+    res = router.embeddings.create(model="openai:text-embedding-3-small", input=texts, dimensions=3072)
+    assert len(res.data) == 640 and res.usage.prompt_tokens == 4
+    assert_consumed(gw, 8)
 
 
 # ----------------------------------------------------------------- failover counts once
@@ -222,6 +227,31 @@ def test_failover_counts_one_request_and_only_the_served_usage(one, two, start_g
     assert len(one.chats()) == 2 and len(two.chats()) == 2
     assert_consumed(gw, 2, "requests")
     assert_consumed(gw, 46 + 40)
+
+
+def test_a_native_pool_that_fails_over_counts_once(one, two, start_gateway):
+    def azure(name: str, fake: FailingOpenAI) -> str:
+        return ("apiVersion: portcullis.dev/v1alpha1\nkind: LlmProvider\n"
+                f"metadata: {{name: {name}, namespace: ai}}\nspec:\n  type: azure\n"
+                f"  baseUrl: http://127.0.0.1:{fake.port}\n  azure: {{apiVersion: '2024-10-21'}}\n"
+                "  auth: {apiKey: {secretRef: {name: openai-key}}}\n  models: {static: [gpt-test]}\n")
+    pool = [{"providerRef": {"name": "az-east"}, "prefix": "azure"},
+            {"providerRef": {"name": "az-west"}, "prefix": "azure"}]
+    gw = start_gateway(docs(
+        secret_doc("openai-key", PROVIDER_KEY), client_keys(), azure("az-east", one), azure("az-west", two),
+        proxy(pool), budget_doc([{"name": "requests", "per": "proxy", "requests": 100, "window": "1h"}, *TOKENS])))
+    client = openai.AzureOpenAI(azure_endpoint=f"{gw.url}/v1/azure/ai.team-a", api_key=CLIENT_KEY,
+                                api_version="2024-10-21", max_retries=0, timeout=15)
+    one.fail(*[Fault.status(500)] * 50)
+    n = 0
+    while not one.chats() and n < 20:
+        raw = client.chat.completions.with_raw_response.create(model="gpt-test", messages=HI, max_tokens=50)
+        assert raw.headers["x-portcullis-served-by"] == "azure@az-west"
+        n += 1
+    assert one.chats(), "the failing member was tried"
+    # Each request served by az-west (11 + 3 tokens), counted once however many members it tried.
+    assert_consumed(gw, n, "requests")
+    assert_consumed(gw, 14 * n)
 
 
 # ----------------------------------------------------------------- a stream that breaks off
