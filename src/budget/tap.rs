@@ -503,6 +503,25 @@ impl Drop for Tap {
     }
 }
 
+/// Usage in the response headers: Bedrock `InvokeModel` counts every model's tokens in
+/// `x-amzn-bedrock-{input,output}-token-count` (Titan embeddings report nothing else). Usage
+/// in the body, where there is some, replaces what it names.
+fn header_usage(headers: &http::HeaderMap) -> Option<Actual> {
+    let count = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let input = count("x-amzn-bedrock-input-token-count");
+    let output = count("x-amzn-bedrock-output-token-count");
+    (input.is_some() || output.is_some()).then(|| Actual {
+        input: input.unwrap_or(0),
+        cached_input: 0,
+        output: output.unwrap_or(0),
+    })
+}
+
 /// Wrap a response so that its reservation is settled when the body ends. `reached`: the
 /// upstream answered; `hide`: drop the usage-only chunk the gateway asked for.
 pub fn wrap(response: Response, reservation: Reservation, reached: bool, hide: bool) -> Response {
@@ -519,6 +538,7 @@ pub fn wrap(response: Response, reservation: Reservation, reached: bool, hide: b
     } else {
         Framing::Json
     };
+    let usage = header_usage(response.headers());
     let (mut parts, body) = response.into_parts();
     if hide && framing == Framing::Sse {
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -528,7 +548,7 @@ pub fn wrap(response: Response, reservation: Reservation, reached: bool, hide: b
         framing,
         reached,
         hide: hide && framing == Framing::Sse,
-        usage: None,
+        usage,
         provisional: false,
         bytes_out: 0,
         pending: Vec::new(),

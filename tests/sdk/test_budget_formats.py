@@ -148,7 +148,7 @@ def test_cohere_v2_chat_stream_and_embed_settle_with_reported_usage(gemini_fake,
     assert_consumed(gw, 155 + 96 + 5)
 
 
-def test_bedrock_converse_and_converse_stream_settle_with_usage(aws_env, store, control,  # noqa: F811
+def test_bedrock_converse_stream_and_invoke_model_settle_with_usage(aws_env, store, control,  # noqa: F811
                                                                start_gateway):
     from fakes.aws import FakeBedrock
     from test_bedrock import CLAUDE, REGION, bedrock_provider, runtime_client
@@ -172,6 +172,12 @@ def test_bedrock_converse_and_converse_stream_settle_with_usage(aws_env, store, 
         events = list(stream["stream"])
         assert events[-1]["metadata"]["usage"]["totalTokens"] == 42
         assert_consumed(gw, 84)
+        # InvokeModel counts tokens in headers; a Titan embedding reports nothing else.
+        out = client.invoke_model(modelId="amazon.titan-embed-text-v2:0",
+                                  body=json.dumps({"inputText": "four words to embed", "dimensions": 1024}))
+        assert out["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-input-token-count"] == "4"
+        assert len(json.loads(out["body"].read())["embedding"]) == 1024
+        assert_consumed(gw, 88)
     finally:
         fake_bedrock.stop()
 
