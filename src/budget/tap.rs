@@ -401,11 +401,55 @@ impl Tap {
         let Ok(v) = serde_json::from_str::<Value>(&data) else {
             return true;
         };
-        read_usage(&v, &mut self.usage);
-        if let Some(provisional) = provisional_usage(&v) {
+        self.read_event(&v);
+        !(self.hide && usage_only_chunk(&v))
+    }
+
+    /// Read the usage of one stream event, and whether it is a running count.
+    fn read_event(&mut self, v: &Value) {
+        read_usage(v, &mut self.usage);
+        if let Some(provisional) = provisional_usage(v) {
             self.provisional = provisional;
         }
-        !(self.hide && usage_only_chunk(&v))
+    }
+
+    /// One Bedrock event-stream message: a Converse event, or an InvokeModelWithResponseStream
+    /// `chunk` whose `bytes` hold the model's own event (base64), the last one with
+    /// `amazon-bedrock-invocationMetrics`.
+    fn bedrock_message(&mut self, payload: &[u8]) {
+        if !mentions_usage(payload) && !memfind(payload, b"\"bytes\"") {
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(payload) else {
+            return;
+        };
+        let Some(encoded) = v.get("bytes").and_then(Value::as_str) else {
+            self.read_event(&v);
+            return;
+        };
+        use base64::Engine;
+        let Some(inner) = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        else {
+            return;
+        };
+        self.read_event(&inner);
+        if let Some(m) = inner
+            .get("amazon-bedrock-invocationMetrics")
+            .filter(|m| m.is_object())
+        {
+            // Counted as Converse counts: cache reads apart, cache writes as input.
+            let usage = serde_json::json!({"usage": {
+                "inputTokens": m.get("inputTokenCount"),
+                "outputTokens": m.get("outputTokenCount"),
+                "cacheReadInputTokens": m.get("cacheReadInputTokenCount"),
+                "cacheWriteInputTokens": m.get("cacheWriteInputTokenCount"),
+            }});
+            read_usage(&usage, &mut self.usage);
+            self.provisional = false;
+        }
     }
 
     /// What the reservation settles with. A stream whose last usage was provisional (it
@@ -434,11 +478,7 @@ impl Tap {
             }
             Framing::EventStream => {
                 for message in self.decoder.push(&bytes).into_iter().flatten() {
-                    if mentions_usage(&message.payload)
-                        && let Ok(v) = serde_json::from_slice::<Value>(&message.payload)
-                    {
-                        read_usage(&v, &mut self.usage);
-                    }
+                    self.bedrock_message(&message.payload);
                 }
                 self.bytes_out += bytes.len() as u64;
                 bytes
@@ -777,6 +817,73 @@ mod tests {
         assert_eq!(
             provisional_usage(&json!({"type": "content_block_delta"})),
             None
+        );
+    }
+
+    fn bare_tap(framing: Framing) -> Tap {
+        Tap {
+            reservation: None,
+            framing,
+            reached: true,
+            hide: false,
+            usage: None,
+            provisional: false,
+            bytes_out: 0,
+            pending: Vec::new(),
+            json: JsonScan::default(),
+            decoder: Default::default(),
+        }
+    }
+
+    #[test]
+    fn invoke_model_stream_chunks_are_decoded_and_a_running_count_is_floored() {
+        use base64::Engine;
+        let chunk = |v: Value| {
+            let b = base64::engine::general_purpose::STANDARD.encode(v.to_string());
+            json!({"bytes": b, "p": "abc"}).to_string().into_bytes()
+        };
+        let mut tap = bare_tap(Framing::EventStream);
+        tap.bedrock_message(&chunk(json!({"type": "message_start", "message": {"usage":
+            {"input_tokens": 21, "output_tokens": 1, "cache_read_input_tokens": 5}}})));
+        tap.bytes_out = 400;
+        // Cut here: the input reported, at least a token per 4 bytes sent.
+        assert_eq!(
+            tap.outcome().usage,
+            Some(Actual {
+                input: 21,
+                cached_input: 5,
+                output: 100
+            })
+        );
+        tap.bedrock_message(&chunk(
+            json!({"type": "message_delta", "usage": {"output_tokens": 9}}),
+        ));
+        tap.bedrock_message(&chunk(json!({"type": "message_stop",
+            "amazon-bedrock-invocationMetrics": {"inputTokenCount": 21, "outputTokenCount": 9,
+                "invocationLatency": 1, "firstByteLatency": 1}})));
+        assert_eq!(
+            tap.outcome().usage,
+            Some(Actual {
+                input: 21,
+                cached_input: 5,
+                output: 9
+            })
+        );
+        // A model that reports only the metrics (Llama, Titan text).
+        let mut tap = bare_tap(Framing::EventStream);
+        tap.bedrock_message(&chunk(
+            json!({"generation": "hi", "prompt_token_count": null}),
+        ));
+        assert_eq!(tap.usage, None);
+        tap.bedrock_message(&chunk(json!({"generation": "", "stop_reason": "stop",
+            "amazon-bedrock-invocationMetrics": {"inputTokenCount": 7, "outputTokenCount": 3}})));
+        assert_eq!(
+            tap.outcome().usage,
+            Some(Actual {
+                input: 7,
+                cached_input: 0,
+                output: 3
+            })
         );
     }
 

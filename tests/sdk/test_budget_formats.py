@@ -178,6 +178,18 @@ def test_bedrock_converse_stream_and_invoke_model_settle_with_usage(aws_env, sto
         assert out["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-input-token-count"] == "4"
         assert len(json.loads(out["body"].read())["embedding"]) == 1024
         assert_consumed(gw, 88)
+        # Claude through InvokeModel, plain and streamed (Anthropic events, base64 in `chunk`s):
+        # 21 input + 9 output each time, not an estimate from the frames.
+        claude_body = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 100,
+                                  "messages": [{"role": "user", "content": "k"}]})
+        out = client.invoke_model(modelId=CLAUDE, body=claude_body)
+        assert json.loads(out["body"].read())["usage"]["output_tokens"] == 9
+        assert_consumed(gw, 88 + 30)
+        out = client.invoke_model_with_response_stream(modelId=CLAUDE, body=claude_body)
+        chunks = [json.loads(e["chunk"]["bytes"]) for e in out["body"]]
+        assert chunks[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] == 9
+        assert "".join(c["delta"].get("text", "") for c in chunks if c["type"] == "content_block_delta")
+        assert_consumed(gw, 88 + 60)
     finally:
         fake_bedrock.stop()
 
