@@ -820,6 +820,62 @@ mod tests {
         );
     }
 
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let text = "[a-z{}\\[\\]\":,\\\\ ]{0,8}";
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<u32>().prop_map(Value::from),
+            text.prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec(
+                    (prop_oneof![Just("usage".to_owned()), text], inner),
+                    0..4
+                )
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 256, failure_persistence: None, ..Default::default()
+        })]
+
+        /// Whatever surrounds it and however the text is cut, the top-level usage is read
+        /// (members nested deeper, and names inside strings, are not).
+        #[test]
+        fn the_scanner_reads_the_top_level_usage_however_cut(
+            before in json_value(), after in json_value(), input in 0u64..1_000_000,
+            output in 0u64..1_000_000, cut in 0usize..10_000, pretty in proptest::bool::ANY,
+        ) {
+            let doc = json!({"before": before, "usage": {"prompt_tokens": input,
+                "completion_tokens": output}, "after": after});
+            let text = if pretty {
+                serde_json::to_vec_pretty(&doc).unwrap_or_default()
+            } else {
+                serde_json::to_vec(&doc).unwrap_or_default()
+            };
+            let cut = cut % text.len();
+            let want = Some(Actual { input, cached_input: 0, output });
+            proptest::prop_assert_eq!(scan(&[&text[..cut], &text[cut..]]), want);
+        }
+
+        /// Any bytes: no panic, and the copy aside stays within its bound.
+        #[test]
+        fn the_scanner_takes_any_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..4096)) {
+            let mut s = JsonScan::default();
+            let mut acc = None;
+            s.push(&bytes, &mut acc);
+            let held = s.capture.as_ref().and_then(|(_, b)| b.as_ref()).map_or(0, Vec::len);
+            proptest::prop_assert!(held <= MAX_MEMBER_BYTES);
+            proptest::prop_assert!(s.key.as_ref().map_or(0, Vec::len) <= 32);
+        }
+    }
+
     fn bare_tap(framing: Framing) -> Tap {
         Tap {
             reservation: None,
