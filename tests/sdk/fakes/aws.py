@@ -13,12 +13,14 @@
   (the gateway's code plays no part in the check); a missing, expired or wrong signature,
   or a body whose hash does not match ``x-amz-content-sha256``, gets 403 in Bedrock's
   error shape. It answers ``Converse`` (JSON), ``ConverseStream``
-  (``application/vnd.amazon.eventstream`` frames, built here with ``zlib.crc32``) and
-  ``ListInferenceProfiles`` (paginated with ``maxResults`` / ``nextToken``).
+  (``application/vnd.amazon.eventstream`` frames, built here with ``zlib.crc32``),
+  ``InvokeModel`` / ``InvokeModelWithResponseStream`` for Claude (Anthropic bodies, base64
+  ``chunk`` events) and embedding models, and ``ListInferenceProfiles`` (paginated with ``maxResults`` / ``nextToken``).
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -387,8 +389,10 @@ class FakeBedrock(_Server):
         mm = re.fullmatch(r"/model/([^/]+)/(converse|converse-stream)", path)
         if rec.method == "POST" and mm:
             return self.converse(h, rec, unquote(mm[1]), mm[2] == "converse-stream")
-        mi = re.fullmatch(r"/model/([^/]+)/invoke", path)
-        if rec.method == "POST" and mi:
+        mi = re.fullmatch(r"/model/([^/]+)/(invoke|invoke-with-response-stream)", path)
+        if rec.method == "POST" and mi and "anthropic.claude" in unquote(mi[1]):
+            return self.invoke_claude(h, rec, unquote(mi[1]), mi[2] == "invoke-with-response-stream")
+        if rec.method == "POST" and mi and mi[2] == "invoke":
             return self.invoke_embed(h, rec, unquote(mi[1]))
         if rec.method == "GET" and path == "/inference-profiles":
             return self.list_profiles(h, rec)
@@ -463,6 +467,55 @@ class FakeBedrock(_Server):
             return self.send(h, 200, json.dumps(body).encode(), "application/json",
                              {"X-Amzn-Bedrock-Input-Token-Count": str(sum(len(t.split()) for t in texts))})
         return invalid(f"The provided model identifier is invalid: {model}")
+
+    # ---- InvokeModel for Claude (the Anthropic Messages body)
+    def invoke_claude(self, h: BaseHTTPRequestHandler, rec: Recorded, model: str, stream: bool) -> None:
+        """``/model/{id}/invoke``: an Anthropic ``message``; ``invoke-with-response-stream``: one
+        ``chunk`` event per Anthropic stream event, its JSON base64 in ``bytes``, the last
+        (``message_stop``) with ``amazon-bedrock-invocationMetrics``. Both answers carry
+        ``X-Amzn-Bedrock-Input-Token-Count`` / ``-Output-Token-Count``."""
+        try:
+            req = json.loads(rec.body)
+            assert req.get("anthropic_version") == "bedrock-2023-05-31"
+            assert isinstance(req.get("max_tokens"), int) and req.get("messages")
+        except Exception:  # noqa: BLE001
+            return self.send(h, 400, b'{"message":"Malformed input request"}', "application/json",
+                             {"x-amzn-ErrorType": "ValidationException"})
+        text, input_tokens, output_tokens = f"[{model}] invoked", 21, 9
+        counts = {"X-Amzn-Bedrock-Input-Token-Count": str(input_tokens),
+                  "X-Amzn-Bedrock-Output-Token-Count": str(output_tokens)}
+        usage = {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        message = {"id": "msg_bdrk_01", "type": "message", "role": "assistant", "model": model,
+                   "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+                   "usage": usage}
+        if not stream:
+            return self.send(h, 200, json.dumps(message).encode(), "application/json", counts)
+        events = [
+            {"type": "message_start", "message": {**message, "content": [], "stop_reason": None,
+                                                  "usage": {**usage, "output_tokens": 1}}},
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}}
+              for w in re.findall(r"\S+\s*", text)),
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+             "usage": {"output_tokens": output_tokens}},
+            {"type": "message_stop", "amazon-bedrock-invocationMetrics": {
+                "inputTokenCount": input_tokens, "outputTokenCount": output_tokens,
+                "invocationLatency": 120, "firstByteLatency": 40}},
+        ]
+        h.send_response(200)
+        h.send_header("content-type", "application/vnd.amazon.eventstream")
+        h.send_header("transfer-encoding", "chunked")
+        h.send_header("x-amzn-RequestId", secrets.token_hex(8))
+        h.send_header("X-Amzn-Bedrock-Content-Type", "application/json")
+        h.end_headers()
+        for e in events:
+            f = event("chunk", {"bytes": base64.b64encode(json.dumps(e).encode()).decode()})
+            h.wfile.write(f"{len(f):x}\r\n".encode() + f + b"\r\n")
+            h.wfile.flush()
+        h.wfile.write(b"0\r\n\r\n")
+        h.wfile.flush()
 
     # ---- Converse
     def next_reply(self, req: dict) -> Reply:

@@ -7,7 +7,8 @@ It speaks the documented OpenAI wire format on ``/v1``:
   objects ending in ``data: [DONE]`` (``stream_options.include_usage`` adds the
   final usage chunk whose ``choices`` is empty).
 * ``GET /v1/models`` - a ``list`` of ``model`` objects.
-* ``POST /v1/embeddings`` - a ``list`` of ``embedding`` objects (float or base64).
+* ``POST /v1/embeddings`` - a ``list`` of ``embedding`` objects (float or base64,
+  ``dimensions`` long when asked), ``usage`` last as the API sends it.
 
 Every request is recorded (method, path, query, headers, body) so that tests can
 assert on what the gateway really sent. A test can script the next response
@@ -97,6 +98,17 @@ class FakeOpenAI(ScriptedServer):
                     c = " ".join(p.get("text", "") for p in c if isinstance(p, dict))
                 last = str(c)
         return f"echo: {last}"
+
+
+def scripted_usage(reply: Reply) -> dict:
+    """Chat Completions ``usage`` as the API reports it: ``prompt_tokens`` includes the cached
+    tokens that ``prompt_tokens_details.cached_tokens`` names (``Reply.input_tokens`` is the
+    whole prompt here)."""
+    return {"prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
+            "total_tokens": reply.input_tokens + reply.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": reply.cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -250,8 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text or None, "refusal": None,
                                                  **({"tool_calls": calls} if calls else {})},
                          "logprobs": None, "finish_reason": finish}],
-            "usage": {"prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
-                      "total_tokens": reply.input_tokens + reply.output_tokens},
+            "usage": scripted_usage(reply),
         })
 
     def _scripted_stream(self, payload: dict, reply: Reply) -> None:
@@ -284,8 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
         if include_usage:
             self._sse({"id": "chatcmpl-fake0004", "object": "chat.completion.chunk", "created": int(time.time()),
                        "model": payload.get("model"), "choices": [],
-                       "usage": {"prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
-                                 "total_tokens": reply.input_tokens + reply.output_tokens}})
+                       "usage": scripted_usage(reply)})
         self._sse("[DONE]")
         with self.owner._lock:
             self.owner.stream_completed += 1
@@ -427,7 +437,9 @@ class _Handler(BaseHTTPRequestHandler):
             inputs = [inputs]
         data = []
         for i, text in enumerate(inputs or []):
-            vec = [float(len(str(text))), 0.5, -0.25, float(i)]
+            # `dimensions` (text-embedding-3 models) sets the vector's length.
+            dims = int(payload.get("dimensions") or 4)
+            vec = ([float(len(str(text))), 0.5, -0.25, float(i)] + [0.125] * dims)[:dims]
             if payload.get("encoding_format") == "base64":
                 emb: Any = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
             else:
