@@ -220,21 +220,31 @@ fn mentions_usage(text: &[u8]) -> bool {
 }
 
 fn memfind(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 /// Copy an event, without the `"usage": null` member that asking for usage adds to every
 /// chunk (the client did not ask for it). Whitespace around the member is the upstream's own.
 fn strip_null_usage(raw: &[u8], out: &mut Vec<u8>) {
-    let mut i = 0;
-    while i < raw.len() {
-        if let Some(end) = null_usage_at(raw, i) {
-            i = end;
+    // Whole slices are copied between the members found (most events have none or one).
+    let mut copied = 0;
+    for at in memchr::memmem::find_iter(raw, b"\"usage\"") {
+        // The member starts at the comma before it, or at its quote when it comes first.
+        let before = raw[..at].iter().rposition(|b| !matches!(b, b' ' | b'\t'));
+        let start = match before.map(|k| (k, raw[k])) {
+            Some((k, b',')) => k,
+            Some((_, b'{')) => at,
+            _ => continue,
+        };
+        if start < copied {
             continue;
         }
-        out.push(raw[i]);
-        i += 1;
+        if let Some(end) = null_usage_at(raw, start) {
+            out.extend_from_slice(&raw[copied..start]);
+            copied = end;
+        }
     }
+    out.extend_from_slice(&raw[copied..]);
 }
 
 /// If `raw[i..]` starts a `, "usage": null` member (or `"usage": null,` as the first one),
@@ -944,6 +954,41 @@ mod tests {
             None
         );
         assert_eq!(acc, None);
+    }
+
+    #[test]
+    fn stripping_copies_slices_as_the_byte_walk_did() {
+        // The byte-by-byte walk this replaced, as the reference.
+        fn walk(raw: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < raw.len() {
+                if let Some(end) = null_usage_at(raw, i) {
+                    i = end;
+                    continue;
+                }
+                out.push(raw[i]);
+                i += 1;
+            }
+            out
+        }
+        let events: [&[u8]; 9] = [
+            br#"data: {"id":"x","choices":[{"delta":{"content":"a"}}],"usage":null}"#,
+            br#"data: {"usage": null, "id":"x"}"#,
+            br#"data: {"usage": null, "usage": null}"#,
+            br#"data: {"a":1 ,  "usage" :	null ,"b":{"usage":null}}"#,
+            br#"data: {"c":"x, "usage": null, y","usage":{"prompt_tokens":1}}"#,
+            br#"data: {"usage":nullx}"#,
+            br#"data: {"usage":null"#,
+            br#"event: x
+data: {"usage":null,"u":""usage""}"#,
+            b"",
+        ];
+        for e in events {
+            let mut out = Vec::new();
+            strip_null_usage(e, &mut out);
+            assert_eq!(out, walk(e), "{}", String::from_utf8_lossy(e));
+        }
     }
 
     #[test]
