@@ -478,6 +478,9 @@ pub struct Ask {
     pub input_tokens: u64,
     /// The request's own output maximum (`max_tokens` and the like).
     pub max_output: Option<u64>,
+    /// An embeddings request: its answer holds vectors, not generated tokens, so no output
+    /// allowance is reserved and none is estimated from the answer's bytes.
+    pub embeddings: bool,
 }
 
 impl Ask {
@@ -594,7 +597,11 @@ impl Reservation {
             (true, None) => Actual {
                 input: self.ask.input_tokens,
                 cached_input: 0,
-                output: outcome.bytes_out.div_ceil(4),
+                output: if self.ask.embeddings {
+                    0
+                } else {
+                    outcome.bytes_out.div_ceil(4)
+                },
             },
         };
         let price = self.prices.as_ref().and_then(|p| p.get(&self.ask.model));
@@ -957,7 +964,11 @@ impl BudgetTable {
                 if !limit.counts(identity, &qualified) {
                     continue;
                 }
-                let out = ask.max_output.unwrap_or(limit.default_output);
+                let out = if ask.embeddings {
+                    0
+                } else {
+                    ask.max_output.unwrap_or(limit.default_output)
+                };
                 let need = match limit.unit {
                     Unit::Requests => 1,
                     Unit::Tokens => ask.input_tokens.saturating_add(out),
@@ -1102,6 +1113,7 @@ mod tests {
             model: "m".into(),
             input_tokens: input,
             max_output,
+            embeddings: false,
         }
     }
 

@@ -187,6 +187,18 @@ pub async fn admit(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
+    let embeddings = if router {
+        rest == "embeddings"
+    } else {
+        rest.ends_with(":embedContent")
+            || rest.ends_with(":batchEmbedContents")
+            || matched
+                .as_ref()
+                .and_then(Option::as_ref)
+                .is_some_and(|m| matches!(m.endpoint.name, "embeddings" | "v2/embed" | "v1/embed"))
+            // Bedrock InvokeModel of an embedding model (Titan, Cohere Embed).
+            || (format == Some(Format::Bedrock) && model.contains("embed"))
+    };
     let target = Some((route_prefix.clone(), format!("{route_prefix}:{model}")));
     let ask = Ask {
         proxy: table.key.clone(),
@@ -199,6 +211,7 @@ pub async fn admit(
             0
         },
         max_output: facts.as_ref().and_then(|f| f.max_output),
+        embeddings,
     };
     match budgets.admit(ask, Some(state.metrics.clone())).await {
         Ok(reservation) => {

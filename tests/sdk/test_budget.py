@@ -216,6 +216,25 @@ def test_native_usage_is_read_although_the_provider_compresses_for_the_client(fa
     assert metric(gw, "portcullis_budget_consumed_total", budget="ai/limits", limit="team-tokens") == 14
 
 
+def test_embeddings_reserve_no_output_allowance(fake, start_gateway):
+    gw = start_gateway(docs(
+        secret_doc("openai-key", PROVIDER_KEY), client_keys(),
+        provider_doc("openai", fake.base_url, static=("gpt-test", "text-embedding-3-small")), proxy(),
+        budget_doc([{"name": "team-tokens", "per": "proxy", "tokens": 1000, "window": "1h"}])))
+    # A chat request without max_tokens reserves the default 4096 output tokens: it cannot
+    # fit. An embeddings request generates none, so it reserves its input only.
+    with pytest.raises(openai.RateLimitError):
+        ask(client(gw))
+    for c in (client(gw), openai.OpenAI(base_url=gw.native_base(), api_key=CLIENT_KEY, max_retries=0, timeout=15)):
+        model = "openai:text-embedding-3-small" if c.base_url.path.endswith("model-router/ai.team-a/") \
+            else "text-embedding-3-small"
+        r = c.embeddings.create(model=model, input="hello there")
+        assert r.data and r.usage.prompt_tokens > 0
+    reported = 2 * r.usage.prompt_tokens
+    time.sleep(0.1)
+    assert metric(gw, "portcullis_budget_consumed_total", budget="ai/limits", limit="team-tokens") == reported
+
+
 def native_config(anthropic_fake, gemini_fake, limits) -> str:  # noqa: F811
     return docs(
         secret_doc("provider-key", PROVIDER_KEY), client_keys(),
