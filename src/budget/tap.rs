@@ -223,6 +223,25 @@ fn memfind(hay: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(hay, needle).is_some()
 }
 
+/// Whether every `"usage"` member of an event is `null` (what asking for usage adds to each
+/// OpenAI chunk): such an event has no usage to read and is not a usage-only chunk, so it
+/// is not parsed.
+fn only_null_usage(raw: &[u8]) -> bool {
+    if memfind(raw, b"usageMetadata") {
+        return false;
+    }
+    let ws = |mut j: usize| {
+        while raw.get(j).is_some_and(|b| matches!(b, b' ' | b'\t')) {
+            j += 1;
+        }
+        j
+    };
+    memchr::memmem::find_iter(raw, b"\"usage\"").all(|at| {
+        let colon = ws(at + 7);
+        raw.get(colon) == Some(&b':') && raw[ws(colon + 1)..].starts_with(b"null")
+    })
+}
+
 /// Copy an event, without the `"usage": null` member that asking for usage adds to every
 /// chunk (the client did not ask for it). Whitespace around the member is the upstream's own.
 fn strip_null_usage(raw: &[u8], out: &mut Vec<u8>) {
@@ -497,7 +516,7 @@ fn event_end(buf: &[u8], from: usize) -> Option<usize> {
 impl Tap {
     /// One SSE event's text: read its usage; whether it goes to the client.
     fn event(&mut self, raw: &[u8]) -> bool {
-        if !mentions_usage(raw) {
+        if !mentions_usage(raw) || only_null_usage(raw) {
             return true;
         }
         let text = String::from_utf8_lossy(raw);
@@ -954,6 +973,27 @@ mod tests {
             None
         );
         assert_eq!(acc, None);
+    }
+
+    #[test]
+    fn events_whose_usage_is_null_are_not_parsed() {
+        assert!(only_null_usage(
+            br#"data: {"choices":[{"delta":{"content":"a"}}],"usage":null}"#
+        ));
+        assert!(only_null_usage(br#"data: {"usage" :  null, "id": 1}"#));
+        for e in [
+            br#"data: {"choices":[],"usage":{"prompt_tokens":1}}"#.as_slice(),
+            br#"data: {"usage":null,"response":{"usage":{"input_tokens":1}}}"#,
+            br#"data: {"usageMetadata":{"promptTokenCount":1},"usage":null}"#,
+            br#"data: {"type":"usage","x":1}"#,
+        ] {
+            assert!(!only_null_usage(e), "{}", String::from_utf8_lossy(e));
+        }
+        // What is skipped reads as the parse would have read it.
+        let mut tap_usage = None;
+        let chunk = br#"{"choices":[{"delta":{"content":"a"}}],"usage":null}"#;
+        assert_eq!(read_json_usage(chunk, &mut tap_usage), Some((false, None)));
+        assert_eq!(tap_usage, None);
     }
 
     #[test]
