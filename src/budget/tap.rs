@@ -216,18 +216,27 @@ pub fn read_usage(v: &Value, acc: &mut Option<Actual>) {
 
 /// Whether some JSON text may carry usage, without parsing it.
 fn mentions_usage(text: &[u8]) -> bool {
-    memfind(text, b"\"usage") || memfind(text, b"usageMetadata")
+    USAGE_PREFIX.find(text).is_some() || USAGE_METADATA.find(text).is_some()
 }
 
 fn memfind(hay: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(hay, needle).is_some()
 }
 
+/// The searchers of the per-event paths, built once (building one costs more than a search
+/// of a small event).
+static QUOTED_USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+static USAGE_PREFIX: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage"));
+static USAGE_METADATA: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"usageMetadata"));
+
 /// Whether every `"usage"` member of an event is `null` (what asking for usage adds to each
 /// OpenAI chunk): such an event has no usage to read and is not a usage-only chunk, so it
 /// is not parsed.
 fn only_null_usage(raw: &[u8]) -> bool {
-    if memfind(raw, b"usageMetadata") {
+    if USAGE_METADATA.find(raw).is_some() {
         return false;
     }
     let ws = |mut j: usize| {
@@ -236,7 +245,7 @@ fn only_null_usage(raw: &[u8]) -> bool {
         }
         j
     };
-    memchr::memmem::find_iter(raw, b"\"usage\"").all(|at| {
+    QUOTED_USAGE.find_iter(raw).all(|at| {
         let colon = ws(at + 7);
         raw.get(colon) == Some(&b':') && raw[ws(colon + 1)..].starts_with(b"null")
     })
@@ -247,7 +256,7 @@ fn only_null_usage(raw: &[u8]) -> bool {
 fn strip_null_usage(raw: &[u8], out: &mut Vec<u8>) {
     // Whole slices are copied between the members found (most events have none or one).
     let mut copied = 0;
-    for at in memchr::memmem::find_iter(raw, b"\"usage\"") {
+    for at in QUOTED_USAGE.find_iter(raw) {
         // The member starts at the comma before it, or at its quote when it comes first.
         let before = raw[..at].iter().rposition(|b| !matches!(b, b' ' | b'\t'));
         let start = match before.map(|k| (k, raw[k])) {
@@ -499,16 +508,15 @@ struct Tap {
 /// Index just past the first SSE event separator (blank line) at or after `from`.
 fn event_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
+    while let Some(at) = memchr::memchr(b'\n', buf.get(i..)?) {
+        let nl = i + at;
+        if buf.get(nl + 1) == Some(&b'\n') {
+            return Some(nl + 2);
         }
-        i += 1;
+        if buf.get(nl + 1) == Some(&b'\r') && buf.get(nl + 2) == Some(&b'\n') {
+            return Some(nl + 3);
+        }
+        i = nl + 1;
     }
     None
 }
