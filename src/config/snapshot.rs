@@ -258,6 +258,16 @@ pub struct ProxyTable {
 }
 
 impl ProxyTable {
+    /// The model a request that names none asks for: the default virtual model (`virtual`:
+    /// endpoints that serve virtual models), else `spec.defaultModel` as `prefix:model`.
+    pub fn default_asked(&self, virtual_models: bool) -> Option<String> {
+        self.failover
+            .default_virtual
+            .clone()
+            .filter(|_| virtual_models)
+            .or_else(|| self.default_model.as_ref().map(|(p, m)| format!("{p}:{m}")))
+    }
+
     /// The route for a prefix.
     pub fn route(&self, prefix: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.prefix == prefix)

@@ -127,7 +127,7 @@ pub async fn admit(
             .filter(|m| !m.is_empty());
     }
     let target = if router {
-        router_target(state, table, named, identity)
+        router_target(state, table, rest, named, identity)
     } else {
         table.route(prefix).and_then(|route| {
             let path_model = matched
@@ -243,17 +243,12 @@ pub async fn admit(
 fn router_target(
     state: &AppState,
     table: &ProxyTable,
+    rest: &str,
     named: Option<String>,
     identity: &str,
 ) -> Option<(String, String)> {
-    let asked = named
-        .or_else(|| table.failover.default_virtual.clone())
-        .or_else(|| {
-            table
-                .default_model
-                .as_ref()
-                .map(|(p, m)| format!("{p}:{m}"))
-        })?;
+    // As the endpoint's handler picks it (embeddings serve no virtual models).
+    let asked = named.or_else(|| table.default_asked(rest != "embeddings"))?;
     let access = &table.policy.access;
     if let Some(vm) = table.failover.model(&asked) {
         if !permits_model(access, identity, &vm.name) {

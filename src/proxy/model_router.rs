@@ -167,14 +167,7 @@ async fn chat_unguarded(
 ) -> Result<Response, ApiError> {
     let asked = match body.get("model") {
         Some(Value::String(m)) if !m.trim().is_empty() => m.trim().to_owned(),
-        None | Some(Value::Null) if table.failover.default_virtual.is_some() => {
-            table.failover.default_virtual.clone().unwrap_or_default()
-        }
-        None | Some(Value::Null) if table.default_model.is_some() => table
-            .default_model
-            .as_ref()
-            .map(|(p, m)| format!("{p}:{m}"))
-            .unwrap_or_default(),
+        None | Some(Value::Null) if let Some(asked) = table.default_asked(true) => asked,
         Some(Value::String(_)) | None | Some(Value::Null) => {
             return Err(ApiError::InvalidField {
                 param: "model",

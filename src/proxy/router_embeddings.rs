@@ -48,11 +48,7 @@ pub fn pick(
     let table = &ctx.table;
     let asked = match body.get("model") {
         Some(Value::String(m)) if !m.trim().is_empty() => m.trim().to_owned(),
-        None | Some(Value::Null) if table.default_model.is_some() => table
-            .default_model
-            .as_ref()
-            .map(|(p, m)| format!("{p}:{m}"))
-            .unwrap_or_default(),
+        None | Some(Value::Null) if let Some(asked) = table.default_asked(false) => asked,
         _ => {
             return Err(ApiError::InvalidField {
                 param: "model",

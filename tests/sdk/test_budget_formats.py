@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import json
-from typing import Iterator
 
 import anthropic
 import cohere
@@ -22,6 +21,7 @@ from fakes.base import Reply
 from fakes.failing_openai import FailingOpenAI, Fault
 from harness import CLIENT_KEY, PROVIDER_KEY, docs, provider_doc, secret_doc
 from test_bedrock import aws_env, control, store  # noqa: F401
+from test_failover import one, two  # noqa: F401
 from translated_fixtures import MODELS, anthropic_fake, cohere_fake, gemini_fake  # noqa: F401
 
 KEYS = {"apiKeys": {"secretRef": {"name": "client-keys"}}}
@@ -65,20 +65,6 @@ def assert_consumed_between(gw, low: float, high: float, limit: str = "tokens") 
     value = consumed(gw, limit)
     assert low <= value <= high, (low, value, high)
     return value
-
-
-@pytest.fixture
-def one() -> Iterator[FailingOpenAI]:
-    f = FailingOpenAI("one").start()
-    yield f
-    f.stop()
-
-
-@pytest.fixture
-def two() -> Iterator[FailingOpenAI]:
-    f = FailingOpenAI("two").start()
-    yield f
-    f.stop()
 
 
 # ----------------------------------------------------------------- settlement per format
