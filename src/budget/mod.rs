@@ -827,12 +827,12 @@ impl Refusal {
         }
     }
 
-    /// The refusal in the error shape of a route (`None`: the Model Router's OpenAI shape).
-    pub fn response(&self, format: Option<Format>) -> Response {
+    /// The refusal in the error shape of a route.
+    pub fn response(&self, format: Format) -> Response {
         let status = self.status();
         let message = self.message();
         let body = match format {
-            None | Some(Format::OpenAi) => json!({"error": {
+            Format::OpenAi => json!({"error": {
                 "message": message,
                 "type": match self {
                     Refusal::Limited { unit: Unit::Requests, .. } => "requests",
@@ -844,16 +844,16 @@ impl Refusal {
                 "param": null,
                 "code": self.code(),
             }}),
-            Some(Format::Anthropic) => json!({"type": "error", "error": {
+            Format::Anthropic => json!({"type": "error", "error": {
                 "type": match status.as_u16() { 429 => "rate_limit_error", 403 => "permission_error", _ => "api_error" },
                 "message": message,
             }}),
-            Some(Format::Gemini) => json!({"error": {
+            Format::Gemini => json!({"error": {
                 "code": status.as_u16(),
                 "message": message,
                 "status": match status.as_u16() { 429 => "RESOURCE_EXHAUSTED", 403 => "PERMISSION_DENIED", _ => "UNAVAILABLE" },
             }}),
-            Some(Format::Bedrock) | Some(Format::Cohere) => json!({"message": message}),
+            Format::Bedrock | Format::Cohere => json!({"message": message}),
         };
         let mut response = (status, body.to_string()).into_response();
         let h = response.headers_mut();
@@ -861,7 +861,7 @@ impl Refusal {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if format == Some(Format::Bedrock) {
+        if format == Format::Bedrock {
             h.insert(
                 "x-amzn-errortype",
                 HeaderValue::from_static(match status.as_u16() {
@@ -1205,20 +1205,20 @@ mod tests {
             need: 1,
             retry_after_ms: 1500,
         };
-        let openai = r.response(None);
+        let openai = r.response(Format::OpenAi);
         assert_eq!(openai.status(), StatusCode::TOO_MANY_REQUESTS);
         let h = openai.headers();
         assert_eq!(h["retry-after"], "2");
         assert_eq!(h["x-ratelimit-limit-requests"], "5");
         assert_eq!(h["x-ratelimit-remaining-requests"], "0");
         assert_eq!(h["x-ratelimit-reset-requests"], "2s");
-        let bedrock = r.response(Some(Format::Bedrock));
+        let bedrock = r.response(Format::Bedrock);
         assert_eq!(bedrock.headers()["x-amzn-errortype"], "ThrottlingException");
         let down = Refusal::StoreUnavailable {
             budget: ObjectKey::new("ai", "b"),
         };
         assert_eq!(
-            down.response(Some(Format::Gemini)).status(),
+            down.response(Format::Gemini).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(openai_duration(360_000), "6m0s");

@@ -232,6 +232,14 @@ static USAGE_PREFIX: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
 static USAGE_METADATA: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"usageMetadata"));
 
+/// The first index from `j` that is not a space or a tab.
+fn skip_blanks(raw: &[u8], mut j: usize) -> usize {
+    while raw.get(j).is_some_and(|b| matches!(b, b' ' | b'\t')) {
+        j += 1;
+    }
+    j
+}
+
 /// Whether every `"usage"` member of an event is `null` (what asking for usage adds to each
 /// OpenAI chunk): such an event has no usage to read and is not a usage-only chunk, so it
 /// is not parsed.
@@ -239,12 +247,7 @@ fn only_null_usage(raw: &[u8]) -> bool {
     if USAGE_METADATA.find(raw).is_some() {
         return false;
     }
-    let ws = |mut j: usize| {
-        while raw.get(j).is_some_and(|b| matches!(b, b' ' | b'\t')) {
-            j += 1;
-        }
-        j
-    };
+    let ws = |j| skip_blanks(raw, j);
     QUOTED_USAGE.find_iter(raw).all(|at| {
         let colon = ws(at + 7);
         raw.get(colon) == Some(&b':') && raw[ws(colon + 1)..].starts_with(b"null")
@@ -278,12 +281,7 @@ fn strip_null_usage(raw: &[u8], out: &mut Vec<u8>) {
 /// If `raw[i..]` starts a `, "usage": null` member (or `"usage": null,` as the first one),
 /// where it ends.
 fn null_usage_at(raw: &[u8], i: usize) -> Option<usize> {
-    let ws = |mut j: usize| {
-        while raw.get(j).is_some_and(|b| matches!(b, b' ' | b'\t')) {
-            j += 1;
-        }
-        j
-    };
+    let ws = |j| skip_blanks(raw, j);
     let member = |j: usize| -> Option<usize> {
         let j = j + raw.get(j..)?.strip_prefix(b"\"usage\"").map(|_| 7)?;
         let j = ws(j);

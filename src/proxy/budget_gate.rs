@@ -5,7 +5,7 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::{HeaderValue, Method, header};
 use serde_json::Value;
 
@@ -59,10 +59,11 @@ pub async fn admit(
         return Ok((request, None));
     }
     let router = prefix == "model-router";
+    // The route's error shape.
     let format = if router {
-        matches!(rest, "v1/messages" | "messages").then_some(Format::Anthropic)
+        super::router_format(rest)
     } else {
-        Some(super::context::format_for(table, prefix))
+        super::context::format_for(table, prefix)
     };
     // On a native route, the endpoint the request names (and the model in its path). A path
     // the route will refuse is left to the handler: nothing goes upstream.
@@ -85,12 +86,8 @@ pub async fn admit(
     {
         Ok(b) => b,
         Err(e) => {
-            let response = match format {
-                Some(f) => e.into_response_for(f),
-                None => e.into_response(),
-            };
             return Err(Box::new(Refused {
-                response,
+                response: e.into_response_for(format),
                 limit: None,
                 target: None,
             }));
@@ -152,7 +149,7 @@ pub async fn admit(
     };
     // Streams in OpenAI's format: ask for usage when the client did not, and hide it.
     let openai_chat = router && rest == "chat/completions"
-        || format == Some(Format::OpenAi)
+        || format == Format::OpenAi
             && matched
                 .as_ref()
                 .and_then(Option::as_ref)
@@ -197,7 +194,7 @@ pub async fn admit(
                 .and_then(Option::as_ref)
                 .is_some_and(|m| matches!(m.endpoint.name, "embeddings" | "v2/embed" | "v1/embed"))
             // Bedrock InvokeModel of an embedding model (Titan, Cohere Embed).
-            || (format == Some(Format::Bedrock) && model.contains("embed"))
+            || (format == Format::Bedrock && model.contains("embed"))
     };
     let target = Some((route_prefix.clone(), format!("{route_prefix}:{model}")));
     let ask = Ask {
