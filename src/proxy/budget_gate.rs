@@ -220,6 +220,10 @@ pub async fn admit(
                 }
                 _ => Body::from(bytes),
             };
+            // The native handler takes the endpoint matched here instead of matching again.
+            if let Some(Some(matched)) = matched {
+                parts.extensions.insert(matched);
+            }
             Ok((
                 Request::from_parts(parts, body),
                 reservation.map(|reservation| Gate { reservation, hide }),

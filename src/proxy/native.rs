@@ -165,7 +165,7 @@ async fn forward_inner(
     ctx: &Ctx,
     prefix: &str,
     rest: &str,
-    request: Request,
+    mut request: Request,
     exchange: &mut Exchange,
     format: &mut Format,
 ) -> Result<Response, ApiError> {
@@ -194,8 +194,13 @@ async fn forward_inner(
     let policy = &table.policy;
     let method_name = request.method().as_str().to_owned();
 
-    // Which endpoint: a known one of the format's table, or a `spec.passthrough` rule.
-    let matched = match endpoints::match_path(upstream.endpoints(), &method_name, rest) {
+    // Which endpoint: a known one of the format's table (matched already by the budget gate,
+    // when a budget applies), or a `spec.passthrough` rule.
+    let known = request.extensions_mut().remove::<endpoints::Matched>();
+    let matched = match known.map_or_else(
+        || endpoints::match_path(upstream.endpoints(), &method_name, rest),
+        Ok,
+    ) {
         Ok(matched) => Some(matched),
         Err(Mismatch::Encoded(segment)) => {
             return Err(ApiError::InvalidPath(format!(
